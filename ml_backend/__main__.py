@@ -1,0 +1,59 @@
+"""``python -m ml_backend``: serve with gunicorn (threads) on $HOST:$PORT (default 0.0.0.0:9090)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import ConfigError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ml_backend", description=__doc__)
+    parser.add_argument("--list", action="store_true", help="list backbones and strategies, then exit")
+    parser.add_argument("--check", action="store_true", help="validate the settings and load the weights, then exit")
+    args = parser.parse_args(argv)
+
+    import strategies
+
+    from .models import available_backbones
+    from .settings import Settings
+
+    if args.list:
+        print("backbones:", ", ".join(available_backbones()))
+        print("strategies:")
+        for item in strategies.describe():
+            print(f"  {item['name']:<18} {item['description']}  (needs: {', '.join(item['needs'])})")
+        return 0
+    try:
+        settings = Settings.from_env()
+        from .app import create_app
+
+        app = create_app(settings)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    if args.check:
+        print("configuration OK:", settings)
+        return 0
+
+    from gunicorn.app.base import BaseApplication
+
+    class _Server(BaseApplication):
+        def load_config(self):
+            self.cfg.set("bind", f"{settings.host}:{settings.port}")
+            self.cfg.set("workers", settings.workers)
+            self.cfg.set("threads", settings.threads)
+            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("timeout", 300)  # LS waits up to 100 s for /predict
+            self.cfg.set("loglevel", settings.log_level.lower())
+            self.cfg.set("accesslog", None)
+
+        def load(self):
+            return app
+
+    _Server().run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

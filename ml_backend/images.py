@@ -1,0 +1,198 @@
+"""Fetch and decode task images.
+
+References of every kind Label Studio produces (``/data/upload/...``, ``/data/local-files/?d=...``,
+``s3://``/``gs://``/``azure-blob://`` through LS's presign endpoint with the task id, plain
+``http(s)://``) are resolved by label-studio-sdk's ``get_local_path``, which also sends the
+credentials only to the Label Studio host and caches downloads on disk. We add what a server
+needs around it: a timeout and a byte limit on every download, a pixel limit, concurrency with a
+bound, and one clear reason per failed task.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import requests
+from label_studio_sdk._extensions.label_studio_tools.core.utils.io import get_local_path, http_session
+from PIL import Image, UnidentifiedImageError
+
+from .errors import ImageError
+
+log = logging.getLogger(__name__)
+
+
+class BoundedSession(requests.Session):
+    """A requests session with a default timeout and a hard limit on the bytes read per response."""
+
+    def __init__(self, max_bytes: int, timeout: float) -> None:
+        super().__init__()
+        self.max_bytes = max_bytes
+        self.timeout = timeout
+
+    def request(self, method, url, **kwargs):  # noqa: D401 - requests' signature
+        kwargs.setdefault("timeout", self.timeout)
+        kwargs["stream"] = True
+        response = super().request(method, url, **kwargs)
+        length = response.headers.get("Content-Length")
+        if length and length.isdigit() and int(length) > self.max_bytes:
+            response.close()
+            raise ImageError(f"image is {int(length)} bytes, more than IMAGE_MAX_BYTES={self.max_bytes}")
+        chunks, total = [], 0
+        for chunk in response.iter_content(1 << 16):
+            total += len(chunk)
+            if total > self.max_bytes:
+                response.close()
+                raise ImageError(f"image is more than IMAGE_MAX_BYTES={self.max_bytes} bytes")
+            chunks.append(chunk)
+        response._content = b"".join(chunks)  # what response.content returns from now on
+        response._content_consumed = True
+        return response
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where images come from: the Label Studio host and a token to authenticate with it."""
+
+    hostname: str = ""
+    token: Callable[[], str | None] = lambda: None
+
+
+class ImageLoader:
+    def __init__(self, cache_dir: Path, workers: int, max_bytes: int, max_pixels: int, timeout: float):
+        self.cache_dir = Path(cache_dir)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
+        self.max_pixels = max_pixels
+        self.timeout = timeout
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="image-fetch")
+        self._local = threading.local()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _session(self) -> BoundedSession:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = BoundedSession(self.max_bytes, self.timeout)
+        return session
+
+    def load_many(self, refs: Sequence[tuple[object, object]], source: Source, transform: Callable | None = None) -> list:
+        """Load ``[(task_id, reference), ...]`` concurrently. Each item is the RGB image (passed
+        through ``transform`` in the same worker thread, if given) or the ImageError that explains
+        why that task has none. Never raises for one bad image."""
+        if not refs:
+            return []
+        token: str | None = None
+        if any(_needs_token(r) or _on_host(r, source.hostname) for _, r in refs):
+            try:
+                token = source.token()
+            except Exception as exc:  # e.g. an expired PAT: every Label Studio image fails alike
+                reason = f"cannot authenticate with Label Studio: {type(exc).__name__}: {exc}"
+                log.error("%s", reason)
+                failed = ImageError(reason)
+                return [failed if (_needs_token(r) or _on_host(r, source.hostname)) else
+                        self._load_safe(t, r, source.hostname, None, transform) for t, r in refs]
+        return list(self._executor.map(
+            lambda item: self._load_safe(item[0], item[1], source.hostname, token, transform), refs
+        ))
+
+    def _load_safe(self, task_id, ref, hostname: str, token: str | None, transform: Callable | None = None):
+        try:
+            image = self.load(task_id, ref, hostname, token)
+            return transform(image) if transform is not None else image
+        except ImageError as exc:
+            log.warning("task %s: no prediction, image unusable: %s", task_id, exc)
+            return exc
+        except Exception as exc:  # a bug or an unexpected library error: still only this task
+            log.warning("task %s: no prediction, image unusable: %s: %s", task_id, type(exc).__name__, exc)
+            return ImageError(f"{type(exc).__name__}: {exc}")
+
+    def load(self, task_id, ref, hostname: str = "", token: str | None = None) -> Image.Image:
+        if not isinstance(ref, str) or not ref.strip():
+            raise ImageError(f"no image reference in the task data (got {ref!r})")
+        ref = ref.strip()
+        if ref.startswith("data:"):
+            return self._decode(_data_uri_bytes(ref), where="data URI")
+        if _needs_token(ref) and not hostname:
+            raise ImageError(
+                f"{ref} is served by Label Studio, but LABEL_STUDIO_URL is not set"
+            )
+        if _needs_token(ref) and not token:
+            raise ImageError(
+                f"{ref} is served by Label Studio, which needs LABEL_STUDIO_API_KEY (a Personal Access Token or legacy token)"
+            )
+        try:
+            with http_session(self._session()):
+                path = get_local_path(
+                    ref, cache_dir=str(self.cache_dir), hostname=hostname or None,
+                    access_token=token or None, download_resources=True, task_id=task_id,
+                )
+        except ImageError:
+            raise
+        except requests.HTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else "?"
+            raise ImageError(f"download of {ref} failed with HTTP {status}") from None
+        except requests.RequestException as exc:
+            raise ImageError(f"download of {ref} failed: {type(exc).__name__}") from None
+        except (FileNotFoundError, ValueError) as exc:
+            raise ImageError(f"cannot resolve {ref}: {exc}") from None
+        path = Path(path)
+        try:
+            size = path.stat().st_size
+        except OSError:
+            raise ImageError(f"{ref}: file not found") from None
+        if size > self.max_bytes:
+            raise ImageError(f"image is {size} bytes, more than IMAGE_MAX_BYTES={self.max_bytes}")
+        try:
+            return self._decode(path.read_bytes(), where=ref)
+        except ImageError:
+            # A cached download that does not decode must not stay cached.
+            if self.cache_dir in path.parents:
+                path.unlink(missing_ok=True)
+            raise
+
+    def _decode(self, data: bytes, where: str) -> Image.Image:
+        if len(data) > self.max_bytes:
+            raise ImageError(f"image is {len(data)} bytes, more than IMAGE_MAX_BYTES={self.max_bytes}")
+        if not data:
+            raise ImageError(f"{where}: empty file")
+        try:
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > self.max_pixels:
+                raise ImageError(f"{where}: {width}x{height} pixels, more than IMAGE_MAX_PIXELS={self.max_pixels}")
+            image.load()
+            return image.convert("RGB")
+        except ImageError:
+            raise
+        except UnidentifiedImageError:
+            raise ImageError(f"{where}: not an image") from None
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            raise ImageError(f"{where}: corrupt image ({exc})") from None
+
+
+def _needs_token(ref: object) -> bool:
+    if not isinstance(ref, str):
+        return False
+    return ref.startswith(("/data/", "data/upload", "upload/", "/upload/", "/storage-data/", "s3:", "gs:", "azure-blob:"))
+
+
+def _on_host(ref: object, hostname: str) -> bool:
+    return bool(hostname) and isinstance(ref, str) and ref.startswith(hostname.rstrip("/") + "/")
+
+
+def _data_uri_bytes(uri: str) -> bytes:
+    header, _, payload = uri.partition(",")
+    if ";base64" not in header:
+        raise ImageError("data URI is not base64-encoded")
+    try:
+        return base64.b64decode(payload, validate=False)
+    except (binascii.Error, ValueError):
+        raise ImageError("data URI is not valid base64") from None

@@ -1,0 +1,96 @@
+"""The strategy contract.
+
+Direction, stated once for the whole package: every strategy returns **acquisition values where
+larger means "label first"**. Nothing in this package knows about Label Studio's ``score`` (where
+lower is served first); the backend converts acquisition values into scores in exactly one place,
+``ml_backend.queue_score.acquisition_to_score``.
+
+A strategy declares what it needs (:class:`Need`); the scorer computes each declared input once per
+forward pass and hands all of them over in a :class:`ScoringInputs`. Strategies never run the model
+themselves and never mutate what they are given.
+"""
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping, Sequence
+
+import torch
+
+from .errors import MissingInputError, StrategyError
+
+
+class Need(str, enum.Enum):
+    """Inputs a strategy can ask the scorer for."""
+
+    KEYS = "keys"  # stable item identifiers (task ids), for seeded per-item randomness
+    PROBS = "probs"  # softmax of the current target head, (N, C)
+    LOGITS = "logits"  # raw target-head outputs, (N, C)
+    EMBEDDINGS = "embeddings"  # penultimate features h(x): the input of the target head, (N, D)
+    FEATURES = "features"  # activations at the layers named by Strategy.layers(), {name: (N, ...)}
+    SOURCE_PROBS = "source_probs"  # softmax of the original model's source head, (N, C_source)
+
+
+@dataclass(frozen=True)
+class ScoringInputs:
+    """Everything a strategy may look at for one pool (N items)."""
+
+    n: int
+    keys: Sequence[str] | None = None
+    probs: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    embeddings: torch.Tensor | None = None
+    features: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    source_probs: torch.Tensor | None = None
+    round: int = 0  # completed fine-tuning rounds t (ADMA's trade-off needs it)
+
+    def require(self, need: Need) -> Any:
+        value = self.features if need is Need.FEATURES else getattr(self, need.value)
+        if value is None:
+            raise MissingInputError(f"the scorer did not provide '{need.value}'")
+        return value
+
+
+class Strategy(ABC):
+    """Base class: a thin object around a pure acquisition function.
+
+    Subclasses set ``name``, ``needs`` and ``description`` and implement :meth:`acquisition`.
+    Constructor parameters are stored and reported by :meth:`params` so that a model version can
+    name the exact configuration that produced its scores.
+    """
+
+    name: ClassVar[str]
+    needs: ClassVar[frozenset[Need]]
+    description: ClassVar[str]
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = int(seed)
+
+    def params(self) -> dict[str, Any]:
+        return {"seed": self.seed}
+
+    def layers(self) -> tuple[str, ...]:
+        """Named layers whose activations this strategy needs (only with Need.FEATURES)."""
+        return ()
+
+    @abstractmethod
+    def acquisition(self, inputs: ScoringInputs) -> torch.Tensor:
+        """Acquisition values, shape (N,), larger = label first."""
+
+    def __call__(self, inputs: ScoringInputs) -> torch.Tensor:
+        """Run :meth:`acquisition` and enforce the contract on its result."""
+        if inputs.n == 0:
+            return torch.zeros(0, dtype=torch.float64)
+        values = self.acquisition(inputs)
+        if not isinstance(values, torch.Tensor) or values.shape != (inputs.n,):
+            shape = getattr(values, "shape", type(values).__name__)
+            raise StrategyError(f"strategy '{self.name}' returned {shape}, expected ({inputs.n},)")
+        values = values.detach().to("cpu", torch.float64)
+        if not torch.isfinite(values).all():
+            raise StrategyError(f"strategy '{self.name}' returned non-finite acquisition values")
+        return values
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"{type(self).__name__}({args})"
