@@ -1,7 +1,7 @@
 """Logging that never shows a secret.
 
 Nothing in this package logs tokens, passwords or Authorization headers; as a second line of
-defence a filter on the root handlers masks every registered secret and any Authorization/Token
+defence a log-record factory masks every registered secret and any Authorization/Token
 value that a library might print.
 """
 from __future__ import annotations
@@ -33,21 +33,34 @@ class SecretRegistry:
         return _AUTH_PATTERN.sub(lambda m: m.group(1) + MASK, text)
 
 
-class RedactingFilter(logging.Filter):
-    def __init__(self, registry: SecretRegistry) -> None:
-        super().__init__()
-        self.registry = registry
+_installed: list[SecretRegistry] = []
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        redacted = self.registry.redact(message)
-        if redacted != message or record.exc_info:
-            if record.exc_info and not record.exc_text:
-                record.exc_text = logging.Formatter().formatException(record.exc_info)
-            if record.exc_text:
-                record.exc_text = self.registry.redact(record.exc_text)
+
+def _install_record_factory(registry: SecretRegistry) -> None:
+    """Redact every record when it is created, before any handler (ours, gunicorn's, pytest's)
+    sees it. Exception text is redacted too, since it can quote a request."""
+    if _installed:
+        _installed[0] = registry
+        return
+    _installed.append(registry)
+    previous = logging.getLogRecordFactory()
+
+    def factory(*args, **kwargs):
+        record = previous(*args, **kwargs)
+        reg = _installed[0]
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed log call: leave it to logging's own error handling
+            return record
+        redacted = reg.redact(message)
+        if redacted != message:
             record.msg, record.args = redacted, None
-        return True
+        if record.exc_info and record.exc_info[0] is not None:
+            record.exc_text = reg.redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        return record
+
+    logging.setLogRecordFactory(factory)
 
 
 def configure_logging(level: str, registry: SecretRegistry) -> None:
@@ -57,13 +70,7 @@ def configure_logging(level: str, registry: SecretRegistry) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
     root.setLevel(level)
-    for handler in root.handlers:
-        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
-            handler.addFilter(RedactingFilter(registry))
-        else:
-            for f in handler.filters:
-                if isinstance(f, RedactingFilter):
-                    f.registry = registry
+    _install_record_factory(registry)
     # Libraries that would otherwise log every request URL at INFO/DEBUG.
     for noisy in ("httpx", "urllib3", "label_studio_sdk"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

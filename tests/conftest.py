@@ -1,0 +1,94 @@
+import http.server
+import threading
+import time
+
+import pytest
+
+from tests.data import digit_pngs, png_bytes
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    routes: dict = {}
+    seen: list = []
+
+    def log_message(self, *args):  # keep test output clean
+        pass
+
+    def do_GET(self):
+        type(self).seen.append((self.path, dict(self.headers)))
+        route = self.routes.get(self.path.split("?")[0])
+        if route is None:
+            self.send_response(404)
+            self.end_headers()
+            return
+        kind, payload = route
+        if kind == "slow":
+            time.sleep(payload)
+            payload = png_bytes()
+        if kind == "stream":  # no Content-Length, more bytes than allowed
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.end_headers()
+            for _ in range(payload):
+                self.wfile.write(b"\0" * 65536)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+
+@pytest.fixture(scope="session")
+def digits64():
+    return digit_pngs(48, size=64)
+
+
+def _serve(routes):
+    handler = type("H", (_Handler,), {"routes": routes, "seen": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    server.url = f"http://127.0.0.1:{server.server_address[1]}"
+    server.seen = handler.seen
+    return server
+
+
+@pytest.fixture
+def image_server(digits64):
+    good = digits64[0][1]
+    routes = {
+        "/good.png": ("bytes", good),
+        "/corrupt.png": ("bytes", good[: len(good) // 2]),
+        "/text.png": ("bytes", b"this is not an image"),
+        "/empty.png": ("bytes", b""),
+        "/slow.png": ("slow", 3.0),
+        "/huge-stream.png": ("stream", 40),
+    }
+    for i, (name, data, _) in enumerate(digits64):
+        routes[f"/digits/{i}.png"] = ("bytes", data)
+    server = _serve(routes)
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def second_server(digits64):
+    server = _serve({"/good.png": ("bytes", digits64[1][1])})
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory):
+    """One real Label Studio 1.23.2 for the whole test session (started and stopped here)."""
+    from tests.labelstudio import LabelStudio
+
+    server = LabelStudio(tmp_path_factory.mktemp("label-studio"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
