@@ -14,7 +14,7 @@ import binascii
 import io
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -87,8 +87,11 @@ class ImageLoader:
         """Load ``[(task_id, reference), ...]`` concurrently. Each item is the RGB image (passed
         through ``transform`` in the same worker thread, if given) or the ImageError that explains
         why that task has none. Never raises for one bad image."""
-        if not refs:
-            return []
+        return [f.result() for f in self.submit_many(refs, source, transform)]
+
+    def submit_many(self, refs: Sequence[tuple[object, object]], source: Source, transform: Callable | None = None) -> list[Future]:
+        """Like :meth:`load_many`, but returns one future per reference, in order, so that a
+        caller can start computing on the first images while the rest are still downloading."""
         token: str | None = None
         if any(_needs_token(r) or _on_host(r, source.hostname) for _, r in refs):
             try:
@@ -97,11 +100,18 @@ class ImageLoader:
                 reason = f"cannot authenticate with Label Studio: {type(exc).__name__}: {exc}"
                 log.error("%s", reason)
                 failed = ImageError(reason)
-                return [failed if (_needs_token(r) or _on_host(r, source.hostname)) else
-                        self._load_safe(t, r, source.hostname, None, transform) for t, r in refs]
-        return list(self._executor.map(
-            lambda item: self._load_safe(item[0], item[1], source.hostname, token, transform), refs
-        ))
+                futures = []
+                for task_id, ref in refs:
+                    if _needs_token(ref) or _on_host(ref, source.hostname):
+                        log.warning("task %s: no prediction, image unusable: %s", task_id, reason)
+                        future: Future = Future()
+                        future.set_result(failed)
+                    else:
+                        future = self._executor.submit(self._load_safe, task_id, ref, source.hostname, None, transform)
+                    futures.append(future)
+                return futures
+        return [self._executor.submit(self._load_safe, task_id, ref, source.hostname, token, transform)
+                for task_id, ref in refs]
 
     def _load_safe(self, task_id, ref, hostname: str, token: str | None, transform: Callable | None = None):
         try:

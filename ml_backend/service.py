@@ -139,14 +139,14 @@ class ModelService:
         config, version = state.config, state.version
         refs = [(t.get("id"), (t.get("data") or {}).get(config.value_key) if isinstance(t.get("data"), dict) else None)
                 for t in tasks]
-        loaded = self.loader.load_many(refs, self._source(state), transform=model.preprocess)
+        futures = self.loader.submit_many(refs, self._source(state), transform=model.preprocess)
+        loaded, outputs = self._forward_as_loaded(model, futures)
         good = [i for i, item in enumerate(loaded) if not isinstance(item, ImageError)]
         keys = [str(tasks[i].get("id", f"#{i}")) for i in good]
 
         values = np.zeros(0)
         labels: list[str] = []
         if good:
-            outputs = self._forward(model, [loaded[i] for i in good])
             inputs = ScoringInputs(
                 n=len(good), keys=keys, probs=outputs["probs"], logits=outputs["logits"],
                 embeddings=outputs.get("embeddings"), features=outputs.get("features", {}),
@@ -191,21 +191,32 @@ class ModelService:
             })
         return results
 
-    def _forward(self, model: AdaptedModel, tensors: list[torch.Tensor]) -> dict:
-        needs = set(self.strategy.needs)
-        layers = self.strategy.layers()
+    def _forward_as_loaded(self, model: AdaptedModel, futures: list) -> tuple[list, dict]:
+        """Forward batches of decoded images as soon as they arrive (downloads of later images
+        overlap the forward pass of earlier ones). Every declared input is computed once.
+        Returns the loaded items (tensor or ImageError, in task order) and the merged outputs."""
+        needs, layers, bs = set(self.strategy.needs), self.strategy.layers(), self.settings.batch_size
+        loaded: list = []
+        pending: list[torch.Tensor] = []
         parts: list[dict] = []
-        bs = self.settings.batch_size
-        for start in range(0, len(tensors), bs):
-            batch = torch.stack(tensors[start:start + bs])
-            parts.append(model.forward(batch, needs, layers))
+        for future in futures:
+            item = future.result()
+            loaded.append(item)
+            if not isinstance(item, ImageError):
+                pending.append(item)
+            if len(pending) == bs:
+                parts.append(model.forward(torch.stack(pending), needs, layers))
+                pending = []
+        if pending:
+            parts.append(model.forward(torch.stack(pending), needs, layers))
         merged: dict[str, Any] = {}
-        for name in ("logits", "probs", "embeddings", "source_probs"):
-            if name in parts[0]:
-                merged[name] = torch.cat([p[name] for p in parts])
-        if "features" in parts[0]:
-            merged["features"] = {k: torch.cat([p["features"][k] for p in parts]) for k in parts[0]["features"]}
-        return merged
+        if parts:
+            for name in ("logits", "probs", "embeddings", "source_probs"):
+                if name in parts[0]:
+                    merged[name] = torch.cat([p[name] for p in parts])
+            if "features" in parts[0]:
+                merged["features"] = {k: torch.cat([p["features"][k] for p in parts]) for k in parts[0]["features"]}
+        return loaded, merged
 
     # ----------------------------------------------------------------------------- reporting
     def record_event(self, action: str) -> None:
