@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
             self.cfg.set("timeout", 300)  # LS waits up to 100 s for /predict
             self.cfg.set("loglevel", settings.log_level.lower())
             self.cfg.set("accesslog", None)
+            self.cfg.set("control_socket_disable", True)  # one shared path in $HOME would clash between servers
 
         def load(self):
             return app

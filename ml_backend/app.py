@@ -10,6 +10,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from .errors import BackendError, BadRequest
+from .learning import Learner
 from .logs import SecretRegistry, configure_logging
 from .service import ModelService
 from .settings import Settings
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None, service: ModelService | None = 
         secrets.add(secret)
     configure_logging(settings.log_level, secrets)
     service = service or ModelService(settings, secrets)
+    learner = service.learner or Learner(service)
 
     app = Flask("ml_backend")
     app.config["settings"] = settings
@@ -120,14 +122,15 @@ def create_app(settings: Settings | None = None, service: ModelService | None = 
         if not isinstance(action, str) or not action:
             raise BadRequest("missing 'action'")
         service.record_event(action)
-        # Training and re-publishing on events belong to the learning loop (background service).
-        return jsonify(status="ok", action=action)
+        outcome = learner.handle(action, data)  # only sets flags: answers in milliseconds
+        return jsonify(status="ok", action=action, outcome=outcome)
 
     @app.get("/versions")
     def versions():
         return jsonify(versions=service.versions(request.args.get("project")))
 
     @app.get("/metrics")
+    @app.get("/status")
     def metrics():
         return jsonify(service.metrics())
 

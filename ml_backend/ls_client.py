@@ -42,3 +42,54 @@ class LabelStudioConnection:
             return None
         header = self.client._client_wrapper.get_headers().get("Authorization", "")
         return header.split(" ", 1)[1] if " " in header else None
+
+
+def _as_dict(obj) -> dict:
+    return obj if isinstance(obj, dict) else obj.model_dump()
+
+
+class ProjectAPI:
+    """The Label Studio calls the learning loop makes for one project (label-studio-sdk)."""
+
+    def __init__(self, connection: LabelStudioConnection, project_id: int) -> None:
+        self.connection = connection
+        self.project_id = int(project_id)
+
+    @property
+    def _client(self):
+        return self.connection.client
+
+    def tasks(self) -> list[dict]:
+        """Every task with its data and annotations (the source of truth for labels)."""
+        pager = self._client.tasks.list(project=self.project_id, fields="all", page_size=1000)
+        out = []
+        for task in pager:
+            t = _as_dict(task)
+            out.append({"id": t["id"], "data": t.get("data") or {},
+                        "annotations": [_as_dict(a) for a in (t.get("annotations") or [])]})
+        return out
+
+    def import_predictions(self, predictions: list[dict]) -> int:
+        response = self._client.projects.import_predictions(id=self.project_id, request=predictions)
+        return int(getattr(response, "created", None) or len(predictions))
+
+    def set_model_version(self, version: str) -> None:
+        self._client.projects.update(id=self.project_id, model_version=version)
+
+    def model_version(self) -> str:
+        return self._client.projects.get(id=self.project_id).model_version or ""
+
+    def delete_version(self, version: str) -> int:
+        response = self._client._client_wrapper.httpx_client.request(
+            f"api/projects/{self.project_id}/model-versions/", method="DELETE", json={"model_version": version},
+        )
+        response.raise_for_status()
+        return int(response.json().get("deleted_predictions", 0))
+
+    def model_versions(self) -> list[str]:
+        response = self._client._client_wrapper.httpx_client.request(
+            f"api/projects/{self.project_id}/model-versions/", method="GET",
+        )
+        response.raise_for_status()
+        data = response.json()
+        return list(data) if isinstance(data, (list, dict)) else []

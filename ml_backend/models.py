@@ -79,6 +79,8 @@ class BackboneSpec:
     frozen: tuple[str, ...]  # parameter-name prefixes that stay frozen
     preprocess: Preprocess  # used when the weights do not carry their own
     source_classes: int  # size of the source head of a fresh model
+    trunk: Callable[[nn.Module, torch.Tensor], torch.Tensor]  # the frozen early layers
+    rest: Callable[[nn.Module, torch.Tensor], torch.Tensor]  # everything after: rest(m, trunk(m, x)) == m(x)
     torchvision_name: str | None = None  # for torchvision's weights registry
 
 
@@ -111,28 +113,55 @@ def _tv(name: str) -> Callable[[int], nn.Module]:
     return lambda n: torchvision.models.get_model(name, weights=None, num_classes=n)
 
 
+# Trunk/rest splits at the freeze boundary. Submodules are looked up at call time, so a replaced
+# head is always the one used. The frozen-feature cache stores trunk outputs.
+def _resnet_trunk(m, x):
+    return m.layer2[0](m.layer1(m.maxpool(m.relu(m.bn1(m.conv1(x))))))
+
+
+def _resnet_rest(m, z):
+    z = m.layer4(m.layer3(m.layer2[1](z)))
+    return m.fc(torch.flatten(m.avgpool(z), 1))
+
+
+def _features_split(k: int):
+    def trunk(m, x):
+        return m.features[:k](x)
+
+    def rest(m, z):
+        z = m.features[k:](z)
+        if hasattr(m, "avgpool"):
+            z = torch.flatten(m.avgpool(z), 1)
+        return m.classifier(z)
+
+    return trunk, rest
+
+
 register_backbone(BackboneSpec(
     "resnet18", _tv("resnet18"), head="fc",
     # First 8 convs counting downsample: conv1(+bn1), layer1 (4 convs), layer2.0 (3 convs).
     frozen=("conv1.", "bn1.", "layer1.", "layer2.0."),
-    preprocess=_IMAGENET_PRE, source_classes=1000, torchvision_name="resnet18",
+    preprocess=_IMAGENET_PRE, source_classes=1000, trunk=_resnet_trunk, rest=_resnet_rest,
+    torchvision_name="resnet18",
 ))
 register_backbone(BackboneSpec(
     "vgg16", _tv("vgg16"), head="classifier.6",
     # conv1_1 ... conv3_3 = features.{0,2,5,7,10,12,14}
     frozen=tuple(f"features.{i}." for i in (0, 2, 5, 7, 10, 12, 14)),
-    preprocess=_IMAGENET_PRE, source_classes=1000, torchvision_name="vgg16",
+    preprocess=_IMAGENET_PRE, source_classes=1000, trunk=_features_split(16)[0], rest=_features_split(16)[1],
+    torchvision_name="vgg16",
 ))
 register_backbone(BackboneSpec(
     "alexnet", _tv("alexnet"), head="classifier.6",
     frozen=("features.0.", "features.3."),  # conv1, conv2
-    preprocess=_IMAGENET_PRE, source_classes=1000, torchvision_name="alexnet",
+    preprocess=_IMAGENET_PRE, source_classes=1000, trunk=_features_split(5)[0], rest=_features_split(5)[1],
+    torchvision_name="alexnet",
 ))
 register_backbone(BackboneSpec(
     "smallcnn", SmallCNN, head="classifier.5",
     frozen=("features.0.",),  # conv1, as in METHODS.md §8.2
     preprocess=Preprocess(32, 32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-    source_classes=10,
+    source_classes=10, trunk=_features_split(2)[0], rest=_features_split(2)[1],
 ))
 
 
@@ -271,6 +300,15 @@ class AdaptedModel:
             ", ".join(p.rstrip(".") for p in self.spec.frozen), self.labels,
         )
 
+    def clone(self) -> "AdaptedModel":
+        """A copy to train: its own target and lock, sharing the frozen source model M0."""
+        with self.lock:
+            twin = copy.copy(self)
+            twin.target = copy.deepcopy(self.target)
+            twin.labels, twin.active = list(self.labels), list(self.active)
+            twin.lock = threading.RLock()
+        return twin
+
     @staticmethod
     def _new_linear(in_features: int, out_features: int, seed: int) -> nn.Linear:
         with torch.random.fork_rng(devices=[]):
@@ -318,8 +356,21 @@ class AdaptedModel:
         return added
 
     @torch.no_grad()
+    def trunk(self, batch: torch.Tensor) -> torch.Tensor:
+        """Activations at the freeze boundary (identical for M0 and the target: frozen layers never
+        change), as float32 on the CPU, ready for the frozen-feature cache."""
+        with self.lock:
+            self.target.eval()
+            return self.spec.trunk(self.target, batch.to(self.device, non_blocking=True)).float().cpu()
+
+    @torch.no_grad()
     def forward(self, batch: torch.Tensor, needs: Iterable[Need], layers: Sequence[str] = ()) -> dict:
-        """One forward pass computing every declared input once.
+        """Full forward pass from preprocessed images; see :meth:`forward_from_trunk`."""
+        return self.forward_from_trunk(self.trunk(batch), needs, layers)
+
+    @torch.no_grad()
+    def forward_from_trunk(self, z: torch.Tensor, needs: Iterable[Need], layers: Sequence[str] = ()) -> dict:
+        """Run only the trainable part on trunk activations, computing every declared input once.
 
         Returns a dict with 'logits' and 'probs' over ``active`` labels (always), plus
         'embeddings', 'features' and 'source_probs' when asked for.
@@ -340,8 +391,8 @@ class AdaptedModel:
                         lambda _m, _a, out, layer=layer: captured.__setitem__(layer, out.detach().clone())
                     ))
             try:
-                x = batch.to(self.device, non_blocking=True)
-                logits_all = self.target(x)
+                z = z.to(self.device, non_blocking=True)
+                logits_all = self.spec.rest(self.target, z)
             finally:
                 for h in hooks:
                     h.remove()
@@ -351,7 +402,30 @@ class AdaptedModel:
             if Need.EMBEDDINGS in needs:
                 out["embeddings"] = captured.pop("embeddings").cpu()
             if Need.FEATURES in needs:
+                missing = [layer for layer in layers if layer not in captured]
+                if missing:
+                    raise ValueError(f"layers {missing} are inside the frozen trunk of {self.spec.name}; "
+                                     "strategies can only hook layers after the freeze boundary")
                 out["features"] = {k: v.cpu() for k, v in captured.items()}
             if Need.SOURCE_PROBS in needs:
-                out["source_probs"] = self.source(x).float().softmax(dim=1).cpu()
+                out["source_probs"] = self.spec.rest(self.source, z).float().softmax(dim=1).cpu()
         return out
+
+    def logits_for_training(self, z: torch.Tensor) -> torch.Tensor:
+        """Logits over all head rows with autograd, from trunk activations (call train_mode first)."""
+        return self.spec.rest(self.target, z)
+
+    def state(self) -> dict:
+        """What a checkpoint needs to rebuild this model."""
+        return {"labels": list(self.labels), "active": list(self.active)}
+
+    def load_target_state(self, state_dict: dict, labels: Sequence[str], active: Sequence[str]) -> None:
+        """Restore a checkpointed target (its head sized to ``labels``)."""
+        with self.lock:
+            head = self.head
+            if len(labels) != head.out_features:
+                new = nn.Linear(head.in_features, len(labels)).to(head.weight.device)
+                self.target.set_submodule(self.spec.head, new)
+            self.target.load_state_dict(state_dict)
+            self.labels, self.active = list(labels), list(active)
+            self.freeze()

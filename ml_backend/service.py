@@ -1,4 +1,5 @@
-"""Per-project models and scoring. No Flask here: the HTTP layer only translates."""
+"""Per-project models, scoring, checkpoints and publishing. No Flask here: the HTTP layer only
+translates requests; the learning loop (``learning.py``) drives rounds in the background."""
 from __future__ import annotations
 
 import hashlib
@@ -6,8 +7,10 @@ import json
 import logging
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -15,7 +18,9 @@ import torch
 import strategies
 from strategies import Need, ScoringInputs
 
+from . import checkpoints
 from .errors import BadRequest, ImageError, UnknownProject
+from .feature_cache import FeatureCache
 from .images import ImageLoader, Source
 from .label_config import ClassificationConfig, parse_label_config
 from .ls_client import LabelStudioConnection
@@ -27,7 +32,10 @@ log = logging.getLogger(__name__)
 
 
 def project_key(project: Any) -> str:
-    """Label Studio sends ``"<id>.<created_at>"`` in /setup and /predict; tasks carry the bare id."""
+    """Label Studio sends ``"<id>.<created_at>"`` in /setup and /predict, ``{"id": ...}`` in
+    webhooks; tasks carry the bare id."""
+    if isinstance(project, dict):
+        project = project.get("id")
     text = str(project if project is not None else "").strip()
     key = text.split(".", 1)[0]
     if not key:
@@ -39,12 +47,15 @@ def project_key(project: Any) -> str:
 class ProjectState:
     key: str
     config: ClassificationConfig
-    round: int = 0  # completed fine-tuning rounds t
+    round: int = 0  # completed fine-tuning rounds t (ADMA's trade-off needs it; persisted)
     hostname: str = ""  # from /setup, used when LABEL_STUDIO_URL is not set
     access_token: str = ""  # from /setup (the creator's legacy token)
     model: AdaptedModel | None = None
+    labels_used: dict[str, str] = field(default_factory=dict)  # task id -> label of the last round
     acquisitions: dict[str, float] = field(default_factory=dict)  # task id -> value, this version
     version: str = ""
+    published_version: str | None = None
+    checkpoint: str | None = None  # path of the served version's checkpoint
     lock: threading.RLock = field(default_factory=threading.RLock)
     stats: dict[str, float] = field(default_factory=lambda: {
         "predict_requests": 0, "tasks_predicted": 0, "image_failures": 0, "predict_seconds": 0.0,
@@ -54,7 +65,7 @@ class ProjectState:
 class ModelService:
     """Owns the pretrained backbone (loaded once), the strategy and every project's model."""
 
-    def __init__(self, settings: Settings, secrets: "SecretRegistry | None" = None) -> None:
+    def __init__(self, settings: Settings, secrets=None) -> None:
         self.settings = settings
         self.device = resolve_device(settings.device)
         self.strategy = strategies.get(settings.strategy, seed=settings.seed)
@@ -64,23 +75,66 @@ class ModelService:
             settings.model_dir / "cache" / "images", settings.fetch_workers,
             settings.image_max_bytes, settings.image_max_pixels, settings.image_timeout_s,
         )
+        fingerprint = hashlib.sha1(json.dumps([
+            self.base.spec.name, self.base.weights, self.base.preprocess.to_dict(), self.base.spec.frozen,
+            settings.feature_cache_dtype,
+        ], sort_keys=True).encode()).hexdigest()[:12]
+        self.features = FeatureCache(
+            settings.model_dir / "cache" / "features", fingerprint,
+            settings.feature_cache_mb * 2**20, settings.feature_cache_disk_mb * 2**20, settings.feature_cache_dtype,
+        )
         self.secrets = secrets
         self.projects: dict[str, ProjectState] = {}
         self._lock = threading.Lock()
         self.events: dict[str, int] = {}
+        self.learner = None  # set by learning.Learner
+        self._restore_all()
         log.info(
-            "backend ready: backbone=%s weights=%s strategy=%r device=%s",
-            settings.backbone, self.base.weights, self.strategy, self.device,
+            "backend ready: backbone=%s weights=%s strategy=%r device=%s projects restored=%d",
+            settings.backbone, self.base.weights, self.strategy, self.device, len(self.projects),
         )
 
     # ----------------------------------------------------------------------------- projects
+    def project_dir(self, key: str) -> Path:
+        return self.settings.model_dir / "projects" / key
+
     def version_of(self, state: ProjectState) -> str:
         ident = json.dumps([
             self.base.spec.name, self.base.weights, self.settings.seed, self.strategy.name,
-            self.strategy.params(), state.config.fingerprint,
+            self.strategy.params(), state.config.fingerprint, state.checkpoint or "",
         ], sort_keys=True)
         digest = hashlib.sha1(ident.encode()).hexdigest()[:6]
         return f"{self.base.spec.name}-{self.strategy.name}-t{state.round}-{digest}"
+
+    def _restore_all(self) -> None:
+        root = self.settings.model_dir / "projects"
+        if not root.is_dir():
+            return
+        for path in sorted(root.iterdir()):
+            if path.is_dir() and path.name.isdigit():
+                try:
+                    self._restore(path.name)
+                except Exception as exc:  # one broken project must not stop the others
+                    log.error("project %s: cannot restore a checkpoint: %s", path.name, exc)
+
+    def _restore(self, key: str) -> ProjectState | None:
+        found = checkpoints.load_latest(self.project_dir(key))
+        if found is None:
+            return None
+        meta, state_dict = found
+        c = meta["config"]
+        config = ClassificationConfig(c["from_name"], c["to_name"], c["value_key"], tuple(c["labels"]))
+        model = AdaptedModel(self.base, meta["labels"], self.device, self.settings.seed)
+        model.load_target_state(state_dict, meta["labels"], meta["active"])
+        state = ProjectState(key, config, round=meta["round"], model=model,
+                             labels_used=dict(meta.get("labels_used") or {}), checkpoint=meta.get("checkpoint_id"))
+        state.version = self.version_of(state)
+        if meta.get("published_version") == state.version:
+            state.published_version = state.version
+        self.projects[key] = state
+        log.info("project %s: restored %s (round t=%d, %d labels) from %s",
+                 key, state.version, state.round, len(state.labels_used), meta["path"])
+        return state
 
     def setup(self, project: Any, label_config: str, hostname: str = "", access_token: str = "") -> str:
         """Register or update a project. Fast: parses the config, never builds a model here."""
@@ -102,6 +156,8 @@ class ModelService:
             version = self.version_of(state)
             if version != state.version:
                 state.version, state.acquisitions = version, {}
+        if self.learner is not None and self.settings.publish_on_connect:
+            self.learner.ensure_published(state)
         return state.version
 
     def state(self, project: Any, label_config: str | None = None) -> ProjectState:
@@ -115,13 +171,13 @@ class ModelService:
             )
         return state
 
-    def _model(self, state: ProjectState) -> AdaptedModel:
+    def model(self, state: ProjectState) -> AdaptedModel:
         with state.lock:
             if state.model is None:
                 state.model = AdaptedModel(self.base, state.config.labels, self.device, self.settings.seed)
             return state.model
 
-    def _source(self, state: ProjectState) -> Source:
+    def source(self, state: ProjectState) -> Source:
         if self.connection.configured:
             return Source(self.connection.url, self.connection.token)
         token = state.access_token
@@ -129,57 +185,115 @@ class ModelService:
 
     # ----------------------------------------------------------------------------- scoring
     def predict(self, project: Any, tasks: Sequence[dict], label_config: str | None = None) -> list[dict]:
-        started = time.perf_counter()
         if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
             raise BadRequest("'tasks' must be a list of task objects")
         state = self.state(project, label_config)
         if not tasks:
             return []
-        model = self._model(state)
-        config, version = state.config, state.version
+        started = time.perf_counter()
+        with state.lock:
+            model, version = self.model(state), state.version
+        results = self.score(state, tasks, model, version)
+        with state.lock:
+            state.stats["predict_requests"] += 1
+            state.stats["tasks_predicted"] += len(tasks)
+            state.stats["image_failures"] += sum(1 for r in results if not r["result"])
+            state.stats["predict_seconds"] += time.perf_counter() - started
+        return results
+
+    def trunk_activations(self, state: ProjectState, model: AdaptedModel, tasks: Sequence[dict]) -> list:
+        """Per task: trunk activations (from the frozen-feature cache when present) or the
+        ImageError that explains why there are none. Downloads overlap the trunk forward pass."""
+        config = state.config
         refs = [(t.get("id"), (t.get("data") or {}).get(config.value_key) if isinstance(t.get("data"), dict) else None)
                 for t in tasks]
-        futures = self.loader.submit_many(refs, self._source(state), transform=model.preprocess)
-        loaded, outputs = self._forward_as_loaded(model, futures)
-        good = [i for i, item in enumerate(loaded) if not isinstance(item, ImageError)]
-        keys = [str(tasks[i].get("id", f"#{i}")) for i in good]
+        keys = [self.features.key(task_id, ref) if task_id is not None and isinstance(ref, str) else None
+                for task_id, ref in refs]
+        out: list = [None] * len(tasks)
+        missing = []
+        for i, key in enumerate(keys):
+            z = self.features.get(key) if key else None
+            if z is not None:
+                out[i] = z
+            else:
+                missing.append(i)
+        futures = self.loader.submit_many([refs[i] for i in missing], self.source(state), transform=model.preprocess)
+        pending: list[tuple[int, torch.Tensor]] = []
 
+        def flush():
+            z = self.features.round(model.trunk(torch.stack([t for _, t in pending])))
+            for (i, _), zi in zip(pending, z):
+                out[i] = zi
+                if keys[i]:
+                    self.features.put(keys[i], zi)
+            pending.clear()
+
+        for i, future in zip(missing, futures):
+            item = future.result()
+            if isinstance(item, ImageError):
+                out[i] = item
+                continue
+            pending.append((i, item))
+            if len(pending) == self.settings.batch_size:
+                flush()
+        if pending:
+            flush()
+        return out
+
+    def score(self, state: ProjectState, tasks: Sequence[dict], model: AdaptedModel, version: str,
+              reset_pool: bool = False, progress: Callable[[int], None] | None = None) -> list[dict]:
+        """Predictions for ``tasks`` (label + score + version), updating the project's scored pool.
+        With ``reset_pool`` these tasks become the whole reference pool (a full re-scoring)."""
+        config = state.config
+        results: list[dict | None] = [None] * len(tasks)
+        good: list[int] = []
+        parts: list[dict] = []
+        needs, layers, bs = set(self.strategy.needs), self.strategy.layers(), self.settings.batch_size
+        chunk = max(bs, 256)
+        for start in range(0, len(tasks), chunk):  # bounded memory for large pools
+            part_tasks = tasks[start:start + chunk]
+            activations = self.trunk_activations(state, model, part_tasks)
+            ok = [j for j, a in enumerate(activations) if not isinstance(a, ImageError)]
+            for j, a in enumerate(activations):
+                if isinstance(a, ImageError):
+                    results[start + j] = {"result": [], "score": LEAST_URGENT_SCORE, "model_version": version,
+                                          "error": str(a)}
+            for s in range(0, len(ok), bs):
+                idx = ok[s:s + bs]
+                parts.append(model.forward_from_trunk(torch.stack([activations[j] for j in idx]), needs, layers))
+            good.extend(start + j for j in ok)
+            if progress is not None:
+                progress(min(start + chunk, len(tasks)))
+
+        keys = [str(tasks[i].get("id", f"#{i}")) for i in good]
         values = np.zeros(0)
-        labels: list[str] = []
         if good:
+            merged = {name: torch.cat([p[name] for p in parts]) for name in ("logits", "probs", "embeddings", "source_probs") if name in parts[0]}
+            if "features" in parts[0]:
+                merged["features"] = {k: torch.cat([p["features"][k] for p in parts]) for k in parts[0]["features"]}
             inputs = ScoringInputs(
-                n=len(good), keys=keys, probs=outputs["probs"], logits=outputs["logits"],
-                embeddings=outputs.get("embeddings"), features=outputs.get("features", {}),
-                source_probs=outputs.get("source_probs"), round=state.round,
+                n=len(good), keys=keys, probs=merged["probs"], logits=merged["logits"],
+                embeddings=merged.get("embeddings"), features=merged.get("features", {}),
+                source_probs=merged.get("source_probs"), round=state.round,
             )
             values = self.strategy(inputs).numpy()
-            labels = [model.active[j] for j in outputs["probs"].argmax(dim=1).tolist()]
+            labels = [model.active[j] for j in merged["probs"].argmax(dim=1).tolist()]
 
         with state.lock:
             if state.version == version:
+                if reset_pool:
+                    state.acquisitions = {}
                 for j, (i, key) in enumerate(zip(good, keys)):
                     if "id" in tasks[i]:
                         state.acquisitions[key] = float(values[j])
                 reference = np.fromiter(state.acquisitions.values(), dtype=np.float64)
-            else:  # the version moved on during this request: rank within the request
+            else:  # the served version moved on during this request: rank within the request
                 reference = values
             if reference.size == 0:
                 reference = values
-            scores = acquisition_to_score(values, reference)
-            state.stats["predict_requests"] += 1
-            state.stats["tasks_predicted"] += len(tasks)
-            state.stats["image_failures"] += len(tasks) - len(good)
-            state.stats["predict_seconds"] += time.perf_counter() - started
-
-        results: list[dict] = []
-        position = {i: j for j, i in enumerate(good)}
-        for i, item in enumerate(loaded):
-            if i not in position:
-                results.append({"result": [], "score": LEAST_URGENT_SCORE, "model_version": version,
-                                "error": str(item)})
-                continue
-            j = position[i]
-            results.append({
+        scores = acquisition_to_score(values, reference)
+        for j, i in enumerate(good):
+            results[i] = {
                 "result": [{
                     "from_name": config.from_name, "to_name": config.to_name, "type": "choices",
                     "value": {"choices": [labels[j]]},
@@ -188,35 +302,54 @@ class ModelService:
                 "model_version": version,
                 "acquisition": float(values[j]),
                 "strategy": self.strategy.name,
-            })
-        return results
+            }
+        return results  # type: ignore[return-value]
 
-    def _forward_as_loaded(self, model: AdaptedModel, futures: list) -> tuple[list, dict]:
-        """Forward batches of decoded images as soon as they arrive (downloads of later images
-        overlap the forward pass of earlier ones). Every declared input is computed once.
-        Returns the loaded items (tensor or ImageError, in task order) and the merged outputs."""
-        needs, layers, bs = set(self.strategy.needs), self.strategy.layers(), self.settings.batch_size
-        loaded: list = []
-        pending: list[torch.Tensor] = []
-        parts: list[dict] = []
-        for future in futures:
-            item = future.result()
-            loaded.append(item)
-            if not isinstance(item, ImageError):
-                pending.append(item)
-            if len(pending) == bs:
-                parts.append(model.forward(torch.stack(pending), needs, layers))
-                pending = []
-        if pending:
-            parts.append(model.forward(torch.stack(pending), needs, layers))
-        merged: dict[str, Any] = {}
-        if parts:
-            for name in ("logits", "probs", "embeddings", "source_probs"):
-                if name in parts[0]:
-                    merged[name] = torch.cat([p[name] for p in parts])
-            if "features" in parts[0]:
-                merged["features"] = {k: torch.cat([p["features"][k] for p in parts]) for k in parts[0]["features"]}
-        return loaded, merged
+    # ----------------------------------------------------------------------------- versions
+    def save_version(self, state: ProjectState, model: AdaptedModel, round_: int, labels_used: dict,
+                     metrics: dict) -> tuple[str, str]:
+        """Checkpoint a trained model as the next version; returns (version, path). Not served yet."""
+        probe = ProjectState(state.key, state.config, round=round_)
+        probe.checkpoint = f"{state.key}/{round_}/{time.time_ns()}"
+        version = self.version_of(probe)
+        c = state.config
+        meta = {
+            "round": round_, "labels": model.labels, "active": model.active, "labels_used": labels_used,
+            "config": {"from_name": c.from_name, "to_name": c.to_name, "value_key": c.value_key, "labels": list(c.labels)},
+            "backbone": self.base.spec.name, "weights": self.base.weights, "preprocess": model.preprocess.to_dict(),
+            "strategy": self.strategy.name, "strategy_params": self.strategy.params(), "metrics": metrics,
+            "checkpoint_id": probe.checkpoint,
+        }
+        path = checkpoints.save(self.project_dir(state.key), version, model.target.state_dict(), meta)
+        removed = checkpoints.prune(self.project_dir(state.key), self.settings.keep_versions)
+        if removed:
+            log.info("project %s: pruned old versions %s", state.key, removed)
+        return version, str(path)
+
+    def serve(self, state: ProjectState, model: AdaptedModel, round_: int, labels_used: dict, path: str) -> str:
+        """Switch the served model atomically (under the project lock)."""
+        with state.lock:
+            model.set_labels(state.config.labels)  # the config may have changed during training
+            state.model, state.round, state.labels_used = model, round_, labels_used
+            state.checkpoint = json.loads((Path(path) / "meta.json").read_text())["checkpoint_id"]
+            state.version = self.version_of(state)
+            state.acquisitions = {}
+            state.published_version = None
+            return state.version
+
+    def mark_published(self, state: ProjectState, version: str) -> None:
+        with state.lock:
+            if state.version != version:
+                return
+            state.published_version = version
+        for meta in checkpoints.list_versions(self.project_dir(state.key)):
+            if meta.get("version") == version or meta.get("checkpoint_id") == state.checkpoint:
+                path = Path(meta["path"]) / "meta.json"
+                data = json.loads(path.read_text())
+                data["published_version"] = version
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+                tmp.replace(path)
 
     # ----------------------------------------------------------------------------- reporting
     def record_event(self, action: str) -> None:
@@ -225,11 +358,15 @@ class ModelService:
 
     def versions(self, project: Any | None = None) -> list[str]:
         if project is not None:
-            state = self.projects.get(project_key(project))
-            return [state.version] if state else []
+            key = project_key(project)
+            state = self.projects.get(key)
+            saved = [m["version"] for m in checkpoints.list_versions(self.project_dir(key))]
+            current = [state.version] if state else []
+            return list(dict.fromkeys(saved + current))
         return sorted({s.version for s in self.projects.values()})
 
     def metrics(self) -> dict:
+        learner = self.learner
         return {
             "backbone": self.base.spec.name,
             "weights": self.base.weights,
@@ -237,18 +374,24 @@ class ModelService:
             "strategy_params": self.strategy.params(),
             "device": str(self.device),
             "events": dict(self.events),
+            "feature_cache": self.features.stats(),
             "projects": {
                 key: {
                     "model_version": s.version,
+                    "published_version": s.published_version,
                     "round": s.round,
                     "labels": list(s.config.labels),
+                    "labels_used": len(s.labels_used),
                     "model_loaded": s.model is not None,
                     "scored_pool_size": len(s.acquisitions),
                     **s.stats,
+                    **(learner.status(key) if learner is not None else {}),
                 }
                 for key, s in sorted(self.projects.items())
             },
         }
 
     def close(self) -> None:
+        if self.learner is not None:
+            self.learner.stop()
         self.loader.close()

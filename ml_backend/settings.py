@@ -41,6 +41,23 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "IMAGE_MAX_BYTES": ("20000000", "Images larger than this many bytes are refused (the task gets no prediction)."),
     "IMAGE_MAX_PIXELS": ("40000000", "Images with more pixels than this are refused (decompression-bomb guard)."),
     "IMAGE_TIMEOUT_S": ("15", "Timeout in seconds for one image download."),
+    "TRAIN_DEBOUNCE_S": ("5", "Seconds without new annotation events before a training round starts (a burst gives one round)."),
+    "TRAIN_MIN_NEW_LABELS": ("1", "Changed labels (new, updated or deleted) needed to start a round; START_TRAINING always starts one."),
+    "TRAIN_STEPS": ("100", "Optimizer steps per round."),
+    "TRAIN_LR": ("0.001", "Adam learning rate."),
+    "TRAIN_WEIGHT_DECAY": ("0.0005", "Adam weight decay."),
+    "TRAIN_BATCH_SIZE": ("32", "Mini-batch size."),
+    "TRAIN_NEW_FRACTION": ("0.1", "Share of each mini-batch drawn from labels new in this round (the EMOC paper's 0.9 old / 0.1 new)."),
+    "TRAIN_AUGMENT": ("none", "Training augmentation: none (trains on cached frozen features, fastest), flip, crop or flip+crop."),
+    "TRAIN_AMP": ("true", "Mixed precision (bfloat16 autocast) when training on CUDA."),
+    "KEEP_VERSIONS": ("3", "Checkpoints kept per project; older versions are pruned."),
+    "PUBLISH_ON_CONNECT": ("true", "Score the whole pool and publish version 0 when a project first connects."),
+    "PUBLISH_CHUNK": ("500", "Predictions per bulk import request."),
+    "PUBLISH_RETRIES": ("5", "Attempts per Label Studio API call while publishing (exponential back-off)."),
+    "DELETE_OLD_PREDICTIONS": ("false", "After publishing a version, delete this backend's predictions of older versions."),
+    "FEATURE_CACHE_MB": ("1024", "Memory for cached frozen-layer activations; beyond it they spill to disk."),
+    "FEATURE_CACHE_DISK_MB": ("8192", "Disk for spilled activations under MODEL_DIR/cache/features."),
+    "FEATURE_CACHE_DTYPE": ("float16", "Storage type of cached activations: float16, bfloat16 or float32."),
 }
 
 
@@ -62,15 +79,32 @@ def _int(env: Mapping[str, str], name: str, minimum: int) -> int:
     return value
 
 
-def _float(env: Mapping[str, str], name: str, minimum: float) -> float:
+def _float(env: Mapping[str, str], name: str, minimum: float, inclusive: bool = False, maximum: float | None = None) -> float:
     raw = _get(env, name)
     try:
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not a number") from None
-    if not value > minimum:
-        raise ConfigError(f"{name}={value} must be > {minimum}")
+    if not (value >= minimum if inclusive else value > minimum) or (maximum is not None and value > maximum):
+        bound = f"{'>=' if inclusive else '>'} {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
+        raise ConfigError(f"{name}={value} must be {bound}")
     return value
+
+
+def _bool(env: Mapping[str, str], name: str) -> bool:
+    raw = _get(env, name).lower()
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={raw!r} is invalid; allowed: true, false")
+
+
+def _choice(env: Mapping[str, str], name: str, allowed) -> str:
+    raw = _get(env, name).lower()
+    if raw not in allowed:
+        raise ConfigError(f"{name}={raw!r} is invalid; allowed: {', '.join(allowed)}")
+    return raw
 
 
 @dataclass(frozen=True)
@@ -95,6 +129,23 @@ class Settings:
     image_max_bytes: int = 20_000_000
     image_max_pixels: int = 40_000_000
     image_timeout_s: float = 15.0
+    train_debounce_s: float = 5.0
+    train_min_new_labels: int = 1
+    train_steps: int = 100
+    train_lr: float = 1e-3
+    train_weight_decay: float = 5e-4
+    train_batch_size: int = 32
+    train_new_fraction: float = 0.1
+    train_augment: str = "none"
+    train_amp: bool = True
+    keep_versions: int = 3
+    publish_on_connect: bool = True
+    publish_chunk: int = 500
+    publish_retries: int = 5
+    delete_old_predictions: bool = False
+    feature_cache_mb: int = 1024
+    feature_cache_disk_mb: int = 8192
+    feature_cache_dtype: str = "float16"
 
     @property
     def basic_auth_enabled(self) -> bool:
@@ -152,6 +203,23 @@ class Settings:
             image_max_bytes=_int(env, "IMAGE_MAX_BYTES", 1),
             image_max_pixels=_int(env, "IMAGE_MAX_PIXELS", 1),
             image_timeout_s=_float(env, "IMAGE_TIMEOUT_S", 0.0),
+            train_debounce_s=_float(env, "TRAIN_DEBOUNCE_S", 0.0, inclusive=True),
+            train_min_new_labels=_int(env, "TRAIN_MIN_NEW_LABELS", 1),
+            train_steps=_int(env, "TRAIN_STEPS", 1),
+            train_lr=_float(env, "TRAIN_LR", 0.0),
+            train_weight_decay=_float(env, "TRAIN_WEIGHT_DECAY", 0.0, inclusive=True),
+            train_batch_size=_int(env, "TRAIN_BATCH_SIZE", 1),
+            train_new_fraction=_float(env, "TRAIN_NEW_FRACTION", 0.0, inclusive=True, maximum=1.0),
+            train_augment=_choice(env, "TRAIN_AUGMENT", ("none", "flip", "crop", "flip+crop")),
+            train_amp=_bool(env, "TRAIN_AMP"),
+            keep_versions=_int(env, "KEEP_VERSIONS", 1),
+            publish_on_connect=_bool(env, "PUBLISH_ON_CONNECT"),
+            publish_chunk=_int(env, "PUBLISH_CHUNK", 1),
+            publish_retries=_int(env, "PUBLISH_RETRIES", 1),
+            delete_old_predictions=_bool(env, "DELETE_OLD_PREDICTIONS"),
+            feature_cache_mb=_int(env, "FEATURE_CACHE_MB", 1),
+            feature_cache_disk_mb=_int(env, "FEATURE_CACHE_DISK_MB", 0),
+            feature_cache_dtype=_choice(env, "FEATURE_CACHE_DTYPE", ("float16", "bfloat16", "float32")),
         )
         values.update(overrides)
         return cls(**values)

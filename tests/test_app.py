@@ -149,7 +149,7 @@ def test_zero_one_and_a_thousand_tasks(client, digits64):
 def test_webhook_acknowledges_every_event(client):
     for action in ("ANNOTATION_CREATED", "ANNOTATIONS_DELETED", "START_TRAINING", "SOMETHING_NEW"):
         r = client.post("/webhook", json={"action": action, "project": {"id": 1}})
-        assert r.status_code == 200 and r.json == {"status": "ok", "action": action}
+        assert r.status_code == 200 and r.json["status"] == "ok" and r.json["action"] == action
     assert client.get("/metrics").json["events"]["ANNOTATIONS_DELETED"] == 1
     assert client.post("/webhook", data=b"nope", content_type="application/json").status_code == 400
     assert client.post("/webhook", json={"project": 1}).status_code == 400

@@ -45,11 +45,35 @@ def test_frozen_batchnorm_stays_in_eval_mode():
 
 def test_forward_computes_declared_inputs_once():
     model = AdaptedModel(load_backbone("smallcnn", "none"), ["a", "b"], CPU)
-    out = model.forward(torch.randn(5, 3, 32, 32), {Need.PROBS, Need.EMBEDDINGS, Need.FEATURES, Need.SOURCE_PROBS}, layers=("features",))
+    x = torch.randn(5, 3, 32, 32)
+    out = model.forward(x, {Need.PROBS, Need.EMBEDDINGS, Need.FEATURES, Need.SOURCE_PROBS}, layers=("features.6",))
     assert out["probs"].shape == (5, 2) and torch.allclose(out["probs"].sum(1), torch.ones(5))
     assert out["embeddings"].shape == (5, 64)
-    assert out["features"]["features"].shape == (5, 32, 4, 4)
+    assert out["features"]["features.6"].shape == (5, 32, 4, 4)
     assert out["source_probs"].shape == (5, 10)
+    torch.testing.assert_close(out["source_probs"], model.source(x).softmax(1))
+    with pytest.raises(ValueError, match="inside the frozen trunk"):
+        model.forward(x, {Need.FEATURES}, layers=("features.0",))
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vgg16", "alexnet", "smallcnn"])
+def test_trunk_and_rest_compose_to_the_whole_model(name):
+    base = load_backbone(name, "none")
+    side = 32 if name == "smallcnn" else 224
+    x = torch.randn(2, 3, side, side)
+    with torch.no_grad():
+        torch.testing.assert_close(base.spec.rest(base.model, base.spec.trunk(base.model, x)), base.model(x))
+    # the trunk holds exactly the frozen parameters
+    model = AdaptedModel(base, ["a", "b"], CPU)
+    trunk_params = set()
+    hooks = [m.register_forward_hook(lambda mod, a, o: trunk_params.update(id(p) for p in mod.parameters(recurse=False)))
+             for m in model.target.modules()]
+    with torch.no_grad():
+        base.spec.trunk(model.target, x)
+    for h in hooks:
+        h.remove()
+    frozen = {id(p) for p in model.target.parameters() if not p.requires_grad}
+    assert trunk_params == frozen
 
 
 def test_growing_labels_keeps_what_was_learned():

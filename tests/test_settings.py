@@ -37,7 +37,7 @@ def test_secrets_not_in_repr():
 
 def test_every_env_var_is_read_and_documented():
     source = (ROOT / "ml_backend" / "settings.py").read_text()
-    read = set(re.findall(r'_(?:get|int|float)\(env, "([A-Z_]+)"', source))
+    read = set(re.findall(r'_(?:get|int|float|bool|choice)\(env, "([A-Z_]+)"', source))
     assert read == set(ENV_VARS), read ^ set(ENV_VARS)
     readme = (ROOT / "README.md").read_text()
     missing = [name for name in ENV_VARS if f"`{name}`" not in readme]
