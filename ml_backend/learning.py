@@ -244,7 +244,7 @@ class ProjectWorker:
                                 progress=lambda n: progress.__setitem__("scored", n))
         score_seconds = time.perf_counter() - started
         self._import(api, pool, results, version, progress)
-        retry(lambda: api.set_model_version(version), self.settings.publish_retries,
+        retry(lambda: api.set_model_version(version, self.settings.set_uncertainty_sampling), self.settings.publish_retries,
               f"project {state.key}: setting model_version", self._note_retry)
         if self.settings.delete_old_predictions:
             self._delete_old(api, version)

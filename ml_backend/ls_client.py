@@ -33,7 +33,8 @@ class LabelStudioConnection:
             if self._client is None:
                 from label_studio_sdk import LabelStudio
 
-                self._client = LabelStudio(base_url=self.url, api_key=self._api_key, timeout=30)
+                # max_retries=0: the learning loop's own back-off (PUBLISH_RETRIES) is the only retry policy
+                self._client = LabelStudio(base_url=self.url, api_key=self._api_key, timeout=30, max_retries=0)
             return self._client
 
     def token(self) -> str | None:
@@ -42,6 +43,9 @@ class LabelStudioConnection:
             return None
         header = self.client._client_wrapper.get_headers().get("Authorization", "")
         return header.split(" ", 1)[1] if " " in header else None
+
+
+UNCERTAINTY_SAMPLING = "Uncertainty sampling"
 
 
 def _as_dict(obj) -> dict:
@@ -73,8 +77,13 @@ class ProjectAPI:
         response = self._client.projects.import_predictions(id=self.project_id, request=predictions)
         return int(getattr(response, "created", None) or len(predictions))
 
-    def set_model_version(self, version: str) -> None:
-        self._client.projects.update(id=self.project_id, model_version=version)
+    def set_model_version(self, version: str, uncertainty_sampling: bool = False) -> None:
+        """Point the project at ``version`` (its queue follows only that version's scores) and,
+        if asked, switch its queue to uncertainty sampling (lowest score first)."""
+        if uncertainty_sampling:
+            self._client.projects.update(id=self.project_id, model_version=version, sampling=UNCERTAINTY_SAMPLING)
+        else:
+            self._client.projects.update(id=self.project_id, model_version=version)
 
     def model_version(self) -> str:
         return self._client.projects.get(id=self.project_id).model_version or ""

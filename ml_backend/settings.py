@@ -52,6 +52,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "TRAIN_AMP": ("true", "Mixed precision (bfloat16 autocast) when training on CUDA."),
     "KEEP_VERSIONS": ("3", "Checkpoints kept per project; older versions are pruned."),
     "PUBLISH_ON_CONNECT": ("true", "Score the whole pool and publish version 0 when a project first connects."),
+    "SET_UNCERTAINTY_SAMPLING": ("true", "When publishing, also switch the project's queue to uncertainty sampling (lowest score first); without it Label Studio ignores the scores."),
     "PUBLISH_CHUNK": ("500", "Predictions per bulk import request."),
     "PUBLISH_RETRIES": ("5", "Attempts per Label Studio API call while publishing (exponential back-off)."),
     "DELETE_OLD_PREDICTIONS": ("false", "After publishing a version, delete this backend's predictions of older versions."),
@@ -140,6 +141,7 @@ class Settings:
     train_amp: bool = True
     keep_versions: int = 3
     publish_on_connect: bool = True
+    set_uncertainty_sampling: bool = True
     publish_chunk: int = 500
     publish_retries: int = 5
     delete_old_predictions: bool = False
@@ -214,6 +216,7 @@ class Settings:
             train_amp=_bool(env, "TRAIN_AMP"),
             keep_versions=_int(env, "KEEP_VERSIONS", 1),
             publish_on_connect=_bool(env, "PUBLISH_ON_CONNECT"),
+            set_uncertainty_sampling=_bool(env, "SET_UNCERTAINTY_SAMPLING"),
             publish_chunk=_int(env, "PUBLISH_CHUNK", 1),
             publish_retries=_int(env, "PUBLISH_RETRIES", 1),
             delete_old_predictions=_bool(env, "DELETE_OLD_PREDICTIONS"),
