@@ -167,8 +167,10 @@ class LabelStudio:
                         params={"return_task_ids": "true"})["task_ids"]
 
     def personal_access_token(self) -> str:
-        """A Personal Access Token (JWT refresh token) of the admin."""
-        return self.api("POST", "/api/token/")["token"]
+        """A Personal Access Token (JWT refresh token) of the admin (one per user: created once)."""
+        if getattr(self, "_pat", None) is None:
+            self._pat = self.api("POST", "/api/token/")["token"]
+        return self._pat
 
     def tasks(self, project: int) -> list[dict]:
         out, page = [], 1

@@ -26,6 +26,9 @@ def pat(label_studio):
 def backend(label_studio, pat, tmp_path_factory):
     proc = BackendProcess(tmp_path_factory.mktemp("backend"), {
         "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": pat, "STRATEGY": "margin",
+        # this module checks Label Studio's own "Retrieve Predictions" path; the learning loop's
+        # automatic publishing is covered in test_labelstudio_learning.py
+        "PUBLISH_ON_CONNECT": "false",
     })
     proc.start()
     yield proc
@@ -104,7 +107,7 @@ def test_legacy_token_and_basic_auth(label_studio, digits64, tmp_path):
     ls = label_studio
     with BackendProcess(tmp_path, {"LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ADMIN_TOKEN,
                                    "BASIC_AUTH_USER": "ls", "BASIC_AUTH_PASS": "basic-pass-123",
-                                   "STRATEGY": "entropy"}) as backend:
+                                   "STRATEGY": "entropy", "PUBLISH_ON_CONNECT": "false"}) as backend:
         project = ls.create_project("legacy token", LABELS)
         ls.upload_files(project, [(n, d) for n, d, _ in digits64[:5]])
         assert requests.get(f"{backend.url}/metrics", timeout=5).status_code == 401
