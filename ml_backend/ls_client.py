@@ -65,7 +65,9 @@ class ProjectAPI:
 
     def tasks(self) -> list[dict]:
         """Every task with its data and annotations (the source of truth for labels)."""
-        pager = self._client.tasks.list(project=self.project_id, fields="all", page_size=1000)
+        # Pages of 100: larger pages with fields=all make LS 1.23 on SQLite fail with
+        # "Expression tree is too large (maximum depth 1000)" (seen with 1,000 tasks).
+        pager = self._client.tasks.list(project=self.project_id, fields="all", page_size=100)
         out = []
         for task in pager:
             t = _as_dict(task)

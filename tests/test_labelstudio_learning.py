@@ -95,6 +95,21 @@ def test_connect_publish_learn_reorder_and_forget_deleted(label_studio, digits64
         assert str(gone) not in meta["labels_used"] and len(meta["labels_used"]) == 11
         assert gone in versions_of(ls, project)[v2]  # unlabeled again, so it is scored again
 
+        # new tasks (TASKS_CREATED) get predictions of the served version without a new round
+        wait_for(lambda: status(backend, project)["state"] == "idle", 30, "idle")
+        added = ls.upload_files(project, [(name, data) for name, data, _ in digits64[40:43]])
+        wait_for(lambda: set(added) <= versions_of(ls, project).get(v2, set()), 60, "predictions for new tasks")
+        assert project_version(ls, project) == v2
+
+        # a label added to the config grows the head: a new version is published, nothing retrained
+        config = ls.api("GET", f"/api/projects/{project}")["label_config"]
+        ls.api("PATCH", f"/api/projects/{project}", json={"label_config": config.replace(
+            '<Choice value="9"/>', '<Choice value="9"/>\n    <Choice value="none of these"/>')})
+        v3 = wait_for(lambda: (v := project_version(ls, project)) != v2 and v, 60, "a version for the grown config")
+        st = status(backend, project)
+        assert "-t2-" in v3 and st["round"] == 2 and st["labels"][-1] == "none of these"
+        assert st["published_version"] == v3 and st["training_runs"] == 2
+
 
 def test_storm_concurrent_predictions_and_kill_9(label_studio, digits64, tmp_path):
     ls = label_studio
@@ -162,7 +177,8 @@ def test_label_studio_outage_during_publish_is_retried_and_reported(label_studio
     ls = label_studio
     proxy = OutageProxy(ls.url)
     try:
-        with BackendProcess(tmp_path, {"LABEL_STUDIO_URL": proxy.url, "LABEL_STUDIO_API_KEY": ADMIN_TOKEN, **FAST}) as backend:
+        env = {"LABEL_STUDIO_URL": proxy.url, "LABEL_STUDIO_API_KEY": ADMIN_TOKEN, "DELETE_OLD_PREDICTIONS": "true", **FAST}
+        with BackendProcess(tmp_path, env) as backend:
             project, ids, truth = digits_project(ls, digits64, "outage", 20)
             v0 = ls.connect_backend(project, backend.url)["model_version"]
             wait_for(lambda: project_version(ls, project) == v0, 60, "version 0")
@@ -182,5 +198,6 @@ def test_label_studio_outage_during_publish_is_retried_and_reported(label_studio
             requests.post(f"{backend.url}/setup", json={"project": str(project), "schema": ls.api("GET", f"/api/projects/{project}")["label_config"]}, timeout=10)
             st = wait_for(lambda: (s := status(backend, project))["published_version"] and s["state"] == "idle" and s, 60, "the publish to succeed")
             assert project_version(ls, project) == st["model_version"] == st["published_version"] != v0
+            assert set(versions_of(ls, project)) == {st["model_version"]}  # DELETE_OLD_PREDICTIONS removed v0
     finally:
         proxy.close()
