@@ -29,9 +29,9 @@ sys.path.insert(0, str(ROOT))
 
 from ml_backend.models import AdaptedModel, load_backbone  # noqa: E402
 from strategies import Need  # noqa: E402
-from tests.backend_process import BackendProcess  # noqa: E402
-from tests.data import digit_pngs  # noqa: E402
-from tests.labelstudio import classification_config  # noqa: E402
+from scripts.local_servers import BackendProcess  # noqa: E402
+from scripts.sample_data import digit_pngs  # noqa: E402
+from scripts.local_servers import classification_config  # noqa: E402
 
 
 def serve(files: dict[str, bytes]):

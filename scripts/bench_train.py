@@ -31,8 +31,8 @@ from ml_backend.service import ModelService  # noqa: E402
 from ml_backend.settings import Settings  # noqa: E402
 from ml_backend.trainer import Example, TrainConfig, fine_tune  # noqa: E402
 from strategies import Need  # noqa: E402
-from tests.data import digit_pngs  # noqa: E402
-from tests.labelstudio import classification_config  # noqa: E402
+from scripts.sample_data import digit_pngs  # noqa: E402
+from scripts.local_servers import classification_config  # noqa: E402
 
 LABELS = [str(i) for i in range(10)]
 CONFIG = classification_config(LABELS)
@@ -143,8 +143,8 @@ def bench_publish(args) -> None:
     two measured paths is how predictions reach Label Studio."""
     import requests
 
-    from tests.backend_process import BackendProcess
-    from tests.labelstudio import ADMIN_TOKEN, LabelStudio
+    from scripts.local_servers import BackendProcess
+    from scripts.local_servers import ADMIN_TOKEN, LabelStudio
 
     digits = digit_pngs(min(args.tasks, 1797), size=args.size)
     digits = (digits * (args.tasks // len(digits) + 1))[: args.tasks]

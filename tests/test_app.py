@@ -7,7 +7,7 @@ import pytest
 
 from ml_backend.app import create_app
 from ml_backend.settings import Settings
-from tests.labelstudio import classification_config
+from scripts.local_servers import classification_config
 
 LABELS = [str(i) for i in range(10)]
 CONFIG = classification_config(LABELS)
@@ -181,7 +181,8 @@ def test_basic_auth(tmp_path):
 
 
 def test_secrets_never_reach_the_log(tmp_path, caplog):
-    app = create_app(make_settings(tmp_path, LABEL_STUDIO_API_KEY="pat-super-secret-value", LABEL_STUDIO_URL="http://127.0.0.1:9"))
+    app = create_app(make_settings(tmp_path, LABEL_STUDIO_API_KEY="pat-super-secret-value", LABEL_STUDIO_URL="http://127.0.0.1:9",
+                                          PUBLISH_ON_CONNECT="false"))
     client = app.test_client()
     with caplog.at_level(logging.DEBUG):
         client.post("/setup", json={"project": "1", "schema": CONFIG, "access_token": "legacy-secret-token"})

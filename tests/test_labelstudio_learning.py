@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.backend_process import BackendProcess
-from tests.labelstudio import ADMIN_TOKEN
+from scripts.local_servers import BackendProcess
+from scripts.local_servers import ADMIN_TOKEN
 from tests.proxy import OutageProxy
 from tests.test_labelstudio_queue import LABELS, served_in_acquisition_order
 

@@ -4,8 +4,8 @@ import random
 import pytest
 import requests
 
-from tests.backend_process import BackendProcess
-from tests.labelstudio import ADMIN_TOKEN, classification_config
+from scripts.local_servers import BackendProcess
+from scripts.local_servers import ADMIN_TOKEN, classification_config
 
 pytestmark = pytest.mark.labelstudio
 LABELS = [str(i) for i in range(10)]

@@ -7,7 +7,7 @@ import torch
 from ml_backend.service import ModelService
 from ml_backend.settings import Settings
 from ml_backend.trainer import Example, TrainConfig, fine_tune
-from tests.labelstudio import classification_config
+from scripts.local_servers import classification_config
 
 CONFIG = classification_config([str(i) for i in range(10)])
 

@@ -1,17 +1,19 @@
-"""Start and stop a real Label Studio 1.23.2 (its own venv) on 127.0.0.1, and talk to it.
+"""Start and stop a real Label Studio 1.23.2 (its own venv) and the backend on 127.0.0.1.
 
-Used by the integration tests and the benchmarks. The first start in a checkout migrates a
+Used by the demo, the integration tests and the benchmarks. The first start in a checkout migrates a
 database (about 40 s); the migrated SQLite file is kept under .cache/ and copied into every later
 data dir, which makes a start take a few seconds.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
 import socket
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,10 +22,15 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 LS_VENV = Path(os.environ.get("LS_VENV", ROOT / ".cache" / "ls-venv"))
 LS_BIN = LS_VENV / "bin" / "label-studio"
-DB_TEMPLATE = ROOT / ".cache" / "ls-db-template" / "label_studio.sqlite3"
 ADMIN_EMAIL = "admin@example.com"
-ADMIN_PASSWORD = "admin-password-for-tests"
+ADMIN_PASSWORD = "active-adaptation"  # local-only servers on 127.0.0.1 (tests, benchmarks, demo)
 ADMIN_TOKEN = "0123456789abcdef0123456789abcdef01234567"  # legacy token of the admin (40 hex)
+# A migrated database with this admin; the name changes with the credentials and the LS lock file.
+_TEMPLATE_KEY = hashlib.sha1(
+    f"{ADMIN_EMAIL}:{ADMIN_PASSWORD}:{ADMIN_TOKEN}:".encode()
+    + (ROOT / "requirements-labelstudio.txt").read_bytes()
+).hexdigest()[:12]
+DB_TEMPLATE = ROOT / ".cache" / "ls-db-template" / f"label_studio-{_TEMPLATE_KEY}.sqlite3"
 
 IMAGE_CLASSIFICATION_CONFIG = """<View>
   <Image name="image" value="$image"/>
@@ -213,3 +220,54 @@ class LabelStudio:
             served.append(task["id"])
             self.api("POST", f"/api/tasks/{task['id']}/annotations", json={"result": [], "was_cancelled": True})
         return served
+
+
+class BackendProcess:
+    def __init__(self, workdir: Path, env: dict, port: int | None = None):
+        self.workdir = Path(workdir)
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port), "MODEL_DIR": str(self.workdir / "models"),
+                    "BACKBONE": "smallcnn", "WEIGHTS": "none", "DEVICE": "cpu", "PYTHONUNBUFFERED": "1", **env}
+        self.log_path = self.workdir / "backend.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60) -> "BackendProcess":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen([sys.executable, "-m", "ml_backend"], cwd=ROOT, env=self.env,
+                                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"backend exited with {self.process.returncode}:\n{self.log()[-3000:]}")
+            try:
+                if requests.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"backend not healthy after {timeout}s:\n{self.log()[-3000:]}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+        except ProcessLookupError:
+            pass
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
