@@ -8,25 +8,36 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3.11}"
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 
-make_venv() {  # dir lockfile extra-install-command...
+quiet() {  # run a pip command, hiding this machine's noisy local-index warnings
+    "$@" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+    [[ ${PIPESTATUS[0]} -eq 0 ]] || { echo "[setup] failed: $*" >&2; exit 1; }
+}
+
+make_venv() {  # dir lockfile install-command...
     local dir=$1 lock=$2; shift 2
     local stamp="$dir/.lock.sha256" want
-    want=$(sha256sum "$lock" pyproject.toml | sha256sum | cut -d' ' -f1)
+    want=$(sha256sum "$lock" pyproject.toml scripts/install_backend.sh | sha256sum | cut -d' ' -f1)
     if [[ -x "$dir/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
         echo "[setup] $dir is up to date"; return
     fi
     echo "[setup] installing $dir from $lock (a few minutes on a fresh machine)"
     [[ -x "$dir/bin/python" ]] || "$PYTHON" -m venv "$dir"
-    "$dir/bin/python" -m pip install --quiet --disable-pip-version-check -r "$lock" 2>&1 \
-        | grep -v "is ignored: it is neither a file nor a directory" || true
-    [[ ${PIPESTATUS[0]} -eq 0 ]] || { echo "[setup] pip failed for $dir" >&2; exit 1; }
     "$@"
     echo "$want" > "$stamp"
 }
 
-make_venv .venv requirements.txt \
-    .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e ".[test]"
+install_backend_venv() {
+    # the same install step as the Dockerfile's (FLAVOR=cuda: exactly the lock)
+    quiet bash scripts/install_backend.sh cuda .venv/bin/python
+    quiet .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e ".[test]"
+}
+
+install_ls_venv() {
+    quiet .cache/ls-venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-labelstudio.txt
+}
+
+make_venv .venv requirements.txt install_backend_venv
 mkdir -p .cache
-make_venv .cache/ls-venv requirements-labelstudio.txt true
+make_venv .cache/ls-venv requirements-labelstudio.txt install_ls_venv
 .venv/bin/python -c "import torch, torchvision, flask, label_studio_sdk; print('[setup] backend venv OK: torch', torch.__version__)"
 .cache/ls-venv/bin/label-studio version 2>/dev/null | grep -m1 -i "label studio version" || .cache/ls-venv/bin/python -c "import label_studio; print('[setup] label-studio', label_studio.__version__)"
