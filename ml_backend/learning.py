@@ -14,7 +14,6 @@ import time
 import traceback
 from typing import Callable
 
-import torch
 
 from .errors import ImageError
 from .labels import resolve_label
@@ -255,10 +254,13 @@ class ProjectWorker:
         log.info("project %s: published %s for %d tasks in %.1fs (scoring %.1fs)", state.key, version, len(pool),
                  progress["seconds"], score_seconds)
 
-    def _import(self, api: ProjectAPI, tasks: list[dict], results: list[dict], version: str, progress: dict) -> None:
-        # Re-publishing a version replaces it: no task ends up with two predictions of one version.
-        retry(lambda: api.delete_version(version), self.settings.publish_retries,
-              f"project {self.state.key}: clearing {version}", self._note_retry)
+    def _import(self, api: ProjectAPI, tasks: list[dict], results: list[dict], version: str,
+                progress: dict | None = None, replace: bool = True) -> None:
+        """Bulk-import predictions in chunks. With ``replace``, the version's existing predictions
+        are cleared first, so that re-publishing never leaves a task two predictions of one version."""
+        if replace:
+            retry(lambda: api.delete_version(version), self.settings.publish_retries,
+                  f"project {self.state.key}: clearing {version}", self._note_retry)
         predictions = [{"task": t["id"], "result": r["result"], "score": r["score"], "model_version": version}
                        for t, r in zip(tasks, results)]
         chunk = self.settings.publish_chunk
@@ -266,7 +268,8 @@ class ProjectWorker:
             part = predictions[start:start + chunk]
             retry(lambda: api.import_predictions(part), self.settings.publish_retries,
                   f"project {self.state.key}: importing predictions", self._note_retry)
-            progress["imported"] = start + len(part)
+            if progress is not None:
+                progress["imported"] = start + len(part)
 
     def _note_retry(self, attempt: int, exc: Exception) -> None:
         self.info["last_error"] = f"{type(exc).__name__}: {exc} (retry {attempt}/{self.settings.publish_retries})"
@@ -288,16 +291,8 @@ class ProjectWorker:
         api = self._api()
         self._set("publishing", f"scoring {len(tasks)} new task(s)")
         results = service.score(state, tasks, model, version)
-        self._import_only(api, tasks, results, version)
+        self._import(api, tasks, results, version, replace=False)
         self._set("idle", f"published {version} for {len(tasks)} new task(s)")
-
-    def _import_only(self, api, tasks, results, version) -> None:
-        predictions = [{"task": t["id"], "result": r["result"], "score": r["score"], "model_version": version}
-                       for t, r in zip(tasks, results)]
-        for start in range(0, len(predictions), self.settings.publish_chunk):
-            part = predictions[start:start + self.settings.publish_chunk]
-            retry(lambda: api.import_predictions(part), self.settings.publish_retries,
-                  f"project {self.state.key}: importing predictions", self._note_retry)
 
 
 class Learner:

@@ -7,7 +7,6 @@ import json
 import logging
 import threading
 import time
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -16,7 +15,7 @@ import numpy as np
 import torch
 
 import strategies
-from strategies import Need, ScoringInputs
+from strategies import ScoringInputs
 
 from . import checkpoints
 from .errors import BadRequest, ImageError, UnknownProject

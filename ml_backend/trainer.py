@@ -15,7 +15,6 @@ from typing import Callable, Sequence
 
 import torch
 from torch import nn
-from torchvision.transforms.v2 import functional as TF
 
 from .models import AdaptedModel
 

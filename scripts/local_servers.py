@@ -46,6 +46,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_process_group(process: subprocess.Popen | None, grace: float) -> None:
+    """SIGTERM the process group a server was started in; SIGKILL it after ``grace`` seconds."""
+    if process is None or process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+    except ProcessLookupError:
+        pass
+
+
 def classification_config(labels) -> str:
     return IMAGE_CLASSIFICATION_CONFIG.format(choices="\n    ".join(f'<Choice value="{label}"/>' for label in labels))
 
@@ -136,16 +150,7 @@ class LabelStudio:
             return ""
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-        except ProcessLookupError:
-            pass
+        stop_process_group(self.process, grace=15)
 
     def __enter__(self) -> "LabelStudio":
         return self.start()
@@ -255,16 +260,7 @@ class BackendProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-        except ProcessLookupError:
-            pass
+        stop_process_group(self.process, grace=20)
 
     def __enter__(self):
         return self.start()

@@ -6,7 +6,6 @@ import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import requests
@@ -129,7 +128,7 @@ def test_storm_concurrent_predictions_and_kill_9(label_studio, digits64, tmp_pat
                 annotate(ls, t, truth[t])
             assert all(f.result().status_code == 200 for f in futures)
         assert time.monotonic() - started < 10
-        v1 = wait_for(lambda: "-t" in (v := project_version(ls, project)) and v != v0 and v, 90, "the storm's round")
+        wait_for(lambda: "-t" in (v := project_version(ls, project)) and v != v0 and v, 90, "the storm's round")
         wait_for(lambda: status(backend, project)["state"] == "idle", 30, "idle after the storm")
         time.sleep(2)  # a second debounced round, if any, would have started by now
         wait_for(lambda: status(backend, project)["state"] == "idle", 60, "idle")

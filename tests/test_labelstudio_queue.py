@@ -5,7 +5,7 @@ import pytest
 import requests
 
 from scripts.local_servers import BackendProcess
-from scripts.local_servers import ADMIN_TOKEN, classification_config
+from scripts.local_servers import ADMIN_TOKEN
 
 pytestmark = pytest.mark.labelstudio
 LABELS = [str(i) for i in range(10)]
