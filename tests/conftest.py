@@ -22,6 +22,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.end_headers()
             return
         kind, payload = route
+        if kind == "redirect":
+            self.send_response(303)
+            self.send_header("Location", payload)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if kind == "slow":
             time.sleep(payload)
             payload = png_bytes()

@@ -200,3 +200,48 @@ def test_secrets_never_reach_the_log(tmp_path, caplog):
         assert secret not in text
     assert "Authorization: Bearer ***" in text and "task 1: no prediction" in text
     app.extensions["model_service"].close()
+
+
+def test_start_commands_fail_clearly_on_bad_settings(tmp_path):
+    """Both start commands refuse a bad setting at start with a message naming it, no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "STRATEGY": "best-one", "MODEL_DIR": str(tmp_path), "BACKBONE": "smallcnn", "WEIGHTS": "none"}
+    r = subprocess.run([sys.executable, "-m", "ml_backend"], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "configuration error: STRATEGY='best-one' is unknown; allowed:" in r.stderr
+    assert "Traceback" not in r.stderr
+    gunicorn = os.path.join(os.path.dirname(sys.executable), "gunicorn")
+    r = subprocess.run([gunicorn, "--no-control-socket", "-b", "127.0.0.1:0", "ml_backend.wsgi:app"], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "configuration error: STRATEGY='best-one'" in r.stderr
+
+
+def test_gunicorn_serves_the_wsgi_app(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import requests
+
+    from scripts.local_servers import free_port, stop_process_group
+
+    port = free_port()
+    env = {**os.environ, "MODEL_DIR": str(tmp_path), "BACKBONE": "smallcnn", "WEIGHTS": "none"}
+    gunicorn = os.path.join(os.path.dirname(sys.executable), "gunicorn")
+    process = subprocess.Popen([gunicorn, "--no-control-socket", "--threads", "4", "-b", f"127.0.0.1:{port}",
+                                "ml_backend.wsgi:app"], env=env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(120):
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/health", timeout=1).json()["status"] == "UP":
+                    break
+            except requests.RequestException:
+                time.sleep(0.5)
+        else:
+            pytest.fail("gunicorn did not serve /health")
+    finally:
+        stop_process_group(process, grace=20)

@@ -85,3 +85,21 @@ def test_cache_serves_repeat_requests(loader, image_server):
     loader.load(1, url)
     loader.load(1, url)
     assert sum(1 for path, _ in image_server.seen if path == "/digits/5.png") == 1
+
+
+def test_cloud_uri_goes_through_label_studio_presign(loader, image_server, second_server):
+    """s3:// (and gs://, azure-blob://) resolve through LS's presign endpoint with the task id and the
+    token; LS answers with a redirect to the bucket, which must not receive the token. The bucket is
+    the part that cannot run here, so a plain HTTP server stands in for it."""
+    import base64 as b64
+
+    uri = "s3://bucket/images/cat.png"
+    presign = f"/tasks/7/presign/?fileuri={b64.urlsafe_b64encode(uri.encode()).decode()}"
+    image_server.RequestHandlerClass.routes["/tasks/7/presign/"] = ("redirect", f"{second_server.url}/good.png")
+    source = Source(hostname=image_server.url, token=lambda: "secret-token")
+    (image,) = loader.load_many([(7, uri)], source)
+    assert isinstance(image, Image.Image)
+    (path, headers), = [s for s in image_server.seen if s[0].startswith("/tasks/7/presign/")]
+    assert path == presign and headers.get("Authorization") == "Token secret-token"
+    (_, bucket_headers), = second_server.seen
+    assert "Authorization" not in bucket_headers
