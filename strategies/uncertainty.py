@@ -35,6 +35,17 @@ def margin(probs: torch.Tensor) -> torch.Tensor:
     return 1.0 - (top2[:, 0] - top2[:, 1])
 
 
+def gini(probs: torch.Tensor) -> torch.Tensor:
+    """Gini impurity 1 - Σ p² (ADMA's uncertainty, METHODS.md §1.7)."""
+    p = probs.to(torch.float64)
+    return 1.0 - (p * p).sum(dim=1)
+
+
+def max_confidence(probs: torch.Tensor) -> torch.Tensor:
+    """max p: the most confident first (the EMOC paper's 'max' baseline, expected to lose)."""
+    return probs.to(torch.float64).max(dim=1).values
+
+
 def uniform_from_keys(keys: Sequence[str], seed: int) -> torch.Tensor:
     """A uniform value in [0, 1) per key, fixed by (seed, key) alone.
 
@@ -85,3 +96,17 @@ class EntropyStrategy(_ProbsStrategy):
     name = "entropy"
     description = "Shannon entropy of the current model's predicted distribution."
     function = staticmethod(entropy)
+
+
+@register
+class GiniStrategy(_ProbsStrategy):
+    name = "gini"
+    description = "Gini impurity 1 - sum p^2 of the current model."
+    function = staticmethod(gini)
+
+
+@register
+class MaxConfidenceStrategy(_ProbsStrategy):
+    name = "max_confidence"
+    description = "The most confident first: a sanity baseline expected to lose to random."
+    function = staticmethod(max_confidence)

@@ -18,6 +18,8 @@ TABLE = {
     "entropy": [0.0, math.log(2), math.log(3), -(0.7 * math.log(0.7) + 0.2 * math.log(0.2) + 0.1 * math.log(0.1))],
     "least_confidence": [0.0, 0.5, 2 / 3, 0.3],
     "margin": [0.0, 1.0, 1.0, 0.5],
+    "gini": [0.0, 0.5, 2 / 3, 0.46],
+    "max_confidence": [1.0, 0.5, 1 / 3, 0.7],
 }
 
 
@@ -46,7 +48,7 @@ def test_margin_with_one_class_is_zero():
 
 # ----------------------------------------------------------------------------- registry
 def test_registry_lists_and_refuses():
-    assert {"random", "least_confidence", "margin", "entropy"} <= set(strategies.available())
+    assert {"random", "least_confidence", "margin", "entropy", "gini", "max_confidence", "emoc"} <= set(strategies.available())
     with pytest.raises(strategies.UnknownStrategyError, match="available: .*entropy"):
         strategies.get("nope")
     with pytest.raises(strategies.UnknownStrategyError, match="bad parameters"):
@@ -153,3 +155,13 @@ def test_contract_rejects_bad_output():
 
     with pytest.raises(strategies.StrategyError, match="non-finite"):
         Broken()(ScoringInputs(n=2))
+
+
+def test_emoc_strategy_uses_a_seeded_reference_sample():
+    inputs = _inputs(30)
+    full = strategies.get("emoc", references=30)(inputs)
+    some = strategies.get("emoc", references=10, seed=1)(inputs)
+    again = strategies.get("emoc", references=10, seed=1)(inputs)
+    assert torch.equal(some, again) and not torch.allclose(some, full)
+    with pytest.raises(strategies.UnknownStrategyError):
+        strategies.get("emoc", output="softmax")

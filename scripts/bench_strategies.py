@@ -1,0 +1,96 @@
+"""Benchmark: pool scoring throughput of every registered strategy divided by the plain forward
+pass (same model, same device, same pre-processed pool, one run), and the batched Kendall tau-b
+against scipy per row at K = 1000. Ratios are printed last.
+
+    .venv/bin/python -m scripts.bench_strategies [--backbone resnet18] [--pool 512] [--device auto]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import strategies  # noqa: E402
+from ml_backend.models import AdaptedModel, load_backbone, resolve_device  # noqa: E402
+from strategies import Need, ScoringInputs  # noqa: E402
+
+
+def timed(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--pool", type=int, default=512)
+    parser.add_argument("--size", type=int, default=224, help="input side in pixels")
+    parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--tau-rows", type=int, default=2000)
+    args = parser.parse_args()
+
+    device = resolve_device(args.device)
+    model = AdaptedModel(load_backbone(args.backbone, "none"), [str(i) for i in range(args.classes)], device)
+    x = torch.randn(args.pool, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
+    keys = [str(i) for i in range(args.pool)]
+
+    def forward(needs):
+        parts = [model.forward(x[s:s + args.batch_size], needs) for s in range(0, args.pool, args.batch_size)]
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0] if k != "features"}
+
+    def plain():
+        forward({Need.PROBS})
+
+    rows = []
+    plain()
+    for name in strategies.available():
+        strategy = strategies.get(name)
+
+        def run():
+            out = forward(strategy.needs)
+            strategy(ScoringInputs(n=args.pool, keys=keys, probs=out["probs"], logits=out["logits"],
+                                   embeddings=out.get("embeddings"), source_probs=out.get("source_probs")))
+
+        run()
+        pairs = [(timed(plain, 1), timed(run, 1)) for _ in range(args.repeats)]  # interleaved, paired
+        rows.append((name, statistics.median(p for p, _ in pairs), statistics.median(r for _, r in pairs)))
+
+    from scipy.stats import kendalltau
+
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(args.tau_rows, 1000, generator=g, dtype=torch.float64)
+    b = torch.randn(args.tau_rows, 1000, generator=g, dtype=torch.float64)
+    t_batched = timed(lambda: strategies.kendall_tau_b(a.to(device), b.to(device)), 1) / args.tau_rows
+    sample = min(200, args.tau_rows)
+    t_scipy = timed(lambda: [kendalltau(u, v) for u, v in zip(a[:sample].numpy(), b[:sample].numpy())], 1) / sample
+
+    print(f"backbone={args.backbone} pool={args.pool} input={args.size}px classes={args.classes} device={device} "
+          f"batch={args.batch_size} torch_threads={torch.get_num_threads()}")
+    for name, t_plain, t in rows:
+        print(f"  {name:<16} {args.pool / t:8.1f} images/s  (plain forward {args.pool / t_plain:8.1f})  "
+              f"ratio to forward = {t_plain / t:.2f}")
+    method = "pairwise" if device.type == "cuda" else "sort"
+    print(f"Kendall tau-b at K=1000: batched ({method}) {t_batched * 1e6:.0f} us/row, scipy {t_scipy * 1e6:.0f} us/row, "
+          f"speed-up = {t_scipy / t_batched:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Exactness in float64 against independent references (METHODS.md §1.6, §2.2)."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import kendalltau
+
+from strategies import emoc_last_layer, kendall_tau_b
+
+
+@pytest.mark.parametrize("method", ["sort", "pairwise"])
+@pytest.mark.parametrize("k, ties", [(2, False), (5, False), (7, True), (50, True), (64, False), (333, True), (1000, False)])
+def test_batched_tau_b_equals_scipy(method, k, ties):
+    g = torch.Generator().manual_seed(k)
+    if ties:
+        x = torch.randint(0, 5, (60, k), generator=g).double()
+        y = torch.randint(0, 5, (60, k), generator=g).double()
+    else:
+        x = torch.randn(60, k, generator=g, dtype=torch.float64)
+        y = torch.randn(60, k, generator=g, dtype=torch.float64)
+    ref = np.array([kendalltau(a, b).statistic for a, b in zip(x.numpy(), y.numpy())])
+    np.testing.assert_allclose(kendall_tau_b(x, y, method=method).numpy(), ref, rtol=0, atol=1e-13)
+
+
+def test_tau_edge_cases():
+    x = torch.tensor([[1.0, 2, 3], [5, 5, 5], [1, 2, 3]], dtype=torch.float64)
+    y = torch.tensor([[3.0, 2, 1], [1, 2, 3], [1, 2, 3]], dtype=torch.float64)
+    tau = kendall_tau_b(x, y)
+    assert tau[0] == -1.0 and math.isnan(tau[1]) and tau[2] == 1.0  # constant row: undefined (NaN)
+    assert kendall_tau_b(torch.zeros(0, 4), torch.zeros(0, 4)).shape == (0,)
+    with pytest.raises(ValueError):
+        kendall_tau_b(torch.zeros(2, 3), torch.zeros(3, 3))
+
+
+def _reference_emoc(head, h_cand, h_ref, output, label):
+    """Per pair: torch.func.grad of the loss, then torch.func.jvp of the output along it."""
+    from torch.func import functional_call, grad, jvp
+
+    params = {k: v.detach() for k, v in head.named_parameters()}
+
+    def out(p, h):
+        z = functional_call(head, p, (h[None],))[0]
+        return z if output == "logit" else z.softmax(0)
+
+    def loss(p, h, y):
+        return -functional_call(head, p, (h[None],))[0].log_softmax(0)[y]
+
+    values = []
+    for hc in h_cand:
+        probs = out(params, hc) if output == "prob" else functional_call(head, params, (hc[None],))[0].softmax(0)
+        ys = [int(probs.argmax())] if label == "map" else list(range(len(probs)))
+        ws = [1.0] if label == "map" else probs.tolist()
+        total = 0.0
+        for y, w in zip(ys, ws):
+            step = grad(loss)(params, hc, y)
+            changes = [jvp(lambda p: out(p, hr), (params,), (step,))[1].abs().sum() for hr in h_ref]
+            total += w * torch.stack(changes).mean()
+        values.append(total)
+    return torch.stack(values)
+
+
+@pytest.mark.parametrize("output", ["prob", "logit"])
+@pytest.mark.parametrize("label", ["map", "marginal"])
+def test_emoc_closed_form_equals_grad_and_jvp(output, label):
+    torch.manual_seed(0)
+    head = torch.nn.Linear(6, 4).double()
+    h_cand = torch.randn(5, 6, dtype=torch.float64)
+    h_ref = torch.randn(7, 6, dtype=torch.float64)
+    with torch.no_grad():
+        p_cand, p_ref = head(h_cand).softmax(1), head(h_ref).softmax(1)
+    closed = emoc_last_layer(h_cand, p_cand, h_ref, p_ref, output=output, label=label)
+    reference = _reference_emoc(head, h_cand, h_ref, output, label)
+    torch.testing.assert_close(closed, reference.detach(), rtol=0, atol=1e-12)
+
+
+def test_emoc_logit_identities():
+    """Logit EMOC = 2(1 - max p')·Rep (MAP) and 2·Gini(p')·Rep (marginal), Rep = mean |h·h' + 1|."""
+    g = torch.Generator().manual_seed(1)
+    h_c, h_r = torch.randn(4, 3, generator=g, dtype=torch.float64), torch.randn(6, 3, generator=g, dtype=torch.float64)
+    p_c = torch.randn(4, 5, generator=g, dtype=torch.float64).softmax(1)
+    p_r = torch.randn(6, 5, generator=g, dtype=torch.float64).softmax(1)
+    rep = (h_r @ h_c.T + 1).abs().mean(0)
+    torch.testing.assert_close(emoc_last_layer(h_c, p_c, h_r, p_r, "logit", "map"), 2 * (1 - p_c.max(1).values) * rep)
+    torch.testing.assert_close(emoc_last_layer(h_c, p_c, h_r, p_r, "logit", "marginal"), 2 * (1 - (p_c ** 2).sum(1)) * rep)
