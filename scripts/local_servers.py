@@ -46,6 +46,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def spawn(command: list[str], cwd: Path, env: dict, log_path: Path) -> subprocess.Popen:
+    """Start a server in its own process group (so that it can be stopped with all its children)."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_healthy(process: subprocess.Popen, url: str, timeout: float, log_tail=lambda: "") -> bool:
+    """Poll ``url``/health until it answers {"status": "UP"}; raise (with the log's tail) if the
+    process exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url}: the server exited with {process.returncode}:\n{log_tail()}")
+        try:
+            if requests.get(f"{url}/health", timeout=2).json().get("status") == "UP":
+                return True
+        except (requests.RequestException, ValueError):
+            pass
+        time.sleep(0.3)
+    return False
+
+
 def stop_process_group(process: subprocess.Popen | None, grace: float) -> None:
     """SIGTERM the process group a server was started in; SIGKILL it after ``grace`` seconds."""
     if process is None or process.poll() is not None:
@@ -106,24 +128,9 @@ class LabelStudio:
         fresh = not (self.data_dir / "label_studio.sqlite3").exists()
         if fresh and DB_TEMPLATE.exists():
             shutil.copy(DB_TEMPLATE, self.data_dir / "label_studio.sqlite3")
-        log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
-            [str(LS_BIN), "start", "--no-browser", "--internal-host", "127.0.0.1", "-p", str(self.port)],
-            cwd=self.data_dir, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"Label Studio exited with {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                if requests.get(f"{self.url}/health", timeout=2).json().get("status") == "UP":
-                    break
-            except (requests.RequestException, ValueError):
-                pass
-            time.sleep(0.5)
-        else:
+        self.process = spawn([str(LS_BIN), "start", "--no-browser", "--internal-host", "127.0.0.1", "-p", str(self.port)],
+                             cwd=self.data_dir, env=self.env(), log_path=self.log_path)
+        if not wait_healthy(self.process, self.url, timeout, self.log_tail):
             self.stop()
             raise RuntimeError(f"Label Studio did not become healthy in {timeout:.0f}s:\n{self.log_tail()}")
         self._wait_for_admin()
@@ -239,20 +246,9 @@ class BackendProcess:
 
     def start(self, timeout: float = 60) -> "BackendProcess":
         self.workdir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
-        self.process = subprocess.Popen([sys.executable, "-m", "ml_backend"], cwd=ROOT, env=self.env,
-                                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"backend exited with {self.process.returncode}:\n{self.log()[-3000:]}")
-            try:
-                if requests.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
+        self.process = spawn([sys.executable, "-m", "ml_backend"], cwd=ROOT, env=self.env, log_path=self.log_path)
+        if wait_healthy(self.process, self.url, timeout, lambda: self.log()[-3000:]):
+            return self
         self.stop()
         raise RuntimeError(f"backend not healthy after {timeout}s:\n{self.log()[-3000:]}")
 
