@@ -83,3 +83,37 @@ def test_emoc_logit_identities():
     rep = (h_r @ h_c.T + 1).abs().mean(0)
     torch.testing.assert_close(emoc_last_layer(h_c, p_c, h_r, p_r, "logit", "map"), 2 * (1 - p_c.max(1).values) * rep)
     torch.testing.assert_close(emoc_last_layer(h_c, p_c, h_r, p_r, "logit", "marginal"), 2 * (1 - (p_c ** 2).sum(1)) * rep)
+
+
+def test_k_center_greedy_equals_brute_force():
+    """Greedy k-center picks, step by step, the point maximising the distance to the chosen set."""
+    from strategies.diversity import k_center_greedy
+
+    g = torch.Generator().manual_seed(3)
+    pool, labeled = torch.randn(12, 3, generator=g, dtype=torch.float64), torch.randn(2, 3, generator=g, dtype=torch.float64)
+    picks = k_center_greedy(pool, labeled, 5).tolist()
+    centers = [*labeled]
+    expected = []
+    for _ in range(5):
+        best = max((i for i in range(12) if i not in expected),
+                   key=lambda i: (min(float(((pool[i] - c) ** 2).sum()) for c in centers), -i))
+        expected.append(best)
+        centers.append(pool[best])
+    assert picks == expected
+    assert k_center_greedy(pool, None, 3, seed=1).tolist() == k_center_greedy(pool, None, 3, seed=1).tolist()
+    assert k_center_greedy(pool, labeled, 50).shape == (12,) and k_center_greedy(pool, labeled, 0).shape == (0,)
+
+
+def test_badge_factorised_distances_equal_explicit_gradient_embeddings():
+    from strategies.diversity import badge, badge_distances
+
+    g = torch.Generator().manual_seed(4)
+    p = torch.randn(20, 5, generator=g, dtype=torch.float64).softmax(1)
+    h = torch.randn(20, 7, generator=g, dtype=torch.float64)
+    a = p - torch.nn.functional.one_hot(p.argmax(1), 5).double()
+    emb = (a[:, :, None] * h[:, None, :]).flatten(1)  # the C·D gradient embeddings, explicitly
+    for c in (0, 7, 19):
+        torch.testing.assert_close(badge_distances(a, h, c), ((emb - emb[c]) ** 2).sum(1), rtol=0, atol=1e-12)
+    picks = badge(p, h, 6, seed=2)
+    assert picks[0] == int((emb ** 2).sum(1).argmax()) and len(set(picks.tolist())) == 6
+    assert torch.equal(picks, badge(p, h, 6, seed=2))
