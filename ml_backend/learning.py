@@ -191,8 +191,8 @@ class ProjectWorker:
         metrics = fine_tune(model, examples, config)
         metrics.update(labels_used=len(examples), labels_changed=changed, unknown_labels=unknown)
         used = {e.key: model.labels[e.label] for e in examples}
-        version, path = service.save_version(state, model, round_, used, metrics)
-        version = service.serve(state, model, round_, used, path)
+        version, checkpoint = service.save_version(state, model, round_, used, metrics)
+        version = service.serve(state, model, round_, used, checkpoint)
         self.info["training_runs"] += 1
         self.info["last_round"] = {"round": round_, "version": version, "loss_first": metrics["loss_first"],
                                    "loss_last": metrics["loss_last"], "train_seconds": round(metrics["seconds"], 3),
@@ -327,7 +327,7 @@ class Learner:
         if project is None:
             return "ignored (no project)"
         try:
-            state = self.service.state(project, (project or {}).get("label_config") if isinstance(project, dict) else None)
+            state = self.service.state(project, project.get("label_config") if isinstance(project, dict) else None)
         except Exception as exc:
             return f"ignored ({exc})"
         worker = self.worker(state)

@@ -307,7 +307,8 @@ class ModelService:
     # ----------------------------------------------------------------------------- versions
     def save_version(self, state: ProjectState, model: AdaptedModel, round_: int, labels_used: dict,
                      metrics: dict) -> tuple[str, str]:
-        """Checkpoint a trained model as the next version; returns (version, path). Not served yet."""
+        """Checkpoint a trained model as the next version; returns (version, checkpoint id).
+        Not served yet: :meth:`serve` switches to it."""
         probe = ProjectState(state.key, state.config, round=round_)
         probe.checkpoint = f"{state.key}/{round_}/{time.time_ns()}"
         version = self.version_of(probe)
@@ -319,18 +320,18 @@ class ModelService:
             "strategy": self.strategy.name, "strategy_params": self.strategy.params(), "metrics": metrics,
             "checkpoint_id": probe.checkpoint,
         }
-        path = checkpoints.save(self.project_dir(state.key), version, model.target.state_dict(), meta)
+        checkpoints.save(self.project_dir(state.key), version, model.target.state_dict(), meta)
         removed = checkpoints.prune(self.project_dir(state.key), self.settings.keep_versions)
         if removed:
             log.info("project %s: pruned old versions %s", state.key, removed)
-        return version, str(path)
+        return version, probe.checkpoint
 
-    def serve(self, state: ProjectState, model: AdaptedModel, round_: int, labels_used: dict, path: str) -> str:
+    def serve(self, state: ProjectState, model: AdaptedModel, round_: int, labels_used: dict, checkpoint: str) -> str:
         """Switch the served model atomically (under the project lock)."""
         with state.lock:
             model.set_labels(state.config.labels)  # the config may have changed during training
             state.model, state.round, state.labels_used = model, round_, labels_used
-            state.checkpoint = json.loads((Path(path) / "meta.json").read_text())["checkpoint_id"]
+            state.checkpoint = checkpoint
             state.version = self.version_of(state)
             state.acquisitions = {}
             state.published_version = None

@@ -128,7 +128,7 @@ def bench_round(args) -> None:
         twin = model.clone()
         metrics = fine_tune(twin, examples, TrainConfig(steps=args.steps, batch_size=32))
         started = time.perf_counter()
-        version, path = service.save_version(state, twin, 1, {e.key: str(e.label) for e in examples}, metrics)
+        service.save_version(state, twin, 1, {e.key: str(e.label) for e in examples}, metrics)
         t_save = time.perf_counter() - started
         service.close()
     print(f"backbone={args.backbone} labels={args.labels} steps={args.steps} batch=32 device={metrics['device']} amp={metrics['amp']}")

@@ -53,8 +53,8 @@ def test_restart_serves_the_last_complete_version(tmp_path, digits64):
     examples = [Example(str(t["id"]), digits64[i][2], True, trunk=trunks[i]) for i, t in enumerate(pool)]
     metrics = fine_tune(model, examples, TrainConfig(steps=20))
     used = {e.key: str(e.label) for e in examples}
-    version, path = service.save_version(state, model, 1, used, metrics)
-    assert service.serve(state, model, 1, used, path) == version != v0
+    version, checkpoint = service.save_version(state, model, 1, used, metrics)
+    assert service.serve(state, model, 1, used, checkpoint) == version != v0
     before = service.predict("3", pool)
     service.close()
 
