@@ -14,6 +14,9 @@ import time
 import traceback
 from typing import Callable
 
+import torch
+
+from strategies import Need, review_annotations
 
 from .errors import ImageError
 from .labels import resolve_label
@@ -188,11 +191,23 @@ class ProjectWorker:
             batch_size=self.settings.train_batch_size, new_fraction=self.settings.train_new_fraction,
             augment=self.settings.train_augment, amp=self.settings.train_amp, seed=self.settings.seed + round_,
         )
+        dropped: list[dict] = []
+        if self.settings.train_drop_harmful:
+            examples, dropped = self._drop_harmful(model, examples)
         metrics = fine_tune(model, examples, config)
-        metrics.update(labels_used=len(examples), labels_changed=changed, unknown_labels=unknown)
+        metrics.update(labels_used=len(examples), labels_changed=changed, unknown_labels=unknown,
+                       dropped_by_influence=len(dropped))
         used = {e.key: model.labels[e.label] for e in examples}
         version, checkpoint = service.save_version(state, model, round_, used, metrics)
         version = service.serve(state, model, round_, used, checkpoint)
+        with state.lock:
+            state.labeled_trunk = [self._trunk(model, e) for e in examples]
+            state.dropped = dropped
+        if self.settings.review_top > 0:
+            try:
+                state.review = self._review(model, examples)
+            except Exception as exc:  # a review is advice: it must never fail a round
+                log.warning("project %s: annotation review failed: %s", state.key, exc)
         self.info["training_runs"] += 1
         self.info["last_round"] = {"round": round_, "version": version, "loss_first": metrics["loss_first"],
                                    "loss_last": metrics["loss_last"], "train_seconds": round(metrics["seconds"], 3),
@@ -202,6 +217,63 @@ class ProjectWorker:
                  state.key, round_, len(examples), metrics["seconds"], metrics["loss_first"], metrics["loss_last"], version)
         self._publish(tasks)
         self.info["last_round"]["round_seconds"] = round(time.perf_counter() - started, 3)
+
+    @staticmethod
+    def _trunk(model, example: Example):
+        if example.trunk is not None:
+            return example.trunk
+        return model.trunk(example.image[None])[0]
+
+    def _head_inputs(self, model, examples: list[Example]):
+        from .scoring import forward_batches
+
+        z = torch.stack([self._trunk(model, e) for e in examples])
+        h = forward_batches(model, z, {Need.EMBEDDINGS}, (), self.settings.batch_size)["embeddings"]
+        y = torch.tensor([e.label for e in examples])
+        return h, y
+
+    def _drop_harmful(self, model, examples: list[Example]) -> tuple[list[Example], list[dict]]:
+        """Influence-based data dropout (METHODS.md §6): drop the examples whose up-weighting would
+        raise the K-fold validation loss of the current head (psi > 0)."""
+        if len(examples) < 10:
+            return examples, []
+        h, y = self._head_inputs(model, examples)
+        stats = review_annotations(h, y, model.head.weight, model.head.bias, self.settings.train_weight_decay,
+                                   seed=self.settings.seed)
+        harmful = (stats["psi"] > 0).tolist()
+        kept = [e for e, bad in zip(examples, harmful) if not bad]
+        if len(kept) < max(2, len(examples) // 2):
+            log.warning("project %s: influence would drop %d of %d labels; keeping all of them",
+                        self.state.key, len(examples) - len(kept), len(examples))
+            return examples, []
+        dropped = [{"task": e.key, "label": model.labels[e.label], "psi": round(float(p), 6)}
+                   for e, bad, p in zip(examples, harmful, stats["psi"].tolist()) if bad]
+        log.info("project %s: influence-based dropout leaves out %d of %d labels", self.state.key, len(dropped),
+                 len(examples))
+        return kept, dropped
+
+    def _review(self, model, examples: list[Example]) -> list[dict]:
+        """The labeled tasks whose annotations look most suspicious to the trained head."""
+        h, y = self._head_inputs(model, examples)
+        method = self.settings.review_method
+        if method == "influence":
+            stats = review_annotations(h, y, model.head.weight, model.head.bias, self.settings.train_weight_decay,
+                                       seed=self.settings.seed)
+            rank = stats["self_influence"]
+        else:
+            logits = h.to(torch.float64) @ model.head.weight.detach().cpu().double().T + model.head.bias.detach().cpu().double()
+            p_y = logits.softmax(dim=1).gather(1, y[:, None]).squeeze(1)
+            stats = {"loss": -p_y.clamp_min(1e-12).log(), "p_label": p_y}
+            rank = stats["loss"]
+        order = torch.argsort(rank, descending=True, stable=True)[: self.settings.review_top].tolist()
+        out = []
+        for i in order:
+            item = {"task": examples[i].key, "label": model.labels[examples[i].label], "method": method}
+            item.update({k: round(float(v[i]), 6) for k, v in stats.items()})
+            if method == "influence":
+                item["flag"] = bool(stats["psi"][i] > 0 and stats["p_label"][i] < 0.5)
+            out.append(item)
+        return out
 
     def _examples(self, model, tasks: list[dict], labeled: dict[str, str], previous: dict[str, str]) -> list[Example]:
         augment = self.settings.train_augment != "none"

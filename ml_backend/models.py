@@ -11,7 +11,7 @@ import copy
 import logging
 import os
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -82,6 +82,9 @@ class BackboneSpec:
     trunk: Callable[[nn.Module, torch.Tensor], torch.Tensor]  # the frozen early layers
     rest: Callable[[nn.Module, torch.Tensor], torch.Tensor]  # everything after: rest(m, trunk(m, x)) == m(x)
     torchvision_name: str | None = None  # for torchvision's weights registry
+    # ADMA's layers (METHODS.md §1.2) as module names, post-activation; "+relu" applies a ReLU to
+    # the hooked output (for a ReLU module that a residual block reuses and so cannot be hooked).
+    roles: tuple[tuple[str, str], ...] = ()
 
 
 _IMAGENET_PRE = Preprocess(256, 224, IMAGENET_MEAN, IMAGENET_STD)
@@ -143,6 +146,9 @@ register_backbone(BackboneSpec(
     frozen=("conv1.", "bn1.", "layer1.", "layer2.0."),
     preprocess=_IMAGENET_PRE, source_classes=1000, trunk=_resnet_trunk, rest=_resnet_rest,
     torchvision_name="resnet18",
+    # A = block layer4.0 (its two parallel branches hold the 4th weight layer from the end),
+    # B = the pooled input of fc; A2 = layer4.0.conv1 after its BN and ReLU
+    roles=(("A", "layer4.0"), ("B", "avgpool"), ("A2", "layer4.0.bn1+relu")),
 ))
 register_backbone(BackboneSpec(
     "vgg16", _tv("vgg16"), head="classifier.6",
@@ -150,18 +156,22 @@ register_backbone(BackboneSpec(
     frozen=tuple(f"features.{i}." for i in (0, 2, 5, 7, 10, 12, 14)),
     preprocess=_IMAGENET_PRE, source_classes=1000, trunk=_features_split(16)[0], rest=_features_split(16)[1],
     torchvision_name="vgg16",
+    roles=(("A", "features.30"), ("B", "classifier.4"), ("A2", "features.27")),  # pool5, fc7 ReLU, conv5_2 ReLU
 ))
 register_backbone(BackboneSpec(
     "alexnet", _tv("alexnet"), head="classifier.6",
     frozen=("features.0.", "features.3."),  # conv1, conv2
     preprocess=_IMAGENET_PRE, source_classes=1000, trunk=_features_split(5)[0], rest=_features_split(5)[1],
     torchvision_name="alexnet",
+    roles=(("A", "features.12"), ("B", "classifier.5"), ("A2", "features.9")),  # pool5, fc7 ReLU, conv4 ReLU
 ))
 register_backbone(BackboneSpec(
     "smallcnn", SmallCNN, head="classifier.5",
     frozen=("features.0.",),  # conv1, as in METHODS.md §8.2
     preprocess=Preprocess(32, 32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
     source_classes=10, trunk=_features_split(2)[0], rest=_features_split(2)[1],
+    # A = the conv block feeding fc1, B = fc2 after its ReLU; conv1 (A2) is frozen, inside the trunk
+    roles=(("A", "features.6"), ("B", "classifier.4")),
 ))
 
 
@@ -187,6 +197,7 @@ class LoadedBackbone:
     weights: str  # description, e.g. "ResNet18_Weights.IMAGENET1K_V1", "none", a file path
     preprocess: Preprocess
     source_categories: list[str] | None
+    lock: threading.Lock = field(default_factory=threading.Lock)  # M0 is shared: one hooked pass at a time
 
 
 def load_backbone(name: str, weights: str, seed: int = 0) -> LoadedBackbone:
@@ -284,6 +295,7 @@ class AdaptedModel:
         self.device = device
         self.seed = seed
         self.source = base.model.to(device).eval()
+        self.source_lock = base.lock
         for p in self.source.parameters():
             p.requires_grad_(False)
         self.target = copy.deepcopy(base.model)
@@ -368,31 +380,61 @@ class AdaptedModel:
         """Full forward pass from preprocessed images; see :meth:`forward_from_trunk`."""
         return self.forward_from_trunk(self.trunk(batch), needs, layers)
 
+    def resolve_layer(self, layer: str) -> tuple[str, bool]:
+        """A role ("A", "B", "A2") or module name -> (module name, apply ReLU)."""
+        roles = dict(self.spec.roles)
+        if layer in ("A", "B", "A2") and layer not in roles:
+            raise ValueError(f"backbone {self.spec.name} has no layer {layer} after its freeze boundary "
+                             f"(available roles: {', '.join(roles) or 'none'})")
+        name = roles.get(layer, layer)
+        return (name[:-5], True) if name.endswith("+relu") else (name, False)
+
+    def _hooked(self, net: nn.Module, z: torch.Tensor, layers: Sequence[str]) -> tuple[torch.Tensor, dict]:
+        """rest(net, z) with the outputs of ``layers`` captured (cloned: in-place ReLUs follow)."""
+        captured: dict[str, torch.Tensor] = {}
+        hooks = []
+
+        def keep(layer, relu):
+            def hook(_m, _a, out):
+                if layer in captured:
+                    raise ValueError(f"layer {layer} runs twice per forward pass; hook another module")
+                captured[layer] = (torch.relu(out) if relu else out).detach().float().clone()
+            return hook
+
+        for layer in layers:
+            name, relu = self.resolve_layer(layer)
+            hooks.append(net.get_submodule(name).register_forward_hook(keep(layer, relu)))
+        try:
+            out = self.spec.rest(net, z)
+        finally:
+            for h in hooks:
+                h.remove()
+        missing = [layer for layer in layers if layer not in captured]
+        if missing:
+            raise ValueError(f"layers {missing} are inside the frozen trunk of {self.spec.name}; "
+                             "strategies can only hook layers after the freeze boundary")
+        return out, captured
+
     @torch.no_grad()
     def forward_from_trunk(self, z: torch.Tensor, needs: Iterable[Need], layers: Sequence[str] = ()) -> dict:
         """Run only the trainable part on trunk activations, computing every declared input once.
 
         Returns a dict with 'logits' and 'probs' over ``active`` labels (always), plus
-        'embeddings', 'features' and 'source_probs' when asked for.
+        'embeddings', 'features' (current model), 'source_probs' and 'source_features' (M0) when
+        asked for.
         """
         needs = set(needs)
-        captured: dict[str, torch.Tensor] = {}
-        hooks = []
+        z = z.to(self.device, non_blocking=True)
         with self.lock:
             self.target.eval()
+            hooks = []
+            captured: dict[str, torch.Tensor] = {}
             if Need.EMBEDDINGS in needs:
                 hooks.append(self.head.register_forward_pre_hook(
                     lambda _m, args: captured.__setitem__("embeddings", args[0].detach().flatten(1).clone())
                 ))
-            if Need.FEATURES in needs:
-                for layer in layers:
-                    module = self.target.get_submodule(layer)
-                    hooks.append(module.register_forward_hook(
-                        lambda _m, _a, out, layer=layer: captured.__setitem__(layer, out.detach().clone())
-                    ))
             try:
-                z = z.to(self.device, non_blocking=True)
-                logits_all = self.spec.rest(self.target, z)
+                logits_all, feats = self._hooked(self.target, z, layers if Need.FEATURES in needs else ())
             finally:
                 for h in hooks:
                     h.remove()
@@ -400,15 +442,17 @@ class AdaptedModel:
             logits = logits_all[:, idx].float()
             out = {"logits": logits.cpu(), "probs": logits.softmax(dim=1).cpu()}
             if Need.EMBEDDINGS in needs:
-                out["embeddings"] = captured.pop("embeddings").cpu()
+                out["embeddings"] = captured["embeddings"].float().cpu()
             if Need.FEATURES in needs:
-                missing = [layer for layer in layers if layer not in captured]
-                if missing:
-                    raise ValueError(f"layers {missing} are inside the frozen trunk of {self.spec.name}; "
-                                     "strategies can only hook layers after the freeze boundary")
-                out["features"] = {k: v.cpu() for k, v in captured.items()}
+                out["features"] = {k: v.cpu() for k, v in feats.items()}
+        if Need.SOURCE_PROBS in needs or Need.SOURCE_FEATURES in needs:
+            with self.source_lock:  # M0 is shared by every project: its hooks must not interleave
+                src_logits, src_feats = self._hooked(
+                    self.source, z, layers if Need.SOURCE_FEATURES in needs else ())
             if Need.SOURCE_PROBS in needs:
-                out["source_probs"] = self.spec.rest(self.source, z).float().softmax(dim=1).cpu()
+                out["source_probs"] = src_logits.float().softmax(dim=1).cpu()
+            if Need.SOURCE_FEATURES in needs:
+                out["source_features"] = {k: v.cpu() for k, v in src_feats.items()}
         return out
 
     def logits_for_training(self, z: torch.Tensor) -> torch.Tensor:

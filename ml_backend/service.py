@@ -24,6 +24,7 @@ from .images import ImageLoader, Source
 from .label_config import ClassificationConfig, parse_label_config
 from .ls_client import LabelStudioConnection
 from .models import AdaptedModel, LoadedBackbone, load_backbone, resolve_device
+from .scoring import build_inputs, merge_parts, scoring_needs
 from .queue_score import LEAST_URGENT_SCORE, acquisition_to_score
 from .settings import Settings
 
@@ -52,6 +53,11 @@ class ProjectState:
     model: AdaptedModel | None = None
     labels_used: dict[str, str] = field(default_factory=dict)  # task id -> label of the last round
     acquisitions: dict[str, float] = field(default_factory=dict)  # task id -> value, this version
+    labeled_trunk: list = field(default_factory=list)  # trunk activations of the last round's labels
+    strategy_state: dict = field(default_factory=dict)  # what a strategy computes once (ADMA's landmarks)
+    strategy_info: dict = field(default_factory=dict)  # what the strategy reported at the last publish
+    review: list = field(default_factory=list)  # suspicious annotations of the last round
+    dropped: list = field(default_factory=list)  # tasks left out by TRAIN_DROP_HARMFUL in the last round
     version: str = ""
     published_version: str | None = None
     checkpoint: str | None = None  # path of the served version's checkpoint
@@ -67,8 +73,9 @@ class ModelService:
     def __init__(self, settings: Settings, secrets=None) -> None:
         self.settings = settings
         self.device = resolve_device(settings.device)
-        self.strategy = strategies.get(settings.strategy, seed=settings.seed)
+        self.strategy = strategies.from_spec(settings.strategy, seed=settings.seed)
         self.base: LoadedBackbone = load_backbone(settings.backbone, settings.weights, settings.seed)
+        self._prepare_strategy()
         self.connection = LabelStudioConnection(settings.label_studio_url, settings.label_studio_api_key)
         self.loader = ImageLoader(
             settings.model_dir / "cache" / "images", settings.fetch_workers,
@@ -83,6 +90,7 @@ class ModelService:
             settings.feature_cache_mb * 2**20, settings.feature_cache_disk_mb * 2**20, settings.feature_cache_dtype,
         )
         self.secrets = secrets
+        self._strategy_lock = threading.Lock()
         self.projects: dict[str, ProjectState] = {}
         self._lock = threading.Lock()
         self.events: dict[str, int] = {}
@@ -92,6 +100,22 @@ class ModelService:
             "backend ready: backbone=%s weights=%s strategy=%r device=%s projects restored=%d",
             settings.backbone, self.base.weights, self.strategy, self.device, len(self.projects),
         )
+
+    def _prepare_strategy(self) -> None:
+        """ADMA with a reference folder (landmark mode F2): compute its landmarks once with M0 and
+        cache them under MODEL_DIR; a landmark file is checked against this backbone and weights."""
+        from .landmarks import check_landmark_file, landmarks_for_folder
+
+        landmarks = getattr(self.strategy, "landmarks", None)
+        if self.strategy.name != "adma" or not isinstance(landmarks, str):
+            return
+        path = Path(landmarks)
+        if path.is_dir():
+            lm = landmarks_for_folder(self.base, path, self.device, self.settings.model_dir / "cache" / "landmarks",
+                                      roles=self.strategy.layers(), seed=self.settings.seed)
+            self.strategy.set_landmarks(lm)
+        elif path.suffix == ".pt":
+            self.strategy.set_landmarks(check_landmark_file(path, self.base))
 
     # ----------------------------------------------------------------------------- projects
     def project_dir(self, key: str) -> Path:
@@ -247,7 +271,8 @@ class ModelService:
         results: list[dict | None] = [None] * len(tasks)
         good: list[int] = []
         parts: list[dict] = []
-        needs, layers, bs = set(self.strategy.needs), self.strategy.layers(), self.settings.batch_size
+        diversity = reset_pool and self.settings.queue_diversity != "off"
+        needs, layers, bs = scoring_needs(self.strategy, diversity), self.strategy.layers(), self.settings.batch_size
         chunk = max(bs, 256)
         for start in range(0, len(tasks), chunk):  # bounded memory for large pools
             part_tasks = tasks[start:start + chunk]
@@ -267,15 +292,28 @@ class ModelService:
         keys = [str(tasks[i].get("id", f"#{i}")) for i in good]
         values = np.zeros(0)
         if good:
-            merged = {name: torch.cat([p[name] for p in parts]) for name in ("logits", "probs", "embeddings", "source_probs") if name in parts[0]}
-            if "features" in parts[0]:
-                merged["features"] = {k: torch.cat([p["features"][k] for p in parts]) for k in parts[0]["features"]}
-            inputs = ScoringInputs(
-                n=len(good), keys=keys, probs=merged["probs"], logits=merged["logits"],
-                embeddings=merged.get("embeddings"), features=merged.get("features", {}),
-                source_probs=merged.get("source_probs"), round=state.round,
-            )
-            values = self.strategy(inputs).numpy()
+            merged = merge_parts(parts)
+
+            def images() -> torch.Tensor:  # only for strategies that need test-time-augmented views
+                loaded = self.loader.load_many(
+                    [(tasks[i].get("id"), (tasks[i].get("data") or {}).get(config.value_key)) for i in good],
+                    self.source(state), transform=model.preprocess)
+                bad = [str(x) for x in loaded if isinstance(x, ImageError)]
+                if bad:
+                    raise ImageError(f"{len(bad)} image(s) became unreadable while scoring: {bad[0]}")
+                return torch.stack(loaded)
+
+            inputs = build_inputs(self.strategy, model, merged, keys, labeled_trunk=state.labeled_trunk,
+                                  images=images, round_=state.round, state=state.strategy_state,
+                                  full_pool=reset_pool, batch_size=bs)
+            with self._strategy_lock:  # strategies may keep per-call diagnostics
+                acquisition = self.strategy(inputs)
+                info = self.strategy.info()
+            if diversity:
+                acquisition = strategies.diverse_queue(acquisition, merged["embeddings"], self.settings.queue_diversity_top)
+            values = acquisition.numpy()
+            if reset_pool and info:
+                state.strategy_info = info
             labels = [model.active[j] for j in merged["probs"].argmax(dim=1).tolist()]
 
         with state.lock:
@@ -384,6 +422,9 @@ class ModelService:
                     "labels_used": len(s.labels_used),
                     "model_loaded": s.model is not None,
                     "scored_pool_size": len(s.acquisitions),
+                    "strategy_info": s.strategy_info,
+                    "review": s.review,
+                    "dropped_by_influence": s.dropped,
                     **s.stats,
                     **(learner.status(key) if learner is not None else {}),
                 }

@@ -33,7 +33,12 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "THREADS": ("8", "gunicorn threads per worker."),
     "BACKBONE": ("resnet18", "Model architecture: one of the registered backbones (see `python -m ml_backend --list`)."),
     "WEIGHTS": ("DEFAULT", "Pretrained weights: a torchvision weights name of the backbone (DEFAULT, IMAGENET1K_V1, ...), a path to a saved state_dict, or `none` for random initialisation."),
-    "STRATEGY": ("margin", "Acquisition strategy: one of the registered strategies (see `python -m ml_backend --list`)."),
+    "STRATEGY": ("margin", "Acquisition strategy: a registered strategy (see `python -m ml_backend --list`), with options as `name:key=value:...`, e.g. `adma:lam=0.1:landmarks=kmeans`."),
+    "QUEUE_DIVERSITY": ("off", "Diversity-aware queue order: `off`, or `coreset` to re-order the top QUEUE_DIVERSITY_TOP tasks by k-center greedy on the model's features so that consecutive tasks are not near-duplicates."),
+    "QUEUE_DIVERSITY_TOP": ("100", "How many of the highest-acquisition tasks QUEUE_DIVERSITY re-orders."),
+    "REVIEW_TOP": ("20", "After each round, list this many labeled tasks whose annotation looks most suspicious (in /status under `review`); 0 turns it off."),
+    "REVIEW_METHOD": ("loss", "How suspicious annotations are ranked: `loss` (the trained head's loss on its label, the cheap default) or `influence` (last-layer self-influence, with K-fold influence on validation loss)."),
+    "TRAIN_DROP_HARMFUL": ("false", "Influence-based data dropout (Wang et al.): before a round, drop labeled examples whose up-weighting would raise the K-fold validation loss (psi > 0). Off by default; dropped tasks are listed in /status."),
     "DEVICE": ("auto", "auto (CUDA when present, else CPU), cpu, cuda or cuda:N."),
     "SEED": ("0", "Seed for head initialisation and seeded strategies."),
     "BATCH_SIZE": ("32", "Images per forward pass when scoring."),
@@ -123,6 +128,11 @@ class Settings:
     backbone: str = "resnet18"
     weights: str = "DEFAULT"
     strategy: str = "margin"
+    queue_diversity: str = "off"
+    queue_diversity_top: int = 100
+    review_top: int = 20
+    review_method: str = "loss"
+    train_drop_harmful: bool = False
     device: str = "auto"
     seed: int = 0
     batch_size: int = 32
@@ -176,11 +186,11 @@ class Settings:
             raise ConfigError(
                 f"BACKBONE={backbone!r} is unknown; allowed: {', '.join(available_backbones())}"
             )
-        strategy = _get(env, "STRATEGY").lower()
-        if strategy not in strategies.available():
-            raise ConfigError(
-                f"STRATEGY={strategy!r} is unknown; allowed: {', '.join(strategies.available())}"
-            )
+        strategy = _get(env, "STRATEGY")
+        try:
+            strategies.from_spec(strategy)
+        except strategies.StrategyError as exc:
+            raise ConfigError(f"STRATEGY={strategy!r}: {exc}") from None
         device = _get(env, "DEVICE").lower()
         if device not in DEVICES and not (device.startswith("cuda:") and device[5:].isdigit()):
             raise ConfigError(f"DEVICE={device!r} is invalid; allowed: auto, cpu, cuda, cuda:N")
@@ -198,6 +208,11 @@ class Settings:
             backbone=backbone,
             weights=_get(env, "WEIGHTS"),
             strategy=strategy,
+            queue_diversity=_choice(env, "QUEUE_DIVERSITY", ("off", "coreset")),
+            queue_diversity_top=_int(env, "QUEUE_DIVERSITY_TOP", 2),
+            review_top=_int(env, "REVIEW_TOP", 0),
+            review_method=_choice(env, "REVIEW_METHOD", ("loss", "influence")),
+            train_drop_harmful=_bool(env, "TRAIN_DROP_HARMFUL"),
             device=device,
             seed=_int(env, "SEED", 0),
             batch_size=_int(env, "BATCH_SIZE", 1),

@@ -30,6 +30,9 @@ class Need(str, enum.Enum):
     EMBEDDINGS = "embeddings"  # penultimate features h(x): the input of the target head, (N, D)
     FEATURES = "features"  # activations at the layers named by Strategy.layers(), {name: (N, ...)}
     SOURCE_PROBS = "source_probs"  # softmax of the original model's source head, (N, C_source)
+    SOURCE_FEATURES = "source_features"  # M0's activations at the layers of Strategy.layers(), {name: (N, ...)}
+    LABELED_EMBEDDINGS = "labeled_embeddings"  # h(x) of the labeled items, (n_L, D)
+    VIEW_PROBS = "view_probs"  # softmax of m test-time-augmented views, (m, N, C); view 0 = identity
 
 
 @dataclass(frozen=True)
@@ -43,10 +46,25 @@ class ScoringInputs:
     embeddings: torch.Tensor | None = None
     features: Mapping[str, torch.Tensor] = field(default_factory=dict)
     source_probs: torch.Tensor | None = None
+    source_features: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    labeled_embeddings: torch.Tensor | None = None
+    view_probs: torch.Tensor | None = None
     round: int = 0  # completed fine-tuning rounds t (ADMA's trade-off needs it)
+    planned_rounds: int | None = None  # T, when known (ADMA's default lambda = 1/T)
+    # A per-project dict that lives as long as the project's model: strategies may cache what the
+    # method computes once (ADMA's landmarks, METHODS.md §1.3). ``full_pool`` says whether these N
+    # items are the whole unlabeled pool (a publish) or only a request's tasks.
+    state: dict | None = None
+    full_pool: bool = True
 
-    def require(self, need: Need) -> Any:
-        value = self.features if need is Need.FEATURES else getattr(self, need.value)
+    def require(self, need: Need, layers: Sequence[str] = ()) -> Any:
+        """The input for ``need``; for FEATURES / SOURCE_FEATURES, check that ``layers`` are there."""
+        value = getattr(self, need.value)
+        if need in (Need.FEATURES, Need.SOURCE_FEATURES):
+            missing = [name for name in layers if name not in value]
+            if missing:
+                raise MissingInputError(f"the scorer did not provide '{need.value}' for layers {missing}")
+            return value
         if value is None:
             raise MissingInputError(f"the scorer did not provide '{need.value}'")
         return value
@@ -71,8 +89,17 @@ class Strategy(ABC):
         return {"seed": self.seed}
 
     def layers(self) -> tuple[str, ...]:
-        """Named layers whose activations this strategy needs (only with Need.FEATURES)."""
+        """Layers whose activations this strategy needs (with Need.FEATURES / SOURCE_FEATURES):
+        module names, or the roles a backbone maps to modules ("A", "B", "A2": METHODS.md §1.2)."""
         return ()
+
+    def views(self) -> int:
+        """Number of test-time-augmented views (with Need.VIEW_PROBS)."""
+        return 0
+
+    def info(self) -> dict[str, Any]:
+        """What the last call decided that a user should see (e.g. ADMA's landmark mode)."""
+        return {}
 
     @abstractmethod
     def acquisition(self, inputs: ScoringInputs) -> torch.Tensor:

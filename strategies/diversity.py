@@ -5,7 +5,13 @@ diversity-aware queue ordering build on these.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
+
+from .base import Need, ScoringInputs, Strategy
+from .registry import register
+from .uncertainty import uniform_from_keys
 
 
 def k_center_greedy(pool: torch.Tensor, labeled: torch.Tensor | None, b: int, seed: int = 0) -> torch.Tensor:
@@ -65,3 +71,119 @@ def badge(probs: torch.Tensor, h: torch.Tensor, b: int, seed: int = 0) -> torch.
         chosen.append(pick)
         nearest = torch.minimum(nearest, badge_distances(a, h, pick))
     return torch.tensor(chosen, dtype=torch.long)
+
+
+# ------------------------------------------------------------------------------------------------
+# Registered batch strategies and the diversity-aware queue order. Label Studio serves one task at a
+# time by score, so a batch method's selection order becomes acquisition values: the ``budget``
+# greedy picks come first, in pick order; every other item follows, ranked by the quantity the
+# greedy would look at next (its distance to everything picked). All of them run on the pool sorted
+# by task key, so the result does not depend on the order in which the pool arrives.
+
+def canonical_order(keys: Sequence[str]) -> torch.Tensor:
+    return torch.tensor(sorted(range(len(keys)), key=lambda i: str(keys[i])), dtype=torch.long)
+
+
+def order_to_values(picks: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
+    """Acquisition values from a pick order plus a ranking key (larger = earlier) for the rest."""
+    n = rest.shape[0]
+    values = torch.zeros(n, dtype=torch.float64)
+    r = rest.to(torch.float64)
+    span = float(r.max() - r.min()) if n else 0.0
+    values[:] = (r - r.min()) / span if span > 0 else 0.0  # in [0, 1]
+    b = picks.shape[0]
+    values[picks] = 2.0 + torch.arange(b - 1, -1, -1, dtype=torch.float64)
+    return values
+
+
+def _nearest_sq(x: torch.Tensor, centres: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    out = torch.empty(x.shape[0], dtype=torch.float64)
+    for s in range(0, x.shape[0], chunk):
+        out[s:s + chunk] = torch.cdist(x[s:s + chunk], centres).pow(2).min(dim=1).values
+    return out
+
+
+@register
+class CoreSetStrategy(Strategy):
+    name = "coreset"
+    needs = frozenset({Need.EMBEDDINGS, Need.LABELED_EMBEDDINGS, Need.KEYS})
+    description = ("Core-set (Sener & Savarese): k-center greedy on penultimate features, away from the labeled "
+                   "set; `budget` greedy picks, then the rest by distance to everything picked.")
+
+    def __init__(self, seed: int = 0, budget: int = 256) -> None:
+        super().__init__(seed)
+        if int(budget) < 1:
+            raise TypeError("budget must be >= 1")
+        self.budget = int(budget)
+
+    def params(self) -> dict:
+        return {"seed": self.seed, "budget": self.budget}
+
+    def acquisition(self, inputs: ScoringInputs) -> torch.Tensor:
+        keys = inputs.require(Need.KEYS)
+        perm = canonical_order(keys)
+        h = inputs.require(Need.EMBEDDINGS).to(torch.float64).flatten(1)[perm]
+        labeled = inputs.labeled_embeddings
+        labeled = None if labeled is None or labeled.shape[0] == 0 else labeled.to(torch.float64).flatten(1)
+        if labeled is None:  # no labels yet: start from a seeded, key-determined item
+            first = int(torch.argmax(uniform_from_keys([str(keys[int(i)]) for i in perm], self.seed)))
+            labeled_start = h[first:first + 1]
+        else:
+            labeled_start = labeled
+        picks = k_center_greedy(h, labeled_start, self.budget, self.seed)
+        if labeled is None:
+            picks = torch.cat([torch.tensor([first]), picks[picks != first]])[: min(self.budget, h.shape[0])]
+        centres = torch.cat([labeled_start, h[picks]]) if picks.numel() else labeled_start
+        values = order_to_values(picks, _nearest_sq(h, centres))
+        out = torch.empty_like(values)
+        out[perm] = values
+        return out
+
+
+@register
+class BadgeStrategy(Strategy):
+    name = "badge"
+    needs = frozenset({Need.PROBS, Need.EMBEDDINGS, Need.KEYS})
+    description = ("BADGE (Ash et al.): k-means++ seeding on last-layer gradient embeddings (p - e_y) x h, "
+                   "factorised; `budget` picks, then the rest by gradient-space distance to the picks.")
+
+    def __init__(self, seed: int = 0, budget: int = 256) -> None:
+        super().__init__(seed)
+        if int(budget) < 1:
+            raise TypeError("budget must be >= 1")
+        self.budget = int(budget)
+
+    def params(self) -> dict:
+        return {"seed": self.seed, "budget": self.budget}
+
+    def acquisition(self, inputs: ScoringInputs) -> torch.Tensor:
+        perm = canonical_order(inputs.require(Need.KEYS))
+        p = inputs.require(Need.PROBS).to(torch.float64)[perm]
+        h = inputs.require(Need.EMBEDDINGS).to(torch.float64).flatten(1)[perm]
+        picks = badge(p, h, self.budget, self.seed)
+        a = p - torch.nn.functional.one_hot(p.argmax(dim=1), p.shape[1]).to(torch.float64)
+        nearest = torch.full((p.shape[0],), torch.inf, dtype=torch.float64)
+        for c in picks.tolist():
+            nearest = torch.minimum(nearest, badge_distances(a, h, c))
+        values = order_to_values(picks, nearest)
+        out = torch.empty_like(values)
+        out[perm] = values
+        return out
+
+
+def diverse_queue(values: torch.Tensor, embeddings: torch.Tensor, top: int) -> torch.Tensor:
+    """Diversity-aware queue order: the ``top`` items by acquisition keep their place ahead of the
+    rest, but are re-ordered by k-center greedy on ``embeddings`` starting from the best one, so
+    that consecutive tasks in the queue are not near-duplicates. Returns new values (larger = first)."""
+    n = values.shape[0]
+    top = min(top, n)
+    if top < 2:
+        return values.clone()
+    best = torch.argsort(values, descending=True, stable=True)[:top]
+    h = embeddings.to(torch.float64).flatten(1)[best]
+    order = k_center_greedy(h[1:], h[:1], top - 1)
+    ranked = torch.cat([torch.tensor([0]), order + 1])
+    out = values.to(torch.float64).clone()
+    hi = float(out.max())
+    out[best[ranked]] = hi + 1.0 + torch.arange(top - 1, -1, -1, dtype=torch.float64)
+    return out

@@ -20,11 +20,13 @@ from .uncertainty import uniform_from_keys
 
 
 def emoc_last_layer(h_cand: torch.Tensor, p_cand: torch.Tensor, h_ref: torch.Tensor, p_ref: torch.Tensor,
-                    output: str = "prob", label: str = "map", bias: bool = True, chunk: int = 256) -> torch.Tensor:
+                    output: str = "prob", label: str = "map", bias: bool = True, chunk: int = 256,
+                    labels: torch.Tensor | None = None) -> torch.Tensor:
     """EMOC of every candidate against the references; (n,) float64.
 
     h_*: penultimate features (the input of the last Linear), p_*: softmax outputs.
-    output: "prob" (f = softmax, default) or "logit"; label: "map" or "marginal".
+    output: "prob" (f = softmax, default) or "logit"; label: "map" or "marginal". ``labels`` (n,)
+    fixes each candidate's label instead (the set form, Eq. 5, gives a set's members one label).
     """
     h_cand, p_cand = h_cand.to(torch.float64), p_cand.to(torch.float64)
     h_ref, p_ref = h_ref.to(torch.float64), p_ref.to(torch.float64)
@@ -36,16 +38,19 @@ def emoc_last_layer(h_cand: torch.Tensor, p_cand: torch.Tensor, h_ref: torch.Ten
     for start in range(0, n, chunk):
         hc, pc = h_cand[start:start + chunk], p_cand[start:start + chunk]
         k = (h_ref @ hc.T + (1.0 if bias else 0.0)).abs()  # (M, b)
-        if label == "map":
-            labels = [pc.argmax(dim=1, keepdim=True)]
+        if labels is not None:
+            ys = [labels[start:start + chunk].reshape(-1, 1).long()]
+            weights = [torch.ones(pc.shape[0], 1, dtype=torch.float64)]
+        elif label == "map":
+            ys = [pc.argmax(dim=1, keepdim=True)]
             weights = [torch.ones(pc.shape[0], 1, dtype=torch.float64)]
         elif label == "marginal":
-            labels = [torch.full((pc.shape[0], 1), y, dtype=torch.long) for y in range(c)]
+            ys = [torch.full((pc.shape[0], 1), y, dtype=torch.long) for y in range(c)]
             weights = [pc[:, y:y + 1] for y in range(c)]
         else:
             raise ValueError(f"label={label!r}; allowed: map, marginal")
         total = torch.zeros(hc.shape[0], dtype=torch.float64)
-        for y, w in zip(labels, weights):
+        for y, w in zip(ys, weights):
             g = pc - eye[y.squeeze(1)]  # (b, C)
             if output == "logit":
                 change = g.abs().sum(dim=1)[None, :].expand_as(k)

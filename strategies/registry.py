@@ -48,3 +48,36 @@ def describe() -> list[dict[str, Any]]:
         }
         for n in available()
     ]
+
+
+def _value(text: str) -> Any:
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``name[:key=value[:key=value...]]`` -> (name, params), e.g. ``adma:lam=0.2:landmarks=kmeans``.
+    Values are read as bool, none, int, float or else string. Used by STRATEGY and the CLIs."""
+    parts = [p.strip() for p in str(spec or "").split(":")]
+    name, params = parts[0].lower(), {}
+    for part in parts[1:]:
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise UnknownStrategyError(f"bad strategy option {part!r} in {spec!r}; expected key=value")
+        params[key.strip()] = _value(value.strip())
+    return name, params
+
+
+def from_spec(spec: str, **defaults: Any) -> Strategy:
+    """Build a strategy from a spec string; ``defaults`` (e.g. seed) apply unless the spec sets them."""
+    name, params = parse_spec(spec)
+    return get(name, **{**defaults, **params})

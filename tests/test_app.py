@@ -210,7 +210,7 @@ def test_start_commands_fail_clearly_on_bad_settings(tmp_path):
 
     env = {**os.environ, "STRATEGY": "best-one", "MODEL_DIR": str(tmp_path), "BACKBONE": "smallcnn", "WEIGHTS": "none"}
     r = subprocess.run([sys.executable, "-m", "ml_backend"], env=env, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "configuration error: STRATEGY='best-one' is unknown; allowed:" in r.stderr
+    assert r.returncode == 2 and "configuration error: STRATEGY='best-one': unknown strategy 'best-one'; available:" in r.stderr
     assert "Traceback" not in r.stderr
     gunicorn = os.path.join(os.path.dirname(sys.executable), "gunicorn")
     r = subprocess.run([gunicorn, "--no-control-socket", "-b", "127.0.0.1:0", "ml_backend.wsgi:app"], env=env,

@@ -9,7 +9,7 @@ from scipy.stats import kendalltau
 from strategies import emoc_last_layer, kendall_tau_b
 
 
-@pytest.mark.parametrize("method", ["sort", "pairwise"])
+@pytest.mark.parametrize("method", ["compiled", "sort", "pairwise"])
 @pytest.mark.parametrize("k, ties", [(2, False), (5, False), (7, True), (50, True), (64, False), (333, True), (1000, False)])
 def test_batched_tau_b_equals_scipy(method, k, ties):
     g = torch.Generator().manual_seed(k)

@@ -72,6 +72,11 @@ def test_connect_publish_learn_reorder_and_forget_deleted(label_studio, digits64
         st = status(backend, project)
         assert st["round"] == 1 and st["labels_used"] == 12 and st["training_runs"] == 1
         assert st["last_round"]["loss_last"] < st["last_round"]["loss_first"]
+        # the annotations the trained head disagrees with most, for review (REVIEW_TOP=20 > 12 labels)
+        review = st["review"]
+        assert {int(r["task"]) for r in review} == set(labeled) and len(review) == 12
+        assert [r["loss"] for r in review] == sorted((r["loss"] for r in review), reverse=True)
+        assert all(r["label"] == str(truth[int(r["task"])]) for r in review)
         unlabeled = set(ids) - set(labeled)
         assert versions_of(ls, project)[v1] == unlabeled  # every unlabeled task, nothing else
 

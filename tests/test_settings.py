@@ -16,7 +16,10 @@ def test_defaults():
 
 
 @pytest.mark.parametrize("env, message", [
-    ({"STRATEGY": "bogus"}, r"STRATEGY='bogus' is unknown; allowed: .*entropy.*margin.*random"),
+    ({"STRATEGY": "bogus"}, r"STRATEGY='bogus': unknown strategy 'bogus'; available: .*entropy.*margin.*random"),
+    ({"STRATEGY": "adma:lam"}, r"STRATEGY='adma:lam': bad strategy option 'lam'"),
+    ({"STRATEGY": "emoc:output=nope"}, r"STRATEGY='emoc:output=nope': bad parameters for strategy 'emoc'"),
+    ({"QUEUE_DIVERSITY": "maybe"}, r"QUEUE_DIVERSITY='maybe' is invalid; allowed: off, coreset"),
     ({"BACKBONE": "resnet9000"}, r"BACKBONE='resnet9000' is unknown; allowed: alexnet, resnet18, smallcnn, vgg16"),
     ({"LOG_LEVEL": "chatty"}, r"LOG_LEVEL='CHATTY' is invalid; allowed: DEBUG, INFO"),
     ({"DEVICE": "tpu"}, r"DEVICE='tpu' is invalid; allowed: auto, cpu, cuda, cuda:N"),

@@ -75,22 +75,45 @@ def test_strategies_import_without_flask():
 
 
 # ----------------------------------------------------------------------------- contract, for every strategy
-def _inputs(n, seed=0, c=4, d=8):
+def _inputs(n, seed=0, c=4, d=8, m=4):
     g = torch.Generator().manual_seed(seed)
     logits = torch.randn(n, c, generator=g, dtype=torch.float64)
+    layer = lambda *shape: torch.randn(n, *shape, generator=g, dtype=torch.float64).relu()  # noqa: E731
     return ScoringInputs(
         n=n, keys=[f"task-{i}" for i in range(n)], probs=logits.softmax(1), logits=logits,
         embeddings=torch.randn(n, d, generator=g, dtype=torch.float64),
-        source_probs=torch.randn(n, 5, generator=g, dtype=torch.float64).softmax(1), round=1,
+        features={"A": layer(3, 2, 2), "B": layer(6)},
+        source_probs=torch.randn(n, 5, generator=g, dtype=torch.float64).mul(3).softmax(1),
+        source_features={"A": layer(3, 2, 2), "B": layer(6)},
+        labeled_embeddings=torch.randn(3, d, generator=g, dtype=torch.float64),
+        view_probs=torch.randn(m, n, c, generator=g, dtype=torch.float64).softmax(2), round=1,
+    )
+
+
+def _map(inputs, fn, views):
+    """Apply fn to every per-item tensor of inputs (views: along dim 1)."""
+    take = lambda t: None if t is None else fn(t)  # noqa: E731
+    return ScoringInputs(
+        n=inputs.n, keys=inputs.keys, probs=take(inputs.probs), logits=take(inputs.logits),
+        embeddings=take(inputs.embeddings), features={k: fn(v) for k, v in inputs.features.items()},
+        source_probs=take(inputs.source_probs),
+        source_features={k: fn(v) for k, v in inputs.source_features.items()},
+        labeled_embeddings=inputs.labeled_embeddings,
+        view_probs=None if inputs.view_probs is None else views(inputs.view_probs), round=inputs.round,
     )
 
 
 def _permute(inputs, perm):
-    take = lambda t: None if t is None else t[perm]  # noqa: E731
-    return ScoringInputs(
-        n=inputs.n, keys=[inputs.keys[i] for i in perm], probs=take(inputs.probs), logits=take(inputs.logits),
-        embeddings=take(inputs.embeddings), source_probs=take(inputs.source_probs), round=inputs.round,
-    )
+    out = _map(inputs, lambda t: t[perm], lambda v: v[:, perm])
+    return ScoringInputs(**{**out.__dict__, "keys": [inputs.keys[i] for i in perm]})
+
+
+def _tensors(inputs):
+    flat = {k: getattr(inputs, k) for k in ("probs", "logits", "embeddings", "source_probs", "labeled_embeddings",
+                                            "view_probs")}
+    flat.update({f"features.{k}": v for k, v in inputs.features.items()})
+    flat.update({f"source_features.{k}": v for k, v in inputs.source_features.items()})
+    return flat
 
 
 @pytest.fixture(params=strategies.available())
@@ -115,10 +138,11 @@ def test_contract_invariant_to_pool_order(strategy):
 
 def test_contract_does_not_mutate_inputs(strategy):
     inputs = _inputs(30)
-    before = {k: getattr(inputs, k).clone() for k in ("probs", "logits", "embeddings", "source_probs")}
+    before = {k: v.clone() for k, v in _tensors(inputs).items()}
     strategy(inputs)
+    after = _tensors(inputs)
     for k, v in before.items():
-        assert torch.equal(getattr(inputs, k), v), k
+        assert torch.equal(after[k], v), k
 
 
 @pytest.mark.parametrize("n", [0, 1])
@@ -128,10 +152,8 @@ def test_contract_tiny_pools(strategy, n):
 
 def test_contract_identical_items_get_identical_values(strategy):
     inputs = _inputs(1)
-    same = ScoringInputs(
-        n=5, keys=[f"k{i}" for i in range(5)], probs=inputs.probs.repeat(5, 1), logits=inputs.logits.repeat(5, 1),
-        embeddings=inputs.embeddings.repeat(5, 1), source_probs=inputs.source_probs.repeat(5, 1),
-    )
+    same = _map(inputs, lambda t: t.repeat(5, *[1] * (t.dim() - 1)), lambda v: v.repeat(1, 5, 1))
+    same = ScoringInputs(**{**same.__dict__, "n": 5, "keys": [f"k{i}" for i in range(5)]})
     values = strategy(same)
     assert values.shape == (5,) and torch.isfinite(values).all()
     if Need.KEYS not in strategy.needs:  # keyed strategies differ by key on purpose

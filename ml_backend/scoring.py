@@ -1,0 +1,87 @@
+"""From trunk activations to a strategy's :class:`ScoringInputs`: one place, used by the backend's
+scorer, the simulation and the benchmarks, so that every declared input is computed once per forward
+pass and the same way everywhere."""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from strategies import Need, ScoringInputs, Strategy
+
+from .models import AdaptedModel
+
+_MERGE = ("logits", "probs", "embeddings", "source_probs")
+
+
+def forward_batches(model: AdaptedModel, z: torch.Tensor | Sequence[torch.Tensor], needs, layers,
+                    batch_size: int) -> dict:
+    """Run the trainable part over trunk activations in batches and concatenate the outputs."""
+    parts = []
+    total = z.shape[0] if isinstance(z, torch.Tensor) else len(z)
+    for s in range(0, total, batch_size):
+        chunk = z[s:s + batch_size]
+        chunk = chunk if isinstance(chunk, torch.Tensor) else torch.stack(list(chunk))
+        parts.append(model.forward_from_trunk(chunk, needs, layers))
+    return merge_parts(parts)
+
+
+def merge_parts(parts: list[dict]) -> dict:
+    if not parts:
+        return {}
+    merged = {k: torch.cat([p[k] for p in parts]) for k in _MERGE if k in parts[0]}
+    for k in ("features", "source_features"):
+        if k in parts[0]:
+            merged[k] = {name: torch.cat([p[k][name] for p in parts]) for name in parts[0][k]}
+    return merged
+
+
+@torch.no_grad()
+def view_probs(model: AdaptedModel, images: torch.Tensor, keys: Sequence[str], m: int, seed: int, round_: int,
+               batch_size: int) -> torch.Tensor:
+    """(m, N, C) probabilities of the m test-time-augmented views of preprocessed ``images``."""
+    from strategies.aift import tta_views
+
+    out = []
+    for s in range(0, images.shape[0], batch_size):
+        views = tta_views(images[s:s + batch_size], m, keys[s:s + batch_size], seed, round_)
+        flat = views.reshape(-1, *views.shape[2:])
+        probs = model.forward(flat, {Need.PROBS})["probs"]
+        out.append(probs.reshape(m, -1, probs.shape[1]))
+    return torch.cat(out, dim=1)
+
+
+def build_inputs(strategy: Strategy, model: AdaptedModel, merged: dict, keys: Sequence[str], *,
+                 labeled_trunk: torch.Tensor | Sequence[torch.Tensor] | None = None,
+                 images: Callable[[], torch.Tensor] | None = None, round_: int = 0,
+                 planned_rounds: int | None = None, state: dict | None = None, full_pool: bool = True,
+                 batch_size: int = 64) -> ScoringInputs:
+    """ScoringInputs for ``strategy`` from the merged forward outputs of the pool (``merged``).
+
+    ``labeled_trunk``: trunk activations of the labeled items (for LABELED_EMBEDDINGS);
+    ``images``: returns the pool's preprocessed images (for VIEW_PROBS, which needs full passes)."""
+    needs = strategy.needs
+    labeled = None
+    if Need.LABELED_EMBEDDINGS in needs and labeled_trunk is not None and len(labeled_trunk):
+        labeled = forward_batches(model, labeled_trunk, {Need.EMBEDDINGS}, (), batch_size)["embeddings"]
+    views = None
+    if Need.VIEW_PROBS in needs:
+        if images is None:
+            raise ValueError(f"strategy '{strategy.name}' needs test-time-augmented views of the images")
+        views = view_probs(model, images(), list(keys), strategy.views(), strategy.seed, round_, batch_size)
+    return ScoringInputs(
+        n=len(keys), keys=list(keys), probs=merged.get("probs"), logits=merged.get("logits"),
+        embeddings=merged.get("embeddings"), features=merged.get("features", {}),
+        source_probs=merged.get("source_probs"), source_features=merged.get("source_features", {}),
+        labeled_embeddings=labeled, view_probs=views, round=round_, planned_rounds=planned_rounds,
+        state=state, full_pool=full_pool,
+    )
+
+
+def scoring_needs(strategy: Strategy, diversity: bool = False) -> set:
+    """What the forward pass must produce: the strategy's needs, plus embeddings for the
+    diversity-aware queue order."""
+    needs = set(strategy.needs) - {Need.LABELED_EMBEDDINGS, Need.VIEW_PROBS, Need.KEYS}
+    if diversity:
+        needs.add(Need.EMBEDDINGS)
+    return needs
