@@ -31,6 +31,7 @@ class TrainConfig:
     augment: str = "none"
     amp: bool = True  # used only on CUDA
     seed: int = 0
+    optimizer: str = "adam"  # or "sgd" (momentum 0.9, the EMOC paper's update)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -85,7 +86,12 @@ def fine_tune(model: AdaptedModel, examples: Sequence[Example], config: TrainCon
     new = [e for e in examples if e.is_new]
     generator = torch.Generator().manual_seed(config.seed)
     params = [p for p in model.target.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    elif config.optimizer == "sgd":
+        optimizer = torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+    else:
+        raise ValueError(f"optimizer={config.optimizer!r}; allowed: adam, sgd")
     loss_fn = nn.CrossEntropyLoss()
     use_amp = config.amp and device.type == "cuda"
     losses: list[float] = []

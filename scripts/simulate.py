@@ -1,0 +1,477 @@
+"""Active-learning simulation with a ground-truth oracle: the backend's strategies and trainer in a
+scripted loop, over many seeds, with learning curves, plots and tables.
+
+    python -m scripts.simulate --dataset cluttered-digits --strategies random,margin,emoc,badge,adma \\
+        --seeds 10 --out runs/clutter
+
+Datasets: digits, cluttered-digits, digits-novel (the EMOC set protocol) and imagefolder:PATH (your
+own data, one subfolder per class; --source PATH gives the source task). Strategy options use the
+STRATEGY syntax, e.g. ``adma:landmarks=pool-exemplars`` (see ``python -m ml_backend --list``).
+Outputs in --out: results.json, summary.md and curves.png (``python -m scripts.plot`` re-draws them).
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+NOVEL_CRITERIA = {"random": "random", "least_confidence": "min", "margin": "1-vs-2", "max_confidence": "max",
+                  "emoc": "emoc"}
+TRACK_DEFAULTS = {  # METHODS.md §8.2
+    "digits": dict(initial=10, batch=5, rounds=10, steps=300, lr=1e-3, source_steps=1000),
+    "cluttered-digits": dict(initial=10, batch=20, rounds=20, steps=300, lr=1e-3, source_steps=3000),
+    "digits-novel": dict(initial=100, batch=5, rounds=10, steps=1000, lr=1e-4, source_steps=0),
+    "imagefolder": dict(initial=10, batch=10, rounds=10, steps=100, lr=1e-3, source_steps=1000),
+}
+
+
+# ----------------------------------------------------------------------------- set-up (per process, cached)
+@functools.lru_cache(maxsize=4)
+def load_dataset(name: str, source: str | None, backbone: str, weights: str):
+    from scripts import sim_data
+
+    if name.startswith("imagefolder:"):
+        from ml_backend.models import load_backbone
+
+        pre = load_backbone(backbone, "none").preprocess if weights in ("none", "") else load_backbone(backbone, weights).preprocess
+        target = sim_data.image_folder(Path(name.split(":", 1)[1]), pre)
+        src = sim_data.image_folder(Path(source), pre) if source else None
+        return sim_data.Dataset(name, src, target, f"ImageFolder {name.split(':', 1)[1]}")
+    return sim_data.DATASETS[name]()
+
+
+def _resize_for(backbone: str, x: torch.Tensor) -> torch.Tensor:
+    if backbone == "smallcnn":
+        return x
+    from ml_backend.models import get_backbone
+
+    crop = get_backbone(backbone).preprocess.crop
+    return torch.nn.functional.interpolate(x, size=(crop, crop), mode="bilinear", align_corners=False)
+
+
+def pretrain_source(cfg: dict) -> str:
+    """M0: a backbone trained on the source task (all layers, Adam), cached by configuration."""
+    from ml_backend.models import get_backbone
+
+    if cfg["weights"] != "auto":
+        return cfg["weights"]
+    ds = load_dataset(cfg["dataset"], cfg.get("source"), cfg["backbone"], "none")
+    if ds.source is None or cfg["source_steps"] == 0:
+        return "none"
+    key = hashlib.sha1(json.dumps([cfg["dataset"], cfg.get("source"), cfg["backbone"], cfg["source_steps"],
+                                   len(ds.source.y), 2]).encode()).hexdigest()[:12]
+    path = Path(cfg["cache"]) / f"m0-{cfg['dataset'].replace(':', '_').replace('/', '_')}-{cfg['backbone']}-{key}.pt"
+    if path.is_file():
+        return str(path)
+    spec = get_backbone(cfg["backbone"])
+    torch.manual_seed(0)
+    model = spec.build(len(ds.source.classes))
+    x, y = _resize_for(cfg["backbone"], ds.source.x), ds.source.y
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=5e-4)
+    g = torch.Generator().manual_seed(0)
+    model.train()
+    print(f"[simulate] pretraining M0 ({cfg['backbone']}) on the source task: {len(y)} images, "
+          f"{cfg['source_steps']} steps (cached in {path})", file=sys.stderr)
+    from tqdm import tqdm
+
+    for _ in tqdm(range(cfg["source_steps"]), desc="source model", leave=False, disable=not cfg.get("progress")):
+        idx = torch.randint(len(y), (64,), generator=g)
+        loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(model.state_dict(), tmp)
+    tmp.replace(path)
+    return str(path)
+
+
+@functools.lru_cache(maxsize=2)
+def _base(backbone: str, weights: str):
+    from ml_backend.models import load_backbone
+
+    return load_backbone(backbone, weights)
+
+
+# ----------------------------------------------------------------------------- the loop
+def _evaluate(model, z_test, y_test, batch_size):
+    from sklearn.metrics import roc_auc_score
+
+    from ml_backend.scoring import forward_batches
+    from strategies import Need
+
+    probs = forward_batches(model, z_test, {Need.PROBS}, (), batch_size)["probs"].double()
+    acc = float((probs.argmax(1) == y_test).double().mean())
+    c = probs.shape[1]
+    present = sorted(set(y_test.tolist()))
+    auc = None
+    if len(present) == c and c > 1:
+        p = (probs / probs.sum(1, keepdim=True)).numpy()
+        auc = float(roc_auc_score(y_test.numpy(), p if c > 2 else p[:, 1], multi_class="ovr", labels=list(range(c))))
+    return acc, auc
+
+
+def _split(n: int, seed: int, test_fraction: float = 0.3):
+    perm = np.random.default_rng(seed).permutation(n)
+    n_test = int(round(n * test_fraction))
+    return perm[n_test:], perm[:n_test]  # pool, test
+
+
+def _train(model, z, y, labeled, new, cfg, seed, round_):
+    from ml_backend.trainer import Example, TrainConfig, fine_tune
+
+    examples = [Example(f"{i:06d}", int(y[i]), i in new, trunk=z[i]) for i in labeled]
+    tc = TrainConfig(steps=cfg["steps"], lr=cfg["lr"], weight_decay=5e-4, batch_size=cfg.get("train_batch", 32),
+                     new_fraction=cfg.get("new_fraction", 0.1), seed=seed * 1000 + round_,
+                     optimizer=cfg.get("optimizer", "adam"))
+    started = time.perf_counter()
+    fine_tune(model, examples, tc)
+    return time.perf_counter() - started
+
+
+def _prepare_strategy(strategy, cfg, model, ds):
+    """ADMA and MMD get the source task when there is one (landmark mode source-data)."""
+    from ml_backend.landmarks import landmarks_from_images, source_activations
+
+    if ds.source is None:
+        return
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randperm(len(ds.source.y), generator=g)[:2000]
+    x = _resize_for(cfg["backbone"], ds.source.x[idx])
+    if strategy.name == "adma" and strategy.landmarks == "auto" and strategy.given is None:
+        lm = landmarks_from_images(model, x, ds.source.y[idx], strategy.layers(), per_class=5, seed=0)
+        strategy.set_landmarks(lm)
+    if strategy.name == "mmd" and strategy.source is None:
+        strategy.set_source(source_activations(model, x[:1000], ("B",))["B"])
+
+
+def run_al(cfg: dict, spec: str, seed: int, progress=None) -> dict:
+    """One active-learning run: per-instance strategies, top-b per round."""
+    import strategies
+    from ml_backend.models import AdaptedModel, resolve_device
+    from ml_backend.scoring import build_inputs, forward_batches, scoring_needs
+
+    torch.set_num_threads(cfg.get("threads", 1))
+    ds = load_dataset(cfg["dataset"], cfg.get("source"), cfg["backbone"], "none")
+    device = resolve_device(cfg["device"])
+    base = _base(cfg["backbone"], cfg["m0"])
+    model = AdaptedModel(base, ds.target.classes, device, seed)  # the head's init is shared by all strategies
+    strategy = strategies.from_spec(spec, seed=seed)
+    _prepare_strategy(strategy, cfg, model, ds)
+    x = _resize_for(cfg["backbone"], ds.target.x)
+    y = ds.target.y
+    pool, test = _split(len(y), seed)
+    if cfg["initial"] + cfg["batch"] * cfg["rounds"] > len(pool):
+        raise ValueError(f"the budget ({cfg['initial']} + {cfg['rounds']}×{cfg['batch']}) exceeds the pool ({len(pool)})")
+    bs = 256
+    z = torch.cat([model.trunk(x[s:s + bs]) for s in range(0, len(y), bs)])
+    labeled = [int(i) for i in np.random.default_rng(seed + 7).permutation(pool)[:cfg["initial"]]]
+    train_s = _train(model, z, y, labeled, set(labeled), cfg, seed, 0)
+    acc, auc = _evaluate(model, z[test], y[test], bs)
+    rounds = [{"labels": len(labeled), "accuracy": acc, "auc": auc, "classes_discovered": len(set(y[labeled].tolist())),
+               "score_seconds": 0.0, "train_seconds": train_s}]
+    state: dict = {}
+    needs, layers = scoring_needs(strategy), strategy.layers()
+    for r in range(1, cfg["rounds"] + 1):
+        started = time.perf_counter()
+        taken = set(labeled)
+        unlabeled = [int(i) for i in pool if int(i) not in taken]
+        merged = forward_batches(model, z[unlabeled], needs, layers, bs)
+        inputs = build_inputs(strategy, model, merged, [f"{i:06d}" for i in unlabeled], labeled_trunk=z[labeled],
+                              images=lambda: x[unlabeled], round_=r - 1, planned_rounds=cfg["rounds"], state=state,
+                              batch_size=bs)
+        values = strategy(inputs)
+        order = torch.argsort(values, descending=True, stable=True)[: cfg["batch"]]
+        new = [unlabeled[int(i)] for i in order]
+        score_s = time.perf_counter() - started
+        labeled += new
+        train_s = _train(model, z, y, labeled, set(new), cfg, seed, r)
+        acc, auc = _evaluate(model, z[test], y[test], bs)
+        rounds.append({"labels": len(labeled), "accuracy": acc, "auc": auc,
+                       "classes_discovered": len(set(y[labeled].tolist())), "score_seconds": score_s,
+                       "train_seconds": train_s})
+        if progress is not None:
+            progress(1)
+    info = strategy.info()
+    return {"strategy": spec, "seed": seed, "rounds": rounds, **({"strategy_info": _jsonable(info)} if info else {})}
+
+
+def run_novel(cfg: dict, spec: str, seed: int, progress=None) -> dict:
+    """The EMOC paper's protocol (METHODS.md §2.3, §8.2 T2): 5 known classes with 20 labels each; the
+    pool holds 20 per known and 20 per novel class; each step one of M random class-pure sets of K is
+    chosen by a set criterion and labeled."""
+    import strategies
+    from ml_backend.models import AdaptedModel, resolve_device
+    from ml_backend.scoring import forward_batches
+    from strategies import Need
+
+    torch.set_num_threads(cfg.get("threads", 1))
+    name = strategies.parse_spec(spec)[0]
+    criterion = NOVEL_CRITERIA[name]
+    ds = load_dataset(cfg["dataset"], None, cfg["backbone"], "none")
+    device = resolve_device(cfg["device"])
+    model = AdaptedModel(_base(cfg["backbone"], cfg["m0"]), ds.target.classes, device, seed)
+    x, y = _resize_for(cfg["backbone"], ds.target.x), ds.target.y
+    rng = np.random.default_rng(seed)
+    classes = ds.target.classes
+    known = rng.permutation(len(classes))[:5]
+    initial, pool = [], []
+    for c in range(len(classes)):
+        members = rng.permutation(np.nonzero(y.numpy() == c)[0])
+        if c in known:
+            initial += members[:20].tolist()
+            pool += members[20:40].tolist()
+        else:
+            pool += members[:20].tolist()
+    used = set(initial) | set(pool)
+    test = [i for i in range(len(y)) if i not in used]
+    bs = 256
+    z = torch.cat([model.trunk(x[s:s + bs]) for s in range(0, len(y), bs)])
+    labeled = list(initial)
+    train_s = _train(model, z, y, labeled, set(labeled), cfg, seed, 0)
+    acc, auc = _evaluate(model, z[test], y[test], bs)
+    rounds = [{"labels": len(labeled), "accuracy": acc, "auc": auc, "classes_discovered": len(set(y[labeled].tolist())),
+               "score_seconds": 0.0, "train_seconds": train_s}]
+    k, m = cfg["batch"], cfg.get("sets", 200)
+    for r in range(1, cfg["rounds"] + 1):
+        started = time.perf_counter()
+        taken = set(labeled)
+        remaining = [i for i in pool if i not in taken]
+        by_class: dict[int, list[int]] = {}
+        for i in remaining:
+            by_class.setdefault(int(y[i]), []).append(i)
+        eligible = [c for c, items in sorted(by_class.items()) if len(items) >= k]
+        if not eligible:
+            break
+        set_rng = np.random.default_rng([seed, r])  # the same candidate sets for every criterion
+        sets_global = []
+        for _ in range(m):
+            c = eligible[set_rng.integers(len(eligible))]
+            sets_global.append(set_rng.choice(by_class[c], size=k, replace=False).tolist())
+        index = {g: j for j, g in enumerate(remaining)}
+        sets = torch.tensor([[index[g] for g in s] for s in sets_global])
+        out = forward_batches(model, z[remaining], {Need.PROBS, Need.EMBEDDINGS}, (), bs)
+        ref = forward_batches(model, z[remaining + labeled], {Need.PROBS, Need.EMBEDDINGS}, (), bs)
+        values = strategies.set_criterion(criterion, sets, out["probs"], out["embeddings"], ref["embeddings"],
+                                          ref["probs"], seed=seed * 1000 + r)
+        chosen = sets_global[int(torch.argmax(values))]
+        score_s = time.perf_counter() - started
+        labeled += chosen
+        train_s = _train(model, z, y, labeled, set(chosen), cfg, seed, r)
+        acc, auc = _evaluate(model, z[test], y[test], bs)
+        rounds.append({"labels": len(labeled), "accuracy": acc, "auc": auc,
+                       "classes_discovered": len(set(y[labeled].tolist())), "score_seconds": score_s,
+                       "train_seconds": train_s})
+        if progress is not None:
+            progress(1)
+    return {"strategy": spec, "seed": seed, "set_criterion": criterion, "rounds": rounds}
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    return obj
+
+
+def _job(args):
+    cfg, spec, seed = args
+    runner = run_novel if cfg["dataset"] == "digits-novel" else run_al
+    return runner(cfg, spec, seed)
+
+
+# ----------------------------------------------------------------------------- CLI
+def _parse_seeds(text: str) -> list[int]:
+    text = text.strip()
+    if "," in text or text.startswith("["):
+        seeds = [int(s) for s in text.strip("[]").split(",") if s.strip()]
+    elif "-" in text[1:]:
+        lo, hi = text.split("-", 1)
+        seeds = list(range(int(lo), int(hi) + 1))
+    else:
+        count = int(text)
+        if count < 1:
+            raise ValueError("--seeds must be at least 1")
+        seeds = list(range(count))
+    if len(set(seeds)) != len(seeds):
+        raise ValueError("--seeds lists a seed twice")
+    return seeds
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import strategies
+
+    p = argparse.ArgumentParser(
+        prog="python -m scripts.simulate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="strategies: " + ", ".join(strategies.available()))
+    p.add_argument("--dataset", default="cluttered-digits",
+                   help="digits | cluttered-digits | digits-novel | imagefolder:PATH (default: cluttered-digits)")
+    p.add_argument("--source", default=None, help="ImageFolder of the source task (with imagefolder:PATH)")
+    p.add_argument("--strategies", default="random,margin,emoc,badge,adma",
+                   help="comma list of strategy specs, e.g. random,emoc,adma:landmarks=pool-exemplars")
+    p.add_argument("--backbone", default="smallcnn", help="smallcnn (default), resnet18, vgg16, alexnet")
+    p.add_argument("--weights", default="auto",
+                   help="auto (pretrain M0 on the track's source task, cached), none, a torchvision weights name "
+                        "or a state_dict path")
+    p.add_argument("--initial", type=int, default=None, help="seed-set size (track default)")
+    p.add_argument("--batch", type=int, default=None, help="labels per round; set size K in digits-novel")
+    p.add_argument("--rounds", type=int, default=None, help="active-learning rounds")
+    p.add_argument("--steps", type=int, default=None, help="training steps per round")
+    p.add_argument("--lr", type=float, default=None, help="learning rate")
+    p.add_argument("--source-steps", type=int, default=None, help="steps to pretrain M0 on the source task")
+    p.add_argument("--seeds", default="10", help="a count (10), a list (0,3,5) or a range (0-9)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, auto")
+    p.add_argument("--workers", type=int, default=1, help="parallel processes (one run each; 1 thread per process)")
+    p.add_argument("--cache", default=str(ROOT / ".cache" / "simulate"), help="where pretrained source models are kept")
+    p.add_argument("--out", default=None, help="output folder (results.json, summary.md, curves.png)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def config_from_args(args, parser) -> dict:
+    import strategies
+
+    dataset = args.dataset
+    track = "imagefolder" if dataset.startswith("imagefolder:") else dataset
+    if track not in TRACK_DEFAULTS:
+        parser.error(f"unknown dataset {dataset!r}; allowed: digits, cluttered-digits, digits-novel, imagefolder:PATH")
+    if track == "imagefolder":
+        folder = Path(dataset.split(":", 1)[1])
+        if not folder.is_dir():
+            parser.error(f"--dataset {dataset}: {folder} is not a folder")
+    if args.source and track != "imagefolder":
+        parser.error("--source only goes with --dataset imagefolder:PATH")
+    specs = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    if not specs:
+        parser.error("--strategies is empty")
+    for spec in specs:
+        try:
+            name = strategies.parse_spec(spec)[0]
+            strategies.from_spec(spec)
+        except strategies.StrategyError as exc:
+            parser.error(f"--strategies: {exc}")
+        if track == "digits-novel" and name not in NOVEL_CRITERIA:
+            parser.error(f"--strategies: {name!r} has no set version for digits-novel; allowed: "
+                         f"{', '.join(NOVEL_CRITERIA)} (as the EMOC paper's random, min, 1-vs-2, max, emoc)")
+    if len(set(specs)) != len(specs):
+        parser.error("--strategies lists a strategy twice")
+    try:
+        seeds = _parse_seeds(args.seeds)
+    except ValueError as exc:
+        parser.error(f"--seeds: {exc}")
+    defaults = TRACK_DEFAULTS[track]
+    cfg = {
+        "dataset": dataset, "source": args.source, "strategies": specs, "backbone": args.backbone,
+        "weights": args.weights, "device": args.device, "seeds": seeds, "cache": args.cache,
+        "workers": max(1, args.workers), "progress": not args.no_progress,
+    }
+    for key in ("initial", "batch", "rounds", "steps", "lr", "source_steps"):
+        value = getattr(args, key)
+        cfg[key] = defaults[key] if value is None else value
+    for key in ("initial", "batch", "rounds", "steps"):
+        if cfg[key] < 1:
+            parser.error(f"--{key} must be at least 1")
+    if track == "digits-novel":
+        cfg.update(optimizer="sgd", train_batch=64, new_fraction=6 / 64, sets=200)
+    from ml_backend.models import available_backbones
+
+    if args.backbone not in available_backbones():
+        parser.error(f"--backbone {args.backbone!r}; allowed: {', '.join(available_backbones())}")
+    return cfg
+
+
+def check_budget(cfg: dict) -> None:
+    ds = load_dataset(cfg["dataset"], cfg.get("source"), cfg["backbone"], "none")
+    n = len(ds.target.y)
+    if cfg["dataset"] == "digits-novel":
+        return
+    pool = n - int(round(n * 0.3))
+    need = cfg["initial"] + cfg["batch"] * cfg["rounds"]
+    if need > pool:
+        raise ValueError(f"the budget {cfg['initial']} + {cfg['rounds']} rounds × {cfg['batch']} = {need} labels "
+                         f"exceeds the pool of {pool} items (70% of {n})")
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "torchvision", "numpy", "scipy", "scikit-learn", "scikit-image", "numba"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def simulate(cfg: dict) -> dict:
+    from tqdm import tqdm
+
+    check_budget(cfg)
+    cfg["m0"] = pretrain_source(cfg)
+    jobs = [(cfg, spec, seed) for seed in cfg["seeds"] for spec in cfg["strategies"]]
+    total = len(jobs) * cfg["rounds"]
+    runs = []
+    started = time.perf_counter()
+    with tqdm(total=total, desc=f"{cfg['dataset']}: rounds", unit="round", disable=not cfg["progress"]) as bar:
+        if cfg["workers"] == 1:
+            cfg["threads"] = max(1, torch.get_num_threads())
+            for c, spec, seed in jobs:
+                bar.set_postfix_str(f"{spec} seed {seed}")
+                runner = run_novel if cfg["dataset"] == "digits-novel" else run_al
+                runs.append(runner(c, spec, seed, progress=bar.update))
+        else:
+            import multiprocessing as mp
+
+            cfg["threads"] = 1
+            with ProcessPoolExecutor(cfg["workers"], mp_context=mp.get_context("spawn")) as pool:
+                futures = {pool.submit(_job, job): job for job in jobs}
+                for f in as_completed(futures):
+                    run = f.result()
+                    runs.append(run)
+                    bar.update(len(run["rounds"]) - 1)
+                    bar.set_postfix_str(f"done {run['strategy']} seed {run['seed']}")
+    order = {(spec, seed): i for i, (_, spec, seed) in enumerate(jobs)}
+    runs.sort(key=lambda r: order[(r["strategy"], r["seed"])])
+    public = {k: v for k, v in cfg.items() if k not in ("progress", "threads")}
+    return {"config": public, "versions": versions(), "seeds": cfg["seeds"], "runs": runs,
+            "wall_seconds": round(time.perf_counter() - started, 2)}
+
+
+def main(argv=None) -> int:
+    from scripts.sim_report import summary_markdown, write_outputs
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    cfg = config_from_args(args, parser)
+    try:
+        results = simulate(cfg)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out or ROOT / "runs" / f"{cfg['dataset'].replace(':', '_').replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}")
+    write_outputs(results, out)
+    print(summary_markdown(results))
+    print(f"results in {out} (results.json, summary.md, curves.png); wall time {results['wall_seconds']:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    raise SystemExit(main())
