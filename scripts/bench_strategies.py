@@ -19,7 +19,8 @@ sys.path.insert(0, str(ROOT))
 
 import strategies  # noqa: E402
 from ml_backend.models import AdaptedModel, load_backbone, resolve_device  # noqa: E402
-from strategies import Need, ScoringInputs  # noqa: E402
+from ml_backend.scoring import build_inputs, merge_parts, scoring_needs  # noqa: E402
+from strategies import Need  # noqa: E402
 
 
 def timed(fn, repeats):
@@ -45,51 +46,65 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--tau-rows", type=int, default=2000)
+    parser.add_argument("--strategies", default="", help="comma list of strategy specs (default: all)")
     args = parser.parse_args()
 
+    parser_strats = args.strategies.split(",") if args.strategies else strategies.available()
     device = resolve_device(args.device)
     model = AdaptedModel(load_backbone(args.backbone, "none"), [str(i) for i in range(args.classes)], device)
     x = torch.randn(args.pool, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
-    keys = [str(i) for i in range(args.pool)]
-
-    def forward(needs):
-        parts = [model.forward(x[s:s + args.batch_size], needs) for s in range(0, args.pool, args.batch_size)]
-        return {k: torch.cat([p[k] for p in parts]) for k in parts[0] if k != "features"}
+    keys = [f"{i:06d}" for i in range(args.pool)]
+    labeled_trunk = model.trunk(x[:16])
 
     def plain():
-        forward({Need.PROBS})
+        # the plain forward pass from images: what scoring with the cheapest strategy costs at least
+        for s in range(0, args.pool, args.batch_size):
+            model.forward(x[s:s + args.batch_size], {Need.PROBS})
 
     rows = []
     plain()
-    for name in strategies.available():
-        strategy = strategies.get(name)
+    for spec in parser_strats:
+        strategy = strategies.from_spec(spec)
+        needs, layers = scoring_needs(strategy), strategy.layers()
+        state: dict = {}
 
         def run():
-            out = forward(strategy.needs)
-            strategy(ScoringInputs(n=args.pool, keys=keys, probs=out["probs"], logits=out["logits"],
-                                   embeddings=out.get("embeddings"), source_probs=out.get("source_probs")))
+            parts = [model.forward(x[s:s + args.batch_size], needs, layers) for s in range(0, args.pool, args.batch_size)]
+            inputs = build_inputs(strategy, model, merge_parts(parts), keys, labeled_trunk=labeled_trunk,
+                                  images=lambda: x, round_=1, state=state, batch_size=args.batch_size)
+            strategy(inputs)
 
-        run()
+        run()  # warm-up; ADMA computes its landmarks here (once per project in the backend)
         pairs = [(timed(plain, 1), timed(run, 1)) for _ in range(args.repeats)]  # interleaved, paired
-        rows.append((name, statistics.median(p for p, _ in pairs), statistics.median(r for _, r in pairs)))
+        rows.append((spec, statistics.median(p for p, _ in pairs), statistics.median(r for _, r in pairs),
+                     strategy.info()))
 
     from scipy.stats import kendalltau
 
     g = torch.Generator().manual_seed(1)
     a = torch.randn(args.tau_rows, 1000, generator=g, dtype=torch.float64)
     b = torch.randn(args.tau_rows, 1000, generator=g, dtype=torch.float64)
+    strategies.kendall_tau_b(a[:4].to(device), b[:4].to(device))  # JIT warm-up
     t_batched = timed(lambda: strategies.kendall_tau_b(a.to(device), b.to(device)), 1) / args.tau_rows
+    t_one = 0.0
+    if device.type != "cuda":
+        from strategies._tau_numba import tau_rows
+
+        t_one = timed(lambda: tau_rows(a.numpy(), b.numpy(), threads=1), 1) / args.tau_rows
     sample = min(200, args.tau_rows)
     t_scipy = timed(lambda: [kendalltau(u, v) for u, v in zip(a[:sample].numpy(), b[:sample].numpy())], 1) / sample
 
     print(f"backbone={args.backbone} pool={args.pool} input={args.size}px classes={args.classes} device={device} "
           f"batch={args.batch_size} torch_threads={torch.get_num_threads()}")
-    for name, t_plain, t in rows:
+    for name, t_plain, t, info in rows:
+        extra = f"  [{info.get('landmark_mode')} K={info.get('landmarks')}]" if "landmarks" in info else ""
         print(f"  {name:<16} {args.pool / t:8.1f} images/s  (plain forward {args.pool / t_plain:8.1f})  "
-              f"ratio to forward = {t_plain / t:.2f}")
-    method = "pairwise" if device.type == "cuda" else "sort"
+              f"ratio to forward = {t_plain / t:.2f}{extra}")
+    method = "pairwise" if device.type == "cuda" else "compiled"
     print(f"Kendall tau-b at K=1000: batched ({method}) {t_batched * 1e6:.0f} us/row, scipy {t_scipy * 1e6:.0f} us/row, "
-          f"speed-up = {t_scipy / t_batched:.2f}x")
+          f"speed-up = {t_scipy / t_batched:.2f}x (torch threads {torch.get_num_threads()})")
+    if t_one:
+        print(f"Kendall tau-b, compiled on one thread: {t_one * 1e6:.0f} us/row, speed-up = {t_scipy / t_one:.2f}x")
 
 
 if __name__ == "__main__":

@@ -135,7 +135,7 @@ def summary_markdown(results: dict, baseline: str = "random") -> str:
                  and not math.isnan(r["d_alc_lo"]) else "—")
         d_fin = (f"{r['d_final']:+.3f} [{r['d_final_lo']:+.3f}, {r['d_final_hi']:+.3f}]" if "d_final" in r
                  and not math.isnan(r["d_final_lo"]) else "—")
-        reach = r.get("labels_to_baseline_final")
+        reach = r.get("labels_to_baseline_final", "—")
         lines.append(
             f"| `{r['strategy']}` | {r['seeds']} | {r['alc']:.3f} | {d_alc} | {_fmt(r.get('d_alc_p'))} | "
             f"{r['final']:.3f} | {d_fin} | {_fmt(r.get('d_final_p'))} | "

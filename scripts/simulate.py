@@ -340,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="parallel processes (one run each; 1 thread per process)")
     p.add_argument("--cache", default=str(ROOT / ".cache" / "simulate"), help="where pretrained source models are kept")
     p.add_argument("--out", default=None, help="output folder (results.json, summary.md, curves.png)")
+    p.add_argument("--live", action="store_true",
+                   help="run the loop through a real Label Studio and the real backend (its queue decides the order)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -379,8 +381,15 @@ def config_from_args(args, parser) -> dict:
     cfg = {
         "dataset": dataset, "source": args.source, "strategies": specs, "backbone": args.backbone,
         "weights": args.weights, "device": args.device, "seeds": seeds, "cache": args.cache,
-        "workers": max(1, args.workers), "progress": not args.no_progress,
+        "workers": max(1, args.workers), "progress": not args.no_progress, "live": args.live,
     }
+    if args.live:
+        from scripts.local_servers import LS_BIN
+
+        if track == "digits-novel":
+            parser.error("--live runs per-instance strategies; digits-novel's set protocol has no queue")
+        if not LS_BIN.exists():
+            parser.error(f"--live needs Label Studio at {LS_BIN}: run bash scripts/setup_env.sh first")
     for key in ("initial", "batch", "rounds", "steps", "lr", "source_steps"):
         value = getattr(args, key)
         cfg[key] = defaults[key] if value is None else value
@@ -430,7 +439,17 @@ def simulate(cfg: dict) -> dict:
     runs = []
     started = time.perf_counter()
     with tqdm(total=total, desc=f"{cfg['dataset']}: rounds", unit="round", disable=not cfg["progress"]) as bar:
-        if cfg["workers"] == 1:
+        if cfg.get("live"):
+            import tempfile
+
+            from scripts.local_servers import LabelStudio
+            from scripts.sim_live import run_live
+
+            with tempfile.TemporaryDirectory(prefix="sim-live-") as tmp, LabelStudio(Path(tmp) / "ls") as ls:
+                for c, spec, seed in jobs:
+                    bar.set_postfix_str(f"live {spec} seed {seed}")
+                    runs.append(run_live(c, spec, seed, ls, Path(tmp), progress=bar.update))
+        elif cfg["workers"] == 1:
             cfg["threads"] = max(1, torch.get_num_threads())
             for c, spec, seed in jobs:
                 bar.set_postfix_str(f"{spec} seed {seed}")
@@ -462,7 +481,7 @@ def main(argv=None) -> int:
     cfg = config_from_args(args, parser)
     try:
         results = simulate(cfg)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, TimeoutError, RuntimeError, AssertionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out or ROOT / "runs" / f"{cfg['dataset'].replace(':', '_').replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}")

@@ -107,3 +107,22 @@ def test_plot_redraws_from_results_and_statistics_are_paired(tmp_path):
     assert good["labels_to_baseline_final"] == 2  # reaches random's final accuracy (0.7) one round early
     path.write_text(json.dumps({"runs": []}))
     assert plot.main([str(path)]) == 2
+
+
+@pytest.mark.labelstudio
+def test_live_mode_through_label_studio_and_the_backend(label_studio, tmp_path):
+    from scripts.sim_live import run_live
+
+    parser = simulate.build_parser()
+    args = parser.parse_args(["--live", "--dataset", "digits", "--strategies", "margin", "--seeds", "1", "--rounds", "2",
+                              "--batch", "3", "--steps", "10", "--source-steps", "20", "--cache", str(tmp_path / "c")])
+    cfg = simulate.config_from_args(args, parser)
+    cfg["m0"] = simulate.pretrain_source(cfg)
+    run = run_live(cfg, "margin", 0, label_studio, tmp_path)
+    jsonschema.validate({"config": {k: cfg[k] for k in ("dataset", "strategies", "backbone", "initial", "batch", "rounds")},
+                         "versions": {}, "seeds": [0], "runs": [run]}, RESULTS_SCHEMA)
+    assert [r["labels"] for r in run["rounds"]] == [10, 13, 16] and run["live"]
+    assert all(0 <= r["accuracy"] <= 1 and r["train_seconds"] > 0 for r in run["rounds"])
+    # the backend trained one round per batch and the project follows its newest version
+    project = max(p["id"] for p in label_studio.api("GET", "/api/projects")["results"])
+    assert "-t3-" in label_studio.api("GET", f"/api/projects/{project}")["model_version"]

@@ -187,3 +187,12 @@ def test_emoc_strategy_uses_a_seeded_reference_sample():
     assert torch.equal(some, again) and not torch.allclose(some, full)
     with pytest.raises(strategies.UnknownStrategyError):
         strategies.get("emoc", output="softmax")
+
+
+def test_readme_documents_every_strategy():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Strategies"):readme.index("## Backbones")]
+    missing = [name for name in strategies.available() if f"| `{name}`" not in section]
+    assert not missing, f"strategies missing from the README table: {missing}"
