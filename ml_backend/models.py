@@ -156,14 +156,16 @@ register_backbone(BackboneSpec(
     frozen=tuple(f"features.{i}." for i in (0, 2, 5, 7, 10, 12, 14)),
     preprocess=_IMAGENET_PRE, source_classes=1000, trunk=_features_split(16)[0], rest=_features_split(16)[1],
     torchvision_name="vgg16",
-    roles=(("A", "features.30"), ("B", "classifier.4"), ("A2", "features.27")),  # pool5, fc7 ReLU, conv5_2 ReLU
+    roles=(("A", "features.30"), ("B", "classifier.4"), ("A2", "features.27"),  # pool5, fc7 ReLU, conv5_2 ReLU
+           ("HEAD_IN", "classifier.2"), ("HEAD_PRE", "classifier.3")),  # fc7's input and pre-activation
 ))
 register_backbone(BackboneSpec(
     "alexnet", _tv("alexnet"), head="classifier.6",
     frozen=("features.0.", "features.3."),  # conv1, conv2
     preprocess=_IMAGENET_PRE, source_classes=1000, trunk=_features_split(5)[0], rest=_features_split(5)[1],
     torchvision_name="alexnet",
-    roles=(("A", "features.12"), ("B", "classifier.5"), ("A2", "features.9")),  # pool5, fc7 ReLU, conv4 ReLU
+    roles=(("A", "features.12"), ("B", "classifier.5"), ("A2", "features.9"),  # pool5, fc7 ReLU, conv4 ReLU
+           ("HEAD_IN", "classifier.3"), ("HEAD_PRE", "classifier.4")),  # fc7's input and pre-activation
 ))
 register_backbone(BackboneSpec(
     "smallcnn", SmallCNN, head="classifier.5",
@@ -171,7 +173,7 @@ register_backbone(BackboneSpec(
     preprocess=Preprocess(32, 32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
     source_classes=10, trunk=_features_split(2)[0], rest=_features_split(2)[1],
     # A = the conv block feeding fc1, B = fc2 after its ReLU; conv1 (A2) is frozen, inside the trunk
-    roles=(("A", "features.6"), ("B", "classifier.4")),
+    roles=(("A", "features.6"), ("B", "classifier.4"), ("HEAD_IN", "classifier.2"), ("HEAD_PRE", "classifier.3")),
 ))
 
 
@@ -383,7 +385,7 @@ class AdaptedModel:
     def resolve_layer(self, layer: str) -> tuple[str, bool]:
         """A role ("A", "B", "A2") or module name -> (module name, apply ReLU)."""
         roles = dict(self.spec.roles)
-        if layer in ("A", "B", "A2") and layer not in roles:
+        if layer.isupper() and layer not in roles:
             raise ValueError(f"backbone {self.spec.name} has no layer {layer} after its freeze boundary "
                              f"(available roles: {', '.join(roles) or 'none'})")
         name = roles.get(layer, layer)

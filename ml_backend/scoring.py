@@ -69,11 +69,15 @@ def build_inputs(strategy: Strategy, model: AdaptedModel, merged: dict, keys: Se
         if images is None:
             raise ValueError(f"strategy '{strategy.name}' needs test-time-augmented views of the images")
         views = view_probs(model, images(), list(keys), strategy.views(), strategy.seed, round_, batch_size)
+    head_weight = None
+    if Need.HEAD_WEIGHT in needs:
+        idx = [model.labels.index(label) for label in model.active]
+        head_weight = model.head.weight.detach()[idx].float().cpu()
     return ScoringInputs(
         n=len(keys), keys=list(keys), probs=merged.get("probs"), logits=merged.get("logits"),
         embeddings=merged.get("embeddings"), features=merged.get("features", {}),
         source_probs=merged.get("source_probs"), source_features=merged.get("source_features", {}),
-        labeled_embeddings=labeled, view_probs=views, round=round_, planned_rounds=planned_rounds,
+        labeled_embeddings=labeled, view_probs=views, head_weight=head_weight, round=round_, planned_rounds=planned_rounds,
         state=state, full_pool=full_pool,
     )
 
@@ -81,7 +85,7 @@ def build_inputs(strategy: Strategy, model: AdaptedModel, merged: dict, keys: Se
 def scoring_needs(strategy: Strategy, diversity: bool = False) -> set:
     """What the forward pass must produce: the strategy's needs, plus embeddings for the
     diversity-aware queue order."""
-    needs = set(strategy.needs) - {Need.LABELED_EMBEDDINGS, Need.VIEW_PROBS, Need.KEYS}
+    needs = set(strategy.needs) - {Need.LABELED_EMBEDDINGS, Need.VIEW_PROBS, Need.KEYS, Need.HEAD_WEIGHT}
     if diversity:
         needs.add(Need.EMBEDDINGS)
     return needs

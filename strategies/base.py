@@ -33,6 +33,7 @@ class Need(str, enum.Enum):
     SOURCE_FEATURES = "source_features"  # M0's activations at the layers of Strategy.layers(), {name: (N, ...)}
     LABELED_EMBEDDINGS = "labeled_embeddings"  # h(x) of the labeled items, (n_L, D)
     VIEW_PROBS = "view_probs"  # softmax of m test-time-augmented views, (m, N, C); view 0 = identity
+    HEAD_WEIGHT = "head_weight"  # weight of the target head's Linear, rows of the active labels, (C, D)
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class ScoringInputs:
     source_features: Mapping[str, torch.Tensor] = field(default_factory=dict)
     labeled_embeddings: torch.Tensor | None = None
     view_probs: torch.Tensor | None = None
+    head_weight: torch.Tensor | None = None
     round: int = 0  # completed fine-tuning rounds t (ADMA's trade-off needs it)
     planned_rounds: int | None = None  # T, when known (ADMA's default lambda = 1/T)
     # A per-project dict that lives as long as the project's model: strategies may cache what the

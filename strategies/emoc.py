@@ -65,6 +65,48 @@ def emoc_last_layer(h_cand: torch.Tensor, p_cand: torch.Tensor, h_ref: torch.Ten
     return out
 
 
+def emoc_two_layer(a_cand: torch.Tensor, u_cand: torch.Tensor, p_cand: torch.Tensor, a_ref: torch.Tensor,
+                   u_ref: torch.Tensor, p_ref: torch.Tensor, weight: torch.Tensor, label: str = "map",
+                   chunk: int = 64) -> torch.Tensor:
+    """EMOC over a two-layer head Linear(U, c) -> ReLU -> Linear(W, b) (fc7 + fc8 of VGG/AlexNet),
+    closed form (METHODS.md §2.4), softmax outputs. ``a``: input of the first layer, ``u``: its
+    pre-activation, ``weight``: W (C, H). One SGD step on candidate x' changes the logits of x by
+
+        dz(x) = (h·h' + 1) g' + (a·a' + 1) W (σ'(u) ⊙ σ'(u') ⊙ Wᵀ g'),   h = relu(u), σ' = 1[u > 0]
+
+    and EMOC(x') = mean_x ||J_s(x) dz(x)||₁, with g' = p' - e_y' (MAP label or marginalised)."""
+    a_cand, u_cand, p_cand = a_cand.to(torch.float64), u_cand.to(torch.float64), p_cand.to(torch.float64)
+    a_ref, u_ref, p_ref = a_ref.to(torch.float64), u_ref.to(torch.float64), p_ref.to(torch.float64)
+    w = weight.to(torch.float64)
+    n, c = p_cand.shape
+    out = torch.zeros(n, dtype=torch.float64)
+    if n == 0:
+        return out
+    h_ref, mask_ref = u_ref.clamp_min(0), (u_ref > 0).to(torch.float64)  # (M, H)
+    eye = torch.eye(c, dtype=torch.float64)
+    for start in range(0, n, chunk):
+        sl = slice(start, start + chunk)
+        pc, hc, mc = p_cand[sl], u_cand[sl].clamp_min(0), (u_cand[sl] > 0).to(torch.float64)
+        if label == "map":
+            ys, weights = [pc.argmax(dim=1)], [torch.ones(pc.shape[0], dtype=torch.float64)]
+        elif label == "marginal":
+            ys, weights = [torch.full((pc.shape[0],), y, dtype=torch.long) for y in range(c)], [pc[:, y] for y in range(c)]
+        else:
+            raise ValueError(f"label={label!r}; allowed: map, marginal")
+        kh = h_ref @ hc.T + 1.0  # (M, b)
+        ka = a_ref @ a_cand[sl].T + 1.0  # (M, b)
+        for y, wt in zip(ys, weights):
+            g = pc - eye[y]  # (b, C)
+            v = mc * (g @ w)  # σ'(u') ⊙ Wᵀ g'  (b, H)
+            # W (σ'(u) ⊙ v): for every reference m and candidate j, (M, b, C)
+            second = torch.einsum("mh,bh,ch->mbc", mask_ref, v, w)
+            dz = kh[:, :, None] * g[None, :, :] + ka[:, :, None] * second
+            pg = (p_ref[:, None, :] * dz).sum(dim=2, keepdim=True)
+            change = (p_ref[:, None, :] * dz - p_ref[:, None, :] * pg).abs().sum(dim=2)  # (M, b)
+            out[sl] += wt * change.mean(dim=0)
+    return out
+
+
 @register
 class EMOCStrategy(Strategy):
     name = "emoc"
@@ -73,15 +115,23 @@ class EMOCStrategy(Strategy):
                    "how much a label would change the outputs on a reference sample of the pool.")
 
     def __init__(self, seed: int = 0, references: int = 2000, output: str = "prob", label: str = "map",
-                 bias: bool = True) -> None:
+                 bias: bool = True, head_layers: int = 1) -> None:
         super().__init__(seed)
         if output not in ("prob", "logit") or label not in ("map", "marginal") or references < 1:
             raise TypeError("output must be prob|logit, label map|marginal, references >= 1")
+        if head_layers not in (1, 2) or (head_layers == 2 and (output != "prob" or not bias)):
+            raise TypeError("head_layers must be 1 or 2 (2: the two-layer closed form, softmax output with bias)")
         self.references, self.output, self.label, self.bias = int(references), output, label, bool(bias)
+        self.head_layers = int(head_layers)
+        self.needs = frozenset(type(self).needs | ({Need.FEATURES, Need.HEAD_WEIGHT} if head_layers == 2 else set()))
 
     def params(self) -> dict:
         return {"seed": self.seed, "references": self.references, "output": self.output, "label": self.label,
-                "bias": self.bias}
+                "bias": self.bias, "head_layers": self.head_layers}
+
+    def layers(self) -> tuple[str, ...]:
+        # the input of the penultimate Linear and its pre-activation (roles of each backbone)
+        return ("HEAD_IN", "HEAD_PRE") if self.head_layers == 2 else ()
 
     def acquisition(self, inputs: ScoringInputs) -> torch.Tensor:
         h, p = inputs.require(Need.EMBEDDINGS), inputs.require(Need.PROBS)
@@ -89,4 +139,9 @@ class EMOCStrategy(Strategy):
         # a seeded reference sample chosen by key, so that it does not depend on the pool's order
         draw = uniform_from_keys(keys, self.seed + 7919)
         ref = torch.argsort(draw)[: self.references]
+        if self.head_layers == 2:
+            feats = inputs.require(Need.FEATURES, self.layers())
+            a, u = feats["HEAD_IN"].flatten(1), feats["HEAD_PRE"].flatten(1)
+            weight = inputs.require(Need.HEAD_WEIGHT)
+            return emoc_two_layer(a, u, p, a[ref], u[ref], p[ref], weight, self.label)
         return emoc_last_layer(h, p, h[ref], p[ref], self.output, self.label, self.bias)

@@ -117,3 +117,18 @@ def test_badge_factorised_distances_equal_explicit_gradient_embeddings():
     picks = badge(p, h, 6, seed=2)
     assert picks[0] == int((emb ** 2).sum(1).argmax()) and len(set(picks.tolist())) == 6
     assert torch.equal(picks, badge(p, h, 6, seed=2))
+
+
+@pytest.mark.parametrize("label", ["map", "marginal"])
+def test_two_layer_emoc_closed_form_equals_grad_and_jvp(label):
+    from strategies.emoc import emoc_two_layer
+
+    torch.manual_seed(1)
+    head = torch.nn.Sequential(torch.nn.Linear(5, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3)).double()
+    a_cand, a_ref = torch.randn(4, 5, dtype=torch.float64), torch.randn(6, 5, dtype=torch.float64)
+    with torch.no_grad():
+        u_cand, u_ref = head[0](a_cand), head[0](a_ref)
+        p_cand, p_ref = head(a_cand).softmax(1), head(a_ref).softmax(1)
+    closed = emoc_two_layer(a_cand, u_cand, p_cand, a_ref, u_ref, p_ref, head[2].weight, label=label)
+    reference = _reference_emoc(head, a_cand, a_ref, "prob", label)  # all four parameter tensors
+    torch.testing.assert_close(closed, reference.detach(), rtol=0, atol=1e-12)

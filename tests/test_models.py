@@ -156,3 +156,37 @@ def test_registry():
     assert {"resnet18", "vgg16", "alexnet", "smallcnn"} <= set(available_backbones())
     with pytest.raises(ConfigError, match="allowed"):
         get_backbone("nope")
+
+
+# METHODS.md §1.2: ADMA's layer hooks per torchvision model (224 px), post-activation and cloned
+ROLE_SHAPES = {
+    "resnet18": {"A": (512, 7, 7), "B": (512, 1, 1), "A2": (512, 7, 7)},
+    "vgg16": {"A": (512, 7, 7), "B": (4096,), "A2": (512, 14, 14), "HEAD_IN": (4096,), "HEAD_PRE": (4096,)},
+    "alexnet": {"A": (256, 6, 6), "B": (4096,), "A2": (256, 13, 13), "HEAD_IN": (4096,), "HEAD_PRE": (4096,)},
+}
+
+
+@pytest.mark.parametrize("name", sorted(ROLE_SHAPES))
+def test_adma_layer_roles_hook_post_activation_tensors(name):
+    model = AdaptedModel(load_backbone(name, "none"), ["a", "b"], CPU)
+    roles = tuple(ROLE_SHAPES[name])
+    x = torch.randn(2, 3, 224, 224)
+    out = model.forward(x, {Need.FEATURES, Need.SOURCE_FEATURES, Need.EMBEDDINGS}, roles)
+    for role, shape in ROLE_SHAPES[name].items():
+        assert out["features"][role].shape == (2, *shape), role
+        assert out["source_features"][role].shape == (2, *shape), role
+    for role in ("A", "B", "A2"):  # after ReLU (in-place ReLUs did not alias the stored tensor)
+        assert out["features"][role].min() >= 0, role
+    if "HEAD_PRE" in roles:
+        assert out["features"]["HEAD_PRE"].min() < 0  # the pre-activation was cloned before the in-place ReLU
+        torch.testing.assert_close(out["features"]["HEAD_PRE"].relu(), out["embeddings"])
+    torch.testing.assert_close(out["features"]["B"].flatten(1), out["embeddings"]) if name == "resnet18" else None
+
+
+def test_roles_a_backbone_lacks_are_refused():
+    model = AdaptedModel(load_backbone("smallcnn", "none"), ["a"], CPU)
+    with pytest.raises(ValueError, match="no layer A2 after its freeze boundary"):
+        model.forward(torch.randn(1, 3, 32, 32), {Need.FEATURES}, ("A2",))
+    resnet = AdaptedModel(load_backbone("resnet18", "none"), ["a"], CPU)
+    with pytest.raises(ValueError, match="no layer HEAD_IN"):
+        resnet.forward(torch.randn(1, 3, 64, 64), {Need.FEATURES}, ("HEAD_IN",))
