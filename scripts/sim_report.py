@@ -152,21 +152,45 @@ def plot_curves(results: dict, path: Path, baseline: str = "random") -> None:
     from scipy import stats
 
     data = curves(results)
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    base = data.get(baseline)
+    fig, axes = plt.subplots(1, 2 if base is not None else 1, figsize=(14 if base is not None else 8, 5.5), dpi=110,
+                             squeeze=False)
+    ax = axes[0, 0]
+    colors = {}
     for name in sorted(data, key=lambda n: (n != baseline, n)):
         entry = data[name]
         m, x = entry["matrix"], np.array(entry["labels"])
         mean = m.mean(axis=0)
         line, = ax.plot(x, mean, label=f"{name} (n={m.shape[0]})", lw=2.2 if name == baseline else 1.4,
                         color="black" if name == baseline else None)
+        colors[name] = line.get_color()
         if m.shape[0] > 1:
             half = stats.t.ppf(0.975, m.shape[0] - 1) * m.std(axis=0, ddof=1) / math.sqrt(m.shape[0])
-            ax.fill_between(x, mean - half, mean + half, alpha=0.15, color=line.get_color())
+            ax.fill_between(x, mean - half, mean + half, alpha=0.12, color=line.get_color())
     cfg = results["config"]
     ax.set(xlabel="labels", ylabel="test accuracy",
            title=f"{cfg['dataset']}: mean and 95% interval over {len(results['seeds'])} seeds")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=7, loc="lower right")
+    if base is not None:
+        ax2 = axes[0, 1]
+        ax2.axhline(0, color="black", lw=1.2)
+        for name, entry in sorted(data.items()):
+            if name == baseline:
+                continue
+            common = [s for s in entry["seeds"] if s in base["acc"]]
+            if not common:
+                continue
+            d = np.array([np.array(entry["acc"][s]) - np.array(base["acc"][s]) for s in common])
+            x = np.array(entry["labels"])
+            mean = d.mean(axis=0)
+            ax2.plot(x, mean, label=name, color=colors[name], lw=1.4)
+            if d.shape[0] > 1:
+                half = stats.t.ppf(0.975, d.shape[0] - 1) * d.std(axis=0, ddof=1) / math.sqrt(d.shape[0])
+                ax2.fill_between(x, mean - half, mean + half, alpha=0.10, color=colors[name])
+        ax2.set(xlabel="labels", ylabel=f"accuracy − {baseline} (paired)",
+                title=f"paired difference to {baseline}, mean and 95% interval")
+        ax2.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

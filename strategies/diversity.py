@@ -25,7 +25,7 @@ def k_center_greedy(pool: torch.Tensor, labeled: torch.Tensor | None, b: int, se
         return torch.zeros(0, dtype=torch.long)
     chosen: list[int] = []
     if labeled is not None and labeled.shape[0] > 0:
-        nearest = torch.cdist(pool, labeled.to(torch.float64).flatten(1)).pow(2).min(dim=1).values
+        nearest = _nearest_sq(pool, labeled.to(torch.float64).flatten(1))  # chunked: bounded memory
     else:
         first = int(torch.randint(n, (1,), generator=torch.Generator().manual_seed(seed)))
         chosen.append(first)
