@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 import strategies
-from strategies import ScoringInputs
 
 from . import checkpoints
 from .errors import BadRequest, ImageError, UnknownProject

@@ -68,6 +68,17 @@ def wait_healthy(process: subprocess.Popen, url: str, timeout: float, log_tail=l
     return False
 
 
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.3):
+    """Poll ``predicate`` until it returns something truthy (returned); TimeoutError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
 def stop_process_group(process: subprocess.Popen | None, grace: float) -> None:
     """SIGTERM the process group a server was started in; SIGKILL it after ``grace`` seconds."""
     if process is None or process.poll() is not None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import io
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,23 +32,13 @@ def png(x: torch.Tensor) -> bytes:
     return buf.getvalue()
 
 
-def _wait(predicate, timeout: float, what: str, interval: float = 0.3):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"live simulation: timed out after {timeout:.0f}s waiting for {what}")
-
-
 def _annotate(ls, task: int, label: str) -> None:
     ls.api("POST", f"/api/tasks/{task}/annotations", json={"result": [
         {"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": [label]}}]})
 
 
 def run_live(cfg: dict, spec: str, seed: int, ls, workdir: Path, progress=None) -> dict:
-    from scripts.local_servers import BackendProcess
+    from scripts.local_servers import BackendProcess, wait_for
     from scripts.simulate import _split, load_dataset
 
     ds = load_dataset(cfg["dataset"], cfg.get("source"), cfg["backbone"], "none")
@@ -85,7 +74,7 @@ def run_live(cfg: dict, spec: str, seed: int, ls, workdir: Path, progress=None) 
                   and st.get("published_version") == st.get("model_version") == version())
             return st if ok else None
 
-        _wait(lambda: status().get("published_version") and status().get("state") == "idle", 600, "version 0")
+        wait_for(lambda: status().get("published_version") and status().get("state") == "idle", 600, "version 0")
         test_tasks = [{"data": {"image": "data:image/png;base64," + base64.b64encode(png(x[int(i)])).decode()}}
                       for i in test]
 
@@ -103,7 +92,7 @@ def run_live(cfg: dict, spec: str, seed: int, ls, workdir: Path, progress=None) 
         for i in initial:
             _annotate(ls, task_of[i], classes[int(y[i])])
             labeled.append(i)
-        st = _wait(lambda: settled(0), 900, "the seed set's round")
+        st = wait_for(lambda: settled(0), 900, "the seed set's round")
         rounds = [{"labels": len(labeled), "accuracy": evaluate(), "auc": None,
                    "classes_discovered": len({int(y[i]) for i in labeled}),
                    "score_seconds": float((st.get("publish_progress") or {}).get("score_seconds") or 0.0),
@@ -119,7 +108,7 @@ def run_live(cfg: dict, spec: str, seed: int, ls, workdir: Path, progress=None) 
                 i = item_of[task]
                 _annotate(ls, task, classes[int(y[i])])
                 labeled.append(i)
-            st = _wait(lambda: settled(before), 900, f"round {r}")
+            st = wait_for(lambda: settled(before), 900, f"round {r}")
             rounds.append({"labels": len(labeled), "accuracy": evaluate(), "auc": None,
                            "classes_discovered": len({int(y[i]) for i in labeled}),
                            "score_seconds": float((st.get("publish_progress") or {}).get("score_seconds") or 0.0),

@@ -142,6 +142,14 @@ def _train(model, z, y, labeled, new, cfg, seed, round_):
     return time.perf_counter() - started
 
 
+def _step(model, z, y, labeled, new, test, cfg, seed, round_, score_s, bs) -> dict:
+    """Train on the labels so far (``new`` = this round's), evaluate, and report the round."""
+    train_s = _train(model, z, y, labeled, set(new), cfg, seed, round_)
+    acc, auc = _evaluate(model, z[test], y[test], bs)
+    return {"labels": len(labeled), "accuracy": acc, "auc": auc, "classes_discovered": len(set(y[labeled].tolist())),
+            "score_seconds": score_s, "train_seconds": train_s}
+
+
 def _prepare_strategy(strategy, cfg, model, ds):
     """ADMA and MMD get the source task when there is one (landmark mode source-data)."""
     from ml_backend.landmarks import landmarks_from_images, source_activations
@@ -179,10 +187,7 @@ def run_al(cfg: dict, spec: str, seed: int, progress=None) -> dict:
     bs = 256
     z = torch.cat([model.trunk(x[s:s + bs]) for s in range(0, len(y), bs)])
     labeled = [int(i) for i in np.random.default_rng(seed + 7).permutation(pool)[:cfg["initial"]]]
-    train_s = _train(model, z, y, labeled, set(labeled), cfg, seed, 0)
-    acc, auc = _evaluate(model, z[test], y[test], bs)
-    rounds = [{"labels": len(labeled), "accuracy": acc, "auc": auc, "classes_discovered": len(set(y[labeled].tolist())),
-               "score_seconds": 0.0, "train_seconds": train_s}]
+    rounds = [_step(model, z, y, labeled, labeled, test, cfg, seed, 0, 0.0, bs)]
     state: dict = {}
     needs, layers = scoring_needs(strategy), strategy.layers()
     for r in range(1, cfg["rounds"] + 1):
@@ -196,13 +201,8 @@ def run_al(cfg: dict, spec: str, seed: int, progress=None) -> dict:
         values = strategy(inputs)
         order = torch.argsort(values, descending=True, stable=True)[: cfg["batch"]]
         new = [unlabeled[int(i)] for i in order]
-        score_s = time.perf_counter() - started
         labeled += new
-        train_s = _train(model, z, y, labeled, set(new), cfg, seed, r)
-        acc, auc = _evaluate(model, z[test], y[test], bs)
-        rounds.append({"labels": len(labeled), "accuracy": acc, "auc": auc,
-                       "classes_discovered": len(set(y[labeled].tolist())), "score_seconds": score_s,
-                       "train_seconds": train_s})
+        rounds.append(_step(model, z, y, labeled, new, test, cfg, seed, r, time.perf_counter() - started, bs))
         if progress is not None:
             progress(1)
     info = strategy.info()
@@ -241,10 +241,7 @@ def run_novel(cfg: dict, spec: str, seed: int, progress=None) -> dict:
     bs = 256
     z = torch.cat([model.trunk(x[s:s + bs]) for s in range(0, len(y), bs)])
     labeled = list(initial)
-    train_s = _train(model, z, y, labeled, set(labeled), cfg, seed, 0)
-    acc, auc = _evaluate(model, z[test], y[test], bs)
-    rounds = [{"labels": len(labeled), "accuracy": acc, "auc": auc, "classes_discovered": len(set(y[labeled].tolist())),
-               "score_seconds": 0.0, "train_seconds": train_s}]
+    rounds = [_step(model, z, y, labeled, labeled, test, cfg, seed, 0, 0.0, bs)]
     k, m = cfg["batch"], cfg.get("sets", 200)
     for r in range(1, cfg["rounds"] + 1):
         started = time.perf_counter()
@@ -268,13 +265,8 @@ def run_novel(cfg: dict, spec: str, seed: int, progress=None) -> dict:
         values = strategies.set_criterion(criterion, sets, out["probs"], out["embeddings"], ref["embeddings"],
                                           ref["probs"], seed=seed * 1000 + r)
         chosen = sets_global[int(torch.argmax(values))]
-        score_s = time.perf_counter() - started
         labeled += chosen
-        train_s = _train(model, z, y, labeled, set(chosen), cfg, seed, r)
-        acc, auc = _evaluate(model, z[test], y[test], bs)
-        rounds.append({"labels": len(labeled), "accuracy": acc, "auc": auc,
-                       "classes_discovered": len(set(y[labeled].tolist())), "score_seconds": score_s,
-                       "train_seconds": train_s})
+        rounds.append(_step(model, z, y, labeled, chosen, test, cfg, seed, r, time.perf_counter() - started, bs))
         if progress is not None:
             progress(1)
     return {"strategy": spec, "seed": seed, "set_criterion": criterion, "rounds": rounds}

@@ -185,7 +185,7 @@ def adma_distinctiveness(x_a: Sequence[torch.Tensor], x_b: torch.Tensor, c_a: Se
     """Eq. 9 for every item, (N,) in [0, 1], plus diagnostics (scales s_A, s_B per pattern).
 
     x_a / c_a: one tensor per A layer (ADMA-2 passes two); x_b / c_b at layer B; alpha (N, K)."""
-    n, k = x_b.shape[0], c_b.shape[0]
+    n = x_b.shape[0]
     cb = c_b.to(dtype)
     s_cb = sqdist(cb, cb)
     s_b = _scale(s_cb) if normalize else 1.0

@@ -103,12 +103,8 @@ def _nearest_sq(x: torch.Tensor, centres: torch.Tensor, chunk: int = 4096) -> to
     return out
 
 
-@register
-class CoreSetStrategy(Strategy):
-    name = "coreset"
-    needs = frozenset({Need.EMBEDDINGS, Need.LABELED_EMBEDDINGS, Need.KEYS})
-    description = ("Core-set (Sener & Savarese): k-center greedy on penultimate features, away from the labeled "
-                   "set; `budget` greedy picks, then the rest by distance to everything picked.")
+class BudgetStrategy(Strategy):
+    """A batch method turned into a queue order: ``budget`` greedy picks first (see above)."""
 
     def __init__(self, seed: int = 0, budget: int = 256) -> None:
         super().__init__(seed)
@@ -118,6 +114,14 @@ class CoreSetStrategy(Strategy):
 
     def params(self) -> dict:
         return {"seed": self.seed, "budget": self.budget}
+
+
+@register
+class CoreSetStrategy(BudgetStrategy):
+    name = "coreset"
+    needs = frozenset({Need.EMBEDDINGS, Need.LABELED_EMBEDDINGS, Need.KEYS})
+    description = ("Core-set (Sener & Savarese): k-center greedy on penultimate features, away from the labeled "
+                   "set; `budget` greedy picks, then the rest by distance to everything picked.")
 
     def acquisition(self, inputs: ScoringInputs) -> torch.Tensor:
         keys = inputs.require(Need.KEYS)
@@ -141,20 +145,11 @@ class CoreSetStrategy(Strategy):
 
 
 @register
-class BadgeStrategy(Strategy):
+class BadgeStrategy(BudgetStrategy):
     name = "badge"
     needs = frozenset({Need.PROBS, Need.EMBEDDINGS, Need.KEYS})
     description = ("BADGE (Ash et al.): k-means++ seeding on last-layer gradient embeddings (p - e_y) x h, "
                    "factorised; `budget` picks, then the rest by gradient-space distance to the picks.")
-
-    def __init__(self, seed: int = 0, budget: int = 256) -> None:
-        super().__init__(seed)
-        if int(budget) < 1:
-            raise TypeError("budget must be >= 1")
-        self.budget = int(budget)
-
-    def params(self) -> dict:
-        return {"seed": self.seed, "budget": self.budget}
 
     def acquisition(self, inputs: ScoringInputs) -> torch.Tensor:
         perm = canonical_order(inputs.require(Need.KEYS))

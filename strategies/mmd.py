@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import Need, ScoringInputs, Strategy
-from .diversity import canonical_order, order_to_values
+from .base import Need, ScoringInputs
+from .diversity import BudgetStrategy, canonical_order, order_to_values
 from .registry import register
 
 
@@ -89,7 +89,7 @@ def mmd_greedy_rff(source: torch.Tensor, pool: torch.Tensor, b: int, features: i
 
 
 @register
-class MMDStrategy(Strategy):
+class MMDStrategy(BudgetStrategy):
     name = "mmd"
     needs = frozenset({Need.SOURCE_FEATURES, Need.SOURCE_PROBS, Need.KEYS})
     description = ("MMD removal: greedily query the items whose removal most reduces MMD(source, pool) at M0's "
@@ -97,8 +97,8 @@ class MMDStrategy(Strategy):
 
     def __init__(self, seed: int = 0, budget: int = 256, exact_limit: int = 20000, rff: int = 2048,
                  exemplars: int = 5) -> None:
-        super().__init__(seed)
-        self.budget, self.exact_limit, self.rff, self.exemplars = int(budget), int(exact_limit), int(rff), int(exemplars)
+        super().__init__(seed, budget)
+        self.exact_limit, self.rff, self.exemplars = int(exact_limit), int(rff), int(exemplars)
         self.source: torch.Tensor | None = None  # set by the caller when source data exists
         self._info: dict = {}
 

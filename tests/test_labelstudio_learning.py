@@ -10,23 +10,13 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from scripts.local_servers import BackendProcess
+from scripts.local_servers import BackendProcess, wait_for
 from scripts.local_servers import ADMIN_TOKEN
 from tests.proxy import OutageProxy
 from tests.test_labelstudio_queue import LABELS, served_in_acquisition_order
 
 pytestmark = pytest.mark.labelstudio
 FAST = {"TRAIN_DEBOUNCE_S": "1", "TRAIN_STEPS": "40", "PUBLISH_RETRIES": "3", "LOG_LEVEL": "INFO"}
-
-
-def wait_for(predicate, timeout, what, interval=0.3):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def project_version(ls, project):
