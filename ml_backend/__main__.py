@@ -23,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
         print("strategies:")
         for item in strategies.describe():
             print(f"  {item['name']:<18} {item['description']}  (needs: {', '.join(item['needs'])})")
+            if item["options"]:
+                options = ":".join(f"{k}={v}" for k, v in item["options"].items())
+                print(f"  {'':<18} options (defaults): {item['name']}:{options}")
         return 0
     try:
         settings = Settings.from_env()

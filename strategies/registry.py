@@ -45,6 +45,7 @@ def describe() -> list[dict[str, Any]]:
             "name": n,
             "description": _REGISTRY[n].description,
             "needs": sorted(need.value for need in _REGISTRY[n].needs),
+            "options": {k: v for k, v in _REGISTRY[n]().params().items() if k != "seed"},
         }
         for n in available()
     ]
