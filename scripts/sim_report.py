@@ -157,13 +157,16 @@ def plot_curves(results: dict, path: Path, baseline: str = "random") -> None:
                              squeeze=False)
     ax = axes[0, 0]
     colors = {}
+    others = [n for n in sorted(data) if n != baseline]
+    palette = plt.get_cmap("tab10" if len(others) <= 10 else "tab20")
+    for k, name in enumerate(others):
+        colors[name] = palette(k % palette.N)
     for name in sorted(data, key=lambda n: (n != baseline, n)):
         entry = data[name]
         m, x = entry["matrix"], np.array(entry["labels"])
         mean = m.mean(axis=0)
         line, = ax.plot(x, mean, label=f"{name} (n={m.shape[0]})", lw=2.2 if name == baseline else 1.4,
-                        color="black" if name == baseline else None)
-        colors[name] = line.get_color()
+                        color="black" if name == baseline else colors[name])
         if m.shape[0] > 1:
             half = stats.t.ppf(0.975, m.shape[0] - 1) * m.std(axis=0, ddof=1) / math.sqrt(m.shape[0])
             ax.fill_between(x, mean - half, mean + half, alpha=0.12, color=line.get_color())
