@@ -115,6 +115,17 @@ class BudgetStrategy(Strategy):
     def params(self) -> dict:
         return {"seed": self.seed, "budget": self.budget}
 
+    def acquisition(self, inputs: ScoringInputs) -> torch.Tensor:
+        perm = canonical_order(inputs.require(Need.KEYS))
+        values = self.ordered_values(inputs, perm)
+        out = torch.empty_like(values)
+        out[perm] = values
+        return out
+
+    def ordered_values(self, inputs: ScoringInputs, perm: torch.Tensor) -> torch.Tensor:
+        """Acquisition values for the pool taken in the order ``perm`` (sorted by task key)."""
+        raise NotImplementedError
+
 
 @register
 class CoreSetStrategy(BudgetStrategy):
@@ -123,9 +134,8 @@ class CoreSetStrategy(BudgetStrategy):
     description = ("Core-set (Sener & Savarese): k-center greedy on penultimate features, away from the labeled "
                    "set; `budget` greedy picks, then the rest by distance to everything picked.")
 
-    def acquisition(self, inputs: ScoringInputs) -> torch.Tensor:
+    def ordered_values(self, inputs: ScoringInputs, perm: torch.Tensor) -> torch.Tensor:
         keys = inputs.require(Need.KEYS)
-        perm = canonical_order(keys)
         h = inputs.require(Need.EMBEDDINGS).to(torch.float64).flatten(1)[perm]
         labeled = inputs.labeled_embeddings
         labeled = None if labeled is None or labeled.shape[0] == 0 else labeled.to(torch.float64).flatten(1)
@@ -138,10 +148,7 @@ class CoreSetStrategy(BudgetStrategy):
         if labeled is None:
             picks = torch.cat([torch.tensor([first]), picks[picks != first]])[: min(self.budget, h.shape[0])]
         centres = torch.cat([labeled_start, h[picks]]) if picks.numel() else labeled_start
-        values = order_to_values(picks, _nearest_sq(h, centres))
-        out = torch.empty_like(values)
-        out[perm] = values
-        return out
+        return order_to_values(picks, _nearest_sq(h, centres))
 
 
 @register
@@ -151,8 +158,7 @@ class BadgeStrategy(BudgetStrategy):
     description = ("BADGE (Ash et al.): k-means++ seeding on last-layer gradient embeddings (p - e_y) x h, "
                    "factorised; `budget` picks, then the rest by gradient-space distance to the picks.")
 
-    def acquisition(self, inputs: ScoringInputs) -> torch.Tensor:
-        perm = canonical_order(inputs.require(Need.KEYS))
+    def ordered_values(self, inputs: ScoringInputs, perm: torch.Tensor) -> torch.Tensor:
         p = inputs.require(Need.PROBS).to(torch.float64)[perm]
         h = inputs.require(Need.EMBEDDINGS).to(torch.float64).flatten(1)[perm]
         picks = badge(p, h, self.budget, self.seed)
@@ -160,10 +166,7 @@ class BadgeStrategy(BudgetStrategy):
         nearest = torch.full((p.shape[0],), torch.inf, dtype=torch.float64)
         for c in picks.tolist():
             nearest = torch.minimum(nearest, badge_distances(a, h, c))
-        values = order_to_values(picks, nearest)
-        out = torch.empty_like(values)
-        out[perm] = values
-        return out
+        return order_to_values(picks, nearest)
 
 
 def diverse_queue(values: torch.Tensor, embeddings: torch.Tensor, top: int) -> torch.Tensor:

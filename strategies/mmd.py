@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from .base import Need, ScoringInputs
-from .diversity import BudgetStrategy, canonical_order, order_to_values
+from .diversity import BudgetStrategy, order_to_values
 from .registry import register
 
 
@@ -115,11 +115,10 @@ class MMDStrategy(BudgetStrategy):
     def set_source(self, features: torch.Tensor) -> None:
         self.source = features.flatten(1)
 
-    def acquisition(self, inputs: ScoringInputs) -> torch.Tensor:
+    def ordered_values(self, inputs: ScoringInputs, perm: torch.Tensor) -> torch.Tensor:
         from .adma import exemplar_landmarks
 
         keys = inputs.require(Need.KEYS)
-        perm = canonical_order(keys)
         pool = inputs.require(Need.SOURCE_FEATURES, ("B",))["B"].flatten(1).to(torch.float64)[perm]
         if self.source is not None:
             source, mode = self.source, "source-data"
@@ -137,7 +136,4 @@ class MMDStrategy(BudgetStrategy):
         # the rest: by how target-specific they are (low mean kernel to the source sample)
         bw = median_bandwidth(torch.cat([source.to(torch.float64), pool]))
         rest = -_gauss(pool, source.to(torch.float64), bw).mean(dim=1)
-        values = order_to_values(picks, rest)
-        out = torch.empty_like(values)
-        out[perm] = values
-        return out
+        return order_to_values(picks, rest)
