@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 
 from strategies import Need, review_annotations
+from strategies.influence import label_loss
 
 from .errors import ImageError
 from .labels import resolve_label
@@ -261,9 +262,7 @@ class ProjectWorker:
                                        seed=self.settings.seed)
             rank = stats["self_influence"]
         else:
-            logits = h.to(torch.float64) @ model.head.weight.detach().cpu().double().T + model.head.bias.detach().cpu().double()
-            p_y = logits.softmax(dim=1).gather(1, y[:, None]).squeeze(1)
-            stats = {"loss": -p_y.clamp_min(1e-12).log(), "p_label": p_y}
+            stats = label_loss(h, y, model.head.weight, model.head.bias)
             rank = stats["loss"]
         order = torch.argsort(rank, descending=True, stable=True)[: self.settings.review_top].tolist()
         out = []

@@ -29,6 +29,17 @@ def _probs(h_aug: torch.Tensor, w_aug: torch.Tensor) -> torch.Tensor:
     return (h_aug @ w_aug.T).softmax(dim=1)
 
 
+def _head(weight: torch.Tensor, bias: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """W̃ = [W b] in float64 on ``device`` (the head may live on the GPU, the features on the CPU)."""
+    return torch.cat([weight.detach().to(device, torch.float64), bias.detach().to(device, torch.float64)[:, None]], dim=1)
+
+
+def label_loss(h: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The head's probability of each given label and its loss -log p_y (the cheap suspicion ranking)."""
+    p_y = _probs(_aug(h), _head(weight, bias, h.device)).gather(1, y.long()[:, None]).squeeze(1)
+    return {"loss": -p_y.clamp_min(1e-12).log(), "p_label": p_y}
+
+
 @dataclass
 class HeadInfluence:
     """The inverse-Hessian solver of one trained head on its labeled set."""
@@ -46,7 +57,7 @@ class HeadInfluence:
         if weight_decay <= 0:
             raise ValueError("influence needs weight decay > 0 (it makes H positive definite)")
         ha = _aug(h)
-        w_aug = torch.cat([weight.detach().to(torch.float64), bias.detach().to(torch.float64)[:, None]], dim=1)
+        w_aug = _head(weight, bias, h.device)
         p = _probs(ha, w_aug)
         n, c = p.shape
         d1 = ha.shape[1]
@@ -85,8 +96,9 @@ class HeadInfluence:
         inner = inner / (lg[:, None] * la[None, :] + self.weight_decay)
         return ug @ inner @ ua.T
 
-    def self_influence(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        g = self.grads(h, y)
+    def self_influence(self, h: torch.Tensor, y: torch.Tensor, grads: torch.Tensor | None = None) -> torch.Tensor:
+        """SI_i = ∇ℓ_iᵀ H⁻¹ ∇ℓ_i; pass ``grads`` (from :meth:`grads`) when they are already computed."""
+        g = self.grads(h, y) if grads is None else grads
         return (g * self.solve(g)).sum(dim=(1, 2))
 
     def psi(self, h: torch.Tensor, y: torch.Tensor, h_val: torch.Tensor, y_val: torch.Tensor) -> torch.Tensor:
@@ -100,9 +112,6 @@ def review_annotations(h: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, b
     """Per labeled example: training loss -log p_y, p_y, self-influence and ψ from K-fold validation
     over the labeled set (ψ_i uses the validation gradients of the folds that do not hold i)."""
     inf = HeadInfluence.fit(h, y, weight, bias, weight_decay)
-    ha = _aug(h)
-    p = _probs(ha, inf.w_aug)
-    p_y = p.gather(1, y.long()[:, None]).squeeze(1)
     n = h.shape[0]
     folds = max(2, min(folds, n))
     assign = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) % folds
@@ -114,4 +123,4 @@ def review_annotations(h: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, b
             continue
         s = inf.solve(grads[~inside].sum(dim=0))  # validation = the other folds
         psi[inside] = -(grads[inside] * s).sum(dim=(1, 2))
-    return {"loss": -p_y.clamp_min(1e-12).log(), "p_label": p_y, "self_influence": inf.self_influence(h, y), "psi": psi}
+    return {**label_loss(h, y, weight, bias), "self_influence": inf.self_influence(h, y, grads), "psi": psi}
