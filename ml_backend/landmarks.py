@@ -16,18 +16,14 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from PIL import Image
-
 from strategies import Need
 from strategies.adma import Landmarks, kmeans_landmarks, medoid_landmarks
 from strategies.errors import StrategyError
 
+from .images import image_folder_files, load_image_files
 from .models import AdaptedModel, LoadedBackbone
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-
 
 @torch.no_grad()
 def source_activations(model: AdaptedModel, images: torch.Tensor, roles: Sequence[str], batch_size: int = 64) -> dict:
@@ -54,25 +50,10 @@ def landmarks_from_images(model: AdaptedModel, images: torch.Tensor, labels: tor
     return medoid_landmarks(a, acts["B"], labels, per_class, seed, mode)
 
 
-def _folder_images(folder: Path) -> tuple[list[Path], list[int], list[str]]:
-    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    files, labels = [], []
-    if classes:
-        for c, name in enumerate(classes):
-            for f in sorted((folder / name).rglob("*")):
-                if f.suffix.lower() in IMAGE_SUFFIXES:
-                    files.append(f)
-                    labels.append(c)
-    else:
-        files = [f for f in sorted(folder.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
-        labels = [0] * len(files)
-    return files, labels, classes
-
-
 def landmarks_for_folder(base: LoadedBackbone, folder: Path, device: torch.device, cache_dir: Path,
                          roles: Sequence[str], per_class: int = 1, seed: int = 0, aligned: bool = False) -> Landmarks:
     """``aligned``: the sorted subfolders are the source head's classes 0, 1, ... (Eq. 8's α applies)."""
-    files, labels, classes = _folder_images(folder)
+    files, labels, classes = image_folder_files(folder)
     if len(files) < 2:
         raise StrategyError(f"ADMA reference folder {folder}: needs at least 2 images, found {len(files)}")
     digest = hashlib.sha1(json.dumps([base.spec.name, base.weights, list(roles), per_class, seed, aligned,
@@ -81,13 +62,10 @@ def landmarks_for_folder(base: LoadedBackbone, folder: Path, device: torch.devic
     if cache.is_file():
         return Landmarks.load(cache)
     model = AdaptedModel(base, ["_"], device)
-    tensors = []
-    for f in files:
-        try:
-            with Image.open(f) as im:
-                tensors.append(base.preprocess(im.convert("RGB")))
-        except Exception as exc:
-            raise StrategyError(f"ADMA reference folder: cannot read {f}: {exc}") from None
+    try:
+        tensors = load_image_files(files, base.preprocess)
+    except ValueError as exc:
+        raise StrategyError(f"ADMA reference folder: {exc}") from None
     lm = landmarks_from_images(model, torch.stack(tensors), torch.tensor(labels) if classes else None, roles,
                                per_class, seed=seed, mode="folder")
     if not (aligned and classes):

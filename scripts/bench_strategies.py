@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--strategies", default="", help="comma list of strategy specs (default: all)")
     args = parser.parse_args()
 
-    parser_strats = args.strategies.split(",") if args.strategies else strategies.available()
+    specs = args.strategies.split(",") if args.strategies else strategies.available()
     device = resolve_device(args.device)
     model = AdaptedModel(load_backbone(args.backbone, "none"), [str(i) for i in range(args.classes)], device)
     x = torch.randn(args.pool, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
@@ -63,7 +63,7 @@ def main() -> None:
 
     rows = []
     plain()
-    for spec in parser_strats:
+    for spec in specs:
         strategy = strategies.from_spec(spec)
         needs, layers = scoring_needs(strategy), strategy.layers()
         state: dict = {}

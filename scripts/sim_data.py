@@ -117,34 +117,21 @@ def digits_novel() -> Dataset:
                    "scikit-learn digits, 10 classes: 5 known with 20 labels each, novel classes only in the pool")
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-
-
 def image_folder(path: Path, preprocess) -> Task:
     """An ImageFolder (one subfolder per class) as preprocessed tensors."""
-    from PIL import Image
+    from ml_backend.images import image_folder_files, load_image_files
 
     path = Path(path)
     if not path.is_dir():
         raise ValueError(f"{path} is not a folder")
-    classes = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    files, ys, classes = image_folder_files(path)
     if len(classes) < 2:
         raise ValueError(f"{path} is not an ImageFolder: it needs one subfolder per class (found {len(classes)})")
-    xs, ys = [], []
-    for c, name in enumerate(classes):
-        files = [f for f in sorted((path / name).rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES]
-        for f in files:
-            try:
-                with Image.open(f) as im:
-                    xs.append(preprocess(im.convert("RGB")))
-            except Exception as exc:
-                raise ValueError(f"cannot read {f}: {exc}") from None
-            ys.append(c)
     counts = np.bincount(ys, minlength=len(classes))
     if (counts == 0).any():
         empty = [classes[i] for i in np.nonzero(counts == 0)[0]]
         raise ValueError(f"{path} is not an ImageFolder: class folder(s) {empty} hold no images")
-    return Task(torch.stack(xs), torch.tensor(ys), classes)
+    return Task(torch.stack(load_image_files(files, preprocess)), torch.tensor(ys), classes)
 
 
 DATASETS = {"digits": digits, "cluttered-digits": cluttered_digits, "digits-novel": digits_novel}

@@ -41,7 +41,7 @@ def run_live(cfg: dict, spec: str, seed: int, ls, workdir: Path, progress=None) 
     from scripts.local_servers import BackendProcess, wait_for
     from scripts.simulate import _split, load_dataset
 
-    ds = load_dataset(cfg["dataset"], cfg.get("source"), cfg["backbone"], "none")
+    ds = load_dataset(cfg["dataset"], cfg.get("source"), cfg["backbone"])
     x, y, classes = ds.target.x, ds.target.y, ds.target.classes
     pool, test = _split(len(y), seed)
     initial = [int(i) for i in np.random.default_rng(seed + 7).permutation(pool)[:cfg["initial"]]]
@@ -88,15 +88,19 @@ def run_live(cfg: dict, spec: str, seed: int, ls, workdir: Path, progress=None) 
             truth = [classes[int(y[int(i)])] for i in test]
             return float(np.mean([p == t for p, t in zip(predicted, truth)]))
 
+        def record(st: dict) -> dict:
+            """One round as results.json holds it; the timings are the backend's own."""
+            return {"labels": len(labeled), "accuracy": evaluate(), "auc": None,
+                    "classes_discovered": len({int(y[i]) for i in labeled}),
+                    "score_seconds": float((st.get("publish_progress") or {}).get("score_seconds") or 0.0),
+                    "train_seconds": float((st.get("last_round") or {}).get("train_seconds") or 0.0)}
+
         labeled = []
         for i in initial:
             _annotate(ls, task_of[i], classes[int(y[i])])
             labeled.append(i)
         st = wait_for(lambda: settled(0), 900, "the seed set's round")
-        rounds = [{"labels": len(labeled), "accuracy": evaluate(), "auc": None,
-                   "classes_discovered": len({int(y[i]) for i in labeled}),
-                   "score_seconds": float((st.get("publish_progress") or {}).get("score_seconds") or 0.0),
-                   "train_seconds": float((st.get("last_round") or {}).get("train_seconds") or 0.0)}]
+        rounds = [record(st)]
         for r in range(1, cfg["rounds"] + 1):
             before = status().get("round", 0)
             for _ in range(cfg["batch"]):
@@ -109,10 +113,7 @@ def run_live(cfg: dict, spec: str, seed: int, ls, workdir: Path, progress=None) 
                 _annotate(ls, task, classes[int(y[i])])
                 labeled.append(i)
             st = wait_for(lambda: settled(before), 900, f"round {r}")
-            rounds.append({"labels": len(labeled), "accuracy": evaluate(), "auc": None,
-                           "classes_discovered": len({int(y[i]) for i in labeled}),
-                           "score_seconds": float((st.get("publish_progress") or {}).get("score_seconds") or 0.0),
-                           "train_seconds": float((st.get("last_round") or {}).get("train_seconds") or 0.0)})
+            rounds.append(record(st))
             if progress is not None:
                 progress(1)
         info = st.get("strategy_info") or {}

@@ -38,13 +38,13 @@ TRACK_DEFAULTS = {  # METHODS.md §8.2
 
 # ----------------------------------------------------------------------------- set-up (per process, cached)
 @functools.lru_cache(maxsize=4)
-def load_dataset(name: str, source: str | None, backbone: str, weights: str):
+def load_dataset(name: str, source: str | None, backbone: str):
     from scripts import sim_data
 
     if name.startswith("imagefolder:"):
-        from ml_backend.models import load_backbone
+        from ml_backend.models import get_backbone
 
-        pre = load_backbone(backbone, "none").preprocess if weights in ("none", "") else load_backbone(backbone, weights).preprocess
+        pre = get_backbone(backbone).preprocess  # the backbone's own resize, crop and normalisation
         target = sim_data.image_folder(Path(name.split(":", 1)[1]), pre)
         src = sim_data.image_folder(Path(source), pre) if source else None
         return sim_data.Dataset(name, src, target, f"ImageFolder {name.split(':', 1)[1]}")
@@ -57,6 +57,8 @@ def _resize_for(backbone: str, x: torch.Tensor) -> torch.Tensor:
     from ml_backend.models import get_backbone
 
     crop = get_backbone(backbone).preprocess.crop
+    if x.shape[-2:] == (crop, crop):  # already at the backbone's input size (imagefolder)
+        return x
     return torch.nn.functional.interpolate(x, size=(crop, crop), mode="bilinear", align_corners=False)
 
 
@@ -66,7 +68,7 @@ def pretrain_source(cfg: dict) -> str:
 
     if cfg["weights"] != "auto":
         return cfg["weights"]
-    ds = load_dataset(cfg["dataset"], cfg.get("source"), cfg["backbone"], "none")
+    ds = load_dataset(cfg["dataset"], cfg.get("source"), cfg["backbone"])
     if ds.source is None or cfg["source_steps"] == 0:
         return "none"
     key = hashlib.sha1(json.dumps([cfg["dataset"], cfg.get("source"), cfg["backbone"], cfg["source_steps"],
@@ -173,7 +175,7 @@ def run_al(cfg: dict, spec: str, seed: int, progress=None) -> dict:
     from ml_backend.scoring import build_inputs, forward_batches, scoring_needs
 
     torch.set_num_threads(cfg.get("threads", 1))
-    ds = load_dataset(cfg["dataset"], cfg.get("source"), cfg["backbone"], "none")
+    ds = load_dataset(cfg["dataset"], cfg.get("source"), cfg["backbone"])
     device = resolve_device(cfg["device"])
     base = _base(cfg["backbone"], cfg["m0"])
     model = AdaptedModel(base, ds.target.classes, device, seed)  # the head's init is shared by all strategies
@@ -182,8 +184,7 @@ def run_al(cfg: dict, spec: str, seed: int, progress=None) -> dict:
     x = _resize_for(cfg["backbone"], ds.target.x)
     y = ds.target.y
     pool, test = _split(len(y), seed)
-    if cfg["initial"] + cfg["batch"] * cfg["rounds"] > len(pool):
-        raise ValueError(f"the budget ({cfg['initial']} + {cfg['rounds']}×{cfg['batch']}) exceeds the pool ({len(pool)})")
+    _check_budget(cfg, len(pool))
     bs = 256
     z = torch.cat([model.trunk(x[s:s + bs]) for s in range(0, len(y), bs)])
     labeled = [int(i) for i in np.random.default_rng(seed + 7).permutation(pool)[:cfg["initial"]]]
@@ -221,7 +222,7 @@ def run_novel(cfg: dict, spec: str, seed: int, progress=None) -> dict:
     torch.set_num_threads(cfg.get("threads", 1))
     name = strategies.parse_spec(spec)[0]
     criterion = NOVEL_CRITERIA[name]
-    ds = load_dataset(cfg["dataset"], None, cfg["backbone"], "none")
+    ds = load_dataset(cfg["dataset"], None, cfg["backbone"])
     device = resolve_device(cfg["device"])
     model = AdaptedModel(_base(cfg["backbone"], cfg["m0"]), ds.target.classes, device, seed)
     x, y = _resize_for(cfg["backbone"], ds.target.x), ds.target.y
@@ -282,10 +283,13 @@ def _jsonable(obj):
     return obj
 
 
+def _runner(cfg: dict):
+    return run_novel if cfg["dataset"] == "digits-novel" else run_al
+
+
 def _job(args):
     cfg, spec, seed = args
-    runner = run_novel if cfg["dataset"] == "digits-novel" else run_al
-    return runner(cfg, spec, seed)
+    return _runner(cfg)(cfg, spec, seed)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -397,16 +401,18 @@ def config_from_args(args, parser) -> dict:
     return cfg
 
 
-def check_budget(cfg: dict) -> None:
-    ds = load_dataset(cfg["dataset"], cfg.get("source"), cfg["backbone"], "none")
-    n = len(ds.target.y)
-    if cfg["dataset"] == "digits-novel":
-        return
-    pool = n - int(round(n * 0.3))
+def _check_budget(cfg: dict, pool_size: int) -> None:
     need = cfg["initial"] + cfg["batch"] * cfg["rounds"]
-    if need > pool:
+    if need > pool_size:
         raise ValueError(f"the budget {cfg['initial']} + {cfg['rounds']} rounds × {cfg['batch']} = {need} labels "
-                         f"exceeds the pool of {pool} items (70% of {n})")
+                         f"exceeds the pool of {pool_size} items (the other 30% are the test set)")
+
+
+def check_budget(cfg: dict) -> None:
+    """Refuse a budget larger than the pool before any run starts (digits-novel has its own pool)."""
+    if cfg["dataset"] != "digits-novel":
+        n = len(load_dataset(cfg["dataset"], cfg.get("source"), cfg["backbone"]).target.y)
+        _check_budget(cfg, len(_split(n, 0)[0]))
 
 
 def versions() -> dict:
@@ -445,8 +451,7 @@ def simulate(cfg: dict) -> dict:
             cfg["threads"] = max(1, torch.get_num_threads())
             for c, spec, seed in jobs:
                 bar.set_postfix_str(f"{spec} seed {seed}")
-                runner = run_novel if cfg["dataset"] == "digits-novel" else run_al
-                runs.append(runner(c, spec, seed, progress=bar.update))
+                runs.append(_runner(c)(c, spec, seed, progress=bar.update))
         else:
             import multiprocessing as mp
 

@@ -269,11 +269,9 @@ class ADMAStrategy(Strategy):
         if self.landmarks not in LANDMARK_MODES and Path(self.landmarks).is_dir():
             raise StrategyError(f"ADMA reference folder {self.landmarks}: its landmarks must be computed with the "
                                 "model first (the backend does this at start; or run scripts/make_landmarks.py)")
-        if self.landmarks not in LANDMARK_MODES:
-            state = inputs.state if inputs.state is not None else {}
-            if "adma_file" not in state:
-                state["adma_file"] = Landmarks.load(self.landmarks)
-            return state["adma_file"]
+        if self.landmarks not in LANDMARK_MODES:  # a landmark file: the same for every project, read once
+            self.given = Landmarks.load(self.landmarks)
+            return self.given
         cache_key = ("adma_landmarks", self.landmarks, self.exemplars, self.kmeans, self.max_landmarks, self.a_layers)
         if inputs.state is not None and cache_key in inputs.state:
             return inputs.state[cache_key]

@@ -128,12 +128,12 @@ class MMDStrategy(BudgetStrategy):
             source, mode = lm.b, "pool-exemplars"
         n = pool.shape[0]
         b = min(self.budget, max(n - 1, 0))
+        bw = median_bandwidth(torch.cat([source.to(torch.float64), pool]))
         if n <= self.exact_limit:
-            picks = mmd_greedy_exact(source, pool, b)
+            picks = mmd_greedy_exact(source, pool, b, bandwidth=bw)
         else:
             picks = mmd_greedy_rff(source, pool, b, self.rff, seed=self.seed)
         self._info = {"source": mode, "source_size": int(source.shape[0]), "exact": n <= self.exact_limit}
         # the rest: by how target-specific they are (low mean kernel to the source sample)
-        bw = median_bandwidth(torch.cat([source.to(torch.float64), pool]))
         rest = -_gauss(pool, source.to(torch.float64), bw).mean(dim=1)
         return order_to_values(picks, rest)
