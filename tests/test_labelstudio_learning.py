@@ -100,7 +100,9 @@ def test_connect_publish_learn_reorder_and_forget_deleted(label_studio, digits64
         ls.api("PATCH", f"/api/projects/{project}", json={"label_config": config.replace(
             '<Choice value="9"/>', '<Choice value="9"/>\n    <Choice value="none of these"/>')})
         v3 = wait_for(lambda: (v := project_version(ls, project)) != v2 and v, 60, "a version for the grown config")
-        st = status(backend, project)
+        # the backend records the publish just after Label Studio has moved the project
+        st = wait_for(lambda: (s := status(backend, project))["published_version"] == v3 and s, 30,
+                      "the backend to record the publish")
         assert "-t2-" in v3 and st["round"] == 2 and st["labels"][-1] == "none of these"
         assert st["published_version"] == v3 and st["training_runs"] == 2
 
