@@ -55,7 +55,7 @@ def build_inputs(strategy: Strategy, model: AdaptedModel, merged: dict, keys: Se
                  labeled_trunk: torch.Tensor | Sequence[torch.Tensor] | None = None,
                  images: Callable[[], torch.Tensor] | None = None, round_: int = 0,
                  planned_rounds: int | None = None, state: dict | None = None, full_pool: bool = True,
-                 batch_size: int = 64) -> ScoringInputs:
+                 fingerprints: Sequence[str] | None = None, batch_size: int = 64) -> ScoringInputs:
     """ScoringInputs for ``strategy`` from the merged forward outputs of the pool (``merged``).
 
     ``labeled_trunk``: trunk activations of the labeled items (for LABELED_EMBEDDINGS);
@@ -78,14 +78,16 @@ def build_inputs(strategy: Strategy, model: AdaptedModel, merged: dict, keys: Se
         embeddings=merged.get("embeddings"), features=merged.get("features", {}),
         source_probs=merged.get("source_probs"), source_features=merged.get("source_features", {}),
         labeled_embeddings=labeled, view_probs=views, head_weight=head_weight, round=round_, planned_rounds=planned_rounds,
-        state=state, full_pool=full_pool,
+        state=state, full_pool=full_pool, fingerprints=None if fingerprints is None else list(fingerprints),
     )
 
 
-def scoring_needs(strategy: Strategy, diversity: bool = False) -> set:
-    """What the forward pass must produce: the strategy's needs, plus embeddings for the
-    diversity-aware queue order."""
-    needs = set(strategy.needs) - {Need.LABELED_EMBEDDINGS, Need.VIEW_PROBS, Need.KEYS, Need.HEAD_WEIGHT}
+def scoring_needs(strategy: Strategy, diversity: bool = False, fingerprints: Sequence[str] | None = None,
+                  state: dict | None = None) -> set:
+    """What the forward pass must produce for these items (``fingerprints``; None: unknown): the
+    strategy's needs given what it keeps in ``state``, plus embeddings for the diversity-aware queue
+    order."""
+    needs = set(strategy.needs_for(fingerprints, state)) - {Need.LABELED_EMBEDDINGS, Need.VIEW_PROBS, Need.KEYS, Need.HEAD_WEIGHT}
     if diversity:
         needs.add(Need.EMBEDDINGS)
     return needs

@@ -223,14 +223,22 @@ class ModelService:
             state.stats["predict_seconds"] += time.perf_counter() - started
         return results
 
+    @staticmethod
+    def _reference(state: ProjectState, task: dict) -> tuple:
+        data = task.get("data")
+        return task.get("id"), data.get(state.config.value_key) if isinstance(data, dict) else None
+
+    def _fingerprint(self, state: ProjectState, task: dict) -> str | None:
+        """What a task *is* for every per-task cache (trunk activations, a strategy's per-item
+        state): task id and image reference; None when either is missing (nothing is cached)."""
+        task_id, ref = self._reference(state, task)
+        return self.features.key(task_id, ref) if task_id is not None and isinstance(ref, str) else None
+
     def trunk_activations(self, state: ProjectState, model: AdaptedModel, tasks: Sequence[dict]) -> list:
         """Per task: trunk activations (from the frozen-feature cache when present) or the
         ImageError that explains why there are none. Downloads overlap the trunk forward pass."""
-        config = state.config
-        refs = [(t.get("id"), (t.get("data") or {}).get(config.value_key) if isinstance(t.get("data"), dict) else None)
-                for t in tasks]
-        keys = [self.features.key(task_id, ref) if task_id is not None and isinstance(ref, str) else None
-                for task_id, ref in refs]
+        refs = [self._reference(state, t) for t in tasks]
+        keys = [self._fingerprint(state, t) for t in tasks]
         out: list = [None] * len(tasks)
         missing = []
         for i, key in enumerate(keys):
@@ -271,7 +279,9 @@ class ModelService:
         good: list[int] = []
         parts: list[dict] = []
         diversity = reset_pool and self.settings.queue_diversity != "off"
-        needs, layers, bs = scoring_needs(self.strategy, diversity), self.strategy.layers(), self.settings.batch_size
+        fingerprints = [self._fingerprint(state, t) for t in tasks]
+        needs = scoring_needs(self.strategy, diversity, fingerprints, state.strategy_state)
+        layers, bs = self.strategy.layers(), self.settings.batch_size
         chunk = max(bs, 256)
         for start in range(0, len(tasks), chunk):  # bounded memory for large pools
             part_tasks = tasks[start:start + chunk]
@@ -304,7 +314,7 @@ class ModelService:
 
             inputs = build_inputs(self.strategy, model, merged, keys, labeled_trunk=state.labeled_trunk,
                                   images=images, round_=state.round, state=state.strategy_state,
-                                  full_pool=reset_pool, batch_size=bs)
+                                  full_pool=reset_pool, fingerprints=[fingerprints[i] for i in good], batch_size=bs)
             with self._strategy_lock:  # strategies may keep per-call diagnostics
                 acquisition = self.strategy(inputs)
                 info = self.strategy.info()

@@ -190,13 +190,14 @@ def run_al(cfg: dict, spec: str, seed: int, progress=None) -> dict:
     labeled = [int(i) for i in np.random.default_rng(seed + 7).permutation(pool)[:cfg["initial"]]]
     rounds = [_step(model, z, y, labeled, labeled, test, cfg, seed, 0, 0.0, bs)]
     state: dict = {}
-    needs, layers = scoring_needs(strategy), strategy.layers()
+    layers = strategy.layers()
     for r in range(1, cfg["rounds"] + 1):
         started = time.perf_counter()
         taken = set(labeled)
         unlabeled = [int(i) for i in pool if int(i) not in taken]
-        merged = forward_batches(model, z[unlabeled], needs, layers, bs)
-        inputs = build_inputs(strategy, model, merged, [f"{i:06d}" for i in unlabeled], labeled_trunk=z[labeled],
+        keys = [f"{i:06d}" for i in unlabeled]
+        merged = forward_batches(model, z[unlabeled], scoring_needs(strategy, fingerprints=keys, state=state), layers, bs)
+        inputs = build_inputs(strategy, model, merged, keys, labeled_trunk=z[labeled],
                               images=lambda: x[unlabeled], round_=r - 1, planned_rounds=cfg["rounds"], state=state,
                               batch_size=bs)
         values = strategy(inputs)

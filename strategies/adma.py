@@ -159,10 +159,17 @@ def kmeans_landmarks(a: dict[str, torch.Tensor], b: torch.Tensor, keys: Sequence
 
 
 def alpha_source(source_probs: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-    """Eq. 8: α_k(x) = p_{class(k)}(x) from M0's source head, divided by the number of landmarks
+    """Eq. 8: α_k = M0's source-head probability of landmark k's class, split evenly over landmarks
     that share the class (sub-centers)."""
+    uniq, inverse = torch.unique(classes, return_inverse=True)
+    return alpha_source_compact(source_probs[:, uniq], classes, inverse)
+
+
+def alpha_source_compact(columns: torch.Tensor, classes: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+    """Eq. 8 from only the source-probability columns of the landmarks' distinct classes
+    (``torch.unique(classes, return_inverse=True)``): what ADMA keeps per item."""
     counts = torch.bincount(classes, minlength=int(classes.max()) + 1).to(torch.float64)
-    return source_probs.to(torch.float64)[:, classes] / counts[classes]
+    return columns.to(torch.float64)[:, inverse] / counts[classes]
 
 
 def alpha_distance(x0_a: torch.Tensor, c_a: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -263,6 +270,76 @@ class ADMAStrategy(Strategy):
         """Use landmarks computed from source data or a reference folder (modes source-data/file)."""
         self.given = landmarks
 
+    def _cache_key(self) -> tuple:
+        return ("adma_landmarks", self.landmarks, self.exemplars, self.kmeans, self.max_landmarks, self.a_layers)
+
+    def _known_landmarks(self, state: dict | None) -> Landmarks | None:
+        """The landmarks when they exist without a forward pass (given, read, or kept in ``state``)."""
+        if self.given is not None:
+            return self.given
+        return state.get(self._cache_key()) if state is not None else None
+
+    def needs_for(self, fingerprints, state) -> frozenset[Need]:
+        """M0's outputs serve only the landmarks (computed once) and α, which for a given item and
+        set of landmarks never changes: once every item's α is kept in ``state``, the pass through
+        M0 is skipped (every round after the first full-pool scoring)."""
+        lm = self._known_landmarks(state)
+        if lm is None or state is None or fingerprints is None:
+            return self.needs
+        cache = state.get(("adma_alpha", self.alpha, self._cache_key()))
+        if cache is None or cache["landmarks"] is not lm or not all(
+                f is not None and (str(f) in cache["rows"] or str(f) in cache["old"]) for f in fingerprints):
+            return self.needs
+        return self.needs - {Need.SOURCE_FEATURES, Need.SOURCE_PROBS}
+
+    def _alpha(self, inputs: ScoringInputs, lm: Landmarks) -> tuple[str, torch.Tensor]:
+        """(mode, α (N, K) float64). Per item the compact form is kept in ``inputs.state``: M0's
+        source probabilities of the landmarks' classes (float32, as M0 gives them; Eq. 8 is applied
+        to them here) or the ADMA-distance α itself, so a cached α is bit-identical to a fresh one."""
+        cache = None
+        if inputs.state is not None and lm is self._known_landmarks(inputs.state):  # kept landmarks only
+            cache_key = ("adma_alpha", self.alpha, self._cache_key())
+            cache = inputs.state.get(cache_key)
+            if cache is None or cache["landmarks"] is not lm:
+                cache = inputs.state[cache_key] = {"landmarks": lm, "mode": None, "rows": {}, "old": {}}
+        mode = self.alpha
+        if mode == "auto":
+            mode = (cache or {}).get("mode") or (
+                "source" if lm.classes is not None and inputs.source_probs is not None else "distance")
+        if mode == "source" and lm.classes is None:
+            raise StrategyError(f"ADMA alpha=source needs class-aligned landmarks; {lm.mode} landmarks are not")
+        ids = inputs.item_ids() if cache is not None else None
+        if cache is not None and cache["mode"] != mode:
+            cache.update(mode=mode, rows={}, old={})
+        rows, old = (cache["rows"], cache["old"]) if cache is not None else ({}, {})
+        for i, f in enumerate(ids or ()):
+            if f is not None and f not in rows and f in old:
+                rows[f] = old.pop(f)
+        missing = [i for i in range(inputs.n) if ids is None or ids[i] is None or ids[i] not in rows]
+        if mode == "source":
+            uniq, inverse = torch.unique(lm.classes, return_inverse=True)
+        if missing:
+            if mode == "source":
+                fresh = inputs.require(Need.SOURCE_PROBS)[missing][:, uniq]
+            else:
+                x0 = inputs.require(Need.SOURCE_FEATURES, (self.a_layers[0],))[self.a_layers[0]]
+                fresh = alpha_distance(x0[missing], lm.a[self.a_layers[0]])
+        if ids is None:
+            compact = fresh
+        else:
+            fresh_at = {i: j for j, i in enumerate(missing)}
+            compact = torch.stack([fresh[fresh_at[i]] if i in fresh_at else rows[ids[i]] for i in range(inputs.n)])
+            for j, i in enumerate(missing):
+                if ids[i] is not None:
+                    rows[ids[i]] = fresh[j].clone()
+            if inputs.full_pool:  # items that left the pool (labeled, deleted) are forgotten one full
+                keep = set(ids)  # scoring later, so that a request planned just before still finds them
+                cache["old"] = {f: v for f, v in rows.items() if f not in keep}
+                cache["rows"] = {f: v for f, v in rows.items() if f in keep}
+        if mode == "source":
+            return mode, alpha_source_compact(compact, lm.classes, inverse)
+        return mode, compact
+
     def _landmarks(self, inputs: ScoringInputs) -> Landmarks:
         if self.given is not None:
             return self.given
@@ -272,7 +349,7 @@ class ADMAStrategy(Strategy):
         if self.landmarks not in LANDMARK_MODES:  # a landmark file: the same for every project, read once
             self.given = Landmarks.load(self.landmarks)
             return self.given
-        cache_key = ("adma_landmarks", self.landmarks, self.exemplars, self.kmeans, self.max_landmarks, self.a_layers)
+        cache_key = self._cache_key()
         if inputs.state is not None and cache_key in inputs.state:
             return inputs.state[cache_key]
         source = inputs.require(Need.SOURCE_FEATURES, self.layers())
@@ -308,16 +385,7 @@ class ADMAStrategy(Strategy):
             if got != want:
                 raise StrategyError(f"ADMA landmarks ({lm.mode}) have {want} values at layer {role}, the model "
                                     f"gives {got}: were they computed with another backbone or input size?")
-        alpha_mode = self.alpha
-        if alpha_mode == "auto":
-            alpha_mode = "source" if lm.classes is not None and inputs.source_probs is not None else "distance"
-        if alpha_mode == "source":
-            if lm.classes is None:
-                raise StrategyError(f"ADMA alpha=source needs class-aligned landmarks; {lm.mode} landmarks are not")
-            alpha = alpha_source(inputs.require(Need.SOURCE_PROBS), lm.classes)
-        else:
-            x0 = inputs.require(Need.SOURCE_FEATURES, (self.a_layers[0],))[self.a_layers[0]]
-            alpha = alpha_distance(x0, lm.a[self.a_layers[0]])
+        alpha_mode, alpha = self._alpha(inputs, lm)
         d, scales = adma_distinctiveness([feats[r] for r in self.a_layers], feats["B"],
                                          [lm.a[r] for r in self.a_layers], lm.b, alpha, self.normalize, self.combine)
         lam = self.lam if self.lam is not None else (1.0 / inputs.planned_rounds if inputs.planned_rounds else 0.1)

@@ -58,6 +58,14 @@ class ScoringInputs:
     # items are the whole unlabeled pool (a publish) or only a request's tasks.
     state: dict | None = None
     full_pool: bool = True
+    # What each item *is* (the backend: a hash of task id and image reference), for per-item caches
+    # that must not outlive a changed image; None: the keys serve; a None entry: do not cache the item.
+    fingerprints: Sequence[str | None] | None = None
+
+    def item_ids(self) -> list[str | None]:
+        """Per-item cache keys: the fingerprints, else the keys."""
+        ids = self.fingerprints if self.fingerprints is not None else self.require(Need.KEYS)
+        return [None if i is None else str(i) for i in ids]
 
     def require(self, need: Need, layers: Sequence[str] = ()) -> Any:
         """The input for ``need``; for FEATURES / SOURCE_FEATURES, check that ``layers`` are there."""
@@ -98,6 +106,12 @@ class Strategy(ABC):
     def views(self) -> int:
         """Number of test-time-augmented views (with Need.VIEW_PROBS)."""
         return 0
+
+    def needs_for(self, fingerprints: Sequence[str] | None, state: dict | None) -> frozenset[Need]:
+        """What the forward pass must compute for these items, given what this strategy keeps in
+        ``state`` (see :attr:`ScoringInputs.state`): a subset of :attr:`needs`. ADMA drops M0's
+        outputs for items whose source-side weights it already holds."""
+        return self.needs
 
     def info(self) -> dict[str, Any]:
         """What the last call decided that a user should see (e.g. ADMA's landmark mode)."""

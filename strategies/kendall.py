@@ -6,9 +6,10 @@ an undefined tau: NaN (ADMA maps it to a neutral distinctiveness of 0.5).
 
 Three implementations, the same numbers:
 
-* ``method="compiled"`` (CPU default): Knight's algorithm, O(K log K) per row, with a Fenwick-tree
-  count compiled by numba; rows are split over ``torch.get_num_threads()`` threads
-  (``strategies/_tau_numba.py``).
+* ``method="compiled"`` (CPU default): Knight's algorithm, O(K log K) per row, compiled by numba:
+  one packed SIMD sort per side gives order and permutation together (rows whose values the packing
+  cannot separate take an exact argsort path), and the discordant pairs are counted with a bitset
+  and popcounts; rows are split over ``torch.get_num_threads()`` threads (``strategies/_tau_numba.py``).
 * ``method="sort"``: O(K log^2 K) per row, vectorised over rows. Rows are sorted by
   (x, y); the number of strictly discordant pairs is counted by a bottom-up merge in which, at each
   level, every element of a right block counts the elements of its left block that are larger

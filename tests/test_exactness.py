@@ -23,6 +23,39 @@ def test_batched_tau_b_equals_scipy(method, k, ties):
     np.testing.assert_allclose(kendall_tau_b(x, y, method=method).numpy(), ref, rtol=0, atol=1e-13)
 
 
+@pytest.mark.parametrize("k", [4096, 4097, 9000])
+def test_compiled_tau_large_k_equals_scipy(k):
+    """Beyond 64 words the inversion count switches to a Fenwick tree over words."""
+    g = torch.Generator().manual_seed(k)
+    x = torch.randn(3, k, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 50, (3, k), generator=g).double()  # ties in y: the ordinal re-numbering
+    ref = np.array([kendalltau(a, b).statistic for a, b in zip(x.numpy(), y.numpy())])
+    np.testing.assert_allclose(kendall_tau_b(x, y, method="compiled").numpy(), ref, rtol=0, atol=1e-13)
+
+
+def test_compiled_tau_packed_sort_falls_back_exactly():
+    """Rows the packed sort cannot order (values equal in their top bits, non-finite values, NaN) go
+    to the exact argsort path; -0.0 ties with 0.0 as in scipy."""
+    from strategies._tau_numba import _CHUNK, tau_rows
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2 * _CHUNK + 5, 50))
+    y = rng.standard_normal(x.shape)
+    x[0] = 1.0 - np.arange(50) * 1e-15  # all 50 differ only in their lowest bits, in reverse column order
+    y[1, :25] = 2.0 - np.arange(25) * 4e-16
+    x[2, 3], x[3, 4], y[4, 7] = np.inf, -np.inf, np.inf
+    x[5, ::2] = -0.0
+    x[5, 1::2] = 0.0
+    x[6, :3] = [5e-324, 0.0, -5e-324]  # subnormals next to zero
+    x[_CHUNK + 1, 10:20] = 3.0  # a tie group in the second chunk
+    x[7, 9] = np.nan  # scipy propagates NaN
+    ref = np.array([kendalltau(a, b).statistic for a, b in zip(x, y)])
+    out = tau_rows(x, y, threads=1)
+    assert np.isnan(out[7]) and np.isnan(ref[7])
+    np.testing.assert_allclose(np.delete(out, 7), np.delete(ref, 7), rtol=0, atol=1e-13)
+    np.testing.assert_array_equal(tau_rows(x, y, threads=2), out)
+
+
 def test_tau_edge_cases():
     x = torch.tensor([[1.0, 2, 3], [5, 5, 5], [1, 2, 3]], dtype=torch.float64)
     y = torch.tensor([[3.0, 2, 1], [1, 2, 3], [1, 2, 3]], dtype=torch.float64)

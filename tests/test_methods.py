@@ -101,9 +101,10 @@ def test_adma_strategy_keeps_landmarks_and_reports_mode(tmp_path):
     s = strategies.get("adma", lam=0.5)
     first = s(ScoringInputs(**{**inputs.__dict__, "state": state, "round": 0}))
     assert s.info()["landmark_mode"] == "pool-exemplars" and s.info()["weight_uncertainty"] == 0.0
-    assert len(state) == 1  # computed once, reused
+    landmark_keys = [k for k in state if k[0] == "adma_landmarks"]
+    assert len(landmark_keys) == 1  # computed once, reused
     # a landmark file gives the same numbers as the same landmarks computed in place
-    lm = next(iter(state.values()))
+    lm = state[landmark_keys[0]]
     lm.save(tmp_path / "lm.pt")
     from_file = strategies.get("adma", lam=0.5, landmarks=str(tmp_path / "lm.pt"))
     torch.testing.assert_close(from_file(ScoringInputs(**{**inputs.__dict__, "round": 0})), first)
@@ -118,6 +119,46 @@ def test_adma_strategy_keeps_landmarks_and_reports_mode(tmp_path):
     s2.set_landmarks(bad)
     with pytest.raises(strategies.StrategyError, match="another backbone"):
         s2(inputs)
+
+
+@pytest.mark.parametrize("spec", ["adma", "adma:landmarks=kmeans:kmeans=5"])
+def test_adma_keeps_alpha_per_item_and_skips_m0_after_the_first_scoring(spec):
+    """α (Eq. 8, or ADMA-distance) depends only on M0 and the landmarks: once every item's α is kept,
+    the scorer may skip M0, and the values are bit-identical to a fresh computation."""
+    from strategies import Need
+    from tests.test_strategies import _inputs, _permute
+
+    inputs = _inputs(30)
+    source = {Need.SOURCE_FEATURES, Need.SOURCE_PROBS}
+    without_m0 = {"source_probs": None, "source_features": {}}
+    s, state = strategies.from_spec(spec), {}
+    keys = list(inputs.keys)
+    assert source <= s.needs_for(keys, state)
+    first = s(ScoringInputs(**{**inputs.__dict__, "state": state}))
+    assert torch.equal(first, strategies.from_spec(spec)(inputs))  # no state: the same numbers
+    assert not source & s.needs_for(keys, state)
+    again = s(ScoringInputs(**{**inputs.__dict__, **without_m0, "state": state}))
+    assert torch.equal(again, first)
+    # order-invariant with kept α as well
+    perm = list(reversed(range(30)))
+    shuffled = s(ScoringInputs(**{**_permute(inputs, perm).__dict__, **without_m0, "state": state}))
+    assert torch.equal(shuffled, first[perm])
+    # an unseen item, an item whose image changed (new fingerprint), an item that cannot be cached
+    assert source <= s.needs_for(keys + ["task-new"], state)
+    assert source <= s.needs_for(["changed"] + keys[1:], state)
+    assert source <= s.needs_for([None] + keys[1:], state)
+    with pytest.raises(strategies.MissingInputError):
+        s(ScoringInputs(**{**inputs.__dict__, **without_m0, "state": state, "fingerprints": ["changed"] + keys[1:]}))
+    # items that leave the pool are forgotten one full-pool scoring later
+    take = lambda idx: ScoringInputs(**{**_permute(inputs, idx).__dict__, "n": len(idx)})  # noqa: E731
+    sub = take(list(range(20)))
+    s(ScoringInputs(**{**sub.__dict__, "state": state}))
+    assert not source & s.needs_for(keys[20:], state)
+    s(ScoringInputs(**{**sub.__dict__, "state": state}))
+    assert source <= s.needs_for(keys[20:], state) and not source & s.needs_for(keys[:20], state)
+    # a request's few tasks (not the full pool) are added without forgetting the rest
+    s(ScoringInputs(**{**take([25]).__dict__, "state": state, "full_pool": False}))
+    assert not source & s.needs_for(keys[:20] + [keys[25]], state)
 
 
 # ----------------------------------------------------------------------------- AIFT

@@ -8,6 +8,7 @@ from ml_backend.service import ModelService
 from ml_backend.settings import Settings
 from ml_backend.trainer import Example, TrainConfig, fine_tune
 from scripts.local_servers import classification_config
+from strategies import Need
 
 CONFIG = classification_config([str(i) for i in range(10)])
 
@@ -82,6 +83,11 @@ def test_every_kind_of_strategy_scores_a_pool_through_the_service(tmp_path, digi
     if spec.startswith("adma"):
         assert state.strategy_info["landmark_mode"] == ("kmeans" if "kmeans" in spec else "pool-exemplars")
         assert state.strategy_state  # landmarks computed once, kept for the next rounds
+        seen, forward = [], model.forward_from_trunk
+        model.forward_from_trunk = lambda z, needs, layers=(): seen.append(set(needs)) or forward(z, needs, layers)
+        again = service.score(state, pool, model, state.version, reset_pool=True)
+        assert seen and not any({Need.SOURCE_PROBS, Need.SOURCE_FEATURES} & needs for needs in seen)  # M0 skipped
+        assert [r["score"] for r in again] == [r["score"] for r in results]  # with α kept per task
     assert "strategy_info" in service.metrics()["projects"]["1"]
     service.close()
 
