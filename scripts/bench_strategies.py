@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--tau-rows", type=int, default=2000)
+    parser.add_argument("--tau-repeats", type=int, default=5)
     parser.add_argument("--strategies", default="", help="comma list of strategy specs (default: all)")
     args = parser.parse_args()
 
@@ -93,15 +94,19 @@ def main() -> None:
     g = torch.Generator().manual_seed(1)
     a = torch.randn(args.tau_rows, 1000, generator=g, dtype=torch.float64)
     b = torch.randn(args.tau_rows, 1000, generator=g, dtype=torch.float64)
-    strategies.kendall_tau_b(a[:4].to(device), b[:4].to(device))  # JIT warm-up
-    t_batched = timed(lambda: strategies.kendall_tau_b(a.to(device), b.to(device)), 1) / args.tau_rows
-    t_one = 0.0
-    if device.type != "cuda":
-        from strategies._tau_numba import tau_rows
-
-        t_one = timed(lambda: tau_rows(a.numpy(), b.numpy(), threads=1), 1) / args.tau_rows
+    strategies.kendall_tau_b(a[:64].to(device), b[:64].to(device))  # JIT warm-up
     sample = min(200, args.tau_rows)
-    t_scipy = timed(lambda: [kendalltau(u, v) for u, v in zip(a[:sample].numpy(), b[:sample].numpy())], 1) / sample
+    compiled = device.type != "cuda"
+    if compiled:
+        from strategies._tau_numba import tau_rows
+    tau_runs = []  # interleaved repetitions (this shared VM's speed drifts): batched, one thread, scipy
+    for _ in range(args.tau_repeats):
+        t_batched = timed(lambda: strategies.kendall_tau_b(a.to(device), b.to(device)), 1) / args.tau_rows
+        t_one = timed(lambda: tau_rows(a.numpy(), b.numpy(), threads=1), 1) / args.tau_rows if compiled else 0.0
+        t_scipy = timed(lambda: [kendalltau(u, v) for u, v in zip(a[:sample].numpy(), b[:sample].numpy())], 1) / sample
+        tau_runs.append((t_batched, t_one, t_scipy))
+    t_batched, t_one, t_scipy = (statistics.median(r[i] for r in tau_runs) for i in range(3))
+    ratios = [r[2] / r[0] for r in tau_runs]
 
     print(f"backbone={args.backbone} pool={args.pool} input={args.size}px classes={args.classes} device={device} "
           f"batch={args.batch_size} torch_threads={torch.get_num_threads()}")
@@ -111,8 +116,9 @@ def main() -> None:
         print(f"  {name:<{width}} {args.pool / t:8.1f} images/s  (plain forward {args.pool / t_plain:8.1f})  "
               f"ratio to forward = {t_plain / t:.2f}{extra}")
     method = "pairwise" if device.type == "cuda" else "compiled"
-    print(f"Kendall tau-b at K=1000: batched ({method}) {t_batched * 1e6:.0f} us/row, scipy {t_scipy * 1e6:.0f} us/row, "
-          f"speed-up = {t_scipy / t_batched:.2f}x (torch threads {torch.get_num_threads()})")
+    print(f"Kendall tau-b at K=1000 (medians of {args.tau_repeats} interleaved runs): batched ({method}) "
+          f"{t_batched * 1e6:.0f} us/row, scipy {t_scipy * 1e6:.0f} us/row, speed-up = {t_scipy / t_batched:.2f}x "
+          f"(per run {min(ratios):.1f}x to {max(ratios):.1f}x; torch threads {torch.get_num_threads()})")
     if t_one:
         print(f"Kendall tau-b, compiled on one thread: {t_one * 1e6:.0f} us/row, speed-up = {t_scipy / t_one:.2f}x")
 
