@@ -50,8 +50,9 @@ def run_live(cfg: dict, spec: str, seed: int, ls, workdir: Path, progress=None) 
         "SEED": str(seed), "BACKBONE": cfg["backbone"], "WEIGHTS": cfg["m0"], "DEVICE": cfg["device"],
         "TRAIN_STEPS": str(cfg["steps"]), "TRAIN_LR": str(cfg["lr"]), "TRAIN_DEBOUNCE_S": "1",
         "TRAIN_MIN_NEW_LABELS": str(min(cfg["batch"], cfg["initial"])), "REVIEW_TOP": "0", "LOG_LEVEL": "WARNING",
+        "QUEUE_DIVERSITY": cfg.get("queue", "off"), "QUEUE_DIVERSITY_TOP": str(cfg.get("queue_diversity_top", 100)),
     }
-    run_dir = workdir / f"{spec.replace(':', '_').replace('/', '_')}-seed{seed}"
+    run_dir = workdir / f"{spec.replace(':', '_').replace('/', '_')}-queue_{cfg.get('queue', 'off')}-seed{seed}"
     with BackendProcess(run_dir, env) as backend:
         project = ls.create_project(f"live {spec} seed {seed}", classes)
         ids = []
@@ -117,4 +118,6 @@ def run_live(cfg: dict, spec: str, seed: int, ls, workdir: Path, progress=None) 
             if progress is not None:
                 progress(1)
         info = st.get("strategy_info") or {}
-    return {"strategy": spec, "seed": seed, "live": True, "rounds": rounds, **({"strategy_info": info} if info else {})}
+    from scripts.simulate import run_name
+
+    return {"strategy": run_name(spec, cfg), "seed": seed, "live": True, "rounds": rounds, **({"strategy_info": info} if info else {})}

@@ -191,24 +191,30 @@ def run_al(cfg: dict, spec: str, seed: int, progress=None) -> dict:
     rounds = [_step(model, z, y, labeled, labeled, test, cfg, seed, 0, 0.0, bs)]
     state: dict = {}
     layers = strategy.layers()
+    queue = cfg.get("queue", "off")
     for r in range(1, cfg["rounds"] + 1):
         started = time.perf_counter()
         taken = set(labeled)
         unlabeled = [int(i) for i in pool if int(i) not in taken]
         keys = [f"{i:06d}" for i in unlabeled]
-        merged = forward_batches(model, z[unlabeled], scoring_needs(strategy, fingerprints=keys, state=state), layers, bs)
+        needs = scoring_needs(strategy, queue != "off", fingerprints=keys, state=state)
+        merged = forward_batches(model, z[unlabeled], needs, layers, bs)
         inputs = build_inputs(strategy, model, merged, keys, labeled_trunk=z[labeled],
                               images=lambda: x[unlabeled], round_=r - 1, planned_rounds=cfg["rounds"], state=state,
                               batch_size=bs)
         values = strategy(inputs)
+        if queue != "off":  # the backend's QUEUE_DIVERSITY: the annotator takes the round's b tasks in this order
+            values = strategies.diverse_queue(values, merged["embeddings"], cfg["queue_diversity_top"])
         order = torch.argsort(values, descending=True, stable=True)[: cfg["batch"]]
         new = [unlabeled[int(i)] for i in order]
         labeled += new
         rounds.append(_step(model, z, y, labeled, new, test, cfg, seed, r, time.perf_counter() - started, bs))
+        rounds[-1]["selected"] = new  # dataset indices, in the order they were taken
         if progress is not None:
             progress(1)
     info = strategy.info()
-    return {"strategy": spec, "seed": seed, "rounds": rounds, **({"strategy_info": _jsonable(info)} if info else {})}
+    return {"strategy": run_name(spec, cfg), "seed": seed, "rounds": rounds,
+            **({"strategy_info": _jsonable(info)} if info else {})}
 
 
 def run_novel(cfg: dict, spec: str, seed: int, progress=None) -> dict:
@@ -284,6 +290,12 @@ def _jsonable(obj):
     return obj
 
 
+def run_name(spec: str, cfg: dict) -> str:
+    """A run's name in the results: the strategy spec, plus the queue order when it is not plain."""
+    queue = cfg.get("queue", "off")
+    return spec if queue == "off" else f"{spec} +queue={queue}@{cfg['queue_diversity_top']}"
+
+
 def _runner(cfg: dict):
     return run_novel if cfg["dataset"] == "digits-novel" else run_al
 
@@ -339,6 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (results.json, summary.md, curves.png)")
     p.add_argument("--live", action="store_true",
                    help="run the loop through a real Label Studio and the real backend (its queue decides the order)")
+    p.add_argument("--queue-diversity", choices=("off", "coreset", "compare"), default="off",
+                   help="the backend's QUEUE_DIVERSITY: re-order the top --queue-diversity-top candidates by "
+                        "k-center greedy before a round's labels are taken; 'compare' runs every strategy both ways")
+    p.add_argument("--queue-diversity-top", type=int, default=100, help="candidates re-ordered (QUEUE_DIVERSITY_TOP)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -379,7 +395,12 @@ def config_from_args(args, parser) -> dict:
         "dataset": dataset, "source": args.source, "strategies": specs, "backbone": args.backbone,
         "weights": args.weights, "device": args.device, "seeds": seeds, "cache": args.cache,
         "workers": max(1, args.workers), "progress": not args.no_progress, "live": args.live,
+        "queue_diversity": args.queue_diversity, "queue_diversity_top": args.queue_diversity_top,
     }
+    if args.queue_diversity != "off" and track == "digits-novel":
+        parser.error("--queue-diversity re-orders a per-instance queue; digits-novel selects whole sets")
+    if args.queue_diversity_top < 2:
+        parser.error("--queue-diversity-top must be at least 2")
     if args.live:
         from scripts.local_servers import LS_BIN
 
@@ -433,7 +454,9 @@ def simulate(cfg: dict) -> dict:
 
     check_budget(cfg)
     cfg["m0"] = pretrain_source(cfg)
-    jobs = [(cfg, spec, seed) for seed in cfg["seeds"] for spec in cfg["strategies"]]
+    mode = cfg.get("queue_diversity", "off")
+    variants = [{**cfg, "queue": q} for q in (("off", "coreset") if mode == "compare" else (mode,))]
+    jobs = [(c, spec, seed) for seed in cfg["seeds"] for spec in cfg["strategies"] for c in variants]
     total = len(jobs) * cfg["rounds"]
     runs = []
     started = time.perf_counter()
@@ -464,7 +487,7 @@ def simulate(cfg: dict) -> dict:
                     runs.append(run)
                     bar.update(len(run["rounds"]) - 1)
                     bar.set_postfix_str(f"done {run['strategy']} seed {run['seed']}")
-    order = {(spec, seed): i for i, (_, spec, seed) in enumerate(jobs)}
+    order = {(run_name(spec, c), seed): i for i, (c, spec, seed) in enumerate(jobs)}
     runs.sort(key=lambda r: order[(r["strategy"], r["seed"])])
     public = {k: v for k, v in cfg.items() if k not in ("progress", "threads")}
     return {"config": public, "versions": versions(), "seeds": cfg["seeds"], "runs": runs,

@@ -61,6 +61,23 @@ def test_imagefolder_track_with_source(tmp_path, digits64):
     assert len(results["runs"]) == 6
 
 
+def test_queue_diversity_compare_runs_each_strategy_both_ways(tmp_path):
+    results, out = run(tmp_path, "--dataset", "digits", "--strategies", "margin", "--batch", "4",
+                       "--queue-diversity", "compare", "--queue-diversity-top", "30")
+    jsonschema.validate(results, RESULTS_SCHEMA)
+    runs = {(r["strategy"], r["seed"]): r for r in results["runs"]}
+    assert set(runs) == {(name, seed) for name in ("margin", "margin +queue=coreset@30") for seed in (0, 1)}
+    differ = 0
+    for seed in (0, 1):
+        plain, queued = runs[("margin", seed)]["rounds"], runs[("margin +queue=coreset@30", seed)]["rounds"]
+        assert plain[0]["accuracy"] == queued[0]["accuracy"]  # same seed set and head before any choice
+        # k-center greedy starts from the best candidate, then spreads over the top 30
+        assert plain[1]["selected"][0] == queued[1]["selected"][0] and len(set(queued[1]["selected"])) == 4
+        differ += set(plain[1]["selected"]) != set(queued[1]["selected"])
+    assert differ
+    assert "margin +queue=coreset@30" in (out / "summary.md").read_text()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--strategies", "random,best"], "unknown strategy 'best'"),
     (["--strategies", "adma:lam"], "bad strategy option"),
@@ -70,6 +87,8 @@ def test_imagefolder_track_with_source(tmp_path, digits64):
     (["--seeds", "0"], "--seeds must be at least 1"),
     (["--rounds", "0"], "--rounds must be at least 1"),
     (["--source", "/tmp"], "--source only goes with"),
+    (["--dataset", "digits-novel", "--strategies", "margin", "--queue-diversity", "coreset"], "selects whole sets"),
+    (["--queue-diversity-top", "1"], "--queue-diversity-top must be at least 2"),
 ])
 def test_bad_flags_are_refused_clearly(args, message, capsys):
     with pytest.raises(SystemExit) as exc:
