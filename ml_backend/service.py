@@ -55,6 +55,7 @@ class ProjectState:
     labeled_trunk: list = field(default_factory=list)  # trunk activations of the last round's labels
     strategy_state: dict = field(default_factory=dict)  # what a strategy computes once (ADMA's landmarks)
     strategy_info: dict = field(default_factory=dict)  # what the strategy reported at the last publish
+    strategy_saved: bool = False  # strategy_state's persistent part is on disk (strategy_state.pt)
     review: list = field(default_factory=list)  # suspicious annotations of the last round
     dropped: list = field(default_factory=list)  # tasks left out by TRAIN_DROP_HARMFUL in the last round
     version: str = ""
@@ -153,6 +154,7 @@ class ModelService:
         state.version = self.version_of(state)
         if meta.get("published_version") == state.version:
             state.published_version = state.version
+        self._load_strategy_state(state)
         self.projects[key] = state
         log.info("project %s: restored %s (round t=%d, %d labels) from %s",
                  key, state.version, state.round, len(state.labels_used), meta["path"])
@@ -323,6 +325,8 @@ class ModelService:
             values = acquisition.numpy()
             if reset_pool and info:
                 state.strategy_info = info
+            if reset_pool:
+                self._save_strategy_state(state)
             labels = [model.active[j] for j in merged["probs"].argmax(dim=1).tolist()]
 
         with state.lock:
@@ -352,6 +356,46 @@ class ModelService:
         return results  # type: ignore[return-value]
 
     # ----------------------------------------------------------------------------- versions
+    def _strategy_state_file(self, state: ProjectState) -> tuple[Path, str]:
+        ident = json.dumps([self.base.spec.name, self.base.weights, self.strategy.name, self.strategy.params()],
+                           sort_keys=True, default=str)
+        return self.project_dir(state.key) / "strategy_state.pt", hashlib.sha1(ident.encode()).hexdigest()[:12]
+
+    def _save_strategy_state(self, state: ProjectState) -> None:
+        """Write what the strategy computed once from the pool (ADMA's landmarks) beside the
+        checkpoints, once, atomically: after a restart the project scores as before."""
+        if state.strategy_saved:
+            return
+        saved = self.strategy.saved_state(state.strategy_state)
+        if saved is None:
+            return
+        path, ident = self._strategy_state_file(state)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            torch.save({"ident": ident, "state": saved}, tmp)
+            tmp.replace(path)
+            state.strategy_saved = True
+        except OSError as exc:  # the landmarks stay in memory; only a restart would recompute them
+            log.warning("project %s: cannot save the strategy's state to %s: %s", state.key, path, exc)
+            tmp.unlink(missing_ok=True)
+
+    def _load_strategy_state(self, state: ProjectState) -> None:
+        path, ident = self._strategy_state_file(state)
+        if not path.is_file():
+            return
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+            ok = data.get("ident") == ident and self.strategy.restore_state(state.strategy_state, data["state"])
+        except Exception as exc:  # damaged: recomputed at the next full-pool scoring
+            log.warning("project %s: ignoring %s (%s); the strategy recomputes it", state.key, path, exc)
+            return
+        if ok:
+            state.strategy_saved = True
+            log.info("project %s: restored the strategy's state from %s", state.key, path)
+        else:
+            log.info("project %s: %s was saved for another backbone or strategy; not used", state.key, path)
+
     def save_version(self, state: ProjectState, model: AdaptedModel, round_: int, labels_used: dict,
                      metrics: dict) -> tuple[str, str]:
         """Checkpoint a trained model as the next version; returns (version, checkpoint id).

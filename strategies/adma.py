@@ -292,6 +292,21 @@ class ADMAStrategy(Strategy):
             return self.needs
         return self.needs - {Need.SOURCE_FEATURES, Need.SOURCE_PROBS}
 
+    def saved_state(self, state: dict) -> dict | None:
+        lm = state.get(self._cache_key()) if self.given is None else None
+        if lm is None:
+            return None
+        return {"key": repr(self._cache_key()), "a": lm.a, "b": lm.b, "classes": lm.classes, "mode": lm.mode}
+
+    def restore_state(self, state: dict, saved: dict) -> bool:
+        if self.given is not None or saved.get("key") != repr(self._cache_key()):
+            return False
+        lm = Landmarks(dict(saved["a"]), saved["b"], saved.get("classes"), str(saved["mode"]))
+        if lm.b.dim() != 2 or any(v.shape[0] != lm.k for v in lm.a.values()):
+            return False
+        state[self._cache_key()] = lm
+        return True
+
     def _alpha(self, inputs: ScoringInputs, lm: Landmarks) -> tuple[str, torch.Tensor]:
         """(mode, α (N, K) float64). Per item the compact form is kept in ``inputs.state``: M0's
         source probabilities of the landmarks' classes (float32, as M0 gives them; Eq. 8 is applied

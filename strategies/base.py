@@ -117,6 +117,16 @@ class Strategy(ABC):
         """What the last call decided that a user should see (e.g. ADMA's landmark mode)."""
         return {}
 
+    def saved_state(self, state: dict) -> dict | None:
+        """What of a project's ``state`` must survive a restart, as tensors, strings and numbers (for
+        ``torch.load(weights_only=True)``); None: nothing. ADMA saves the landmarks it computed from
+        the pool, which a restart could not recompute from the same pool."""
+        return None
+
+    def restore_state(self, state: dict, saved: dict) -> bool:
+        """Put back what :meth:`saved_state` returned; False when it does not fit this strategy."""
+        return False
+
     @abstractmethod
     def acquisition(self, inputs: ScoringInputs) -> torch.Tensor:
         """Acquisition values, shape (N,), larger = label first."""

@@ -118,6 +118,47 @@ def test_adma_reference_folder_and_landmark_file(tmp_path, digits64):
         service_for(tmp_path / "m3", STRATEGY=f"adma:landmarks={out}", BACKBONE="alexnet")
 
 
+def test_adma_landmarks_from_the_pool_survive_a_restart(tmp_path, digits64, caplog):
+    service = service_for(tmp_path, STRATEGY="adma")
+    service.setup("3", CONFIG)
+    state = service.projects["3"]
+    pool = tasks(digits64, 40)
+    model = service.model(state).clone()
+    trunks = service.trunk_activations(state, model, pool[:10])
+    examples = [Example(str(t["id"]), digits64[i][2], True, trunk=trunks[i]) for i, t in enumerate(pool[:10])]
+    used = {e.key: str(e.label) for e in examples}
+    version, checkpoint = service.save_version(state, model, 1, used, fine_tune(model, examples, TrainConfig(steps=5)))
+    service.serve(state, model, 1, used, checkpoint)
+    service.score(state, pool[10:], service.model(state), state.version, reset_pool=True)  # F3 from 30 tasks
+    saved = service.strategy.saved_state(state.strategy_state)
+    assert saved is not None and (tmp_path / "projects" / "3" / "strategy_state.pt").is_file()
+    before = service.score(state, pool[25:], service.model(state), state.version, reset_pool=True)
+    service.close()
+
+    again = service_for(tmp_path, STRATEGY="adma")  # a restart: the landmarks come back from disk
+    restored = again.projects["3"]
+    lm = again.strategy._known_landmarks(restored.strategy_state)
+    assert lm is not None and torch.equal(lm.b, saved["b"]) and torch.equal(lm.classes, saved["classes"])
+    after = again.score(restored, pool[25:], again.model(restored), restored.version, reset_pool=True)
+    assert [r["score"] for r in after] == [r["score"] for r in before]
+    again.close()
+    fresh = service_for(tmp_path / "elsewhere", STRATEGY="adma")  # what a restart without them would score
+    fresh.setup("3", CONFIG)
+    s3 = fresh.projects["3"]
+    fresh.serve(s3, restored.model, 1, used, checkpoint)
+    other = fresh.score(s3, pool[25:], fresh.model(s3), s3.version, reset_pool=True)
+    assert [r["acquisition"] for r in other] != [r["acquisition"] for r in before]  # F3 from 15 tasks differs
+    fresh.close()
+
+    (tmp_path / "projects" / "3" / "strategy_state.pt").write_bytes(b"not a torch file")
+    damaged = service_for(tmp_path, STRATEGY="adma")
+    assert damaged.projects["3"].strategy_state == {} and "recomputes it" in caplog.text
+    damaged.close()
+    other_params = service_for(tmp_path, STRATEGY="adma:exemplars=2")  # saved for other settings: not used
+    assert other_params.projects["3"].strategy_state == {}
+    other_params.close()
+
+
 def test_influence_dropout_and_review_on_a_trained_head(tmp_path, digits64):
     from ml_backend.learning import Learner
 
