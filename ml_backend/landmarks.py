@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from strategies import Need
@@ -48,6 +48,27 @@ def landmarks_from_images(model: AdaptedModel, images: torch.Tensor, labels: tor
         lm.mode = mode
         return lm
     return medoid_landmarks(a, acts["B"], labels, per_class, seed, mode)
+
+
+class ImageSource:
+    """:class:`strategies.base.SourceData` over preprocessed source images (a tensor, or a function
+    that makes it: called only if a strategy asks) and their labels."""
+
+    def __init__(self, model: AdaptedModel, images: torch.Tensor | Callable[[], torch.Tensor],
+                 labels: torch.Tensor | None, seed: int = 0):
+        self.model, self._images, self.labels, self.seed = model, images, labels, seed
+
+    @property
+    def images(self) -> torch.Tensor:
+        if callable(self._images):
+            self._images = self._images()
+        return self._images
+
+    def activations(self, roles: Sequence[str], limit: int | None = None) -> dict[str, torch.Tensor]:
+        return source_activations(self.model, self.images[:limit], tuple(roles))
+
+    def landmarks(self, roles: Sequence[str], per_class: int) -> Landmarks:
+        return landmarks_from_images(self.model, self.images, self.labels, roles, per_class=per_class, seed=self.seed)
 
 
 def landmarks_for_folder(base: LoadedBackbone, folder: Path, device: torch.device, cache_dir: Path,

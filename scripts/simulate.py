@@ -153,19 +153,15 @@ def _step(model, z, y, labeled, new, test, cfg, seed, round_, score_s, bs) -> di
 
 
 def _prepare_strategy(strategy, cfg, model, ds):
-    """ADMA and MMD get the source task when there is one (landmark mode source-data)."""
-    from ml_backend.landmarks import landmarks_from_images, source_activations
+    """Hand the source task (2000 seeded images) to the strategy, when the track has one; ADMA takes
+    landmarks from it (mode source-data), MMD a source sample, the others nothing."""
+    from ml_backend.landmarks import ImageSource
 
     if ds.source is None:
         return
     g = torch.Generator().manual_seed(0)
     idx = torch.randperm(len(ds.source.y), generator=g)[:2000]
-    x = _resize_for(cfg["backbone"], ds.source.x[idx])
-    if strategy.name == "adma" and strategy.landmarks == "auto" and strategy.given is None:
-        lm = landmarks_from_images(model, x, ds.source.y[idx], strategy.layers(), per_class=5, seed=0)
-        strategy.set_landmarks(lm)
-    if strategy.name == "mmd" and strategy.source is None:
-        strategy.set_source(source_activations(model, x[:1000], ("B",))["B"])
+    strategy.set_source_data(ImageSource(model, lambda: _resize_for(cfg["backbone"], ds.source.x[idx]), ds.source.y[idx]))
 
 
 def run_al(cfg: dict, spec: str, seed: int, progress=None) -> dict:

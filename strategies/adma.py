@@ -266,6 +266,11 @@ class ADMAStrategy(Strategy):
     def info(self) -> dict:
         return dict(self._info)
 
+    def set_source_data(self, source) -> None:
+        """With source data, ``landmarks=auto`` takes 5 k-means sub-centers per source class."""
+        if self.landmarks == "auto" and self.given is None:
+            self.set_landmarks(source.landmarks(self.layers(), per_class=5))
+
     def set_landmarks(self, landmarks: Landmarks) -> None:
         """Use landmarks computed from source data or a reference folder (modes source-data/file)."""
         self.given = landmarks

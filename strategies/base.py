@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Protocol, Sequence
 
 import torch
 
@@ -80,6 +80,17 @@ class ScoringInputs:
         return value
 
 
+class SourceData(Protocol):
+    """Labeled source-task images seen through the original model M0, computed on demand."""
+
+    def activations(self, roles: Sequence[str], limit: int | None = None) -> dict[str, torch.Tensor]:
+        """M0's flattened activations at ``roles`` for (the first ``limit``) source images."""
+
+    def landmarks(self, roles: Sequence[str], per_class: int) -> Any:
+        """Landmarks (``strategies.adma.Landmarks``) at ``roles`` and B: ``per_class`` k-means
+        sub-centers per source class (METHODS.md §1.3, Eqs. 1-2)."""
+
+
 class Strategy(ABC):
     """Base class: a thin object around a pure acquisition function.
 
@@ -116,6 +127,10 @@ class Strategy(ABC):
     def info(self) -> dict[str, Any]:
         """What the last call decided that a user should see (e.g. ADMA's landmark mode)."""
         return {}
+
+    def set_source_data(self, source: "SourceData") -> None:
+        """Called when labeled source-task data exists (the simulation's tracks): a strategy that can
+        use it takes what it needs (ADMA: landmarks, MMD: a source sample); the rest ignore it."""
 
     def saved_state(self, state: dict) -> dict | None:
         """What of a project's ``state`` must survive a restart, as tensors, strings and numbers (for

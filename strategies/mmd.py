@@ -115,6 +115,11 @@ class MMDStrategy(BudgetStrategy):
     def set_source(self, features: torch.Tensor) -> None:
         self.source = features.flatten(1)
 
+    def set_source_data(self, source) -> None:
+        """With source data, the source sample is M0's layer B for up to 1000 source images."""
+        if self.source is None:
+            self.set_source(source.activations(("B",), limit=1000)["B"])
+
     def ordered_values(self, inputs: ScoringInputs, perm: torch.Tensor) -> torch.Tensor:
         from .adma import exemplar_landmarks
 

@@ -28,6 +28,8 @@ def test_every_strategy_on_the_digits_track(tmp_path):
         assert [x["labels"] for x in r["rounds"]] == [10, 13, 16]  # round 0 is the initial model
     adma = next(r for r in results["runs"] if r["strategy"] == "adma")
     assert adma["strategy_info"]["landmark_mode"] == "source-data"  # landmarks from the source task
+    mmd = next(r for r in results["runs"] if r["strategy"] == "mmd")
+    assert mmd["strategy_info"]["source"] == "source-data"  # a sample of the source task
     assert (out / "curves.png").stat().st_size > 10_000 and "| `random` |" in (out / "summary.md").read_text()
 
 
