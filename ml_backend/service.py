@@ -168,8 +168,9 @@ class ModelService:
             self.secrets.add(access_token)
         with self._lock:
             state = self.projects.get(key)
-            if state is None:
+            if state is None:  # (a project with no checkpoint yet may still have the strategy's state saved)
                 state = self.projects[key] = ProjectState(key, config)
+                self._load_strategy_state(state)
         with state.lock:
             if state.config != config:
                 if state.model is not None:

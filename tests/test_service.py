@@ -150,6 +150,16 @@ def test_adma_landmarks_from_the_pool_survive_a_restart(tmp_path, digits64, capl
     assert [r["acquisition"] for r in other] != [r["acquisition"] for r in before]  # F3 from 15 tasks differs
     fresh.close()
 
+    import shutil  # a project connected and published but not trained yet (no checkpoint): kept as well
+
+    (tmp_path / "untrained" / "projects" / "3").mkdir(parents=True)
+    shutil.copy(tmp_path / "projects" / "3" / "strategy_state.pt", tmp_path / "untrained" / "projects" / "3")
+    untrained = service_for(tmp_path / "untrained", STRATEGY="adma")
+    assert "3" not in untrained.projects
+    untrained.setup("3", CONFIG)
+    assert torch.equal(untrained.strategy._known_landmarks(untrained.projects["3"].strategy_state).b, saved["b"])
+    untrained.close()
+
     (tmp_path / "projects" / "3" / "strategy_state.pt").write_bytes(b"not a torch file")
     damaged = service_for(tmp_path, STRATEGY="adma")
     assert damaged.projects["3"].strategy_state == {} and "recomputes it" in caplog.text
