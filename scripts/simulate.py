@@ -450,6 +450,7 @@ def simulate(cfg: dict) -> dict:
 
     check_budget(cfg)
     cfg["m0"] = pretrain_source(cfg)
+    cfg["threads"] = 1 if cfg["workers"] > 1 else max(1, torch.get_num_threads())  # per run
     mode = cfg.get("queue_diversity", "off")
     variants = [{**cfg, "queue": q} for q in (("off", "coreset") if mode == "compare" else (mode,))]
     jobs = [(c, spec, seed) for seed in cfg["seeds"] for spec in cfg["strategies"] for c in variants]
@@ -468,14 +469,12 @@ def simulate(cfg: dict) -> dict:
                     bar.set_postfix_str(f"live {spec} seed {seed}")
                     runs.append(run_live(c, spec, seed, ls, Path(tmp), progress=bar.update))
         elif cfg["workers"] == 1:
-            cfg["threads"] = max(1, torch.get_num_threads())
             for c, spec, seed in jobs:
                 bar.set_postfix_str(f"{spec} seed {seed}")
                 runs.append(_runner(c)(c, spec, seed, progress=bar.update))
         else:
             import multiprocessing as mp
 
-            cfg["threads"] = 1
             with ProcessPoolExecutor(cfg["workers"], mp_context=mp.get_context("spawn")) as pool:
                 futures = {pool.submit(_job, job): job for job in jobs}
                 for f in as_completed(futures):
