@@ -231,17 +231,19 @@ class ModelService:
         data = task.get("data")
         return task.get("id"), data.get(state.config.value_key) if isinstance(data, dict) else None
 
-    def _fingerprint(self, state: ProjectState, task: dict) -> str | None:
+    def _fingerprint(self, reference: tuple) -> str | None:
         """What a task *is* for every per-task cache (trunk activations, a strategy's per-item
-        state): task id and image reference; None when either is missing (nothing is cached)."""
-        task_id, ref = self._reference(state, task)
+        state), from its (task id, image reference); None when either is missing (nothing is cached)."""
+        task_id, ref = reference
         return self.features.key(task_id, ref) if task_id is not None and isinstance(ref, str) else None
 
-    def trunk_activations(self, state: ProjectState, model: AdaptedModel, tasks: Sequence[dict]) -> list:
+    def trunk_activations(self, state: ProjectState, model: AdaptedModel, tasks: Sequence[dict],
+                          keys: Sequence[str | None] | None = None) -> list:
         """Per task: trunk activations (from the frozen-feature cache when present) or the
-        ImageError that explains why there are none. Downloads overlap the trunk forward pass."""
+        ImageError that explains why there are none. Downloads overlap the trunk forward pass.
+        ``keys``: the tasks' fingerprints when the caller has them already."""
         refs = [self._reference(state, t) for t in tasks]
-        keys = [self._fingerprint(state, t) for t in tasks]
+        keys = list(keys) if keys is not None else [self._fingerprint(r) for r in refs]
         out: list = [None] * len(tasks)
         missing = []
         for i, key in enumerate(keys):
@@ -282,13 +284,13 @@ class ModelService:
         good: list[int] = []
         parts: list[dict] = []
         diversity = reset_pool and self.settings.queue_diversity != "off"
-        fingerprints = [self._fingerprint(state, t) for t in tasks]
+        fingerprints = [self._fingerprint(self._reference(state, t)) for t in tasks]
         needs = scoring_needs(self.strategy, diversity, fingerprints, state.strategy_state)
         layers, bs = self.strategy.layers(), self.settings.batch_size
         chunk = max(bs, 256)
         for start in range(0, len(tasks), chunk):  # bounded memory for large pools
             part_tasks = tasks[start:start + chunk]
-            activations = self.trunk_activations(state, model, part_tasks)
+            activations = self.trunk_activations(state, model, part_tasks, fingerprints[start:start + chunk])
             ok = [j for j, a in enumerate(activations) if not isinstance(a, ImageError)]
             for j, a in enumerate(activations):
                 if isinstance(a, ImageError):

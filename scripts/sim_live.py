@@ -39,7 +39,7 @@ def _annotate(ls, task: int, label: str) -> None:
 
 def run_live(cfg: dict, spec: str, seed: int, ls, workdir: Path, progress=None) -> dict:
     from scripts.local_servers import BackendProcess, wait_for
-    from scripts.simulate import _split, load_dataset
+    from scripts.simulate import _split, load_dataset, run_name
 
     ds = load_dataset(cfg["dataset"], cfg.get("source"), cfg["backbone"])
     x, y, classes = ds.target.x, ds.target.y, ds.target.classes
@@ -118,6 +118,4 @@ def run_live(cfg: dict, spec: str, seed: int, ls, workdir: Path, progress=None) 
             if progress is not None:
                 progress(1)
         info = st.get("strategy_info") or {}
-    from scripts.simulate import run_name
-
     return {"strategy": run_name(spec, cfg), "seed": seed, "live": True, "rounds": rounds, **({"strategy_info": info} if info else {})}

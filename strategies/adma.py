@@ -64,25 +64,39 @@ class Landmarks:
     def k(self) -> int:
         return int(self.b.shape[0])
 
+    def to_dict(self) -> dict:
+        """Tensors, strings and numbers only (readable with ``torch.load(weights_only=True)``)."""
+        return {"a": self.a, "b": self.b, "classes": self.classes, "mode": self.mode, "meta": self.meta}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Landmarks":
+        """The inverse of :meth:`to_dict`; ValueError when the landmark counts disagree."""
+        lm = cls(dict(data["a"]), data["b"], data.get("classes"), str(data.get("mode", "file")),
+                 dict(data.get("meta") or {}))
+        if lm.b.dim() != 2 or any(v.shape[0] != lm.k for v in lm.a.values()):
+            raise ValueError("inconsistent landmark counts")
+        return lm
+
     def save(self, path: str | Path) -> None:
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
-        torch.save({"a": self.a, "b": self.b, "classes": self.classes, "mode": self.mode, "meta": self.meta}, tmp)
+        torch.save(self.to_dict(), tmp)
         tmp.replace(path)
 
     @classmethod
     def load(cls, path: str | Path) -> "Landmarks":
         try:
             data = torch.load(Path(path), map_location="cpu", weights_only=True)
-            lm = cls(dict(data["a"]), data["b"], data.get("classes"), str(data.get("mode", "file")),
-                     dict(data.get("meta") or {}))
         except FileNotFoundError:
             raise StrategyError(f"ADMA landmark file {path} does not exist") from None
         except Exception as exc:
             raise StrategyError(f"ADMA landmark file {path} is not readable: {exc}") from None
-        if lm.b.dim() != 2 or any(v.shape[0] != lm.k for v in lm.a.values()):
-            raise StrategyError(f"ADMA landmark file {path}: inconsistent landmark counts")
-        return lm
+        try:
+            return cls.from_dict(data)
+        except ValueError as exc:
+            raise StrategyError(f"ADMA landmark file {path}: {exc}") from None
+        except Exception as exc:
+            raise StrategyError(f"ADMA landmark file {path} is not readable: {exc}") from None
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -278,6 +292,9 @@ class ADMAStrategy(Strategy):
     def _cache_key(self) -> tuple:
         return ("adma_landmarks", self.landmarks, self.exemplars, self.kmeans, self.max_landmarks, self.a_layers)
 
+    def _alpha_key(self) -> tuple:
+        return ("adma_alpha", self.alpha, self._cache_key())
+
     def _known_landmarks(self, state: dict | None) -> Landmarks | None:
         """The landmarks when they exist without a forward pass (given, read, or kept in ``state``)."""
         if self.given is not None:
@@ -291,7 +308,7 @@ class ADMAStrategy(Strategy):
         lm = self._known_landmarks(state)
         if lm is None or state is None or fingerprints is None:
             return self.needs
-        cache = state.get(("adma_alpha", self.alpha, self._cache_key()))
+        cache = state.get(self._alpha_key())
         if cache is None or cache["landmarks"] is not lm or not all(
                 f is not None and (str(f) in cache["rows"] or str(f) in cache["old"]) for f in fingerprints):
             return self.needs
@@ -301,15 +318,15 @@ class ADMAStrategy(Strategy):
         lm = state.get(self._cache_key()) if self.given is None else None
         if lm is None:
             return None
-        return {"key": repr(self._cache_key()), "a": lm.a, "b": lm.b, "classes": lm.classes, "mode": lm.mode}
+        return {"key": repr(self._cache_key()), "landmarks": lm.to_dict()}
 
     def restore_state(self, state: dict, saved: dict) -> bool:
         if self.given is not None or saved.get("key") != repr(self._cache_key()):
             return False
-        lm = Landmarks(dict(saved["a"]), saved["b"], saved.get("classes"), str(saved["mode"]))
-        if lm.b.dim() != 2 or any(v.shape[0] != lm.k for v in lm.a.values()):
+        try:
+            state[self._cache_key()] = Landmarks.from_dict(saved["landmarks"])
+        except ValueError:
             return False
-        state[self._cache_key()] = lm
         return True
 
     def _alpha(self, inputs: ScoringInputs, lm: Landmarks) -> tuple[str, torch.Tensor]:
@@ -318,10 +335,9 @@ class ADMAStrategy(Strategy):
         to them here) or the ADMA-distance α itself, so a cached α is bit-identical to a fresh one."""
         cache = None
         if inputs.state is not None and lm is self._known_landmarks(inputs.state):  # kept landmarks only
-            cache_key = ("adma_alpha", self.alpha, self._cache_key())
-            cache = inputs.state.get(cache_key)
+            cache = inputs.state.get(self._alpha_key())
             if cache is None or cache["landmarks"] is not lm:
-                cache = inputs.state[cache_key] = {"landmarks": lm, "mode": None, "rows": {}, "old": {}}
+                cache = inputs.state[self._alpha_key()] = {"landmarks": lm, "mode": None, "rows": {}, "old": {}}
         mode = self.alpha
         if mode == "auto":
             mode = (cache or {}).get("mode") or (

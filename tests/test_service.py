@@ -138,7 +138,7 @@ def test_adma_landmarks_from_the_pool_survive_a_restart(tmp_path, digits64, capl
     again = service_for(tmp_path, STRATEGY="adma")  # a restart: the landmarks come back from disk
     restored = again.projects["3"]
     lm = again.strategy._known_landmarks(restored.strategy_state)
-    assert lm is not None and torch.equal(lm.b, saved["b"]) and torch.equal(lm.classes, saved["classes"])
+    assert lm is not None and torch.equal(lm.b, saved["landmarks"]["b"]) and torch.equal(lm.classes, saved["landmarks"]["classes"])
     after = again.score(restored, pool[25:], again.model(restored), restored.version, reset_pool=True)
     assert [r["score"] for r in after] == [r["score"] for r in before]
     again.close()
@@ -157,7 +157,7 @@ def test_adma_landmarks_from_the_pool_survive_a_restart(tmp_path, digits64, capl
     untrained = service_for(tmp_path / "untrained", STRATEGY="adma")
     assert "3" not in untrained.projects
     untrained.setup("3", CONFIG)
-    assert torch.equal(untrained.strategy._known_landmarks(untrained.projects["3"].strategy_state).b, saved["b"])
+    assert torch.equal(untrained.strategy._known_landmarks(untrained.projects["3"].strategy_state).b, saved["landmarks"]["b"])
     untrained.close()
 
     (tmp_path / "projects" / "3" / "strategy_state.pt").write_bytes(b"not a torch file")
