@@ -29,19 +29,23 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         settings = Settings.from_env()
-        from .app import create_app
+        if args.check:
+            from .app import create_app
 
-        app = create_app(settings)
+            app = create_app(settings)
+            app.extensions["model_service"].close()
+            print("configuration OK:", settings)
+            return 0
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    if args.check:
-        print("configuration OK:", settings)
-        return 0
 
     from gunicorn.app.base import BaseApplication
 
     class _Server(BaseApplication):
+        """The app is built in each worker process (never in the master and then forked): a worker
+        that the OOM killer or a crash replaces restores every project from MODEL_DIR itself."""
+
         def load_config(self):
             self.cfg.set("bind", f"{settings.host}:{settings.port}")
             self.cfg.set("workers", settings.workers)
@@ -53,7 +57,13 @@ def main(argv: list[str] | None = None) -> int:
             self.cfg.set("control_socket_disable", True)  # one shared path in $HOME would clash between servers
 
         def load(self):
-            return app
+            from .app import create_app
+
+            try:
+                return create_app(settings)
+            except ConfigError as exc:  # e.g. weights that cannot be loaded: exit code 3 stops the arbiter
+                print(f"configuration error: {exc}", file=sys.stderr, flush=True)
+                sys.exit(3)
 
     _Server().run()
     return 0

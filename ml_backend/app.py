@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import hmac
+import json
 import logging
 import time
 
@@ -12,47 +13,63 @@ from werkzeug.exceptions import HTTPException
 from .errors import BackendError, BadRequest
 from .learning import Learner
 from .logs import SecretRegistry, configure_logging
-from .service import ModelService
+from .security import HEADER
+from .service import ModelService, project_key
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Label Studio's auto-created project webhook sends no credentials (its Webhook row has no
-# headers), so event webhooks must pass without basic auth. They are only hints: the backend
-# never trusts an event payload as training data, it re-reads labels from Label Studio with its
-# own API key. START_TRAINING arrives through LS's ML API client, which does send basic auth.
+# /webhook authenticates itself (security.py): Label Studio's auto-created project webhook sends
+# the secret header this backend sets on it, never basic auth; START_TRAINING arrives through LS's
+# ML API client, which sends basic auth when the connection has it.
 PUBLIC_ROUTES = frozenset({"/health", "/webhook"})
 
 
 def _json_body() -> dict:
-    data = request.get_json(silent=True)
-    if data is None:
-        raw = request.get_data(cache=True)
-        if not raw:
-            raise BadRequest("empty request body; expected a JSON object")
-        raise BadRequest("request body is not valid JSON")
+    """The request's JSON object. The body's size is bounded by MAX_REQUEST_MB (413 beyond it);
+    JSON nested too deeply for the parser is a 400 like any other malformed body."""
+    raw = request.get_data(cache=True)
+    if not raw:
+        raise BadRequest("empty request body; expected a JSON object")
+    try:
+        data = json.loads(raw)
+    except RecursionError:
+        raise BadRequest("request body is nested too deeply") from None
+    except ValueError:
+        raise BadRequest("request body is not valid JSON") from None
     if not isinstance(data, dict):
         raise BadRequest(f"expected a JSON object, got {type(data).__name__}")
     return data
 
 
+def _task_ids(tasks) -> list[int]:
+    """The task ids a TASKS_CREATED event names (hints only: the tasks are re-read from LS)."""
+    if not isinstance(tasks, list):
+        return []
+    ids = []
+    for task in tasks[:10_000]:
+        value = task.get("id") if isinstance(task, dict) else None
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            ids.append(value)
+    return ids
+
+
 def create_app(settings: Settings | None = None, service: ModelService | None = None) -> Flask:
     secrets = SecretRegistry()
     settings = settings or Settings.from_env()
-    for secret in (settings.label_studio_api_key, settings.basic_auth_pass):
+    for secret in (settings.label_studio_api_key, settings.basic_auth_pass, settings.webhook_secret):
         secrets.add(secret)
     configure_logging(settings.log_level, secrets)
     service = service or ModelService(settings, secrets)
     learner = service.learner or Learner(service)
+    learner.resume()  # republish what a crash or an outage left unpublished
 
     app = Flask("ml_backend")
     app.config["settings"] = settings
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_mb * 2**20
     app.extensions["model_service"] = service
 
-    @app.before_request
-    def _basic_auth():
-        if not settings.basic_auth_enabled or request.path in PUBLIC_ROUTES:
-            return None
+    def basic_auth_ok() -> bool:
         header = request.headers.get("Authorization", "")
         user = password = ""
         if header[:6].lower() == "basic ":
@@ -62,7 +79,11 @@ def create_app(settings: Settings | None = None, service: ModelService | None = 
                 user = password = ""
         ok_user = hmac.compare_digest(user.encode(), settings.basic_auth_user.encode())
         ok_pass = hmac.compare_digest(password.encode(), settings.basic_auth_pass.encode())
-        if ok_user and ok_pass:
+        return ok_user and ok_pass
+
+    @app.before_request
+    def _basic_auth():
+        if not settings.basic_auth_enabled or request.path in PUBLIC_ROUTES or basic_auth_ok():
             return None
         return Response(
             '{"status": "error", "message": "authentication required"}', 401,
@@ -87,7 +108,7 @@ def create_app(settings: Settings | None = None, service: ModelService | None = 
     def health():
         return jsonify(
             status="UP", model_class="ActiveAdaptation", backbone=settings.backbone,
-            strategy=settings.strategy, device=str(service.device),
+            strategy=settings.strategy, device=str(service.device), instance=service.instance_id,
         )
 
     @app.post("/setup")
@@ -117,12 +138,28 @@ def create_app(settings: Settings | None = None, service: ModelService | None = 
 
     @app.post("/webhook")
     def webhook():
+        """Events are hints (project id + action): nothing in a payload is trusted, labels, the
+        label config and new tasks are re-read from Label Studio. Answers in milliseconds."""
         data = _json_body()
         action = data.get("action")
-        if not isinstance(action, str) or not action:
+        if not isinstance(action, str) or not action or len(action) > 64:
             raise BadRequest("missing 'action'")
+        key = project_key(data.get("project"))
+        authenticated = service.webhook_secrets.check(key, request.headers.get(HEADER)) or (
+            settings.basic_auth_enabled and basic_auth_ok())
+        if not authenticated:
+            if action == "START_TRAINING" and not settings.basic_auth_enabled:
+                # LS sends "Start Training" without any credentials when the connection has no basic
+                # auth: accepted as a hint that cannot force anything (a debounced label check)
+                outcome = learner.handle("START_TRAINING_UNAUTHENTICATED", key)
+                service.record_event(action)
+                return jsonify(status="ok", action=action, outcome=outcome)
+            return Response(json.dumps({"status": "error", "message": (
+                f"webhook events need the {HEADER} header that this backend sets on the project's webhook in "
+                "Label Studio (or basic auth); see the README's Security section")}), 401,
+                {"Content-Type": "application/json"})
         service.record_event(action)
-        outcome = learner.handle(action, data)  # only sets flags: answers in milliseconds
+        outcome = learner.handle(action, key, _task_ids(data.get("tasks")))  # only sets flags
         return jsonify(status="ok", action=action, outcome=outcome)
 
     @app.get("/versions")

@@ -2,11 +2,16 @@
 
 A version directory is written complete under a temporary name and renamed into place (atomic on
 one file system), so a crash, even ``kill -9`` mid-write, leaves either the previous versions or a
-complete new one, never a half-written checkpoint. Loading takes the newest complete version
-(highest round) whose files load; leftovers of interrupted writes are removed.
+complete new one, never a half-written checkpoint. Every version gets the next number of a
+per-project sequence (``seq``, allocated under a file lock, so that processes sharing MODEL_DIR
+agree): "newest" means the highest ``seq``, never the highest round number, which can repeat when a
+project is re-trained from scratch. Loading takes the newest complete version whose files load;
+leftovers of interrupted writes are removed.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -31,8 +36,47 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write JSON beside ``path``, fsync it, rename it over ``path``: readers see old or new, whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def project_lock(project_dir: Path):
+    """An exclusive lock on a project's folder, across threads and processes (fcntl)."""
+    project_dir.mkdir(parents=True, exist_ok=True)
+    with open(project_dir / ".lock", "a+") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _seq(meta: dict) -> tuple:
+    # versions written before the sequence existed sort before all others, by their save time
+    return (1, meta["seq"], 0.0) if isinstance(meta.get("seq"), int) else (0, 0, float(meta.get("saved_at") or 0))
+
+
 def save(project_dir: Path, version: str, state_dict: dict, meta: dict) -> Path:
     project_dir.mkdir(parents=True, exist_ok=True)
+    with project_lock(project_dir):
+        previous = [m.get("seq") for m in list_versions(project_dir)]
+        seq = max([s for s in previous if isinstance(s, int)], default=0) + 1
+        return _save(project_dir, version, state_dict, {**meta, "seq": seq})
+
+
+def _save(project_dir: Path, version: str, state_dict: dict, meta: dict) -> Path:
     final = project_dir / version
     tmp = project_dir / f"{TMP_PREFIX}{version}-{os.getpid()}-{time.monotonic_ns()}"
     tmp.mkdir()
@@ -56,7 +100,7 @@ def save(project_dir: Path, version: str, state_dict: dict, meta: dict) -> Path:
 
 
 def list_versions(project_dir: Path) -> list[dict]:
-    """Metadata of every complete version, oldest round first."""
+    """Metadata of every complete version, oldest first (by ``seq``)."""
     out = []
     if not project_dir.is_dir():
         return out
@@ -69,7 +113,7 @@ def list_versions(project_dir: Path) -> list[dict]:
             continue
         if (path / "model.pt").is_file() and isinstance(meta.get("round"), int):
             out.append({**meta, "path": str(path)})
-    return sorted(out, key=lambda m: (m["round"], m.get("saved_at", 0)))
+    return sorted(out, key=_seq)
 
 
 def load_latest(project_dir: Path) -> tuple[dict, dict] | None:

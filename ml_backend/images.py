@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import base64
 import binascii
+import heapq
 import io
 import logging
+import socket
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import requests
+import requests.adapters
+import urllib3
 from label_studio_sdk._extensions.label_studio_tools.core.utils.io import get_local_path, http_session
 from PIL import Image, UnidentifiedImageError
 
@@ -28,16 +33,144 @@ from .errors import ImageError
 log = logging.getLogger(__name__)
 
 
+class _Download:
+    """One image's download: its deadline and the sockets it uses (to be shut down when it passes)."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.sockets: list[socket.socket] = []
+        self.expired = False
+        self.lock = threading.Lock()
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def attach(self, sock) -> None:
+        with self.lock:
+            if sock is not None and sock not in self.sockets:
+                self.sockets.append(sock)
+            expired = self.expired
+        if expired:
+            _shutdown(sock)
+
+    def expire(self) -> None:
+        with self.lock:
+            self.expired = True
+            sockets = list(self.sockets)
+        for sock in sockets:
+            _shutdown(sock)
+
+
+def _shutdown(sock) -> None:
+    """Make a blocked recv() in another thread return: the only way to stop a server that drips."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except (OSError, AttributeError):
+        pass
+
+
+class _Watchdog:
+    """One daemon thread that expires downloads at their deadline (a heap of deadlines).
+
+    requests' timeouts bound each socket operation, not a download: a server sending one byte
+    every few seconds keeps a download alive forever. At the deadline the watchdog shuts the
+    download's sockets down, which fails the blocked read at once."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, _Download]] = []
+        self._cond = threading.Condition()
+        self._counter = 0
+        self._thread: threading.Thread | None = None
+
+    def watch(self, download: _Download) -> None:
+        with self._cond:
+            self._counter += 1
+            heapq.heappush(self._heap, (download.deadline, self._counter, download))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="download-watchdog", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._heap:
+                    self._cond.wait()
+                deadline, _, download = self._heap[0]
+                wait = deadline - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                heapq.heappop(self._heap)
+            if download.sockets or not download.expired:
+                download.expire()
+
+
+_WATCHDOG = _Watchdog()
+_CURRENT = threading.local()  # the download the calling thread is doing (set by ImageLoader.load)
+
+
+class _DeadlineMixin:
+    """urllib3 connections that hand their socket to the current download, so that the watchdog
+    can shut it down: after connecting, and before waiting for the response headers (a reused
+    keep-alive connection does not connect again)."""
+
+    def connect(self):
+        super().connect()
+        download = getattr(_CURRENT, "download", None)
+        if download is not None:
+            download.attach(self.sock)
+
+    def getresponse(self, *args, **kwargs):
+        download = getattr(_CURRENT, "download", None)
+        if download is not None:
+            download.attach(self.sock)
+        return super().getresponse(*args, **kwargs)
+
+
+class _HTTPConnection(_DeadlineMixin, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_DeadlineMixin, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _HTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+class _DeadlineAdapter(requests.adapters.HTTPAdapter):
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
 class BoundedSession(requests.Session):
-    """A requests session with a default timeout and a hard limit on the bytes read per response."""
+    """A requests session with a per-operation timeout, a hard limit on the bytes read per
+    response and, inside :meth:`ImageLoader.load`, the image's total deadline."""
 
     def __init__(self, max_bytes: int, timeout: float) -> None:
         super().__init__()
         self.max_bytes = max_bytes
         self.timeout = timeout
+        adapter = _DeadlineAdapter()
+        self.mount("http://", adapter)
+        self.mount("https://", adapter)
 
     def request(self, method, url, **kwargs):  # noqa: D401 - requests' signature
-        kwargs.setdefault("timeout", self.timeout)
+        download: _Download | None = getattr(_CURRENT, "download", None)
+        timeout = self.timeout
+        if download is not None:
+            remaining = download.remaining()
+            if remaining <= 0:
+                raise ImageError(f"download of {url} not started: the image's deadline has passed")
+            timeout = min(timeout, remaining)
+        kwargs["timeout"] = timeout
         kwargs["stream"] = True
         response = super().request(method, url, **kwargs)
         length = response.headers.get("Content-Length")
@@ -45,12 +178,15 @@ class BoundedSession(requests.Session):
             response.close()
             raise ImageError(f"image is {int(length)} bytes, more than IMAGE_MAX_BYTES={self.max_bytes}")
         chunks, total = [], 0
-        for chunk in response.iter_content(1 << 16):
-            total += len(chunk)
-            if total > self.max_bytes:
-                response.close()
-                raise ImageError(f"image is more than IMAGE_MAX_BYTES={self.max_bytes} bytes")
-            chunks.append(chunk)
+        try:
+            for chunk in response.iter_content(1 << 16):
+                total += len(chunk)
+                if total > self.max_bytes:
+                    raise ImageError(f"image is more than IMAGE_MAX_BYTES={self.max_bytes} bytes")
+                chunks.append(chunk)
+        except BaseException:
+            response.close()
+            raise
         response._content = b"".join(chunks)  # what response.content returns from now on
         response._content_consumed = True
         return response
@@ -83,13 +219,16 @@ class ImageLoader:
             session = self._local.session = BoundedSession(self.max_bytes, self.timeout)
         return session
 
-    def load_many(self, refs: Sequence[tuple[object, object]], source: Source, transform: Callable | None = None) -> list:
+    def load_many(self, refs: Sequence[tuple[object, object]], source: Source, transform: Callable | None = None,
+                  deadline: float | None = None) -> list:
         """Load ``[(task_id, reference), ...]`` concurrently. Each item is the RGB image (passed
         through ``transform`` in the same worker thread, if given) or the ImageError that explains
-        why that task has none. Never raises for one bad image."""
-        return [f.result() for f in self.submit_many(refs, source, transform)]
+        why that task has none. Never raises for one bad image. ``deadline`` (time.monotonic()) bounds
+        the whole call: images not fetched by then fail with a clear reason."""
+        return [f.result() for f in self.submit_many(refs, source, transform, deadline)]
 
-    def submit_many(self, refs: Sequence[tuple[object, object]], source: Source, transform: Callable | None = None) -> list[Future]:
+    def submit_many(self, refs: Sequence[tuple[object, object]], source: Source, transform: Callable | None = None,
+                    deadline: float | None = None) -> list[Future]:
         """Like :meth:`load_many`, but returns one future per reference, in order, so that a
         caller can start computing on the first images while the rest are still downloading."""
         token: str | None = None
@@ -107,15 +246,19 @@ class ImageLoader:
                         future: Future = Future()
                         future.set_result(failed)
                     else:
-                        future = self._executor.submit(self._load_safe, task_id, ref, source.hostname, None, transform)
+                        future = self._executor.submit(self._load_safe, task_id, ref, source.hostname, None, transform,
+                                                       deadline)
                     futures.append(future)
                 return futures
-        return [self._executor.submit(self._load_safe, task_id, ref, source.hostname, token, transform)
+        return [self._executor.submit(self._load_safe, task_id, ref, source.hostname, token, transform, deadline)
                 for task_id, ref in refs]
 
-    def _load_safe(self, task_id, ref, hostname: str, token: str | None, transform: Callable | None = None):
+    def _load_safe(self, task_id, ref, hostname: str, token: str | None, transform: Callable | None = None,
+                   deadline: float | None = None):
         try:
-            image = self.load(task_id, ref, hostname, token)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ImageError("not fetched: the request's deadline (PREDICT_DEADLINE_S) passed first")
+            image = self.load(task_id, ref, hostname, token, deadline)
             return transform(image) if transform is not None else image
         except ImageError as exc:
             log.warning("task %s: no prediction, image unusable: %s", task_id, exc)
@@ -124,7 +267,31 @@ class ImageLoader:
             log.warning("task %s: no prediction, image unusable: %s: %s", task_id, type(exc).__name__, exc)
             return ImageError(f"{type(exc).__name__}: {exc}")
 
-    def load(self, task_id, ref, hostname: str = "", token: str | None = None) -> Image.Image:
+    def load(self, task_id, ref, hostname: str = "", token: str | None = None,
+             deadline: float | None = None) -> Image.Image:
+        """One image, within IMAGE_TIMEOUT_S in all (connect, headers, body, redirects, presigning)
+        and before ``deadline`` if one is given."""
+        limit = time.monotonic() + self.timeout
+        download = _Download(limit if deadline is None else min(limit, deadline))
+        previous = getattr(_CURRENT, "download", None)
+        _CURRENT.download = download
+        _WATCHDOG.watch(download)
+        try:
+            return self._load(task_id, ref, hostname, token)
+        except ImageError:
+            raise
+        except Exception as exc:
+            if download.expired:
+                raise ImageError(f"download of {ref} took longer than {self.timeout:g}s "
+                                 "(IMAGE_TIMEOUT_S, or the request's deadline)") from None
+            raise ImageError(f"{type(exc).__name__}: {exc}") from None
+        finally:
+            with download.lock:
+                download.expired = True  # finished: the watchdog has nothing left to do
+                download.sockets.clear()
+            _CURRENT.download = previous
+
+    def _load(self, task_id, ref, hostname: str = "", token: str | None = None) -> Image.Image:
         if not isinstance(ref, str) or not ref.strip():
             raise ImageError(f"no image reference in the task data (got {ref!r})")
         ref = ref.strip()
@@ -150,6 +317,9 @@ class ImageLoader:
             status = exc.response.status_code if exc.response is not None else "?"
             raise ImageError(f"download of {ref} failed with HTTP {status}") from None
         except requests.RequestException as exc:
+            if getattr(_CURRENT, "download", None) is not None and _CURRENT.download.expired:
+                raise ImageError(f"download of {ref} took longer than {self.timeout:g}s "
+                                 "(IMAGE_TIMEOUT_S, or the request's deadline)") from None
             raise ImageError(f"download of {ref} failed: {type(exc).__name__}") from None
         except (FileNotFoundError, ValueError) as exc:
             raise ImageError(f"cannot resolve {ref}: {exc}") from None

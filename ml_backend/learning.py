@@ -14,14 +14,17 @@ import time
 import traceback
 from typing import Callable
 
+import requests
 import torch
 
 from strategies import Need, review_annotations
 from strategies.influence import label_loss
 
-from .errors import ImageError
+from .errors import ImageError, LabelConfigError, UnknownProject
+from .label_config import parse_label_config
 from .labels import resolve_label
-from .ls_client import ProjectAPI
+from .ls_client import ProjectAPI, api_status
+from .security import HEADER
 from .service import ModelService, ProjectState
 from .trainer import Example, TrainConfig, fine_tune
 
@@ -62,11 +65,20 @@ class ProjectWorker:
         self.labels_dirty = False
         self.force = False
         self.publish_requested = False
-        self.new_tasks: dict[int, dict] = {}
+        self.task_hints: set[int] = set()
+        self.config_requested = False
+        self.secure_requested = False
+        self.secure_attempts = 0
+        self.last_secure = -1e9
         self.last_event = 0.0
         self.stopped = False
+        self.gone = False  # Label Studio says the project no longer exists: nothing is retried
+        self.retry: tuple | None = None  # (job, argument) of a failed job, re-run at retry_at
+        self.retry_at = 0.0
+        self.backoff = 0.0
         self.info: dict = {"state": "idle", "reason": "", "training_runs": 0, "failed_runs": 0,
-                           "publishes": 0, "last_round": None, "publish_progress": None, "last_error": None}
+                           "publishes": 0, "last_round": None, "publish_progress": None, "last_error": None,
+                           "webhook": "not secured yet", "retry_in_s": None}
         self.thread = threading.Thread(target=self._run, name=f"learner-{state.key}", daemon=True)
         self.thread.start()
 
@@ -80,17 +92,30 @@ class ProjectWorker:
                 self._set("waiting", f"debouncing annotation events ({self.settings.train_debounce_s:g}s)")
             self.cond.notify()
 
-    def tasks_created(self, tasks: list[dict]) -> None:
+    def tasks_created(self, task_ids: list[int]) -> None:
+        """Hints: the tasks are re-read from Label Studio (and must belong to this project)."""
         with self.cond:
-            for t in tasks:
-                if isinstance(t, dict) and "id" in t:
-                    self.new_tasks[t["id"]] = t
+            self.task_hints.update(task_ids[:10_000])
+            if not task_ids:  # an event without ids: publish whatever lacks a prediction
+                self.publish_requested = True
             self.cond.notify()
 
     def request_publish(self) -> None:
         with self.cond:
             self.publish_requested = True
             self.cond.notify()
+
+    def request_config_check(self) -> None:
+        with self.cond:
+            self.config_requested = True
+            self.cond.notify()
+
+    def request_secure(self, every_s: float = 60.0) -> None:
+        """Check the project's webhook header, at most once per ``every_s`` seconds."""
+        with self.cond:
+            if time.monotonic() - self.last_secure >= every_s and not self.secure_requested:
+                self.secure_requested, self.secure_attempts = True, 0
+                self.cond.notify()
 
     def stop(self) -> None:
         with self.cond:
@@ -101,14 +126,32 @@ class ProjectWorker:
         self.info["state"], self.info["reason"] = state, reason
 
     # ------------------------------------------------------------------ the loop
+    def _pending(self) -> bool:
+        return bool(self.labels_dirty or self.publish_requested or self.task_hints or self.config_requested
+                    or self.secure_requested or self.stopped)
+
     def _run(self) -> None:
         while True:
             with self.cond:
-                while not (self.labels_dirty or self.publish_requested or self.new_tasks or self.stopped):
-                    self.cond.wait()
+                while not self._pending():
+                    if self.retry is not None:  # a failed job is retried in the background, with back-off
+                        wait = self.retry_at - time.monotonic()
+                        if wait <= 0:
+                            self._rearm()
+                            continue
+                        self.info["retry_in_s"] = round(wait, 1)
+                        self.cond.wait(wait)
+                    else:
+                        self.cond.wait()
                 if self.stopped:
                     return
-                if self.labels_dirty:  # debounce: wait for a quiet period
+                if self.config_requested:
+                    self.config_requested = False
+                    job = ("config", None)
+                elif self.secure_requested:  # before anything else: events are refused until it is done
+                    self.secure_requested = False
+                    job = ("secure", None)
+                elif self.labels_dirty:  # debounce: wait for a quiet period
                     while not self.stopped:
                         remaining = self.last_event + self.settings.train_debounce_s - time.monotonic()
                         if remaining <= 0:
@@ -122,23 +165,66 @@ class ProjectWorker:
                     self.publish_requested = False
                     job = ("publish", None)
                 else:
-                    tasks, self.new_tasks = list(self.new_tasks.values()), {}
-                    job = ("tasks", tasks)
+                    ids, self.task_hints = sorted(self.task_hints), set()
+                    job = ("tasks", ids)
             try:
                 if job[0] == "round":
                     self._round(job[1])
                 elif job[0] == "publish":
                     self._publish()
-                else:
+                elif job[0] == "tasks":
                     self._publish_tasks(job[1])
+                elif job[0] == "config":
+                    self._check_config()
+                else:
+                    self._secure_webhook()
+                with self.cond:
+                    if self.retry is not None and self.retry[0] == job[0]:
+                        self.retry, self.backoff, self.info["retry_in_s"] = None, 0.0, None
                 # The served version can move on during a job (a grown label config): publish it too.
                 if self.state.published_version != self.state.version and self.service.connection.configured:
                     self.request_publish()
             except Exception as exc:
-                self.info["failed_runs"] += job[0] == "round"
-                self.info["last_error"] = f"{type(exc).__name__}: {exc}"
-                self._set("failed", f"{job[0]} failed: {type(exc).__name__}: {exc}; the previous model keeps serving")
-                log.error("project %s: %s failed: %s\n%s", self.state.key, job[0], exc, traceback.format_exc())
+                self._failed(job, exc)
+
+    def _failed(self, job: tuple, exc: Exception) -> None:
+        self.info["failed_runs"] += job[0] == "round"
+        self.info["last_error"] = f"{type(exc).__name__}: {exc}"
+        status = api_status(exc) or (api_status(exc.__cause__) if exc.__cause__ is not None else None)
+        if status == 404 and job[0] != "tasks":
+            self.gone = True
+            self._set("failed", f"Label Studio has no project {self.state.key} any more; nothing is retried")
+            log.error("project %s: %s failed: Label Studio has no such project any more", self.state.key, job[0])
+            return
+        if job[0] == "secure":
+            self.secure_attempts += 1
+            if self.secure_attempts >= 6:  # the next /setup from Label Studio tries again
+                log.warning("project %s: webhook not secured: %s", self.state.key, exc)
+                return
+        with self.cond:
+            self.backoff = min(self.settings.recovery_max_s, max(5.0, self.backoff * 2))
+            self.retry, self.retry_at = job, time.monotonic() + self.backoff
+            self.info["retry_in_s"] = round(self.backoff, 1)
+        self._set("failed", f"{job[0]} failed: {type(exc).__name__}: {exc}; the previous model keeps serving, "
+                            f"retrying in {self.backoff:g}s")
+        log.error("project %s: %s failed (retrying in %gs): %s\n%s", self.state.key, job[0], self.backoff, exc,
+                  traceback.format_exc())
+
+    def _rearm(self) -> None:
+        """Under ``cond``: turn the failed job back into the flag that runs it."""
+        kind, argument = self.retry
+        if kind == "round":
+            self.labels_dirty, self.force = True, self.force or bool(argument)
+            self.last_event = 0.0  # no debounce for a retry
+        elif kind == "publish":
+            self.publish_requested = True
+        elif kind == "tasks":
+            self.task_hints.update(argument)
+        elif kind == "config":
+            self.config_requested = True
+        else:
+            self.secure_requested = True
+        self.retry_at = time.monotonic() + 1e9  # until it fails again (or succeeds and clears it)
 
     # ------------------------------------------------------------------ jobs
     def _api(self) -> ProjectAPI:
@@ -352,18 +438,96 @@ class ProjectWorker:
                 retry(lambda n=name: api.delete_version(n), self.settings.publish_retries,
                       f"project {self.state.key}: deleting {name}", self._note_retry)
 
-    def _publish_tasks(self, tasks: list[dict]) -> None:
-        """New tasks (TASKS_CREATED): score them with the served model, import their predictions."""
+    def _publish_tasks(self, task_ids: list[int]) -> None:
+        """New tasks (TASKS_CREATED): re-read the named tasks from Label Studio (ids that are not
+        this project's are dropped), score the unlabeled ones with the served model and import
+        their predictions. Many ids, or a version not yet published, re-publish the whole pool."""
         state, service = self.state, self.service
-        if state.published_version is None or state.published_version != state.version:
+        if state.published_version is None or state.published_version != state.version or len(task_ids) > 200:
             return self._publish()
         with state.lock:
             model, version = service.model(state), state.version
         api = self._api()
+        tasks = []
+        for task_id in task_ids:
+            try:
+                task = retry(lambda: api.task(task_id), self.settings.publish_retries,
+                             f"project {state.key}: reading task {task_id}", self._note_retry)
+            except PublishError as exc:
+                if api_status(exc.__cause__) == 404:
+                    continue
+                raise
+            if task is not None and resolve_label(task["annotations"], state.config.from_name) is None:
+                tasks.append(task)
+        if len(tasks) < len(task_ids):
+            log.info("project %s: %d of %d task id(s) of a TASKS_CREATED event are not unlabeled tasks of this "
+                     "project; ignored", state.key, len(task_ids) - len(tasks), len(task_ids))
+        if not tasks:
+            return
         self._set("publishing", f"scoring {len(tasks)} new task(s)")
         results = service.score(state, tasks, model, version)
         self._import(api, tasks, results, version, replace=False)
         self._set("idle", f"published {version} for {len(tasks)} new task(s)")
+
+    def _check_config(self) -> None:
+        """PROJECT_UPDATED: re-read the label config from Label Studio (never from the event)."""
+        state = self.state
+        project = retry(lambda: self._api().project(), self.settings.publish_retries,
+                        f"project {state.key}: reading the project", self._note_retry)
+        try:
+            config = parse_label_config(project.get("label_config") or "")
+        except LabelConfigError as exc:
+            self.info["last_error"] = f"label config not supported: {exc}"
+            log.error("project %s: the label config in Label Studio is not supported (%s); the previous model "
+                      "keeps serving", state.key, exc)
+            return
+        if self.service.update_config(state, config):
+            self.service._register(state)
+            log.info("project %s: label config changed (labels %s): %s", state.key, list(config.labels), state.version)
+
+    def _secure_webhook(self) -> None:
+        """Put this project's secret header on the webhooks Label Studio created for this backend
+        (the ones at <url>/webhook of an ML backend connection whose /health is this backend's)."""
+        state, service = self.state, self.service
+        self.last_secure = time.monotonic()
+        api = self._api()
+        secret = service.webhook_secrets.for_project(state.key)
+        self._set("securing", "setting the webhook's authentication header in Label Studio")
+        # On a first connection Label Studio calls /setup before it saves the connection and creates
+        # its webhook: poll for them for a few seconds before giving up (and retrying later).
+        deadline = time.monotonic() + 10.0
+        while True:
+            urls = [u.rstrip("/") for u in api.ml_backend_urls() if u]
+            mine = {u + "/webhook" for u in urls if self._is_this_backend(u)}
+            hooks = [h for h in api.webhooks() if str(h.get("url") or "").rstrip("/") in mine
+                     and str(h.get("project")) == state.key]
+            if hooks or time.monotonic() > deadline or self.stopped:
+                break
+            time.sleep(0.5)
+        if not mine:
+            self._set("idle", "")
+            raise RuntimeError(f"none of the project's ML backend connections ({len(urls)}) reaches this backend's "
+                               "/health; set the webhook header by hand (README, Security)")
+        if not hooks:
+            self._set("idle", "")
+            raise RuntimeError("Label Studio has no webhook for this backend's connection yet")
+        changed = 0
+        for hook in hooks:
+            headers = dict(hook.get("headers") or {})
+            if headers.get(HEADER) != secret:
+                headers[HEADER] = secret
+                api.set_webhook_headers(hook["id"], headers)
+                changed += 1
+        self.info["webhook"] = f"secured ({len(hooks)} webhook(s))"
+        self._set("idle", "")
+        log.info("project %s: webhook authentication set on %d of %d webhook(s)", state.key, changed, len(hooks))
+
+    def _is_this_backend(self, url: str) -> bool:
+        try:
+            answer = requests.get(f"{url}/health", timeout=3).json()
+        except (requests.RequestException, ValueError):
+            return False
+        return isinstance(answer, dict) and answer.get("instance") == self.service.instance_id
 
 
 class Learner:
@@ -383,24 +547,37 @@ class Learner:
             return worker
 
     def ensure_published(self, state: ProjectState) -> None:
-        """Called on /setup: publish the served version once if Label Studio lacks it."""
-        if not self.service.connection.configured or not state.key.isdigit():
+        """Called on /setup (from Label Studio, for a confirmed project): publish the served
+        version once if Label Studio lacks it, and make sure the project's webhook is secured."""
+        if not self.service.connection.configured:
             return
         worker = self.worker(state)
+        if worker.gone:
+            worker.gone = False  # Label Studio asked about it again: it exists
+        worker.request_secure()
         with worker.cond:
             idle = worker.info["state"] in ("idle", "failed") and not (worker.publish_requested or worker.labels_dirty)
         if state.published_version != state.version and idle:
             worker.request_publish()
 
-    def handle(self, action: str, payload: dict) -> str:
-        """Route one webhook event. Returns what was done (for the response and the log)."""
-        project = payload.get("project")
-        if project is None:
-            return "ignored (no project)"
-        try:
-            state = self.service.state(project, project.get("label_config") if isinstance(project, dict) else None)
-        except Exception as exc:
-            return f"ignored ({exc})"
+    def resume(self) -> None:
+        """At process start: re-publish every restored project whose served version Label Studio
+        may lack (a crash mid-publish, or Label Studio down at the time)."""
+        if not self.service.connection.configured:
+            return
+        for state in list(self.service.projects.values()):
+            if state.published_version != state.version:
+                log.info("project %s: %s is not known to be published; publishing it", state.key, state.version)
+                self.worker(state).request_publish()
+
+    def handle(self, action: str, key: str, task_ids: list[int] | None = None) -> str:
+        """Route one authenticated webhook event (a hint: project id + action). Returns what was
+        done. Events for a project this backend was never set up for create nothing."""
+        state = self.service.projects.get(key)
+        if state is None:
+            raise UnknownProject(f"project {key} is not connected to this backend; event ignored")
+        if not self.service.connection.configured:
+            return "ignored (LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY are needed to learn)"
         worker = self.worker(state)
         if action in LABEL_EVENTS:
             worker.labels_changed()
@@ -408,11 +585,15 @@ class Learner:
         if action == "START_TRAINING":
             worker.labels_changed(force=True)
             return "training scheduled"
+        if action == "START_TRAINING_UNAUTHENTICATED":
+            worker.labels_changed(force=False)
+            return "label check scheduled (unauthenticated Start Training cannot force a round; see README, Security)"
         if action == "TASKS_CREATED":
-            worker.tasks_created(payload.get("tasks") or [])
+            worker.tasks_created(list(task_ids or []))
             return "scoring scheduled"
-        if action == "PROJECT_UPDATED":  # service.state() above re-read the label config
-            return "config checked"
+        if action == "PROJECT_UPDATED":
+            worker.request_config_check()
+            return "config check scheduled"
         return "ignored"
 
     def status(self, key: str) -> dict:

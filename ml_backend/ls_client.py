@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from datetime import datetime, timedelta, timezone
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +23,8 @@ class LabelStudioConnection:
         self._api_key = api_key
         self._client = None
         self._lock = threading.Lock()
+        self._refresher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="token-refresh")
+        self._refresh: Future | None = None
 
     @property
     def configured(self) -> bool:
@@ -37,12 +42,28 @@ class LabelStudioConnection:
                 self._client = LabelStudio(base_url=self.url, api_key=self._api_key, timeout=30, max_retries=0)
             return self._client
 
-    def token(self) -> str | None:
-        """The token to put in an Authorization header now (refreshed by the SDK when needed)."""
+    def token(self, wait: float | None = 60.0) -> str | None:
+        """The token to put in an Authorization header now. A legacy token is returned as it is;
+        a PAT's access token comes from the SDK's cache while it is valid. A refresh (a call to
+        Label Studio that can hang for the SDK's 30 s when Label Studio does) runs in a background
+        thread, single-flight, and the caller waits at most ``wait`` seconds for it (request paths
+        pass a few seconds), then gets a RuntimeError that says so."""
         if not self.configured:
             return None
-        header = self.client._client_wrapper.get_headers().get("Authorization", "")
-        return header.split(" ", 1)[1] if " " in header else None
+        tokens = self.client._client_wrapper._tokens_client
+        if tokens._use_legacy_token:
+            return self._api_key
+        cached, expires = tokens._access_token, tokens._access_token_expiration
+        if cached and expires is not None and expires > datetime.now(timezone.utc) + timedelta(seconds=5):
+            return cached
+        with self._lock:
+            if self._refresh is None or self._refresh.done():
+                self._refresh = self._refresher.submit(lambda: tokens.api_key)
+            refresh = self._refresh
+        try:
+            return refresh.result(timeout=wait)
+        except FutureTimeout:
+            raise RuntimeError(f"Label Studio did not answer the access-token refresh within {wait:g}s") from None
 
 
 UNCERTAINTY_SAMPLING = "Uncertainty sampling"
@@ -104,3 +125,35 @@ class ProjectAPI:
         response.raise_for_status()
         data = response.json()
         return list(data) if isinstance(data, (list, dict)) else []
+
+    # ----------------------------------------------------------------- what the backend re-reads
+    def project(self, timeout: float | None = None) -> dict:
+        """The project as Label Studio has it now (id, label_config, model_version); raises the
+        SDK's ApiError (status 404) when it does not exist."""
+        options = {"timeout_in_seconds": timeout} if timeout else None
+        return _as_dict(self._client.projects.get(id=self.project_id, request_options=options))
+
+    def task(self, task_id: int) -> dict | None:
+        """One task with its data and annotations, or None when it is not a task of this project."""
+        t = _as_dict(self._client.tasks.get(id=int(task_id)))
+        if int(t.get("project") or -1) != self.project_id:
+            return None
+        return {"id": t["id"], "data": t.get("data") or {},
+                "annotations": [_as_dict(a) for a in (t.get("annotations") or [])]}
+
+    def ml_backend_urls(self) -> list[str]:
+        return [str(_as_dict(m).get("url") or "") for m in self._client.ml.list(project=self.project_id)]
+
+    def webhooks(self) -> list[dict]:
+        return [_as_dict(w) for w in self._client.webhooks.list(project=str(self.project_id))]
+
+    def set_webhook_headers(self, webhook_id: int, headers: dict) -> None:
+        self._client.webhooks.update(id=int(webhook_id), headers=headers)
+
+
+def api_status(exc: BaseException) -> int | None:
+    """The HTTP status of a Label Studio API error (SDK or httpx), else None."""
+    status = getattr(exc, "status_code", None)
+    if status is None and getattr(exc, "response", None) is not None:
+        status = getattr(exc.response, "status_code", None)
+    return int(status) if isinstance(status, int) else None

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+MAX_ASPECT = 4  # see Preprocess.__call__
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,19 @@ class Preprocess:
     std: tuple[float, float, float]
 
     def __call__(self, image) -> torch.Tensor:
-        """PIL RGB image -> float tensor (3, crop, crop)."""
+        """PIL RGB image -> float tensor (3, crop, crop).
+
+        Only the central ``crop`` square of the resized image is used, so an image longer than
+        MAX_ASPECT times its short side is first cut to that centre: a 250000x1 strip would
+        otherwise be resized to 8,000,000x32 pixels (a gigabyte) to keep 32x32 of them. Images
+        within the ratio are resized exactly as before."""
+        width, height = image.size
+        short, long_ = min(width, height), max(width, height)
+        if short > 0 and long_ > MAX_ASPECT * short:
+            keep = MAX_ASPECT * short
+            box = ((width - keep) // 2, 0, (width - keep) // 2 + keep, height) if width > height else \
+                (0, (height - keep) // 2, width, (height - keep) // 2 + keep)
+            image = image.crop(box)
         image = TF.resize(image, [self.resize], antialias=True)
         image = TF.center_crop(image, [self.crop])
         tensor = TF.to_dtype(TF.pil_to_tensor(image), torch.float32, scale=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -17,29 +18,41 @@ import torch
 import strategies
 
 from . import checkpoints
-from .errors import BadRequest, ImageError, UnknownProject
+from .errors import BackendError, BadRequest, ImageError, UnknownProject
 from .feature_cache import FeatureCache
 from .images import ImageLoader, Source
 from .label_config import ClassificationConfig, parse_label_config
-from .ls_client import LabelStudioConnection
+from .ls_client import LabelStudioConnection, ProjectAPI, api_status
 from .models import AdaptedModel, LoadedBackbone, load_backbone, resolve_device
 from .scoring import build_inputs, merge_parts, scoring_needs
 from .queue_score import LEAST_URGENT_SCORE, acquisition_to_score
+from .security import WebhookSecrets
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
 
+_PROJECT_KEY = re.compile(r"^([0-9]{1,18})(?:\.[0-9A-Za-z_.:+-]{0,64})?$")
+
+
 def project_key(project: Any) -> str:
     """Label Studio sends ``"<id>.<created_at>"`` in /setup and /predict, ``{"id": ...}`` in
-    webhooks; tasks carry the bare id."""
+    webhooks; tasks carry the bare id. The key is the integer id: anything else (a path, a name) is
+    refused, because the key names a folder under MODEL_DIR."""
     if isinstance(project, dict):
         project = project.get("id")
-    text = str(project if project is not None else "").strip()
-    key = text.split(".", 1)[0]
-    if not key:
+    if isinstance(project, bool):
+        project = None
+    if isinstance(project, int):
+        project = str(project)
+    if project is None or (isinstance(project, str) and not project.strip()):
         raise BadRequest("missing 'project'")
-    return key
+    match = _PROJECT_KEY.match(project.strip()) if isinstance(project, str) else None
+    if match is None:
+        shown = project if isinstance(project, str) else type(project).__name__
+        raise BadRequest(f"invalid 'project' {str(shown)[:80]!r}: expected a Label Studio project id "
+                         "(an integer, optionally followed by '.<created_at>')")
+    return str(int(match.group(1)))
 
 
 @dataclass
@@ -48,7 +61,7 @@ class ProjectState:
     config: ClassificationConfig
     round: int = 0  # completed fine-tuning rounds t (ADMA's trade-off needs it; persisted)
     hostname: str = ""  # from /setup, used when LABEL_STUDIO_URL is not set
-    access_token: str = ""  # from /setup (the creator's legacy token)
+    access_token: str = ""  # from /setup (the creator's legacy token); only ever sent to `hostname`
     model: AdaptedModel | None = None
     labels_used: dict[str, str] = field(default_factory=dict)  # task id -> label of the last round
     acquisitions: dict[str, float] = field(default_factory=dict)  # task id -> value, this version
@@ -90,6 +103,9 @@ class ModelService:
             settings.feature_cache_mb * 2**20, settings.feature_cache_disk_mb * 2**20, settings.feature_cache_dtype,
         )
         self.secrets = secrets
+        self.webhook_secrets = WebhookSecrets(settings.model_dir, settings.webhook_secret)
+        # public: tells this backend's own /health apart from another backend's (webhook securing)
+        self.instance_id = self.webhook_secrets.for_project("instance")[:16]
         self._strategy_lock = threading.Lock()
         self.projects: dict[str, ProjectState] = {}
         self._lock = threading.Lock()
@@ -134,16 +150,28 @@ class ModelService:
         if not root.is_dir():
             return
         for path in sorted(root.iterdir()):
-            if path.is_dir() and path.name.isdigit():
+            if path.is_dir() and path.name.isdigit() and str(int(path.name)) == path.name:
                 try:
                     self._restore(path.name)
                 except Exception as exc:  # one broken project must not stop the others
-                    log.error("project %s: cannot restore a checkpoint: %s", path.name, exc)
+                    log.error("project %s: cannot restore it: %s", path.name, exc)
 
     def _restore(self, key: str) -> ProjectState | None:
+        """A project as this backend left it: its newest checkpoint (by sequence), or, before its
+        first round, its registration (``project.json``), so that a restarted worker process
+        never forgets a project and never starts its rounds again from t=0."""
+        registered, published = self._read_registration(key)
         found = checkpoints.load_latest(self.project_dir(key))
         if found is None:
-            return None
+            if registered is None:
+                return None
+            state = ProjectState(key, registered)
+            state.version = self.version_of(state)
+            state.published_version = state.version if published == state.version else None
+            self._load_strategy_state(state)
+            self.projects[key] = state
+            log.info("project %s: restored its registration (no round yet): %s", key, state.version)
+            return state
         meta, state_dict = found
         c = meta["config"]
         config = ClassificationConfig(c["from_name"], c["to_name"], c["value_key"], tuple(c["labels"]))
@@ -154,11 +182,57 @@ class ModelService:
         state.version = self.version_of(state)
         if meta.get("published_version") == state.version:
             state.published_version = state.version
+        if registered is not None and registered != config:  # the label config changed after that round
+            model.set_labels(registered.labels)
+            state.config = registered
+            state.version = self.version_of(state)
         self._load_strategy_state(state)
         self.projects[key] = state
         log.info("project %s: restored %s (round t=%d, %d labels) from %s",
                  key, state.version, state.round, len(state.labels_used), meta["path"])
         return state
+
+    def _registration_file(self, key: str) -> Path:
+        return self.project_dir(key) / "project.json"
+
+    def _read_registration(self, key: str) -> tuple[ClassificationConfig | None, str | None]:
+        """(label config, the version published before any round) from ``project.json``."""
+        try:
+            data = json.loads(self._registration_file(key).read_text())
+            c = data["config"]
+            config = ClassificationConfig(c["from_name"], c["to_name"], c["value_key"], tuple(c["labels"]))
+            return config, data.get("published_version")
+        except FileNotFoundError:
+            return None, None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("project %s: ignoring a damaged %s (%s)", key, self._registration_file(key), exc)
+            return None, None
+
+    def _register(self, state: ProjectState) -> None:
+        """Persist what a restarted process needs to know about a confirmed project (never a token)."""
+        c = state.config
+        try:
+            checkpoints.write_json_atomic(self._registration_file(state.key), {
+                "project": int(state.key), "published_version": state.published_version, "config": {
+                    "from_name": c.from_name, "to_name": c.to_name, "value_key": c.value_key, "labels": list(c.labels)}})
+        except OSError as exc:
+            log.warning("project %s: cannot save its registration: %s", state.key, exc)
+
+    def confirm_project(self, key: str, timeout: float = 2.5) -> dict:
+        """Ask Label Studio (with this backend's own API key) whether project ``key`` exists.
+        Returns the project; UnknownProject when Label Studio has no such project; a 503 error when
+        Label Studio cannot be asked."""
+        try:
+            return ProjectAPI(self.connection, int(key)).project(timeout=timeout)
+        except Exception as exc:
+            status = api_status(exc)
+            if status == 404:
+                raise UnknownProject(f"Label Studio at LABEL_STUDIO_URL={self.connection.url} has no project {key}") from None
+            error = BackendError(
+                f"cannot confirm project {key} with Label Studio at LABEL_STUDIO_URL={self.connection.url} "
+                f"({'HTTP ' + str(status) if status else type(exc).__name__}); check LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
+            error.status = 503
+            raise error from None
 
     def setup(self, project: Any, label_config: str, hostname: str = "", access_token: str = "") -> str:
         """Register or update a project. Fast: parses the config, never builds a model here."""
@@ -166,24 +240,37 @@ class ModelService:
         config = parse_label_config(label_config)
         if access_token and self.secrets is not None:
             self.secrets.add(access_token)
+        if key not in self.projects and self.connection.configured:
+            self.confirm_project(key)  # a project Label Studio does not confirm creates nothing
         with self._lock:
             state = self.projects.get(key)
             if state is None:  # (a project with no checkpoint yet may still have the strategy's state saved)
                 state = self.projects[key] = ProjectState(key, config)
                 self._load_strategy_state(state)
+        changed = self.update_config(state, config)
         with state.lock:
-            if state.config != config:
-                if state.model is not None:
-                    state.model.set_labels(config.labels)
-                state.config = config
-            state.hostname = hostname or state.hostname
-            state.access_token = access_token or state.access_token
-            version = self.version_of(state)
-            if version != state.version:
-                state.version, state.acquisitions = version, {}
+            if hostname != state.hostname:  # a token received with one host never goes to another
+                state.hostname, state.access_token = hostname, access_token
+            elif access_token:
+                state.access_token = access_token
+        if self.connection.configured and (changed or not self._registration_file(key).is_file()):
+            self._register(state)
         if self.learner is not None and self.settings.publish_on_connect:
             self.learner.ensure_published(state)
         return state.version
+
+    def update_config(self, state: ProjectState, config: ClassificationConfig) -> bool:
+        """Adopt a (re-read) label config; True if it changed. A grown label set grows the head."""
+        with state.lock:
+            changed = state.config != config
+            if changed:
+                if state.model is not None:
+                    state.model.set_labels(config.labels)
+                state.config = config
+            version = self.version_of(state)
+            if version != state.version:
+                state.version, state.acquisitions = version, {}
+        return changed
 
     def state(self, project: Any, label_config: str | None = None) -> ProjectState:
         key = project_key(project)
@@ -202,9 +289,12 @@ class ModelService:
                 state.model = AdaptedModel(self.base, state.config.labels, self.device, self.settings.seed)
             return state.model
 
-    def source(self, state: ProjectState) -> Source:
+    def source(self, state: ProjectState, token_wait: float | None = 60.0) -> Source:
+        """Where the project's images come from. ``token_wait``: how long a download may wait for a
+        PAT refresh (a few seconds on request paths; see LabelStudioConnection.token)."""
         if self.connection.configured:
-            return Source(self.connection.url, self.connection.token)
+            connection = self.connection
+            return Source(connection.url, lambda: connection.token(wait=token_wait))
         token = state.access_token
         return Source(state.hostname.rstrip("/"), lambda: token or None)
 
@@ -218,7 +308,8 @@ class ModelService:
         started = time.perf_counter()
         with state.lock:
             model, version = self.model(state), state.version
-        results = self.score(state, tasks, model, version)
+        deadline = time.monotonic() + self.settings.predict_deadline_s
+        results = self.score(state, tasks, model, version, deadline=deadline)
         with state.lock:
             state.stats["predict_requests"] += 1
             state.stats["tasks_predicted"] += len(tasks)
@@ -238,7 +329,7 @@ class ModelService:
         return self.features.key(task_id, ref) if task_id is not None and isinstance(ref, str) else None
 
     def trunk_activations(self, state: ProjectState, model: AdaptedModel, tasks: Sequence[dict],
-                          keys: Sequence[str | None] | None = None) -> list:
+                          keys: Sequence[str | None] | None = None, deadline: float | None = None) -> list:
         """Per task: trunk activations (from the frozen-feature cache when present) or the
         ImageError that explains why there are none. Downloads overlap the trunk forward pass.
         ``keys``: the tasks' fingerprints when the caller has them already."""
@@ -252,7 +343,9 @@ class ModelService:
                 out[i] = z
             else:
                 missing.append(i)
-        futures = self.loader.submit_many([refs[i] for i in missing], self.source(state), transform=model.preprocess)
+        source = self.source(state, token_wait=60.0 if deadline is None else 3.0)
+        futures = self.loader.submit_many([refs[i] for i in missing], source, transform=model.preprocess,
+                                          deadline=deadline)
         pending: list[tuple[int, torch.Tensor]] = []
 
         def flush():
@@ -276,9 +369,11 @@ class ModelService:
         return out
 
     def score(self, state: ProjectState, tasks: Sequence[dict], model: AdaptedModel, version: str,
-              reset_pool: bool = False, progress: Callable[[int], None] | None = None) -> list[dict]:
+              reset_pool: bool = False, progress: Callable[[int], None] | None = None,
+              deadline: float | None = None) -> list[dict]:
         """Predictions for ``tasks`` (label + score + version), updating the project's scored pool.
-        With ``reset_pool`` these tasks become the whole reference pool (a full re-scoring)."""
+        With ``reset_pool`` these tasks become the whole reference pool (a full re-scoring).
+        ``deadline`` (time.monotonic()) bounds the image downloads of a request."""
         config = state.config
         results: list[dict | None] = [None] * len(tasks)
         good: list[int] = []
@@ -290,7 +385,8 @@ class ModelService:
         chunk = max(bs, 256)
         for start in range(0, len(tasks), chunk):  # bounded memory for large pools
             part_tasks = tasks[start:start + chunk]
-            activations = self.trunk_activations(state, model, part_tasks, fingerprints[start:start + chunk])
+            activations = self.trunk_activations(state, model, part_tasks, fingerprints[start:start + chunk],
+                                                 deadline=deadline)
             ok = [j for j, a in enumerate(activations) if not isinstance(a, ImageError)]
             for j, a in enumerate(activations):
                 if isinstance(a, ImageError):
@@ -311,7 +407,8 @@ class ModelService:
             def images() -> torch.Tensor:  # only for strategies that need test-time-augmented views
                 loaded = self.loader.load_many(
                     [(tasks[i].get("id"), (tasks[i].get("data") or {}).get(config.value_key)) for i in good],
-                    self.source(state), transform=model.preprocess)
+                    self.source(state, token_wait=60.0 if deadline is None else 3.0), transform=model.preprocess,
+                    deadline=deadline)
                 bad = [str(x) for x in loaded if isinstance(x, ImageError)]
                 if bad:
                     raise ImageError(f"{len(bad)} image(s) became unreadable while scoring: {bad[0]}")
@@ -436,14 +533,14 @@ class ModelService:
             if state.version != version:
                 return
             state.published_version = version
+        if self.connection.configured:
+            self._register(state)
         for meta in checkpoints.list_versions(self.project_dir(state.key)):
             if meta.get("version") == version or meta.get("checkpoint_id") == state.checkpoint:
                 path = Path(meta["path"]) / "meta.json"
                 data = json.loads(path.read_text())
                 data["published_version"] = version
-                tmp = path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-                tmp.replace(path)
+                checkpoints.write_json_atomic(path, data)
 
     # ----------------------------------------------------------------------------- reporting
     def record_event(self, action: str) -> None:

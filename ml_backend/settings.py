@@ -26,6 +26,10 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "MODEL_DIR": ("./model_dir", "Where models, checkpoints and caches are stored."),
     "BASIC_AUTH_USER": ("", "If set (with BASIC_AUTH_PASS), every route except /health requires HTTP basic auth."),
     "BASIC_AUTH_PASS": ("", "Password for BASIC_AUTH_USER."),
+    "WEBHOOK_SECRET": ("", "Master secret for webhook authentication: the backend sets a header derived from it on each project's webhook in Label Studio and refuses events without it. Unset: a random one is created in MODEL_DIR/secrets/webhook.key."),
+    "MAX_REQUEST_MB": ("64", "Largest request body accepted, in MB (413 beyond it)."),
+    "PREDICT_DEADLINE_S": ("80", "Deadline for one /predict request's image downloads, in seconds (Label Studio waits 100 s); tasks whose images are not fetched by then get no prediction."),
+    "RECOVERY_MAX_S": ("300", "A failed round or publish is retried in the background, first after 5 s, then doubling up to this many seconds."),
     "LOG_LEVEL": ("INFO", "One of " + ", ".join(LOG_LEVELS) + "."),
     "PORT": ("9090", "Port of `python -m ml_backend`."),
     "HOST": ("0.0.0.0", "Interface `python -m ml_backend` listens on."),
@@ -45,7 +49,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "FETCH_WORKERS": ("8", "Concurrent image downloads per request."),
     "IMAGE_MAX_BYTES": ("20000000", "Images larger than this many bytes are refused (the task gets no prediction)."),
     "IMAGE_MAX_PIXELS": ("40000000", "Images with more pixels than this are refused (decompression-bomb guard)."),
-    "IMAGE_TIMEOUT_S": ("15", "Timeout in seconds for one image download."),
+    "IMAGE_TIMEOUT_S": ("15", "Total time in seconds for one image download (connect, headers, body, redirects), however slowly the server sends."),
     "TRAIN_DEBOUNCE_S": ("5", "Seconds without new annotation events before a training round starts (a burst gives one round)."),
     "TRAIN_MIN_NEW_LABELS": ("1", "Changed labels (new, updated or deleted) needed to start a round; START_TRAINING always starts one."),
     "TRAIN_STEPS": ("100", "Optimizer steps per round."),
@@ -120,6 +124,10 @@ class Settings:
     model_dir: Path = Path("./model_dir")
     basic_auth_user: str = ""
     basic_auth_pass: str = dataclasses.field(default="", repr=False)
+    webhook_secret: str = dataclasses.field(default="", repr=False)
+    max_request_mb: int = 64
+    predict_deadline_s: float = 80.0
+    recovery_max_s: float = 300.0
     log_level: str = "INFO"
     port: int = 9090
     host: str = "0.0.0.0"
@@ -200,6 +208,10 @@ class Settings:
             model_dir=Path(_get(env, "MODEL_DIR")),
             basic_auth_user=user,
             basic_auth_pass=password,
+            webhook_secret=_get(env, "WEBHOOK_SECRET"),
+            max_request_mb=_int(env, "MAX_REQUEST_MB", 1),
+            predict_deadline_s=_float(env, "PREDICT_DEADLINE_S", 0.0),
+            recovery_max_s=_float(env, "RECOVERY_MAX_S", 0.0),
             log_level=level,
             port=_int(env, "PORT", 1),
             host=_get(env, "HOST"),

@@ -39,7 +39,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self.wfile.write(b"\0" * 65536)
             return
         self.send_response(200)
-        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Type", "application/json" if kind == "json" else "image/png")
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)
@@ -74,6 +74,18 @@ def image_server(digits64):
     for i, (name, data, _) in enumerate(digits64):
         routes[f"/digits/{i}.png"] = ("bytes", data)
     server = _serve(routes)
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def project_server():
+    """A stand-in for Label Studio's project API that confirms project 1 and serves no images
+    (for tests of what the backend does when images fail; the real Label Studio is used elsewhere)."""
+    import json
+
+    server = _serve({"/api/projects/1/": ("json", json.dumps({"id": 1, "title": "p", "label_config": ""}).encode())})
     yield server
     server.shutdown()
     server.server_close()

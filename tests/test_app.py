@@ -6,6 +6,7 @@ import time
 import pytest
 
 from ml_backend.app import create_app
+from ml_backend.security import HEADER
 from ml_backend.settings import Settings
 from scripts.local_servers import classification_config
 
@@ -146,13 +147,22 @@ def test_zero_one_and_a_thousand_tasks(client, digits64):
     assert len(results) == 1000 and all(r["result"] and isinstance(r["score"], float) for r in results)
 
 
-def test_webhook_acknowledges_every_event(client):
+def test_webhook_acknowledges_every_authenticated_event(client, app):
+    client.post("/setup", json={"project": "1.1700000000", "schema": CONFIG})
+    secrets = app.extensions["model_service"].webhook_secrets
+    good = {HEADER: secrets.for_project("1")}
     for action in ("ANNOTATION_CREATED", "ANNOTATIONS_DELETED", "START_TRAINING", "SOMETHING_NEW"):
-        r = client.post("/webhook", json={"action": action, "project": {"id": 1}})
+        r = client.post("/webhook", json={"action": action, "project": {"id": 1}}, headers=good)
         assert r.status_code == 200 and r.json["status"] == "ok" and r.json["action"] == action
     assert client.get("/metrics").json["events"]["ANNOTATIONS_DELETED"] == 1
-    assert client.post("/webhook", data=b"nope", content_type="application/json").status_code == 400
-    assert client.post("/webhook", json={"project": 1}).status_code == 400
+    # no header, another project's header, a wrong one: 401, and the event is not even counted
+    for headers in ({}, {HEADER: secrets.for_project("2")}, {HEADER: "0" * 64}):
+        r = client.post("/webhook", json={"action": "ANNOTATIONS_DELETED", "project": {"id": 1}}, headers=headers)
+        assert r.status_code == 401 and HEADER in r.json["message"]
+    assert client.get("/metrics").json["events"]["ANNOTATIONS_DELETED"] == 1
+    assert client.post("/webhook", data=b"nope", content_type="application/json", headers=good).status_code == 400
+    assert client.post("/webhook", json={"project": 1}, headers=good).status_code == 400
+    assert client.post("/webhook", json={"action": "X"}, headers=good).status_code == 400
 
 
 def test_versions_route(client):
@@ -167,8 +177,10 @@ def test_basic_auth(tmp_path):
     good = {"Authorization": "Basic " + base64.b64encode(b"ls:s3cret-pass").decode()}
     bad = {"Authorization": "Basic " + base64.b64encode(b"ls:wrong").decode()}
     assert client.get("/health").status_code == 200
-    # LS's auto-created webhook sends no credentials: events must get through
-    assert client.post("/webhook", json={"action": "ANNOTATION_CREATED"}).status_code == 200
+    # /webhook authenticates itself (secret header or basic auth), it is not behind the 401 of basic auth
+    event = {"action": "ANNOTATION_CREATED", "project": {"id": 1}}
+    assert client.post("/webhook", json=event).status_code == 401
+    assert client.post("/webhook", json=event, headers=good).status_code == 404  # authenticated, never set up
     for route in ("/versions", "/metrics"):
         assert client.get(route).status_code == 401
         assert client.get(route, headers=bad).status_code == 401
@@ -180,8 +192,8 @@ def test_basic_auth(tmp_path):
     app.extensions["model_service"].close()
 
 
-def test_secrets_never_reach_the_log(tmp_path, caplog):
-    app = create_app(make_settings(tmp_path, LABEL_STUDIO_API_KEY="pat-super-secret-value", LABEL_STUDIO_URL="http://127.0.0.1:9",
+def test_secrets_never_reach_the_log(tmp_path, caplog, project_server):
+    app = create_app(make_settings(tmp_path, LABEL_STUDIO_API_KEY="pat-super-secret-value", LABEL_STUDIO_URL=project_server.url,
                                           PUBLISH_ON_CONNECT="false"))
     client = app.test_client()
     with caplog.at_level(logging.DEBUG):
