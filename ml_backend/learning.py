@@ -182,7 +182,8 @@ class ProjectWorker:
                     if self.retry is not None and self.retry[0] == job[0]:
                         self.retry, self.backoff, self.info["retry_in_s"] = None, 0.0, None
                 # The served version can move on during a job (a grown label config): publish it too.
-                if self.state.published_version != self.state.version and self.service.connection.configured:
+                if self.state.published_version != self.state.version and self.service.connection.configured and (
+                        self.state.round > 0 or self.settings.publish_on_connect or self.state.published_version):
                     self.request_publish()
             except Exception as exc:
                 self._failed(job, exc)
@@ -546,9 +547,9 @@ class Learner:
                 worker = self.workers[state.key] = ProjectWorker(self, state)
             return worker
 
-    def ensure_published(self, state: ProjectState) -> None:
-        """Called on /setup (from Label Studio, for a confirmed project): publish the served
-        version once if Label Studio lacks it, and make sure the project's webhook is secured."""
+    def connected(self, state: ProjectState, publish: bool = True) -> None:
+        """Called on /setup (from Label Studio, for a confirmed project): make sure the project's
+        webhook is secured and, with ``publish``, that Label Studio has the served version."""
         if not self.service.connection.configured:
             return
         worker = self.worker(state)
@@ -557,7 +558,7 @@ class Learner:
         worker.request_secure()
         with worker.cond:
             idle = worker.info["state"] in ("idle", "failed") and not (worker.publish_requested or worker.labels_dirty)
-        if state.published_version != state.version and idle:
+        if publish and state.published_version != state.version and idle:
             worker.request_publish()
 
     def resume(self) -> None:
@@ -566,7 +567,8 @@ class Learner:
         if not self.service.connection.configured:
             return
         for state in list(self.service.projects.values()):
-            if state.published_version != state.version:
+            trained = state.round > 0  # version 0 is published on connect only when PUBLISH_ON_CONNECT says so
+            if state.published_version != state.version and (trained or self.service.settings.publish_on_connect):
                 log.info("project %s: %s is not known to be published; publishing it", state.key, state.version)
                 self.worker(state).request_publish()
 

@@ -223,6 +223,7 @@ class ModelService:
         Returns the project; UnknownProject when Label Studio has no such project; a 503 error when
         Label Studio cannot be asked."""
         try:
+            self.connection.token(wait=timeout)  # a PAT refresh that hangs must not hold /setup
             return ProjectAPI(self.connection, int(key)).project(timeout=timeout)
         except Exception as exc:
             status = api_status(exc)
@@ -255,8 +256,8 @@ class ModelService:
                 state.access_token = access_token
         if self.connection.configured and (changed or not self._registration_file(key).is_file()):
             self._register(state)
-        if self.learner is not None and self.settings.publish_on_connect:
-            self.learner.ensure_published(state)
+        if self.learner is not None:
+            self.learner.connected(state, publish=self.settings.publish_on_connect)
         return state.version
 
     def update_config(self, state: ProjectState, config: ClassificationConfig) -> bool:

@@ -220,6 +220,14 @@ class LabelStudio:
     def connect_backend(self, project: int, url: str, title: str = "active-adaptation", **auth) -> dict:
         return self.api("POST", "/api/ml", json={"project": project, "url": url, "title": title, **auth})
 
+    def webhook_headers(self, project: int, backend_url: str) -> dict:
+        """The headers Label Studio sends with the project's webhook to ``backend_url`` (the backend
+        sets its authentication header there once it has confirmed the project)."""
+        for hook in self.api("GET", "/api/webhooks/", params={"project": project}):
+            if hook["url"].rstrip("/") == backend_url.rstrip("/") + "/webhook":
+                return dict(hook.get("headers") or {})
+        return {}
+
     def retrieve_predictions(self, project: int) -> None:
         self.api("POST", "/api/dm/actions", params={"id": "retrieve_tasks_predictions", "project": project},
                  json={"selectedItems": {"all": True, "excluded": []}}, timeout=300)

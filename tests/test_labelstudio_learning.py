@@ -119,8 +119,11 @@ def test_storm_concurrent_predictions_and_kill_9(label_studio, digits64, tmp_pat
         # 200 events in a few seconds (5 real annotations among them): at most 2 training runs
         started = time.monotonic()
         payload = {"action": "ANNOTATION_UPDATED", "project": {"id": project}}
+        headers = ls.webhook_headers(project, backend.url)  # what LS itself sends: the backend's secret header
+        assert headers
         with ThreadPoolExecutor(8) as pool:
-            futures = [pool.submit(requests.post, f"{backend.url}/webhook", json=payload, timeout=5) for _ in range(195)]
+            futures = [pool.submit(requests.post, f"{backend.url}/webhook", json=payload, headers=headers, timeout=5)
+                       for _ in range(195)]
             for t in ids[:5]:
                 annotate(ls, t, truth[t])
             assert all(f.result().status_code == 200 for f in futures)
