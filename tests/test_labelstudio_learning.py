@@ -193,9 +193,15 @@ def test_label_studio_outage_during_publish_is_retried_and_reported(label_studio
             r = requests.post(f"{backend.url}/predict", json={"tasks": [{"id": ids[5], "data": {}}], "project": str(project)}, timeout=30)
             assert r.status_code == 200  # the backend keeps answering
 
-            proxy.fail_when = None  # Label Studio is back: the next /setup publishes the trained version
-            requests.post(f"{backend.url}/setup", json={"project": str(project), "schema": ls.api("GET", f"/api/projects/{project}")["label_config"]}, timeout=10)
-            st = wait_for(lambda: (s := status(backend, project))["published_version"] and s["state"] == "idle" and s, 60, "the publish to succeed")
+            assert st["retry_in_s"] and "retrying in" in st["reason"]
+            # Label Studio is back: the backend retries by itself, with no event and no /setup
+            events = requests.get(f"{backend.url}/status", timeout=10).json()["events"]
+            proxy.fail_when = None
+            st = wait_for(lambda: (s := status(backend, project))["published_version"] and s["state"] == "idle" and s, 60,
+                          "the background retry to publish")
+            after = requests.get(f"{backend.url}/status", timeout=10).json()["events"]
+            # the only new events are LS's echo of the backend's own project switch
+            assert {k for k in after if after[k] != events.get(k)} <= {"PROJECT_UPDATED"}
             assert project_version(ls, project) == st["model_version"] == st["published_version"] != v0
             assert set(versions_of(ls, project)) == {st["model_version"]}  # DELETE_OLD_PREDICTIONS removed v0
     finally:
