@@ -11,7 +11,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ml_backend", description=__doc__)
     parser.add_argument("--list", action="store_true", help="list backbones and strategies, then exit")
     parser.add_argument("--check", action="store_true", help="validate the settings and load the weights, then exit")
+    parser.add_argument("--webhook-header", metavar="PROJECT_ID",
+                        help="print the X-Active-Adaptation-Secret header value for a project's webhook "
+                             "(to set it by hand in Label Studio), then exit")
     args = parser.parse_args(argv)
+
+    if args.webhook_header is not None:
+        from .errors import BadRequest
+        from .security import HEADER, WebhookSecrets
+        from .service import project_key
+        from .settings import Settings
+
+        try:
+            settings = Settings.from_env()
+            key = project_key(args.webhook_header)
+        except (ConfigError, BadRequest) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"{HEADER}: {WebhookSecrets(settings.model_dir, settings.webhook_secret).for_project(key)}")
+        return 0
 
     import strategies
 

@@ -5,6 +5,7 @@ import base64
 import hmac
 import json
 import logging
+import threading
 import time
 
 from flask import Flask, Response, jsonify, request
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 # the secret header this backend sets on it, never basic auth; START_TRAINING arrives through LS's
 # ML API client, which sends basic auth when the connection has it.
 PUBLIC_ROUTES = frozenset({"/health", "/webhook"})
+RESERVED_THREADS = 8  # gunicorn threads kept free of /predict for /webhook, /setup, /health, /status
 
 
 def _json_body() -> dict:
@@ -122,8 +124,22 @@ def create_app(settings: Settings | None = None, service: ModelService | None = 
         )
         return jsonify(model_version=version)
 
+    # /predict requests hold a gunicorn thread for as long as they score; beyond this many at once
+    # they are refused, so that the fast routes never queue behind them (gthread queues in FIFO)
+    predict_slots = threading.BoundedSemaphore(max(1, settings.threads - RESERVED_THREADS))
+
     @app.post("/predict")
     def predict():
+        if not predict_slots.acquire(blocking=False):
+            return Response(json.dumps({"status": "error", "message": (
+                f"busy: {max(1, settings.threads - RESERVED_THREADS)} /predict requests are running "
+                "(THREADS - 8); retry shortly")}), 503, {"Content-Type": "application/json", "Retry-After": "1"})
+        try:
+            return _predict()
+        finally:
+            predict_slots.release()
+
+    def _predict():
         data = _json_body()
         if "tasks" not in data:
             raise BadRequest("missing 'tasks' (a list of Label Studio tasks)")

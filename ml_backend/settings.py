@@ -34,7 +34,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "PORT": ("9090", "Port of `python -m ml_backend`."),
     "HOST": ("0.0.0.0", "Interface `python -m ml_backend` listens on."),
     "WORKERS": ("1", "gunicorn worker processes for `python -m ml_backend` (keep 1 per GPU: each worker holds its own models)."),
-    "THREADS": ("8", "gunicorn threads per worker."),
+    "THREADS": ("64", "gunicorn threads per worker. At most THREADS - 8 `/predict` requests run at once (more get 503 with Retry-After), so that /webhook, /setup and /health always find a free thread (docs/benchmarks.md)."),
     "BACKBONE": ("resnet18", "Model architecture: one of the registered backbones (see `python -m ml_backend --list`)."),
     "WEIGHTS": ("DEFAULT", "Pretrained weights: a torchvision weights name of the backbone (DEFAULT, IMAGENET1K_V1, ...), a path to a saved state_dict, or `none` for random initialisation."),
     "STRATEGY": ("margin", "Acquisition strategy: a registered strategy (see `python -m ml_backend --list`), with options as `name:key=value:...`, e.g. `adma:lam=0.1:landmarks=kmeans`."),
@@ -132,7 +132,7 @@ class Settings:
     port: int = 9090
     host: str = "0.0.0.0"
     workers: int = 1
-    threads: int = 8
+    threads: int = 64
     backbone: str = "resnet18"
     weights: str = "DEFAULT"
     strategy: str = "margin"

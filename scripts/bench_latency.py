@@ -82,7 +82,9 @@ def main() -> None:
             backend = BackendProcess(tmp / "backend", env).start()
             project = ls.create_project("latency", LABELS)
             digits = digit_pngs(args.tasks, size=32)
-            ids = ls.upload_files(project, [(name, data) for name, data, _ in digits])
+            ids = []
+            for start in range(0, len(digits), 50):  # LS accepts at most 100 files per upload
+                ids += ls.upload_files(project, [(name, data) for name, data, _ in digits[start:start + 50]])
             v0 = ls.connect_backend(project, backend.url)["model_version"]
             wait_for(lambda: ls.api("GET", f"/api/projects/{project}")["model_version"] == v0, 120, "version 0")
             headers = wait_for(lambda: ls.webhook_headers(project, backend.url), 30, "the webhook header")

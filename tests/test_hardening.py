@@ -322,3 +322,37 @@ def test_a_project_set_up_before_its_first_round_survives_a_new_process(tmp_path
     r = second.test_client().post("/predict", json={"project": "1", "tasks": tasks_from([(0, _png(32, 32), 0)])})
     assert r.status_code == 200 and r.json["results"][0]["model_version"] == version
     second.extensions["model_service"].close()
+
+
+def test_predict_requests_beyond_the_thread_budget_are_refused_not_queued(tmp_path, image_server):
+    """gunicorn queues requests in FIFO order once all its threads are busy: /predict may use at
+    most THREADS - 8 of them, the rest is refused (503, Retry-After) instead of delaying /webhook."""
+    app = create_app(make_settings(tmp_path, THREADS="9"))  # one /predict at a time
+    client = app.test_client()
+    client.post("/setup", json={"project": "1.1", "schema": CONFIG})
+    slow = {"project": "1", "tasks": [{"id": 1, "data": {"image": f"{image_server.url}/slow.png"}}]}
+    first = threading.Thread(target=lambda: client.post("/predict", json=slow))
+    first.start()
+    time.sleep(0.5)
+    r = client.post("/predict", json={"project": "1", "tasks": []})
+    assert r.status_code == 503 and r.headers["Retry-After"] == "1" and "busy" in r.json["message"]
+    assert client.post("/setup", json={"project": "1.1", "schema": CONFIG}).status_code == 200
+    first.join()
+    assert client.post("/predict", json={"project": "1", "tasks": []}).status_code == 200
+    app.extensions["model_service"].close()
+
+
+def test_the_webhook_header_can_be_printed_for_setting_it_by_hand(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from ml_backend.security import WebhookSecrets
+
+    env = {**os.environ, "MODEL_DIR": str(tmp_path), "BACKBONE": "smallcnn", "WEIGHTS": "none"}
+    r = subprocess.run([sys.executable, "-m", "ml_backend", "--webhook-header", "12"], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == f"{HEADER}: {WebhookSecrets(tmp_path).for_project('12')}"
+    r = subprocess.run([sys.executable, "-m", "ml_backend", "--webhook-header", "../x"], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 2 and "invalid 'project'" in r.stderr
