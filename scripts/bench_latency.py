@@ -116,12 +116,17 @@ def main() -> None:
 
             stop = threading.Event()
             predict_times: list[float] = []
+            predict_refused: list[int] = []
 
             def predictor():
                 session = requests.Session()
                 while not stop.is_set():
                     started = time.perf_counter()
-                    session.post(f"{backend.url}/predict", json={"project": str(project), "tasks": tasks}, timeout=300)
+                    r = session.post(f"{backend.url}/predict", json={"project": str(project), "tasks": tasks}, timeout=300)
+                    if r.status_code == 503:  # busy: THREADS - 8 predictions already running
+                        predict_refused.append(1)
+                        time.sleep(float(r.headers.get("Retry-After", "1")))
+                        continue
                     predict_times.append(time.perf_counter() - started)
 
             clients = [threading.Thread(target=predictor, daemon=True) for _ in range(args.predictors)]
@@ -142,7 +147,8 @@ def main() -> None:
             settings = ", ".join(f"{k}={v}" for k, v in extra.items()) or "defaults"
             print(f"\nbackend settings: {settings}; phases of {args.seconds:g} s; "
                   f"{len(predict_times)} /predict requests of {len(tasks)} tasks in the last phase "
-                  f"(median {statistics.median(predict_times) if predict_times else float('nan'):.2f} s)")
+                  f"(median {statistics.median(predict_times) if predict_times else float('nan'):.2f} s), "
+                  f"{len(predict_refused)} refused as busy (503)")
             print(f"| route | phase | n | p50 ms | p99 ms | max ms | non-200 |")
             print("|---|---|---|---|---|---|---|")
             for name, probe in (("/webhook", webhook), ("/setup", setup)):
