@@ -32,6 +32,8 @@ def test_a_killed_worker_process_forgets_nothing(label_studio, digits64, tmp_pat
         wait_for(lambda: project_version(ls, project) == v0, 60, "version 0")
 
         def kill_worker():
+            # (the backend records a publish just after Label Studio has moved the project)
+            wait_for(lambda: (s := status(backend, project))["published_version"] == s["model_version"], 30, "the publish")
             (pid,) = worker_pids(backend)
             os.kill(pid, signal.SIGKILL)
             wait_for(lambda: (p := worker_pids(backend)) and p != [pid], 60, "a new worker process")
@@ -102,3 +104,33 @@ def test_forged_and_replayed_events_against_label_studio(label_studio, digits64,
         ls.api("PATCH", f"/api/projects/{project}", json={"label_config": classification_config(LABELS + ["new"])})
         wait_for(lambda: status(backend, project)["labels"] == LABELS + ["new"], 60, "the re-read config")
         assert len(requests.get(f"{backend.url}/status", timeout=5).json()["projects"]) == 1
+
+
+def test_a_version_left_unpublished_by_a_crash_is_published_at_start(label_studio, digits64, tmp_path):
+    """Round trained and checkpointed, publishing refused by Label Studio, then kill -9: the next
+    process publishes that version by itself, with no event and no /setup."""
+    from tests.proxy import OutageProxy
+
+    ls = label_studio
+    proxy = OutageProxy(ls.url)
+    env = {"LABEL_STUDIO_URL": proxy.url, "LABEL_STUDIO_API_KEY": ADMIN_TOKEN, **FAST, "RECOVERY_MAX_S": "600"}
+    backend = BackendProcess(tmp_path, env).start()
+    try:
+        project, ids, truth = digits_project(ls, digits64, "crash mid-publish", 12)
+        v0 = ls.connect_backend(project, backend.url)["model_version"]
+        wait_for(lambda: project_version(ls, project) == v0, 60, "version 0")
+        proxy.fail_when = lambda method, path: method == "POST" and "/import/predictions" in path
+        for t in ids[:3]:
+            annotate(ls, t, truth[t])
+        st = wait_for(lambda: (s := status(backend, project))["state"] == "failed" and s, 90, "the publish to fail")
+        trained = st["model_version"]
+        assert "-t1-" in trained and st["published_version"] is None and project_version(ls, project) == v0
+        os.killpg(backend.process.pid, signal.SIGKILL)
+        backend.process.wait(timeout=10)
+        proxy.fail_when = None
+        backend = BackendProcess(tmp_path, env, port=backend.port).start()
+        wait_for(lambda: project_version(ls, project) == trained, 60, "the restored version to be published")
+        assert status(backend, project)["published_version"] == trained
+    finally:
+        backend.stop()
+        proxy.close()
