@@ -317,7 +317,8 @@ class ImageLoader:
             status = exc.response.status_code if exc.response is not None else "?"
             raise ImageError(f"download of {ref} failed with HTTP {status}") from None
         except requests.RequestException as exc:
-            if getattr(_CURRENT, "download", None) is not None and _CURRENT.download.expired:
+            download = getattr(_CURRENT, "download", None)
+            if isinstance(exc, requests.Timeout) or (download is not None and download.expired):
                 raise ImageError(f"download of {ref} took longer than {self.timeout:g}s "
                                  "(IMAGE_TIMEOUT_S, or the request's deadline)") from None
             raise ImageError(f"download of {ref} failed: {type(exc).__name__}") from None

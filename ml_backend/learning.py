@@ -493,6 +493,8 @@ class ProjectWorker:
         self.last_secure = time.monotonic()
         api = self._api()
         secret = service.webhook_secrets.for_project(state.key)
+        if service.secrets is not None:
+            service.secrets.add(secret)  # masked should a library ever log it
         self._set("securing", "setting the webhook's authentication header in Label Studio")
         # On a first connection Label Studio calls /setup before it saves the connection and creates
         # its webhook: poll for them for a few seconds before giving up (and retrying later).

@@ -21,19 +21,7 @@ from ml_backend.models import Preprocess
 from ml_backend.security import HEADER
 from ml_backend.service import project_key
 from scripts.local_servers import classification_config
-from tests.test_app import CONFIG, make_settings, tasks_from
-
-
-@pytest.fixture
-def app(tmp_path):
-    app = create_app(make_settings(tmp_path))
-    yield app
-    app.extensions["model_service"].close()
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
+from tests.test_app import CONFIG, app, client, make_settings, tasks_from  # noqa: F401 (fixtures)
 
 
 # ----------------------------------------------------------------------------- the webhook
@@ -84,21 +72,30 @@ def test_an_authenticated_event_payload_is_only_a_hint(client, app):
     assert status["model_version"] == version and "HACKED" not in status["labels"]
 
 
-def test_unauthenticated_start_training_cannot_force_a_round(tmp_path):
+def test_unauthenticated_start_training_cannot_force_a_round(tmp_path, project_server):
     """LS sends "Start Training" with no credentials when the connection has no basic auth: it
     is accepted only as a debounced label check; with basic auth on, it needs basic auth."""
-    app = create_app(make_settings(tmp_path))
+    env = {"LABEL_STUDIO_URL": project_server.url, "LABEL_STUDIO_API_KEY": "0123456789abcdef0123456789abcdef01234567",
+           "PUBLISH_ON_CONNECT": "false", "TRAIN_DEBOUNCE_S": "3600"}
+    app = create_app(make_settings(tmp_path, **env))
     client = app.test_client()
-    client.post("/setup", json={"project": "4.1", "schema": CONFIG})
-    r = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 4}})
-    assert r.status_code == 200 and "cannot force" in r.json["outcome"] or "LABEL_STUDIO_URL" in r.json["outcome"]
+    learner = app.extensions["model_service"].learner
+    client.post("/setup", json={"project": "1.1", "schema": CONFIG})
+    r = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 1}})
+    assert r.status_code == 200 and "cannot force" in r.json["outcome"]
+    worker = learner.workers["1"]
+    assert worker.labels_dirty and not worker.force  # a label check: trains only if labels changed
+    r = client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 1}},
+                    headers={HEADER: app.extensions["model_service"].webhook_secrets.for_project("1")})
+    assert r.status_code == 200 and worker.force  # the authenticated one forces a round
     app.extensions["model_service"].close()
-    app = create_app(make_settings(tmp_path / "b", BASIC_AUTH_USER="ls", BASIC_AUTH_PASS="pw-123456"))
+    app = create_app(make_settings(tmp_path / "b", BASIC_AUTH_USER="ls", BASIC_AUTH_PASS="pw-123456", **env))
     client = app.test_client()
     auth = {"Authorization": "Basic " + base64.b64encode(b"ls:pw-123456").decode()}
-    client.post("/setup", json={"project": "4.1", "schema": CONFIG}, headers=auth)
-    assert client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 4}}).status_code == 401
-    assert client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 4}}, headers=auth).status_code == 200
+    client.post("/setup", json={"project": "1.1", "schema": CONFIG}, headers=auth)
+    assert client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 1}}).status_code == 401
+    assert client.post("/webhook", json={"action": "START_TRAINING", "project": {"id": 1}}, headers=auth).status_code == 200
+    assert app.extensions["model_service"].learner.workers["1"].force
     app.extensions["model_service"].close()
 
 
