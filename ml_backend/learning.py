@@ -13,6 +13,7 @@ import threading
 import time
 import traceback
 from typing import Callable
+from urllib.parse import urlsplit
 
 import requests
 import torch
@@ -513,6 +514,11 @@ class ProjectWorker:
                                "/health; set the webhook header by hand (README, Security)")
         if not hooks:
             self._set("idle", "")
+            undotted = [u for u in sorted(mine) if "." not in (urlsplit(u).hostname or "") and urlsplit(u).hostname != "localhost"]
+            if undotted:  # Django's URL validator refuses such a host: Label Studio created no webhook, silently
+                raise RuntimeError(f"Label Studio created no webhook for {undotted[0]}: it refuses webhook URLs whose "
+                                   "host has no dot; connect the backend by a name with a dot (e.g. "
+                                   "http://backend.internal:9090 in docker compose) or an IP address")
             raise RuntimeError("Label Studio has no webhook for this backend's connection yet")
         changed = 0
         for hook in hooks:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create (or update) the two virtual environments from the lock files. Idempotent: a venv is
 # rebuilt only when its lock file changed. Needs only python3.11 with venv and the package index.
-#   .venv            the backend, its tests and scripts   (requirements.txt + this package)
+#   .venv            the backend, its tests and scripts   (requirements.txt + requirements-dev.txt + this package)
 #   .cache/ls-venv   Label Studio 1.23.2 for tests and the demo  (requirements-labelstudio.txt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +16,7 @@ quiet() {  # run a pip command, hiding this machine's noisy local-index warnings
 make_venv() {  # dir lockfile install-command...
     local dir=$1 lock=$2; shift 2
     local stamp="$dir/.lock.sha256" want
-    want=$(sha256sum "$lock" pyproject.toml scripts/install_backend.sh | sha256sum | cut -d' ' -f1)
+    want=$(sha256sum "$lock" requirements-dev.txt pyproject.toml scripts/install_backend.sh | sha256sum | cut -d' ' -f1)
     if [[ -x "$dir/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
         echo "[setup] $dir is up to date"; return
     fi
@@ -29,6 +29,7 @@ make_venv() {  # dir lockfile install-command...
 install_backend_venv() {
     # the same install step as the Dockerfile's (FLAVOR=cuda: exactly the lock)
     quiet bash scripts/install_backend.sh cuda .venv/bin/python
+    quiet .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
     quiet .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e ".[test]"
 }
 

@@ -20,6 +20,8 @@ LABEL_STUDIO_VARS = {
     "LABEL_STUDIO_USERNAME", "LABEL_STUDIO_PASSWORD", "LABEL_STUDIO_USER_TOKEN", "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN",
     "LABEL_STUDIO_ML_BLOCK_LOCAL_IP", "LABEL_STUDIO_SSRF_PROTECTION_ENABLED", "LABEL_STUDIO_HOST",
 }
+# compose-only knobs (.env.example): host ports and the image flavor
+COMPOSE_VARS = {"LABEL_STUDIO_PORT", "BACKEND_PORT", "FLAVOR"}
 RUNTIME_VARS = {"PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "PIP_NO_CACHE_DIR", "PIP_DISABLE_PIP_VERSION_CHECK", "TORCH_HOME"}
 
 
@@ -54,7 +56,7 @@ def test_compose_references_only_existing_variables():
     assert ls["environment"]["LABEL_STUDIO_ML_BLOCK_LOCAL_IP"] == "false"
     text = (ROOT / "docker-compose.yml").read_text()
     for var in set(re.findall(r"\$\{([A-Z_]+)", text)):
-        assert var in ENV_VARS or var in LABEL_STUDIO_VARS, var
+        assert var in ENV_VARS or var in LABEL_STUDIO_VARS or var in COMPOSE_VARS, var
     assert services["backend"]["volumes"] == services["backend-gpu"]["volumes"] == ["models:/data"]
 
 
@@ -99,16 +101,25 @@ def test_dockerignore_is_an_allow_list_that_admits_every_copied_file():
     assert not included("tests/test_app.py") and not included(".venv/bin/python")
 
 
-def test_pyproject_pins_match_the_lock():
+def _lock(name: str) -> dict[str, str]:
+    return {l.split("==")[0].lower(): l.split("==")[1] for l in (ROOT / name).read_text().splitlines()
+            if "==" in l and not l.startswith("#")}
+
+
+def test_pyproject_pins_match_the_locks():
+    """Runtime pins are in the runtime lock (what the image installs); test tools only in the dev lock."""
     import tomllib
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    pins = project["dependencies"] + project["optional-dependencies"]["test"]
-    lock = {l.split("==")[0].lower(): l.split("==")[1] for l in (ROOT / "requirements.txt").read_text().splitlines()
-            if "==" in l and not l.startswith("#")}
-    for pin in pins:
+    runtime, dev = _lock("requirements.txt"), _lock("requirements-dev.txt")
+    for pin in project["dependencies"]:
         name, version = pin.split("==")
-        assert lock.get(name.lower()) == version, pin
+        assert runtime.get(name.lower()) == version, pin
+    for pin in project["optional-dependencies"]["test"]:
+        name, version = pin.split("==")
+        assert dev.get(name.lower()) == version and name.lower() not in runtime, pin
+    assert not set(runtime) & set(dev)
+    assert "-r requirements.txt" in (ROOT / "requirements-dev.txt").read_text().splitlines()
 
 
 @pytest.mark.parametrize("topic", ["legacy", "Personal Access Token", "SSRF", "model_version", "Uncertainty sampling",
@@ -117,3 +128,18 @@ def test_troubleshooting_and_weights_are_documented(topic):
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("## Troubleshooting"):]
     assert topic in section
+
+
+def test_env_example_names_every_compose_variable():
+    example = (ROOT / ".env.example").read_text()
+    names = set(re.findall(r"^([A-Z_]+)=", example, re.M))
+    used = set(re.findall(r"\$\{([A-Z_]+)", (ROOT / "docker-compose.yml").read_text()))
+    assert {"LABEL_STUDIO_API_KEY", "LABEL_STUDIO_PASSWORD", "BACKBONE", "WEIGHTS"} <= names <= used | LABEL_STUDIO_VARS
+    assert ".env" in (ROOT / ".gitignore").read_text().split()
+
+
+def test_backend_containers_are_read_only_with_a_volume_and_tmpfs():
+    for name in ("backend", "backend-gpu"):
+        service = COMPOSE["services"][name]
+        assert service["read_only"] is True and service["tmpfs"] == ["/tmp"]
+    assert "USER 10001:10001" in DOCKERFILE
