@@ -199,6 +199,7 @@ class ProjectWorker:
             log.error("project %s: %s failed: Label Studio has no such project any more", self.state.key, job[0])
             return
         if job[0] == "secure":
+            self.info["webhook"] = f"not secured: {exc}"
             self.secure_attempts += 1
             if self.secure_attempts >= 6:  # the next /setup from Label Studio tries again
                 log.warning("project %s: webhook not secured: %s", self.state.key, exc)

@@ -16,7 +16,8 @@ Needs a Docker daemon and ``docker compose`` (on the project's offline machines:
    to uncertainty sampling; the backend's webhook header set on the project's webhook;
 5. a few annotations -> a new version (round t=1) published and switched to, with no other call;
 6. ``docker restart`` of the backend -> the same version served and published, from the volume;
-7. the backend runs as uid 10001 on a read-only root filesystem (a write outside /data and /tmp fails);
+7. the backend runs as uid 10001 on a read-only root filesystem (a write outside its volumes
+   /data and /opt/torch and the tmpfs /tmp fails);
 8. ``docker compose down -v``.
 
 Prints one line per check and a JSON summary; exit status 0 when every check passed.
@@ -184,11 +185,12 @@ def main(argv: list[str] | None = None) -> int:
         uid = sh("docker", "exec", backend_id, "id", "-u")
         read_only = sh("docker", "inspect", "-f", "{{.HostConfig.ReadonlyRootfs}}", backend_id)
         write = subprocess.run(["docker", "exec", backend_id, "touch", "/app/x"], capture_output=True, text=True)
-        data_write = subprocess.run(["docker", "exec", backend_id, "touch", "/data/x", "/tmp/x"], capture_output=True)
+        data_write = subprocess.run(["docker", "exec", backend_id, "touch", "/data/x", "/tmp/x", "/opt/torch/x"],
+                                    capture_output=True)
         assert uid == "10001" and read_only == "true" and write.returncode != 0 and data_write.returncode == 0, \
             (uid, read_only, write.stderr)
         results.update(uid=uid, read_only_rootfs=True, write_outside_volume=write.stderr.strip())
-        log("ok: uid 10001, read-only root filesystem (writes only to /data and /tmp)")
+        log("ok: uid 10001, read-only root filesystem (writes only to /data, /opt/torch and /tmp)")
         results["total_s"] = round(time.monotonic() - started)
         ok = True
     except Exception as exc:  # reported with the services' logs, then the stack is taken down
