@@ -1,4 +1,4 @@
-"""ADMA landmarks from images, with the original model M0 (METHODS.md §1.3, §1.9).
+"""ADMA landmarks from images, with the original model M0 (docs/methods.md §1.3, §1.9).
 
 * ``landmarks_from_images``: Eqs. 1-2 per class (optionally k-means sub-centers) on M0's layer-B
   representation; the landmark activations at layers A (and A2) and B are kept, flattened.

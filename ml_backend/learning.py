@@ -323,7 +323,7 @@ class ProjectWorker:
         return h, y
 
     def _drop_harmful(self, model, examples: list[Example]) -> tuple[list[Example], list[dict]]:
-        """Influence-based data dropout (METHODS.md §6): drop the examples whose up-weighting would
+        """Influence-based data dropout (docs/methods.md §6): drop the examples whose up-weighting would
         raise the K-fold validation loss of the current head (psi > 0)."""
         if len(examples) < 10:
             return examples, []

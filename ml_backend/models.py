@@ -2,7 +2,7 @@
 
 A registry of torchvision backbones plus a small CNN for fast CPU tests and demos. Each entry
 says where its classifier head is, which early layers are frozen (as in the ADMA paper, see
-METHODS.md §1.2: "first two layers for AlexNet, first seven for VGG-16, first eight for ResNet-18",
+docs/methods.md §1.2: "first two layers for AlexNet, first seven for VGG-16, first eight for ResNet-18",
 counting weight layers in forward order) and how to preprocess images.
 """
 from __future__ import annotations
@@ -64,7 +64,7 @@ class Preprocess:
 
 
 class SmallCNN(nn.Module):
-    """conv16-pool-conv32-pool-fc128-fc64-head (METHODS.md §8.2): fast on a CPU, any input size."""
+    """conv16-pool-conv32-pool-fc128-fc64-head (docs/methods.md §8.2): fast on a CPU, any input size."""
 
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
@@ -95,7 +95,7 @@ class BackboneSpec:
     trunk: Callable[[nn.Module, torch.Tensor], torch.Tensor]  # the frozen early layers
     rest: Callable[[nn.Module, torch.Tensor], torch.Tensor]  # everything after: rest(m, trunk(m, x)) == m(x)
     torchvision_name: str | None = None  # for torchvision's weights registry
-    # ADMA's layers (METHODS.md §1.2) as module names, post-activation; "+relu" applies a ReLU to
+    # ADMA's layers (docs/methods.md §1.2) as module names, post-activation; "+relu" applies a ReLU to
     # the hooked output (for a ReLU module that a residual block reuses and so cannot be hooked).
     roles: tuple[tuple[str, str], ...] = ()
 
@@ -182,7 +182,7 @@ register_backbone(BackboneSpec(
 ))
 register_backbone(BackboneSpec(
     "smallcnn", SmallCNN, head="classifier.5",
-    frozen=("features.0.",),  # conv1, as in METHODS.md §8.2
+    frozen=("features.0.",),  # conv1, as in docs/methods.md §8.2
     preprocess=Preprocess(32, 32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
     source_classes=10, trunk=_features_split(2)[0], rest=_features_split(2)[1],
     # A = the conv block feeding fc1, B = fc2 after its ReLU; conv1 (A2) is frozen, inside the trunk

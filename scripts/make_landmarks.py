@@ -1,4 +1,4 @@
-"""Compute an ADMA landmark file (METHODS.md §1.9, F1/F2) from source images in ImageFolder layout.
+"""Compute an ADMA landmark file (docs/methods.md §1.9, F1/F2) from source images in ImageFolder layout.
 
     python -m scripts.make_landmarks SOURCE_DIR OUT.pt --backbone resnet18 --weights DEFAULT [--per-class 5]
 

@@ -1,4 +1,4 @@
-"""Offline datasets for the simulation (METHODS.md §8.2). Everything ships inside pip wheels
+"""Offline datasets for the simulation (docs/methods.md §8.2). Everything ships inside pip wheels
 (scikit-learn's digits, scikit-image's textures) or is generated, deterministically given a seed.
 
 A dataset is a source task (to pretrain M0 and take ADMA's landmarks from) and a target task (the
@@ -46,7 +46,7 @@ def _digits():
 
 def digits() -> Dataset:
     """Digits 0-4 (source) -> 5-9 (target), 8x8 upscaled to 16x16: the fast smoke track (no
-    measurable transfer gain, METHODS.md §8.2)."""
+    measurable transfer gain, docs/methods.md §8.2)."""
     images, labels = _digits()
     big = images.repeat(2, axis=1).repeat(2, axis=2)
     src, tgt = labels < 5, labels >= 5
@@ -91,7 +91,7 @@ def clutter(images: np.ndarray, textures: list[np.ndarray], rng: np.random.Gener
 def cluttered_digits(contrast: float = 0.5, placements: int = 10) -> Dataset:
     """Source: digits 0-4 on brick/grass/gravel, ``placements`` per image; target: digits 5-9 on
     camera/moon/coins/page, one placement each: new classes and a new clutter domain, where
-    pretraining on the source measurably helps (METHODS.md §8.2, track T1)."""
+    pretraining on the source measurably helps (docs/methods.md §8.2, track T1)."""
     images, labels = _digits()
     rng = np.random.default_rng(12345)  # the dataset is fixed; seeds vary the split and the loop
     src, tgt = labels < 5, labels >= 5
@@ -109,7 +109,7 @@ def cluttered_digits(contrast: float = 0.5, placements: int = 10) -> Dataset:
 
 
 def digits_novel() -> Dataset:
-    """The EMOC protocol scaled down (METHODS.md §8.2, track T2): all ten digits are the target;
+    """The EMOC protocol scaled down (docs/methods.md §8.2, track T2): all ten digits are the target;
     the loop picks 5 known classes per seed. No source task: M0 is pretrained on nothing."""
     images, labels = _digits()
     big = images.repeat(2, axis=1).repeat(2, axis=2)

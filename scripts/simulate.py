@@ -28,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 NOVEL_CRITERIA = {"random": "random", "least_confidence": "min", "margin": "1-vs-2", "max_confidence": "max",
                   "emoc": "emoc"}
-TRACK_DEFAULTS = {  # METHODS.md §8.2
+TRACK_DEFAULTS = {  # docs/methods.md §8.2
     "digits": dict(initial=10, batch=5, rounds=10, steps=300, lr=1e-3, source_steps=1000),
     "cluttered-digits": dict(initial=10, batch=20, rounds=20, steps=300, lr=1e-3, source_steps=3000),
     "digits-novel": dict(initial=100, batch=5, rounds=10, steps=1000, lr=1e-4, source_steps=0),
@@ -214,7 +214,7 @@ def run_al(cfg: dict, spec: str, seed: int, progress=None) -> dict:
 
 
 def run_novel(cfg: dict, spec: str, seed: int, progress=None) -> dict:
-    """The EMOC paper's protocol (METHODS.md §2.3, §8.2 T2): 5 known classes with 20 labels each; the
+    """The EMOC paper's protocol (docs/methods.md §2.3, §8.2 T2): 5 known classes with 20 labels each; the
     pool holds 20 per known and 20 per novel class; each step one of M random class-pure sets of K is
     chosen by a set criterion and labeled."""
     import strategies

@@ -1,4 +1,4 @@
-"""ADMA, active deep model adaptation (Huang, Zhao, Liu, KDD'18), as specified in METHODS.md §1.
+"""ADMA, active deep model adaptation (Huang, Zhao, Liu, KDD'18), as specified in docs/methods.md §1.
 Larger = label first.
 
 For an item x and K source landmarks c_k (one real instance per source class, Eqs. 1-2):
@@ -16,7 +16,7 @@ restricted to the landmarks' classes, split over sub-centers (Eq. 8), or the rec
 at layer A of M0 (ADMA-distance). ADMA-2 adds a second A layer and combines the per-pattern
 distinctiveness by their mean (default) or variance.
 
-Landmark modes (METHODS.md §1.9), reported in :meth:`ADMAStrategy.info`:
+Landmark modes (docs/methods.md §1.9), reported in :meth:`ADMAStrategy.info`:
 ``source-data`` (computed from the source task's data, Eqs. 1-2), ``file`` (a landmark file made by
 ``scripts/make_landmarks.py`` or the backend from a reference folder), ``pool-exemplars`` (F3: the
 pool items M0's source head is most confident about, per source class; the source-free default) and
@@ -399,7 +399,7 @@ class ADMAStrategy(Strategy):
                                     self.max_landmarks)
         else:
             log.warning("ADMA with k-means landmarks (F4): no source information, so ADMA measures novelty "
-                        "within the pool only (METHODS.md §1.9)")
+                        "within the pool only (docs/methods.md §1.9)")
             lm = kmeans_landmarks(a, source["B"], keys, self.kmeans, self.seed)
         # Landmarks are computed once (Algorithm 1's initialisation) from a whole pool; a request that
         # scores only a few tasks before any publish gets landmarks of its own that are not kept.

@@ -1,5 +1,5 @@
 """AIFT, active incremental fine-tuning (Zhou et al., CVPR'17), on test-time-augmented views of whole
-images (METHODS.md §3.2). Larger = label first.
+images (docs/methods.md §3.2). Larger = label first.
 
 For item i with m views and probabilities p^j: ĉ = argmax_k mean_j p^{j,k}; S' = the ⌈α m⌉ (at least
 2) views with the highest p^{j,ĉ} (the paper's majority selection, generalised to many classes);

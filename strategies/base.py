@@ -54,7 +54,7 @@ class ScoringInputs:
     round: int = 0  # completed fine-tuning rounds t (ADMA's trade-off needs it)
     planned_rounds: int | None = None  # T, when known (ADMA's default lambda = 1/T)
     # A per-project dict that lives as long as the project's model: strategies may cache what the
-    # method computes once (ADMA's landmarks, METHODS.md §1.3). ``full_pool`` says whether these N
+    # method computes once (ADMA's landmarks, docs/methods.md §1.3). ``full_pool`` says whether these N
     # items are the whole unlabeled pool (a publish) or only a request's tasks.
     state: dict | None = None
     full_pool: bool = True
@@ -88,7 +88,7 @@ class SourceData(Protocol):
 
     def landmarks(self, roles: Sequence[str], per_class: int) -> Any:
         """Landmarks (``strategies.adma.Landmarks``) at ``roles`` and B: ``per_class`` k-means
-        sub-centers per source class (METHODS.md §1.3, Eqs. 1-2)."""
+        sub-centers per source class (docs/methods.md §1.3, Eqs. 1-2)."""
 
 
 class Strategy(ABC):
@@ -111,7 +111,7 @@ class Strategy(ABC):
 
     def layers(self) -> tuple[str, ...]:
         """Layers whose activations this strategy needs (with Need.FEATURES / SOURCE_FEATURES):
-        module names, or the roles a backbone maps to modules ("A", "B", "A2": METHODS.md §1.2)."""
+        module names, or the roles a backbone maps to modules ("A", "B", "A2": docs/methods.md §1.2)."""
         return ()
 
     def views(self) -> int:

@@ -1,4 +1,4 @@
-"""Batch-diverse selection as pure functions (METHODS.md §4.3-4.4): core-set (k-center greedy) and
+"""Batch-diverse selection as pure functions (docs/methods.md §4.3-4.4): core-set (k-center greedy) and
 BADGE (k-means++ seeding on gradient embeddings, without materialising them). Both return pool
 indices in selection order (first = label first). Their registered strategies and the
 diversity-aware queue ordering build on these.

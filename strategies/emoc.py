@@ -1,5 +1,5 @@
 """EMOC, expected model output change (Käding et al. 2016), closed form for the last linear layer
-(METHODS.md §2.2). Larger = label first.
+(docs/methods.md §2.2). Larger = label first.
 
 For a candidate x' with penultimate features h', probabilities p' and label y', one SGD step on
 -log p_y'(x') changes the head by g' h'^T (g' = p' - e_y'). To first order, the output of a reference
@@ -69,7 +69,7 @@ def emoc_two_layer(a_cand: torch.Tensor, u_cand: torch.Tensor, p_cand: torch.Ten
                    u_ref: torch.Tensor, p_ref: torch.Tensor, weight: torch.Tensor, label: str = "map",
                    chunk: int = 64) -> torch.Tensor:
     """EMOC over a two-layer head Linear(U, c) -> ReLU -> Linear(W, b) (fc7 + fc8 of VGG/AlexNet),
-    closed form (METHODS.md §2.4), softmax outputs. ``a``: input of the first layer, ``u``: its
+    closed form (docs/methods.md §2.4), softmax outputs. ``a``: input of the first layer, ``u``: its
     pre-activation, ``weight``: W (C, H). One SGD step on candidate x' changes the logits of x by
 
         dz(x) = (h·h' + 1) g' + (a·a' + 1) W (σ'(u) ⊙ σ'(u') ⊙ Wᵀ g'),   h = relu(u), σ' = 1[u > 0]

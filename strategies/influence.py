@@ -1,4 +1,4 @@
-"""Influence of labeled examples through the last layer (METHODS.md §6; Koh & Liang 2017, Wang et al.
+"""Influence of labeled examples through the last layer (docs/methods.md §6; Koh & Liang 2017, Wang et al.
 2018's data dropout). The head W̃ = [W b] (C × (D+1)) is treated as the minimiser of
 
     J(θ) = (1/n) Σ_i ℓ(z_i; θ) + (λ/2) ||θ||²,      λ = the weight decay used in training,

@@ -1,4 +1,4 @@
-"""Batched Kendall tau-b between the rows of two matrices (METHODS.md §1.6).
+"""Batched Kendall tau-b between the rows of two matrices (docs/methods.md §1.6).
 
 ``kendall_tau_b(x, y)`` compares ``x[i]`` with ``y[i]`` for every row ``i`` and returns tau-b, exactly
 as ``scipy.stats.kendalltau`` (variant 'b'), ties included. A row where either side is constant has

@@ -1,4 +1,4 @@
-"""MMD-based selection (METHODS.md §5): query the set Q whose removal from the target pool T most
+"""MMD-based selection (docs/methods.md §5): query the set Q whose removal from the target pool T most
 reduces MMD²(S, T \\ Q), with a Gaussian kernel on fixed features of M0 (layer B). Greedy, one item
 at a time, with the exact kernel (n <= ``exact_limit``) or random Fourier features. Larger = label
 first: items are valued by the order in which the greedy removes them.

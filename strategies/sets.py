@@ -1,4 +1,4 @@
-"""Set criteria of the EMOC paper's protocol (METHODS.md §2.3, §4.1): one set X' of K items is
+"""Set criteria of the EMOC paper's protocol (docs/methods.md §2.3, §4.1): one set X' of K items is
 chosen per step among M candidate sets. Every criterion returns one value per set, larger = pick.
 
 * ``random``: a seeded uniform value per set;

@@ -1,6 +1,6 @@
 """Per-instance baselines: pure functions on tensors, and thin registered strategies.
 
-All functions return acquisition values, larger = label first (METHODS.md §4.2).
+All functions return acquisition values, larger = label first (docs/methods.md §4.2).
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def margin(probs: torch.Tensor) -> torch.Tensor:
 
 
 def gini(probs: torch.Tensor) -> torch.Tensor:
-    """Gini impurity 1 - Σ p² (ADMA's uncertainty, METHODS.md §1.7)."""
+    """Gini impurity 1 - Σ p² (ADMA's uncertainty, docs/methods.md §1.7)."""
     p = probs.to(torch.float64)
     return 1.0 - (p * p).sum(dim=1)
 

@@ -144,3 +144,19 @@ def test_backend_containers_are_read_only_with_a_volume_and_tmpfs():
         service = COMPOSE["services"][name]
         assert service["read_only"] is True and service["tmpfs"] == ["/tmp"]
     assert "USER 10001:10001" in DOCKERFILE
+
+
+def test_every_methods_citation_points_into_docs_methods():
+    """Code and docs cite the project's own methods document, and every section they cite exists."""
+    text = (ROOT / "docs" / "methods.md").read_text()
+    sections = set(re.findall(r"^#{2,3} (\d+(?:\.\d+)?)\.? ", text, re.M))
+    files = [p for d in ("ml_backend", "strategies", "scripts", "tests", "docs") for p in (ROOT / d).rglob("*")
+             if p.suffix in (".py", ".md")] + [ROOT / "README.md"]
+    cited = set()
+    for path in files:
+        for line in path.read_text().splitlines():
+            assert "METHODS" + ".md" not in line, f"{path}: cites a file outside the repository"
+            if "methods.md" in line and "§" in line:
+                cited |= {(path.name, s) for s in re.findall(r"§(\d+(?:\.\d+)?)", line)}
+    assert len(cited) > 20
+    assert {s for _, s in cited} <= sections, sorted(c for c in cited if c[1] not in sections)

@@ -1,4 +1,4 @@
-"""Exactness in float64 against independent references (METHODS.md §1.6, §2.2)."""
+"""Exactness in float64 against independent references (docs/methods.md §1.6, §2.2)."""
 import math
 
 import numpy as np

@@ -1,5 +1,5 @@
 """ADMA, AIFT, set criteria, core-set/BADGE/MMD strategies and influence: exactness against direct,
-independent references in float64 (METHODS.md §1-§6)."""
+independent references in float64 (docs/methods.md §1-§6)."""
 import itertools
 import math
 

@@ -10,7 +10,7 @@ CPU = torch.device("cpu")
 
 
 @pytest.mark.parametrize("name, frozen_params", [
-    # METHODS.md §1.2: first 2 weight layers (AlexNet), 7 (VGG-16), 8 incl. downsample (ResNet-18)
+    # docs/methods.md §1.2: first 2 weight layers (AlexNet), 7 (VGG-16), 8 incl. downsample (ResNet-18)
     ("alexnet", {"features.0.weight", "features.0.bias", "features.3.weight", "features.3.bias"}),
     ("vgg16", {f"features.{i}.{p}" for i in (0, 2, 5, 7, 10, 12, 14) for p in ("weight", "bias")}),
     ("resnet18", None),
@@ -158,7 +158,7 @@ def test_registry():
         get_backbone("nope")
 
 
-# METHODS.md §1.2: ADMA's layer hooks per torchvision model (224 px), post-activation and cloned
+# docs/methods.md §1.2: ADMA's layer hooks per torchvision model (224 px), post-activation and cloned
 ROLE_SHAPES = {
     "resnet18": {"A": (512, 7, 7), "B": (512, 1, 1), "A2": (512, 7, 7)},
     "vgg16": {"A": (512, 7, 7), "B": (4096,), "A2": (512, 14, 14), "HEAD_IN": (4096,), "HEAD_PRE": (4096,)},
