@@ -126,14 +126,14 @@ def create_app(settings: Settings | None = None, service: ModelService | None = 
 
     # /predict requests hold a gunicorn thread for as long as they score; beyond this many at once
     # they are refused, so that the fast routes never queue behind them (gthread queues in FIFO)
-    predict_slots = threading.BoundedSemaphore(max(1, settings.threads - RESERVED_THREADS))
+    max_predicting = max(1, settings.threads - RESERVED_THREADS)
+    predict_slots = threading.BoundedSemaphore(max_predicting)
 
     @app.post("/predict")
     def predict():
         if not predict_slots.acquire(blocking=False):
-            return Response(json.dumps({"status": "error", "message": (
-                f"busy: {max(1, settings.threads - RESERVED_THREADS)} /predict requests are running "
-                "(THREADS - 8); retry shortly")}), 503, {"Content-Type": "application/json", "Retry-After": "1"})
+            message = f"busy: {max_predicting} /predict requests are running (THREADS - 8); retry shortly"
+            return jsonify(status="error", message=message), 503, {"Retry-After": "1"}
         try:
             return _predict()
         finally:
@@ -170,10 +170,9 @@ def create_app(settings: Settings | None = None, service: ModelService | None = 
                 outcome = learner.handle("START_TRAINING_UNAUTHENTICATED", key)
                 service.record_event(action)
                 return jsonify(status="ok", action=action, outcome=outcome)
-            return Response(json.dumps({"status": "error", "message": (
+            return jsonify(status="error", message=(
                 f"webhook events need the {HEADER} header that this backend sets on the project's webhook in "
-                "Label Studio (or basic auth); see the README's Security section")}), 401,
-                {"Content-Type": "application/json"})
+                "Label Studio (or basic auth); see the README's Security section")), 401
         service.record_event(action)
         outcome = learner.handle(action, key, _task_ids(data.get("tasks")))  # only sets flags
         return jsonify(status="ok", action=action, outcome=outcome)

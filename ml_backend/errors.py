@@ -25,6 +25,12 @@ class UnknownProject(BadRequest):
     status = 404
 
 
+class Unavailable(BackendError):
+    """Something the request depends on (Label Studio) cannot be reached now."""
+
+    status = 503
+
+
 class WeightsUnavailable(ConfigError):
     """Requested pretrained weights cannot be loaded (e.g. offline with an empty cache)."""
 

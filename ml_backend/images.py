@@ -39,7 +39,8 @@ class _Download:
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
         self.sockets: list[socket.socket] = []
-        self.expired = False
+        self.expired = False  # the deadline passed while it ran (its sockets were shut down)
+        self.done = False  # it ended: nothing is shut down any more
         self.lock = threading.Lock()
 
     def remaining(self) -> float:
@@ -54,11 +55,20 @@ class _Download:
             _shutdown(sock)
 
     def expire(self) -> None:
+        """The watchdog's call at the deadline: shut the sockets down unless the download has ended."""
         with self.lock:
+            if self.done:
+                return
             self.expired = True
             sockets = list(self.sockets)
         for sock in sockets:
             _shutdown(sock)
+
+    def finish(self) -> None:
+        """The download ended: its (keep-alive) sockets must never be shut down by the watchdog."""
+        with self.lock:
+            self.done = True
+            self.sockets.clear()
 
 
 def _shutdown(sock) -> None:
@@ -102,8 +112,7 @@ class _Watchdog:
                     self._cond.wait(wait)
                     continue
                 heapq.heappop(self._heap)
-            if download.sockets or not download.expired:
-                download.expire()
+            download.expire()
 
 
 _WATCHDOG = _Watchdog()
@@ -280,16 +289,16 @@ class ImageLoader:
             return self._load(task_id, ref, hostname, token)
         except ImageError:
             raise
-        except Exception as exc:
-            if download.expired:
-                raise ImageError(f"download of {ref} took longer than {self.timeout:g}s "
-                                 "(IMAGE_TIMEOUT_S, or the request's deadline)") from None
-            raise ImageError(f"{type(exc).__name__}: {exc}") from None
+        except Exception:
+            if download.expired:  # whatever the shut-down socket made a library raise
+                raise self._too_slow(ref) from None
+            raise
         finally:
-            with download.lock:
-                download.expired = True  # finished: the watchdog has nothing left to do
-                download.sockets.clear()
+            download.finish()
             _CURRENT.download = previous
+
+    def _too_slow(self, ref) -> ImageError:
+        return ImageError(f"download of {ref} took longer than {self.timeout:g}s (IMAGE_TIMEOUT_S, or the request's deadline)")
 
     def _load(self, task_id, ref, hostname: str = "", token: str | None = None) -> Image.Image:
         if not isinstance(ref, str) or not ref.strip():
@@ -319,8 +328,7 @@ class ImageLoader:
         except requests.RequestException as exc:
             download = getattr(_CURRENT, "download", None)
             if isinstance(exc, requests.Timeout) or (download is not None and download.expired):
-                raise ImageError(f"download of {ref} took longer than {self.timeout:g}s "
-                                 "(IMAGE_TIMEOUT_S, or the request's deadline)") from None
+                raise self._too_slow(ref) from None
             raise ImageError(f"download of {ref} failed: {type(exc).__name__}") from None
         except (FileNotFoundError, ValueError) as exc:
             raise ImageError(f"cannot resolve {ref}: {exc}") from None

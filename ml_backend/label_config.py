@@ -21,6 +21,15 @@ class ClassificationConfig:
     value_key: str  # task data key holding the image reference ("image" for value="$image")
     labels: tuple[str, ...]
 
+    def to_dict(self) -> dict:
+        """As saved in a checkpoint's meta.json and in a project's registration."""
+        return {"from_name": self.from_name, "to_name": self.to_name, "value_key": self.value_key,
+                "labels": list(self.labels)}
+
+    @classmethod
+    def from_dict(cls, c: dict) -> "ClassificationConfig":
+        return cls(c["from_name"], c["to_name"], c["value_key"], tuple(c["labels"]))
+
     @property
     def fingerprint(self) -> str:
         text = "\x1f".join((self.from_name, self.to_name, self.value_key, *self.labels))

@@ -73,7 +73,6 @@ class ProjectWorker:
         self.last_secure = -1e9
         self.last_event = 0.0
         self.stopped = False
-        self.gone = False  # Label Studio says the project no longer exists: nothing is retried
         self.retry: tuple | None = None  # (job, argument) of a failed job, re-run at retry_at
         self.retry_at = 0.0
         self.backoff = 0.0
@@ -183,8 +182,7 @@ class ProjectWorker:
                     if self.retry is not None and self.retry[0] == job[0]:
                         self.retry, self.backoff, self.info["retry_in_s"] = None, 0.0, None
                 # The served version can move on during a job (a grown label config): publish it too.
-                if self.state.published_version != self.state.version and self.service.connection.configured and (
-                        self.state.round > 0 or self.settings.publish_on_connect or self.state.published_version):
+                if self.learner.wants_publish(self.state):
                     self.request_publish()
             except Exception as exc:
                 self._failed(job, exc)
@@ -193,8 +191,7 @@ class ProjectWorker:
         self.info["failed_runs"] += job[0] == "round"
         self.info["last_error"] = f"{type(exc).__name__}: {exc}"
         status = api_status(exc) or (api_status(exc.__cause__) if exc.__cause__ is not None else None)
-        if status == 404 and job[0] != "tasks":
-            self.gone = True
+        if status == 404 and job[0] != "tasks":  # the project is gone: nothing to retry
             self._set("failed", f"Label Studio has no project {self.state.key} any more; nothing is retried")
             log.error("project %s: %s failed: Label Studio has no such project any more", self.state.key, job[0])
             return
@@ -498,6 +495,13 @@ class ProjectWorker:
         if service.secrets is not None:
             service.secrets.add(secret)  # masked should a library ever log it
         self._set("securing", "setting the webhook's authentication header in Label Studio")
+        try:
+            self._set_webhook_header(api, secret)
+        finally:
+            self._set("idle", "")
+
+    def _set_webhook_header(self, api: ProjectAPI, secret: str) -> None:
+        state = self.state
         # On a first connection Label Studio calls /setup before it saves the connection and creates
         # its webhook: poll for them for a few seconds before giving up (and retrying later).
         deadline = time.monotonic() + 10.0
@@ -510,11 +514,9 @@ class ProjectWorker:
                 break
             time.sleep(0.5)
         if not mine:
-            self._set("idle", "")
             raise RuntimeError(f"none of the project's ML backend connections ({len(urls)}) reaches this backend's "
                                "/health; set the webhook header by hand (README, Security)")
         if not hooks:
-            self._set("idle", "")
             undotted = [u for u in sorted(mine) if "." not in (urlsplit(u).hostname or "") and urlsplit(u).hostname != "localhost"]
             if undotted:  # Django's URL validator refuses such a host: Label Studio created no webhook, silently
                 raise RuntimeError(f"Label Studio created no webhook for {undotted[0]}: it refuses webhook URLs whose "
@@ -529,7 +531,6 @@ class ProjectWorker:
                 api.set_webhook_headers(hook["id"], headers)
                 changed += 1
         self.info["webhook"] = f"secured ({len(hooks)} webhook(s))"
-        self._set("idle", "")
         log.info("project %s: webhook authentication set on %d of %d webhook(s)", state.key, changed, len(hooks))
 
     def _is_this_backend(self, url: str) -> bool:
@@ -562,8 +563,6 @@ class Learner:
         if not self.service.connection.configured:
             return
         worker = self.worker(state)
-        if worker.gone:
-            worker.gone = False  # Label Studio asked about it again: it exists
         worker.request_secure()
         with worker.cond:
             idle = worker.info["state"] in ("idle", "failed") and not (worker.publish_requested or worker.labels_dirty)
@@ -573,13 +572,16 @@ class Learner:
     def resume(self) -> None:
         """At process start: re-publish every restored project whose served version Label Studio
         may lack (a crash mid-publish, or Label Studio down at the time)."""
-        if not self.service.connection.configured:
-            return
         for state in list(self.service.projects.values()):
-            trained = state.round > 0  # version 0 is published on connect only when PUBLISH_ON_CONNECT says so
-            if state.published_version != state.version and (trained or self.service.settings.publish_on_connect):
+            if self.wants_publish(state):
                 log.info("project %s: %s is not known to be published; publishing it", state.key, state.version)
                 self.worker(state).request_publish()
+
+    def wants_publish(self, state: ProjectState) -> bool:
+        """Label Studio lacks the served version and should get it: a trained version always;
+        version 0 only with PUBLISH_ON_CONNECT, or when an earlier version was published."""
+        return (self.service.connection.configured and state.published_version != state.version
+                and (state.round > 0 or self.service.settings.publish_on_connect or bool(state.published_version)))
 
     def handle(self, action: str, key: str, task_ids: list[int] | None = None) -> str:
         """Route one authenticated webhook event (a hint: project id + action). Returns what was

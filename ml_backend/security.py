@@ -17,12 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import logging
 import os
 import secrets
 from pathlib import Path
-
-log = logging.getLogger(__name__)
 
 HEADER = "X-Active-Adaptation-Secret"
 
@@ -30,7 +27,6 @@ HEADER = "X-Active-Adaptation-Secret"
 class WebhookSecrets:
     def __init__(self, model_dir: Path, configured: str = "") -> None:
         self.path = Path(model_dir) / "secrets" / "webhook.key"
-        self.from_env = bool(configured)
         self._master = configured.encode() if configured else self._load_or_create()
 
     def _load_or_create(self) -> bytes:

@@ -18,7 +18,7 @@ import torch
 import strategies
 
 from . import checkpoints
-from .errors import BackendError, BadRequest, ImageError, UnknownProject
+from .errors import BadRequest, ImageError, Unavailable, UnknownProject
 from .feature_cache import FeatureCache
 from .images import ImageLoader, Source
 from .label_config import ClassificationConfig, parse_label_config
@@ -173,8 +173,7 @@ class ModelService:
             log.info("project %s: restored its registration (no round yet): %s", key, state.version)
             return state
         meta, state_dict = found
-        c = meta["config"]
-        config = ClassificationConfig(c["from_name"], c["to_name"], c["value_key"], tuple(c["labels"]))
+        config = ClassificationConfig.from_dict(meta["config"])
         model = AdaptedModel(self.base, meta["labels"], self.device, self.settings.seed)
         model.load_target_state(state_dict, meta["labels"], meta["active"])
         state = ProjectState(key, config, round=meta["round"], model=model,
@@ -182,10 +181,8 @@ class ModelService:
         state.version = self.version_of(state)
         if meta.get("published_version") == state.version:
             state.published_version = state.version
-        if registered is not None and registered != config:  # the label config changed after that round
-            model.set_labels(registered.labels)
-            state.config = registered
-            state.version = self.version_of(state)
+        if registered is not None:  # the label config may have changed after that round
+            self.update_config(state, registered)
         self._load_strategy_state(state)
         self.projects[key] = state
         log.info("project %s: restored %s (round t=%d, %d labels) from %s",
@@ -199,9 +196,7 @@ class ModelService:
         """(label config, the version published before any round) from ``project.json``."""
         try:
             data = json.loads(self._registration_file(key).read_text())
-            c = data["config"]
-            config = ClassificationConfig(c["from_name"], c["to_name"], c["value_key"], tuple(c["labels"]))
-            return config, data.get("published_version")
+            return ClassificationConfig.from_dict(data["config"]), data.get("published_version")
         except FileNotFoundError:
             return None, None
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -210,11 +205,9 @@ class ModelService:
 
     def _register(self, state: ProjectState) -> None:
         """Persist what a restarted process needs to know about a confirmed project (never a token)."""
-        c = state.config
         try:
             checkpoints.write_json_atomic(self._registration_file(state.key), {
-                "project": int(state.key), "published_version": state.published_version, "config": {
-                    "from_name": c.from_name, "to_name": c.to_name, "value_key": c.value_key, "labels": list(c.labels)}})
+                "project": int(state.key), "published_version": state.published_version, "config": state.config.to_dict()})
         except OSError as exc:
             log.warning("project %s: cannot save its registration: %s", state.key, exc)
 
@@ -229,11 +222,10 @@ class ModelService:
             status = api_status(exc)
             if status == 404:
                 raise UnknownProject(f"Label Studio at LABEL_STUDIO_URL={self.connection.url} has no project {key}") from None
-            error = BackendError(
+            raise Unavailable(
                 f"cannot confirm project {key} with Label Studio at LABEL_STUDIO_URL={self.connection.url} "
-                f"({'HTTP ' + str(status) if status else type(exc).__name__}); check LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
-            error.status = 503
-            raise error from None
+                f"({'HTTP ' + str(status) if status else type(exc).__name__}); check LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY"
+            ) from None
 
     def setup(self, project: Any, label_config: str, hostname: str = "", access_token: str = "") -> str:
         """Register or update a project. Fast: parses the config, never builds a model here."""
@@ -290,11 +282,11 @@ class ModelService:
                 state.model = AdaptedModel(self.base, state.config.labels, self.device, self.settings.seed)
             return state.model
 
-    def source(self, state: ProjectState, token_wait: float | None = 60.0) -> Source:
-        """Where the project's images come from. ``token_wait``: how long a download may wait for a
-        PAT refresh (a few seconds on request paths; see LabelStudioConnection.token)."""
+    def source(self, state: ProjectState, deadline: float | None = None) -> Source:
+        """Where the project's images come from. A request (one with a ``deadline``) waits at most
+        3 s for a PAT refresh, background work 60 s (see LabelStudioConnection.token)."""
         if self.connection.configured:
-            connection = self.connection
+            connection, token_wait = self.connection, 60.0 if deadline is None else 3.0
             return Source(connection.url, lambda: connection.token(wait=token_wait))
         token = state.access_token
         return Source(state.hostname.rstrip("/"), lambda: token or None)
@@ -344,7 +336,7 @@ class ModelService:
                 out[i] = z
             else:
                 missing.append(i)
-        source = self.source(state, token_wait=60.0 if deadline is None else 3.0)
+        source = self.source(state, deadline)
         futures = self.loader.submit_many([refs[i] for i in missing], source, transform=model.preprocess,
                                           deadline=deadline)
         pending: list[tuple[int, torch.Tensor]] = []
@@ -408,7 +400,7 @@ class ModelService:
             def images() -> torch.Tensor:  # only for strategies that need test-time-augmented views
                 loaded = self.loader.load_many(
                     [(tasks[i].get("id"), (tasks[i].get("data") or {}).get(config.value_key)) for i in good],
-                    self.source(state, token_wait=60.0 if deadline is None else 3.0), transform=model.preprocess,
+                    self.source(state, deadline), transform=model.preprocess,
                     deadline=deadline)
                 bad = [str(x) for x in loaded if isinstance(x, ImageError)]
                 if bad:
@@ -504,10 +496,9 @@ class ModelService:
         probe = ProjectState(state.key, state.config, round=round_)
         probe.checkpoint = f"{state.key}/{round_}/{time.time_ns()}"
         version = self.version_of(probe)
-        c = state.config
         meta = {
             "round": round_, "labels": model.labels, "active": model.active, "labels_used": labels_used,
-            "config": {"from_name": c.from_name, "to_name": c.to_name, "value_key": c.value_key, "labels": list(c.labels)},
+            "config": state.config.to_dict(),
             "backbone": self.base.spec.name, "weights": self.base.weights, "preprocess": model.preprocess.to_dict(),
             "strategy": self.strategy.name, "strategy_params": self.strategy.params(), "metrics": metrics,
             "checkpoint_id": probe.checkpoint,

@@ -10,7 +10,8 @@ import requests
 
 from ml_backend.security import HEADER
 from scripts.local_servers import ADMIN_TOKEN, BackendProcess, classification_config, wait_for
-from tests.test_labelstudio_learning import FAST, annotate, digits_project, project_version, status, versions_of
+from tests.test_labelstudio_learning import (FAST, annotate, connect_and_wait_for_version_0, digits_project,
+                                            project_version, status, versions_of)
 from tests.test_labelstudio_queue import LABELS
 
 pytestmark = pytest.mark.labelstudio
@@ -28,8 +29,7 @@ def test_a_killed_worker_process_forgets_nothing(label_studio, digits64, tmp_pat
     env = {"LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ADMIN_TOKEN, **FAST}
     with BackendProcess(tmp_path, env) as backend:
         project, ids, truth = digits_project(ls, digits64, "worker kill", 20)
-        v0 = ls.connect_backend(project, backend.url)["model_version"]
-        wait_for(lambda: project_version(ls, project) == v0, 60, "version 0")
+        v0 = connect_and_wait_for_version_0(ls, backend, project)
 
         def kill_worker():
             # (the backend records a publish just after Label Studio has moved the project)
@@ -70,8 +70,7 @@ def test_forged_and_replayed_events_against_label_studio(label_studio, digits64,
     with BackendProcess(tmp_path, env) as backend:
         project, ids, truth = digits_project(ls, digits64, "forged events", 10)
         other, other_ids, _ = digits_project(ls, digits64[10:], "other project", 5)
-        v0 = ls.connect_backend(project, backend.url)["model_version"]
-        wait_for(lambda: project_version(ls, project) == v0, 60, "version 0")
+        v0 = connect_and_wait_for_version_0(ls, backend, project)
         headers = ls.webhook_headers(project, backend.url)
         assert set(headers) == {HEADER}  # set by the backend itself, through Label Studio's API
 
@@ -117,8 +116,7 @@ def test_a_version_left_unpublished_by_a_crash_is_published_at_start(label_studi
     backend = BackendProcess(tmp_path, env).start()
     try:
         project, ids, truth = digits_project(ls, digits64, "crash mid-publish", 12)
-        v0 = ls.connect_backend(project, backend.url)["model_version"]
-        wait_for(lambda: project_version(ls, project) == v0, 60, "version 0")
+        v0 = connect_and_wait_for_version_0(ls, backend, project)
         proxy.fail_when = lambda method, path: method == "POST" and "/import/predictions" in path
         for t in ids[:3]:
             annotate(ls, t, truth[t])

@@ -38,6 +38,13 @@ def digits_project(ls, digits, title, n):
     return project, ids, {t: digits[i][2] for i, t in enumerate(ids)}
 
 
+def connect_and_wait_for_version_0(ls, backend, project) -> str:
+    """Connect the backend to the project and wait until the project is moved to version 0."""
+    v0 = ls.connect_backend(project, backend.url)["model_version"]
+    wait_for(lambda: project_version(ls, project) == v0, 60, "version 0")
+    return v0
+
+
 def versions_of(ls, project):
     out = {}
     for p in ls.predictions(project):
@@ -113,8 +120,7 @@ def test_storm_concurrent_predictions_and_kill_9(label_studio, digits64, tmp_pat
     project, ids, truth = digits_project(ls, digits64, "storm and crash", 30)
     backend = BackendProcess(tmp_path, env).start()
     try:
-        v0 = ls.connect_backend(project, backend.url)["model_version"]
-        wait_for(lambda: project_version(ls, project) == v0, 60, "version 0")
+        v0 = connect_and_wait_for_version_0(ls, backend, project)
 
         # 200 events in a few seconds (5 real annotations among them): at most 2 training runs
         started = time.monotonic()
@@ -179,8 +185,7 @@ def test_label_studio_outage_during_publish_is_retried_and_reported(label_studio
         env = {"LABEL_STUDIO_URL": proxy.url, "LABEL_STUDIO_API_KEY": ADMIN_TOKEN, "DELETE_OLD_PREDICTIONS": "true", **FAST}
         with BackendProcess(tmp_path, env) as backend:
             project, ids, truth = digits_project(ls, digits64, "outage", 20)
-            v0 = ls.connect_backend(project, backend.url)["model_version"]
-            wait_for(lambda: project_version(ls, project) == v0, 60, "version 0")
+            v0 = connect_and_wait_for_version_0(ls, backend, project)
 
             proxy.fail_when = lambda method, path: method == "POST" and "/import/predictions" in path
             for t in ids[:4]:
