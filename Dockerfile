@@ -14,7 +14,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     TORCH_HOME=/opt/torch \
     MODEL_DIR=/data/models \
     HOST=0.0.0.0 \
-    PORT=9090
+    PORT=9090 \
+    PYTHONPATH=/app/src
 
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin app \
     && mkdir -p /data/models /opt/torch /app \
@@ -27,8 +28,7 @@ COPY requirements.txt scripts/install_backend.sh /app/
 RUN bash /app/install_backend.sh "${FLAVOR}" python
 
 COPY pyproject.toml README.md /app/
-COPY strategies /app/strategies
-COPY ml_backend /app/ml_backend
+COPY src /app/src
 COPY scripts/docker-start.sh /app/docker-start.sh
 
 # Optional: download the chosen torchvision weights into the image, so that it works offline.
@@ -36,7 +36,7 @@ ARG BAKE_WEIGHTS=""
 ARG BACKBONE=resnet18
 ARG WEIGHTS=DEFAULT
 RUN if [ -n "${BAKE_WEIGHTS}" ]; then \
-        BACKBONE="${BACKBONE}" WEIGHTS="${WEIGHTS}" python -m ml_backend --check; \
+        BACKBONE="${BACKBONE}" WEIGHTS="${WEIGHTS}" python -m active_adaptation --check; \
     fi \
     && chown -R app:app /opt/torch /data
 

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from scripts.sample_data import digit_pngs, png_bytes
+from active_adaptation.demo.sample_data import digit_pngs, png_bytes
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -102,7 +102,7 @@ def second_server(digits64):
 @pytest.fixture(scope="session")
 def label_studio(tmp_path_factory):
     """One real Label Studio 1.23.2 for the whole test session (started and stopped here)."""
-    from scripts.local_servers import LabelStudio
+    from active_adaptation.demo.servers import LabelStudio
 
     server = LabelStudio(tmp_path_factory.mktemp("label-studio"))
     server.start()

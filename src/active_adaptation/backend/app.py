@@ -1,0 +1,189 @@
+"""The HTTP layer: Label Studio's ML backend protocol (label-studio-ml 2.x route names)."""
+from __future__ import annotations
+
+import base64
+import hmac
+import json
+import logging
+import threading
+import time
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from active_adaptation.errors import BackendError, BadRequest
+from active_adaptation.backend.logs import SecretRegistry, configure_logging
+from active_adaptation.backend.security import HEADER
+from active_adaptation.backend.projects import project_key
+from active_adaptation.backend.service import Backend
+from active_adaptation.backend.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# /webhook authenticates itself (security.py): Label Studio's auto-created project webhook sends
+# the secret header this backend sets on it, never basic auth; START_TRAINING arrives through LS's
+# ML API client, which sends basic auth when the connection has it.
+PUBLIC_ROUTES = frozenset({"/health", "/webhook"})
+RESERVED_THREADS = 8  # gunicorn threads kept free of /predict for /webhook, /setup, /health, /status
+
+
+def _json_body() -> dict:
+    """The request's JSON object. The body's size is bounded by MAX_REQUEST_MB (413 beyond it);
+    JSON nested too deeply for the parser is a 400 like any other malformed body."""
+    raw = request.get_data(cache=True)
+    if not raw:
+        raise BadRequest("empty request body; expected a JSON object")
+    try:
+        data = json.loads(raw)
+    except RecursionError:
+        raise BadRequest("request body is nested too deeply") from None
+    except ValueError:
+        raise BadRequest("request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise BadRequest(f"expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _task_ids(tasks) -> list[int]:
+    """The task ids a TASKS_CREATED event names (hints only: the tasks are re-read from LS)."""
+    if not isinstance(tasks, list):
+        return []
+    ids = []
+    for task in tasks[:10_000]:
+        value = task.get("id") if isinstance(task, dict) else None
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            ids.append(value)
+    return ids
+
+
+def create_app(settings: Settings | None = None, service: Backend | None = None) -> Flask:
+    secrets = SecretRegistry()
+    settings = settings or Settings.from_env()
+    for secret in (settings.label_studio_api_key, settings.basic_auth_pass, settings.webhook_secret):
+        secrets.add(secret)
+    configure_logging(settings.log_level, secrets)
+    service = service or Backend(settings, secrets)
+    learner = service.learner
+    learner.resume()  # republish what a crash or an outage left unpublished
+
+    app = Flask("active_adaptation")
+    app.config["settings"] = settings
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_mb * 2**20
+    app.extensions["backend"] = service
+
+    def basic_auth_ok() -> bool:
+        header = request.headers.get("Authorization", "")
+        user = password = ""
+        if header[:6].lower() == "basic ":
+            try:
+                user, _, password = base64.b64decode(header[6:]).decode("utf-8").partition(":")
+            except Exception:
+                user = password = ""
+        ok_user = hmac.compare_digest(user.encode(), settings.basic_auth_user.encode())
+        ok_pass = hmac.compare_digest(password.encode(), settings.basic_auth_pass.encode())
+        return ok_user and ok_pass
+
+    @app.before_request
+    def _basic_auth():
+        if not settings.basic_auth_enabled or request.path in PUBLIC_ROUTES or basic_auth_ok():
+            return None
+        return Response(
+            '{"status": "error", "message": "authentication required"}', 401,
+            {"WWW-Authenticate": 'Basic realm="ml-backend"', "Content-Type": "application/json"},
+        )
+
+    @app.errorhandler(BackendError)
+    def _backend_error(exc: BackendError):
+        return jsonify(status="error", message=str(exc)), exc.status
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        return jsonify(status="error", message=f"{exc.name}: {exc.description}"), exc.code
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return jsonify(status="error", message=f"internal error ({type(exc).__name__}); see the backend log"), 500
+
+    @app.get("/")
+    @app.get("/health")
+    def health():
+        return jsonify(
+            status="UP", model_class="ActiveAdaptation", backbone=settings.backbone,
+            strategy=settings.strategy, device=str(service.device), instance=service.instance_id,
+        )
+
+    @app.post("/setup")
+    def setup():
+        data = _json_body()
+        schema = data.get("schema") or data.get("label_config")
+        if not schema:
+            raise BadRequest("missing 'schema' (the project's label config)")
+        version = service.setup(
+            data.get("project"), schema, str(data.get("hostname") or ""), str(data.get("access_token") or ""),
+        )
+        return jsonify(model_version=version)
+
+    # /predict requests hold a gunicorn thread for as long as they score; beyond this many at once
+    # they are refused, so that the fast routes never queue behind them (gthread queues in FIFO)
+    max_predicting = max(1, settings.threads - RESERVED_THREADS)
+    predict_slots = threading.BoundedSemaphore(max_predicting)
+
+    @app.post("/predict")
+    def predict():
+        if not predict_slots.acquire(blocking=False):
+            message = f"busy: {max_predicting} /predict requests are running (THREADS - 8); retry shortly"
+            return jsonify(status="error", message=message), 503, {"Retry-After": "1"}
+        try:
+            return _predict()
+        finally:
+            predict_slots.release()
+
+    def _predict():
+        data = _json_body()
+        if "tasks" not in data:
+            raise BadRequest("missing 'tasks' (a list of Label Studio tasks)")
+        tasks = data["tasks"]
+        project = data.get("project")
+        if project is None and isinstance(tasks, list) and tasks and isinstance(tasks[0], dict):
+            project = tasks[0].get("project")
+        started = time.perf_counter()
+        results = service.predict(project, tasks, data.get("label_config"))
+        log.info("predicted %d task(s) for project %s in %.2fs", len(results), project, time.perf_counter() - started)
+        return jsonify(results=results)
+
+    @app.post("/webhook")
+    def webhook():
+        """Events are hints (project id + action): nothing in a payload is trusted, labels, the
+        label config and new tasks are re-read from Label Studio. Answers in milliseconds."""
+        data = _json_body()
+        action = data.get("action")
+        if not isinstance(action, str) or not action or len(action) > 64:
+            raise BadRequest("missing 'action'")
+        key = project_key(data.get("project"))
+        authenticated = service.webhook_secrets.check(key, request.headers.get(HEADER)) or (
+            settings.basic_auth_enabled and basic_auth_ok())
+        if not authenticated:
+            if action == "START_TRAINING" and not settings.basic_auth_enabled:
+                # LS sends "Start Training" without any credentials when the connection has no basic
+                # auth: accepted as a hint that cannot force anything (a debounced label check)
+                outcome = learner.handle("START_TRAINING_UNAUTHENTICATED", key)
+                service.record_event(action)
+                return jsonify(status="ok", action=action, outcome=outcome)
+            return jsonify(status="error", message=(
+                f"webhook events need the {HEADER} header that this backend sets on the project's webhook in "
+                "Label Studio (or basic auth); see the README's Security section")), 401
+        service.record_event(action)
+        outcome = learner.handle(action, key, _task_ids(data.get("tasks")))  # only sets flags
+        return jsonify(status="ok", action=action, outcome=outcome)
+
+    @app.get("/versions")
+    def versions():
+        return jsonify(versions=service.versions(request.args.get("project")))
+
+    @app.get("/metrics")
+    @app.get("/status")
+    def metrics():
+        return jsonify(service.metrics())
+
+    return app

@@ -1,0 +1,99 @@
+"""``python -m active_adaptation``: serve with gunicorn (threads) on $HOST:$PORT (default 0.0.0.0:9090)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from active_adaptation.errors import ConfigError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m active_adaptation", description=__doc__)
+    parser.add_argument("--list", action="store_true", help="list backbones and strategies, then exit")
+    parser.add_argument("--check", action="store_true", help="validate the settings and load the weights, then exit")
+    parser.add_argument("--webhook-header", metavar="PROJECT_ID",
+                        help="print the X-Active-Adaptation-Secret header value for a project's webhook "
+                             "(to set it by hand in Label Studio), then exit")
+    parser.add_argument("--settings", action="store_true",
+                        help="print every setting (environment variable, default, meaning) as a Markdown table, then exit")
+    args = parser.parse_args(argv)
+    if args.settings:
+        from active_adaptation.backend.settings import settings_table
+
+        print(settings_table())
+        return 0
+
+    if args.webhook_header is not None:
+        from active_adaptation.errors import BadRequest
+        from active_adaptation.backend.security import HEADER, WebhookSecrets
+        from active_adaptation.backend.projects import project_key
+        from active_adaptation.backend.store import Store
+        from active_adaptation.backend.settings import Settings
+
+        try:
+            settings = Settings.from_env()
+            key = project_key(args.webhook_header)
+        except (ConfigError, BadRequest) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"{HEADER}: {WebhookSecrets(Store(settings.model_dir), settings.webhook_secret).for_project(key)}")
+        return 0
+
+    from active_adaptation import strategies
+
+    from active_adaptation.core.backbones import available_backbones
+    from active_adaptation.backend.settings import Settings
+
+    if args.list:
+        print("backbones:", ", ".join(available_backbones()))
+        print("strategies:")
+        for item in strategies.describe():
+            print(f"  {item['name']:<18} {item['description']}  (needs: {', '.join(item['needs'])})")
+            if item["options"]:
+                options = ":".join(f"{k}={v}" for k, v in item["options"].items())
+                print(f"  {'':<18} options (defaults): {item['name']}:{options}")
+        return 0
+    try:
+        settings = Settings.from_env()
+        if args.check:
+            from active_adaptation.backend.app import create_app
+
+            app = create_app(settings)
+            app.extensions["backend"].close()
+            print("configuration OK:", settings)
+            return 0
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+
+    from gunicorn.app.base import BaseApplication
+
+    class _Server(BaseApplication):
+        """The app is built in each worker process (never in the master and then forked): a worker
+        that the OOM killer or a crash replaces restores every project from MODEL_DIR itself."""
+
+        def load_config(self):
+            self.cfg.set("bind", f"{settings.host}:{settings.port}")
+            self.cfg.set("workers", settings.workers)
+            self.cfg.set("threads", settings.threads)
+            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("timeout", 300)  # LS waits up to 100 s for /predict
+            self.cfg.set("loglevel", settings.log_level.lower())
+            self.cfg.set("accesslog", None)
+            self.cfg.set("control_socket_disable", True)  # one shared path in $HOME would clash between servers
+
+        def load(self):
+            from active_adaptation.backend.app import create_app
+
+            try:
+                return create_app(settings)
+            except ConfigError as exc:  # e.g. weights that cannot be loaded: exit code 3 stops the arbiter
+                print(f"configuration error: {exc}", file=sys.stderr, flush=True)
+                sys.exit(3)
+
+    _Server().run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,343 @@
+"""What a project's worker runs, as plain functions of a :class:`JobContext`: a training round
+(labels from Label Studio -> fine-tuning -> checkpoint -> serve), publishing (score the unlabeled
+pool, import the predictions, move the project to the new version so that its queue re-orders),
+scoring new tasks, re-reading the label config, and securing the project's webhook.
+
+Label Studio is the source of truth: every round re-reads the project's tasks and annotations, so
+updates, deletions, skips and restarts are all handled the same way.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+from urllib.parse import urlsplit
+
+import requests
+
+from active_adaptation.backend.label_config import parse_label_config
+from active_adaptation.backend.labels import resolve_label
+from active_adaptation.backend.ls_client import ProjectAPI, api_status
+from active_adaptation.backend.projects import Projects, ProjectState
+from active_adaptation.backend.scorer import Scorer
+from active_adaptation.backend.security import HEADER
+from active_adaptation.backend.settings import Settings
+from active_adaptation.backend.worker import Job, WorkerStatus
+from active_adaptation.core import review
+from active_adaptation.core.trainer import Example, fine_tune
+from active_adaptation.errors import ImageError, LabelConfigError
+
+log = logging.getLogger(__name__)
+
+
+class PublishError(RuntimeError):
+    pass
+
+
+def retry(call: Callable, attempts: int, what: str, on_retry: Callable[[int, Exception], None] | None = None,
+          base_delay: float = 0.5):
+    """Call with exponential back-off; raises PublishError after ``attempts`` tries."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except Exception as exc:
+            if attempt == attempts:
+                raise PublishError(f"{what} failed after {attempts} attempts: {type(exc).__name__}: {exc}") from exc
+            delay = min(30.0, base_delay * 2 ** (attempt - 1))
+            log.warning("%s failed (attempt %d/%d: %s: %s); retrying in %.1fs", what, attempt, attempts,
+                        type(exc).__name__, exc, delay)
+            if on_retry is not None:
+                on_retry(attempt, exc)
+            time.sleep(delay)
+
+
+@dataclass
+class JobContext:
+    """Everything a job of one project may use; built by the learner, never by a job."""
+
+    state: ProjectState
+    projects: Projects
+    scorer: Scorer
+    settings: Settings
+    api_factory: Callable[[int], ProjectAPI]  # project id -> client; raises PublishError when not configured
+    status: WorkerStatus
+    webhook_secret: Callable[[], str]  # this project's webhook header value
+    instance_id: str  # this backend's /health "instance" (tells it apart from other backends)
+    stopped: Callable[[], bool] = lambda: False
+
+    def api(self) -> ProjectAPI:
+        return self.api_factory(int(self.state.key))
+
+    def call(self, fn: Callable, what: str):
+        """One Label Studio call with the configured retries; retries show in /status."""
+        return retry(fn, self.settings.publish_retries, f"project {self.state.key}: {what}", self.note_retry)
+
+    def note_retry(self, attempt: int, exc: Exception) -> None:
+        n = self.settings.publish_retries
+        self.status.info["last_error"] = f"{type(exc).__name__}: {exc} (retry {attempt}/{n})"
+        self.status.info["reason"] = f"Label Studio API error, retrying ({attempt}/{n})"
+
+
+def run_job(ctx: JobContext, job: Job) -> None:
+    kind, argument = job
+    if kind == "round":
+        run_round(ctx, bool(argument))
+    elif kind == "publish":
+        publish(ctx)
+    elif kind == "tasks":
+        publish_tasks(ctx, argument)
+    elif kind == "config":
+        check_config(ctx)
+    elif kind == "secure":
+        secure_webhook(ctx)
+    else:
+        raise ValueError(f"unknown job {kind!r}")
+
+
+# ---------------------------------------------------------------------------- a training round
+def read_labels(ctx: JobContext, tasks: list[dict]) -> tuple[dict[str, str], dict[str, dict], int]:
+    """(task id -> label, task id -> task, number of labels not in the config) from Label Studio's tasks."""
+    state = ctx.state
+    labeled, by_id, unknown = {}, {}, 0
+    for task in tasks:
+        label = resolve_label(task["annotations"], state.config.from_name)
+        if label is None:
+            continue
+        if label not in state.config.labels:
+            unknown += 1
+            log.warning("project %s, task %s: label %r is not in the label config %s; not used for training",
+                        state.key, task["id"], label, list(state.config.labels))
+            continue
+        labeled[str(task["id"])] = label
+        by_id[str(task["id"])] = task
+    return labeled, by_id, unknown
+
+
+def examples_for(ctx: JobContext, model, tasks: list[dict], labeled: dict[str, str],
+                 previous: dict[str, str]) -> list[Example]:
+    """Training examples: cached trunk activations, or images when training augments them."""
+    state, augment = ctx.state, ctx.settings.train_augment != "none"
+    if augment:
+        refs = [(t["id"], t["data"].get(state.config.value_key)) for t in tasks]
+        items = ctx.scorer.loader.load_many(refs, ctx.scorer.source(state), transform=model.preprocess)
+    else:
+        items = ctx.scorer.trunk_activations(state, model, tasks)
+    out = []
+    for task, item in zip(tasks, items):
+        key = str(task["id"])
+        if isinstance(item, ImageError):
+            log.warning("project %s, task %s: labeled but its image is unusable (%s); not used for training",
+                        state.key, key, item)
+            continue
+        label = labeled[key]
+        example = Example(key, model.labels.index(label), is_new=previous.get(key) != label)
+        if augment:
+            example.image = item
+        else:
+            example.trunk = item
+        out.append(example)
+    return out
+
+
+def train(ctx: JobContext, labeled: dict[str, str], by_id: dict[str, dict], round_: int):
+    """Fine-tune a copy of the served model on ``labeled``; returns (model, examples, metrics, dropped)."""
+    state, s = ctx.state, ctx.settings
+    with state.lock:
+        model = ctx.projects.model(state).clone()
+    model.set_labels(state.config.labels)
+    examples = examples_for(ctx, model, [by_id[k] for k in sorted(labeled, key=int)], labeled, state.labels_used)
+    if not examples:
+        raise RuntimeError("none of the labeled tasks has a usable image")
+    dropped: list[dict] = []
+    if s.train_drop_harmful:
+        examples, dropped = review.drop_harmful(model, examples, s.train_weight_decay, s.seed, s.batch_size)
+        if dropped:
+            log.info("project %s: influence-based dropout leaves out %d labels", state.key, len(dropped))
+    metrics = fine_tune(model, examples, s.train_config(seed=s.seed + round_))
+    return model, examples, metrics, dropped
+
+
+def run_round(ctx: JobContext, force: bool) -> None:
+    state, status = ctx.state, ctx.status
+    status.set("running", "reading labels from Label Studio")
+    tasks = ctx.call(ctx.api().tasks, "listing tasks")
+    labeled, by_id, unknown = read_labels(ctx, tasks)
+    previous = state.labels_used
+    changed = sum(1 for k, v in labeled.items() if previous.get(k) != v) + sum(1 for k in previous if k not in labeled)
+    if not labeled:
+        return status.set("idle", "no labeled tasks yet")
+    if changed < ctx.settings.train_min_new_labels and not force:
+        return status.set("idle", f"{changed} changed label(s), TRAIN_MIN_NEW_LABELS={ctx.settings.train_min_new_labels}")
+    started = time.perf_counter()
+    status.set("running", f"training on {len(labeled)} labels ({changed} changed)")
+    round_ = state.round + 1
+    model, examples, metrics, dropped = train(ctx, labeled, by_id, round_)
+    metrics.update(labels_used=len(examples), labels_changed=changed, unknown_labels=unknown,
+                   dropped_by_influence=len(dropped))
+    used = {e.key: model.labels[e.label] for e in examples}
+    version, checkpoint = ctx.projects.save_version(state, model, round_, used, metrics)
+    version = ctx.projects.serve(state, model, round_, used, checkpoint)
+    ctx.scorer.set_labeled(state, [review.trunk_of(model, e) for e in examples])
+    status.info["dropped_by_influence"] = dropped
+    if ctx.settings.review_top > 0:
+        s = ctx.settings
+        try:
+            status.info["review"] = review.review(model, examples, s.review_method, s.review_top, s.train_weight_decay,
+                                                  s.seed, s.batch_size)
+        except Exception as exc:  # a review is advice: it must never fail a round
+            log.warning("project %s: annotation review failed: %s", state.key, exc)
+    status.info["training_runs"] += 1
+    status.info["last_round"] = {"round": round_, "version": version, "loss_first": metrics["loss_first"],
+                                 "loss_last": metrics["loss_last"], "train_seconds": round(metrics["seconds"], 3),
+                                 "labels_used": len(examples), "labels_changed": changed, "round_seconds": None}
+    log.info("project %s: round t=%d trained on %d labels in %.1fs (loss %.3f -> %.3f): %s", state.key, round_,
+             len(examples), metrics["seconds"], metrics["loss_first"], metrics["loss_last"], version)
+    publish(ctx, tasks)
+    status.info["last_round"]["round_seconds"] = round(time.perf_counter() - started, 3)
+
+
+# ---------------------------------------------------------------------------- publishing
+def publish(ctx: JobContext, tasks: list[dict] | None = None) -> None:
+    """Score the whole unlabeled pool with the served version, import it, switch the project to it."""
+    state, status = ctx.state, ctx.status
+    api = ctx.api()
+    with state.lock:
+        model, version = ctx.projects.model(state), state.version
+    status.set("publishing", f"scoring the unlabeled pool for {version}")
+    tasks = tasks if tasks is not None else ctx.call(api.tasks, "listing tasks")
+    pool = [t for t in tasks if resolve_label(t["annotations"], state.config.from_name) is None]
+    progress = {"version": version, "scored": 0, "imported": 0, "total": len(pool)}
+    status.info["publish_progress"] = progress
+    started = time.perf_counter()
+    results = ctx.scorer.score(state, pool, model, version, reset_pool=True,
+                               progress=lambda n: progress.__setitem__("scored", n))
+    score_seconds = time.perf_counter() - started
+    import_predictions(ctx, api, pool, results, version, progress)
+    ctx.call(lambda: api.set_model_version(version, ctx.settings.set_uncertainty_sampling), "setting model_version")
+    if ctx.settings.delete_old_predictions:
+        for name in api.model_versions():
+            if name != version and str(name).startswith(f"{ctx.projects.identity.backbone}-"):
+                ctx.call(lambda n=name: api.delete_version(n), f"deleting {name}")
+    ctx.projects.mark_published(state, version)
+    status.info["publishes"] += 1
+    progress.update(score_seconds=round(score_seconds, 3), seconds=round(time.perf_counter() - started, 3))
+    status.set("idle", f"published {version} for {len(pool)} unlabeled tasks")
+    log.info("project %s: published %s for %d tasks in %.1fs (scoring %.1fs)", state.key, version, len(pool),
+             progress["seconds"], score_seconds)
+
+
+def import_predictions(ctx: JobContext, api: ProjectAPI, tasks: list[dict], results: list[dict], version: str,
+                       progress: dict | None = None, replace: bool = True) -> None:
+    """Bulk-import predictions in chunks. With ``replace``, the version's existing predictions are
+    cleared first, so that re-publishing never leaves a task two predictions of one version."""
+    if replace:
+        ctx.call(lambda: api.delete_version(version), f"clearing {version}")
+    predictions = [{"task": t["id"], "result": r["result"], "score": r["score"], "model_version": version}
+                   for t, r in zip(tasks, results)]
+    chunk = ctx.settings.publish_chunk
+    for start in range(0, len(predictions), chunk):
+        part = predictions[start:start + chunk]
+        ctx.call(lambda: api.import_predictions(part), "importing predictions")
+        if progress is not None:
+            progress["imported"] = start + len(part)
+
+
+def publish_tasks(ctx: JobContext, task_ids: list[int]) -> None:
+    """New tasks (TASKS_CREATED): re-read the named tasks from Label Studio (ids that are not this
+    project's are dropped), score the unlabeled ones with the served model and import their
+    predictions. Many ids, or a version not yet published, re-publish the whole pool."""
+    state = ctx.state
+    if state.published_version is None or state.published_version != state.version or len(task_ids) > 200:
+        return publish(ctx)
+    with state.lock:
+        model, version = ctx.projects.model(state), state.version
+    api = ctx.api()
+    tasks = []
+    for task_id in task_ids:
+        try:
+            task = ctx.call(lambda: api.task(task_id), f"reading task {task_id}")
+        except PublishError as exc:
+            if api_status(exc.__cause__) == 404:
+                continue
+            raise
+        if task is not None and resolve_label(task["annotations"], state.config.from_name) is None:
+            tasks.append(task)
+    if len(tasks) < len(task_ids):
+        log.info("project %s: %d of %d task id(s) of a TASKS_CREATED event are not unlabeled tasks of this "
+                 "project; ignored", state.key, len(task_ids) - len(tasks), len(task_ids))
+    if not tasks:
+        return
+    ctx.status.set("publishing", f"scoring {len(tasks)} new task(s)")
+    results = ctx.scorer.score(state, tasks, model, version)
+    import_predictions(ctx, api, tasks, results, version, replace=False)
+    ctx.status.set("idle", f"published {version} for {len(tasks)} new task(s)")
+
+
+# ---------------------------------------------------------------------------- config and webhook
+def check_config(ctx: JobContext) -> None:
+    """PROJECT_UPDATED: re-read the label config from Label Studio (never from the event)."""
+    state = ctx.state
+    project = ctx.call(lambda: ctx.api().project(), "reading the project")
+    try:
+        config = parse_label_config(project.get("label_config") or "")
+    except LabelConfigError as exc:
+        ctx.status.info["last_error"] = f"label config not supported: {exc}"
+        log.error("project %s: the label config in Label Studio is not supported (%s); the previous model "
+                  "keeps serving", state.key, exc)
+        return
+    if ctx.projects.update_config(state, config):
+        ctx.projects.save_registration(state)
+        log.info("project %s: label config changed (labels %s): %s", state.key, list(config.labels), state.version)
+
+
+def secure_webhook(ctx: JobContext) -> None:
+    """Put this project's secret header on the webhooks Label Studio created for this backend
+    (the ones at <url>/webhook of an ML backend connection whose /health is this backend's)."""
+    api = ctx.api()
+    ctx.status.set("securing", "setting the webhook's authentication header in Label Studio")
+    try:
+        _set_webhook_header(ctx, api, ctx.webhook_secret())
+    finally:
+        ctx.status.set("idle", "")
+
+
+def _set_webhook_header(ctx: JobContext, api: ProjectAPI, secret: str) -> None:
+    key = ctx.state.key
+    # On a first connection Label Studio calls /setup before it saves the connection and creates
+    # its webhook: poll for them for a few seconds before giving up (and retrying later).
+    deadline = time.monotonic() + 10.0
+    while True:
+        urls = [u.rstrip("/") for u in api.ml_backend_urls() if u]
+        mine = {u + "/webhook" for u in urls if _is_this_backend(u, ctx.instance_id)}
+        hooks = [h for h in api.webhooks() if str(h.get("url") or "").rstrip("/") in mine and str(h.get("project")) == key]
+        if hooks or time.monotonic() > deadline or ctx.stopped():
+            break
+        time.sleep(0.5)
+    if not mine:
+        raise RuntimeError(f"none of the project's ML backend connections ({len(urls)}) reaches this backend's "
+                           "/health; set the webhook header by hand (README, Security)")
+    if not hooks:
+        undotted = [u for u in sorted(mine) if "." not in (urlsplit(u).hostname or "") and urlsplit(u).hostname != "localhost"]
+        if undotted:  # Django's URL validator refuses such a host: Label Studio created no webhook, silently
+            raise RuntimeError(f"Label Studio created no webhook for {undotted[0]}: it refuses webhook URLs whose "
+                               "host has no dot; connect the backend by a name with a dot (e.g. "
+                               "http://backend.internal:9090 in docker compose) or an IP address")
+        raise RuntimeError("Label Studio has no webhook for this backend's connection yet")
+    changed = 0
+    for hook in hooks:
+        headers = dict(hook.get("headers") or {})
+        if headers.get(HEADER) != secret:
+            headers[HEADER] = secret
+            api.set_webhook_headers(hook["id"], headers)
+            changed += 1
+    ctx.status.info["webhook"] = f"secured ({len(hooks)} webhook(s))"
+    log.info("project %s: webhook authentication set on %d of %d webhook(s)", key, changed, len(hooks))
+
+
+def _is_this_backend(url: str, instance_id: str) -> bool:
+    try:
+        answer = requests.get(f"{url}/health", timeout=3).json()
+    except (requests.RequestException, ValueError):
+        return False
+    return isinstance(answer, dict) and answer.get("instance") == instance_id

@@ -1,0 +1,108 @@
+"""Routes Label Studio's events to one worker per project (``worker.py``), each running the jobs of
+``jobs.py`` in its own thread; webhooks only set flags and return."""
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from typing import Callable
+
+from active_adaptation.backend import jobs
+from active_adaptation.backend.jobs import JobContext, PublishError
+from active_adaptation.backend.ls_client import LabelStudioConnection, ProjectAPI
+from active_adaptation.backend.projects import Projects, ProjectState
+from active_adaptation.backend.scorer import Scorer
+from active_adaptation.backend.settings import Settings
+from active_adaptation.backend.worker import ProjectWorker, SystemClock
+from active_adaptation.errors import UnknownProject
+
+log = logging.getLogger(__name__)
+
+LABEL_EVENTS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED",
+                          "ANNOTATIONS_DELETED", "ANNOTATION_DELETED"})
+
+
+class Learner:
+    def __init__(self, settings: Settings, projects: Projects, scorer: Scorer, connection: LabelStudioConnection,
+                 webhook_secret: Callable[[str], str], instance_id: str, clock=SystemClock()) -> None:
+        self.settings, self.projects, self.scorer, self.connection = settings, projects, scorer, connection
+        self.webhook_secret, self.instance_id, self.clock = webhook_secret, instance_id, clock
+        self.workers: dict[str, ProjectWorker] = {}
+        self._lock = threading.Lock()
+
+    def _api(self, project: int) -> ProjectAPI:
+        if not self.connection.configured:
+            raise PublishError("LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY are needed to read labels and publish")
+        return ProjectAPI(self.connection, project)
+
+    def worker(self, state: ProjectState) -> ProjectWorker:
+        with self._lock:
+            worker = self.workers.get(state.key)
+            if worker is None:
+                worker = ProjectWorker(state.key, lambda job: None, debounce_s=self.settings.train_debounce_s,
+                                       recovery_max_s=self.settings.recovery_max_s,
+                                       wants_publish=functools.partial(self.wants_publish, state), clock=self.clock)
+                ctx = JobContext(state, self.projects, self.scorer, self.settings, self._api, worker.status,
+                                 functools.partial(self.webhook_secret, state.key), self.instance_id,
+                                 stopped=lambda: worker.stopped)
+                worker.run_job = functools.partial(jobs.run_job, ctx)
+                self.workers[state.key] = worker.start()
+            return worker
+
+    def connected(self, state: ProjectState, publish: bool = True) -> None:
+        """On /setup (from Label Studio, for a confirmed project): make sure the project's webhook is
+        secured and, with ``publish``, that Label Studio has the served version."""
+        if not self.connection.configured:
+            return
+        worker = self.worker(state)
+        worker.request_secure()
+        if publish and state.published_version != state.version and worker.idle():
+            worker.request_publish()
+
+    def resume(self) -> None:
+        """At process start: re-publish every restored project whose served version Label Studio
+        may lack (a crash mid-publish, or Label Studio down at the time)."""
+        for key in self.projects:
+            state = self.projects[key]
+            if self.wants_publish(state):
+                log.info("project %s: %s is not known to be published; publishing it", key, state.version)
+                self.worker(state).request_publish()
+
+    def wants_publish(self, state: ProjectState) -> bool:
+        """Label Studio lacks the served version and should get it: a trained version always;
+        version 0 only with PUBLISH_ON_CONNECT, or when an earlier version was published."""
+        return (self.connection.configured and state.published_version != state.version
+                and (state.round > 0 or self.settings.publish_on_connect or bool(state.published_version)))
+
+    def handle(self, action: str, key: str, task_ids: list[int] | None = None) -> str:
+        """Route one authenticated webhook event (a hint: project id + action). Returns what was
+        done. Events for a project this backend was never set up for create nothing."""
+        state = self.projects.get(key)
+        if state is None:
+            raise UnknownProject(f"project {key} is not connected to this backend; event ignored")
+        if not self.connection.configured:
+            return "ignored (LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY are needed to learn)"
+        worker = self.worker(state)
+        if action in LABEL_EVENTS or action == "START_TRAINING":
+            worker.labels_changed(force=action == "START_TRAINING")
+            return "training scheduled"
+        if action == "START_TRAINING_UNAUTHENTICATED":
+            worker.labels_changed(force=False)
+            return "label check scheduled (unauthenticated Start Training cannot force a round; see README, Security)"
+        if action == "TASKS_CREATED":
+            worker.tasks_created(list(task_ids or []))
+            return "scoring scheduled"
+        if action == "PROJECT_UPDATED":
+            worker.request_config_check()
+            return "config check scheduled"
+        return "ignored"
+
+    def status(self, key: str) -> dict:
+        worker = self.workers.get(key)
+        if worker is None:
+            return {"state": "idle", "reason": "", "training_runs": 0, "review": [], "dropped_by_influence": []}
+        return dict(worker.info)
+
+    def stop(self) -> None:
+        for worker in list(self.workers.values()):
+            worker.stop()

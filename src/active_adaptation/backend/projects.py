@@ -1,0 +1,263 @@
+"""The project registry: which projects this backend serves, their label configs, served model,
+round and versions. The only writer of :class:`ProjectState`'s identity fields; what scoring keeps
+per project (:class:`PoolState`) belongs to the scorer."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+
+from active_adaptation.backend.label_config import ClassificationConfig
+from active_adaptation.backend.store import Store
+from active_adaptation.core.backbones import LoadedBackbone
+from active_adaptation.core.model import AdaptedModel
+from active_adaptation.errors import BadRequest, UnknownProject
+
+log = logging.getLogger(__name__)
+
+_PROJECT_KEY = re.compile(r"^([0-9]{1,18})(?:\.[0-9A-Za-z_.:+-]{0,64})?$")
+
+
+def project_key(project: Any) -> str:
+    """Label Studio sends ``"<id>.<created_at>"`` in /setup and /predict, ``{"id": ...}`` in
+    webhooks; tasks carry the bare id. The key is the integer id: anything else (a path, a name) is
+    refused, because the key names a folder under MODEL_DIR."""
+    if isinstance(project, dict):
+        project = project.get("id")
+    if isinstance(project, bool):
+        project = None
+    if isinstance(project, int):
+        project = str(project)
+    if project is None or (isinstance(project, str) and not project.strip()):
+        raise BadRequest("missing 'project'")
+    match = _PROJECT_KEY.match(project.strip()) if isinstance(project, str) else None
+    if match is None:
+        shown = project if isinstance(project, str) else type(project).__name__
+        raise BadRequest(f"invalid 'project' {str(shown)[:80]!r}: expected a Label Studio project id "
+                         "(an integer, optionally followed by '.<created_at>')")
+    return str(int(match.group(1)))
+
+
+@dataclass
+class PoolState:
+    """What scoring keeps per project; written only by the scorer (``scorer.py``)."""
+
+    acquisitions: dict[str, float] = field(default_factory=dict)  # task id -> value, served version
+    labeled_trunk: list = field(default_factory=list)  # trunk activations of the last round's labels
+    strategy_state: dict = field(default_factory=dict)  # what a strategy computes once (ADMA's landmarks)
+    strategy_info: dict = field(default_factory=dict)  # what the strategy reported at the last publish
+    strategy_saved: bool = False  # strategy_state's persistent part is on disk
+    stats: dict[str, float] = field(default_factory=lambda: {
+        "predict_requests": 0, "tasks_predicted": 0, "image_failures": 0, "predict_seconds": 0.0})
+
+
+@dataclass
+class ProjectState:
+    key: str
+    config: ClassificationConfig
+    round: int = 0  # completed fine-tuning rounds t (ADMA's trade-off needs it; persisted)
+    hostname: str = ""  # from /setup, used when LABEL_STUDIO_URL is not set
+    access_token: str = ""  # from /setup (the creator's legacy token); only ever sent to `hostname`
+    model: AdaptedModel | None = None
+    labels_used: dict[str, str] = field(default_factory=dict)  # task id -> label of the last round
+    version: str = ""
+    published_version: str | None = None
+    checkpoint: str | None = None  # id of the served version's checkpoint
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    pool: PoolState = field(default_factory=PoolState)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What, besides a project's own history, makes its model version: backbone, weights, seed and
+    the strategy with its parameters."""
+
+    backbone: str
+    weights: str
+    seed: int
+    strategy: str
+    strategy_params: dict
+
+
+class Projects(Mapping):
+    """key -> :class:`ProjectState`, restored from the store at start."""
+
+    def __init__(self, store: Store, base: LoadedBackbone, identity: Identity, device: torch.device,
+                 keep_versions: int = 3, persist: bool = True) -> None:
+        self.store, self.base, self.identity, self.device = store, base, identity, device
+        self.keep_versions, self.persist = keep_versions, persist
+        self._states: dict[str, ProjectState] = {}
+        self._lock = threading.Lock()
+
+    # Mapping
+    def __getitem__(self, key: str) -> ProjectState:
+        return self._states[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._states))
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def version_of(self, state: ProjectState) -> str:
+        i = self.identity
+        ident = json.dumps([i.backbone, i.weights, i.seed, i.strategy, i.strategy_params, state.config.fingerprint,
+                            state.checkpoint or ""], sort_keys=True, default=str)
+        return f"{i.backbone}-{i.strategy}-t{state.round}-{hashlib.sha1(ident.encode()).hexdigest()[:6]}"
+
+    # ------------------------------------------------------------------ restore
+    def restore_all(self) -> list[ProjectState]:
+        restored = []
+        for key in self.store.project_keys():
+            try:
+                state = self._restore(key)
+            except Exception as exc:  # one broken project must not stop the others
+                log.error("project %s: cannot restore it: %s", key, exc)
+                continue
+            if state is not None:
+                restored.append(state)
+        return restored
+
+    def _registration(self, key: str) -> tuple[ClassificationConfig | None, str | None]:
+        data = self.store.read_registration(key)
+        try:
+            return (ClassificationConfig.from_dict(data["config"]), data.get("published_version")) if data else (None, None)
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("project %s: ignoring a damaged registration (%s)", key, exc)
+            return None, None
+
+    def _restore(self, key: str) -> ProjectState | None:
+        """A project as this backend left it: its newest checkpoint (by sequence), or, before its
+        first round, its registration, so that a restarted worker process never forgets a project
+        and never starts its rounds again from t=0."""
+        registered, published = self._registration(key)
+        found = self.store.load_latest(key)
+        if found is None:
+            if registered is None:
+                return None
+            state = ProjectState(key, registered)
+            state.version = self.version_of(state)
+            state.published_version = state.version if published == state.version else None
+            self._states[key] = state
+            log.info("project %s: restored its registration (no round yet): %s", key, state.version)
+            return state
+        meta, state_dict = found
+        model = AdaptedModel(self.base, meta["labels"], self.device, self.identity.seed)
+        model.load_target_state(state_dict, meta["labels"], meta["active"])
+        state = ProjectState(key, ClassificationConfig.from_dict(meta["config"]), round=meta["round"], model=model,
+                             labels_used=dict(meta.get("labels_used") or {}), checkpoint=meta.get("checkpoint_id"))
+        state.version = self.version_of(state)
+        if meta.get("published_version") == state.version:
+            state.published_version = state.version
+        if registered is not None:  # the label config may have changed after that round
+            self.update_config(state, registered)
+        self._states[key] = state
+        log.info("project %s: restored %s (round t=%d, %d labels) from %s",
+                 key, state.version, state.round, len(state.labels_used), meta["path"])
+        return state
+
+    # ------------------------------------------------------------------ registration
+    def register(self, key: str, config: ClassificationConfig) -> tuple[ProjectState, bool]:
+        """The project's state, created (True) if new; an existing one adopts ``config``."""
+        with self._lock:
+            state = self._states.get(key)
+            created = state is None
+            if created:
+                state = self._states[key] = ProjectState(key, config)
+        changed = self.update_config(state, config)
+        if changed or not self.store.has_registration(key):
+            self.save_registration(state)
+        return state, created
+
+    def save_registration(self, state: ProjectState) -> None:
+        if self.persist:
+            self.store.write_registration(state.key, state.config.to_dict(), state.published_version)
+
+    def update_config(self, state: ProjectState, config: ClassificationConfig) -> bool:
+        """Adopt a (re-read) label config; True if it changed. A grown label set grows the head."""
+        with state.lock:
+            changed = state.config != config
+            if changed:
+                if state.model is not None:
+                    state.model.set_labels(config.labels)
+                state.config = config
+            version = self.version_of(state)
+            if version != state.version:
+                state.version = version
+                state.pool.acquisitions = {}  # values of another version
+        return changed
+
+    def set_origin(self, state: ProjectState, hostname: str, access_token: str) -> None:
+        """Where /setup says the project's images are; a token received with one host never goes to another."""
+        with state.lock:
+            if hostname != state.hostname:
+                state.hostname, state.access_token = hostname, access_token
+            elif access_token:
+                state.access_token = access_token
+
+    def get_state(self, key: str) -> ProjectState:
+        state = self._states.get(key)
+        if state is None:
+            raise UnknownProject(
+                f"project {key} is not set up: send its 'label_config' with the request or call /setup first")
+        return state
+
+    def model(self, state: ProjectState) -> AdaptedModel:
+        with state.lock:
+            if state.model is None:
+                state.model = AdaptedModel(self.base, state.config.labels, self.device, self.identity.seed)
+            return state.model
+
+    # ------------------------------------------------------------------ versions
+    def save_version(self, state: ProjectState, model: AdaptedModel, round_: int, labels_used: dict,
+                     metrics: dict) -> tuple[str, str]:
+        """Checkpoint a trained model as the next version; returns (version, checkpoint id). Not
+        served yet: :meth:`serve` switches to it."""
+        probe = ProjectState(state.key, state.config, round=round_, checkpoint=f"{state.key}/{round_}/{time.time_ns()}")
+        version = self.version_of(probe)
+        i = self.identity
+        meta = {
+            "round": round_, "labels": model.labels, "active": model.active, "labels_used": labels_used,
+            "config": state.config.to_dict(), "backbone": i.backbone, "weights": i.weights,
+            "preprocess": model.preprocess.to_dict(), "strategy": i.strategy, "strategy_params": i.strategy_params,
+            "metrics": metrics, "checkpoint_id": probe.checkpoint,
+        }
+        self.store.save_checkpoint(state.key, version, model.target.state_dict(), meta)
+        removed = self.store.prune(state.key, self.keep_versions)
+        if removed:
+            log.info("project %s: pruned old versions %s", state.key, removed)
+        return version, probe.checkpoint
+
+    def serve(self, state: ProjectState, model: AdaptedModel, round_: int, labels_used: dict, checkpoint: str) -> str:
+        """Switch the served model atomically (under the project lock)."""
+        with state.lock:
+            model.set_labels(state.config.labels)  # the config may have changed during training
+            state.model, state.round, state.labels_used = model, round_, labels_used
+            state.checkpoint = checkpoint
+            state.version = self.version_of(state)
+            state.pool.acquisitions = {}
+            state.published_version = None
+            return state.version
+
+    def mark_published(self, state: ProjectState, version: str) -> None:
+        with state.lock:
+            if state.version != version:
+                return
+            state.published_version = version
+        self.save_registration(state)
+        self.store.mark_published(state.key, version, state.checkpoint)
+
+    def versions(self, key: str | None = None) -> list[str]:
+        if key is None:
+            return sorted({s.version for s in self._states.values()})
+        state = self._states.get(key)
+        saved = [m["version"] for m in self.store.list_versions(key)]
+        return list(dict.fromkeys(saved + ([state.version] if state else [])))

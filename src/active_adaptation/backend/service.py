@@ -1,0 +1,130 @@
+"""The backend's composition root: builds the backbone, the strategy, the store, the project
+registry, the scorer and the learner once per process, and offers what the HTTP layer calls. No
+Flask here, and no logic of its own beyond wiring and reporting."""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Sequence
+
+from active_adaptation import strategies
+from active_adaptation.backend.label_config import parse_label_config
+from active_adaptation.backend.landmarks import prepare_landmarks
+from active_adaptation.backend.learner import Learner
+from active_adaptation.backend.ls_client import LabelStudioConnection, ProjectAPI, api_status
+from active_adaptation.backend.projects import Identity, Projects, ProjectState, project_key
+from active_adaptation.backend.scorer import Scorer
+from active_adaptation.backend.security import WebhookSecrets
+from active_adaptation.backend.settings import Settings
+from active_adaptation.backend.store import Store
+from active_adaptation.core.backbones import load_backbone, resolve_device
+from active_adaptation.errors import BadRequest, Unavailable, UnknownProject
+
+log = logging.getLogger(__name__)
+
+
+class Backend:
+    def __init__(self, settings: Settings, secrets=None) -> None:
+        self.settings, self.secrets = settings, secrets  # secrets: the log's SecretRegistry (masking)
+        self.device = resolve_device(settings.device)
+        self.store = Store(settings.model_dir)
+        self.base = load_backbone(settings.backbone, settings.weights, settings.seed)
+        strategy = strategies.from_spec(settings.strategy, seed=settings.seed)
+        prepare_landmarks(strategy, self.base, self.device, self.store, settings.seed)
+        self.strategy = strategies.with_queue_diversity(strategy, settings.queue_diversity, settings.queue_diversity_top)
+        self.connection = LabelStudioConnection(settings.label_studio_url, settings.label_studio_api_key)
+        self.webhook_secrets = WebhookSecrets(self.store, settings.webhook_secret)
+        # tells this backend's own /health apart from another backend's (webhook securing)
+        self.instance_id = self.webhook_secrets.for_project("instance")[:16]
+        identity = Identity(self.base.spec.name, self.base.weights, settings.seed, self.strategy.name,
+                            self.strategy.params())
+        self.projects = Projects(self.store, self.base, identity, self.device, settings.keep_versions,
+                                 persist=self.connection.configured)
+        self.scorer = Scorer(settings, self.base, self.strategy, self.store, self.connection)
+        self.learner = Learner(settings, self.projects, self.scorer, self.connection, self._webhook_secret,
+                               self.instance_id)
+        self.events: dict[str, int] = {}
+        self._lock = threading.Lock()
+        for state in self.projects.restore_all():
+            self.scorer.restore(state)
+        log.info("backend ready: backbone=%s weights=%s strategy=%r device=%s projects restored=%d",
+                 settings.backbone, self.base.weights, self.strategy, self.device, len(self.projects))
+
+    def _webhook_secret(self, key: str) -> str:
+        secret = self.webhook_secrets.for_project(key)
+        if self.secrets is not None:
+            self.secrets.add(secret)  # masked should a library ever log it
+        return secret
+
+    # ------------------------------------------------------------------ what the routes call
+    def confirm_project(self, key: str, timeout: float = 2.5) -> dict:
+        """Ask Label Studio (with this backend's own API key) whether project ``key`` exists.
+        UnknownProject when it has no such project; Unavailable when it cannot be asked."""
+        try:
+            self.connection.token(wait=timeout)  # a PAT refresh that hangs must not hold /setup
+            return ProjectAPI(self.connection, int(key)).project(timeout=timeout)
+        except Exception as exc:
+            status = api_status(exc)
+            url = self.connection.url
+            if status == 404:
+                raise UnknownProject(f"Label Studio at LABEL_STUDIO_URL={url} has no project {key}") from None
+            raise Unavailable(
+                f"cannot confirm project {key} with Label Studio at LABEL_STUDIO_URL={url} "
+                f"({'HTTP ' + str(status) if status else type(exc).__name__}); check LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY"
+            ) from None
+
+    def setup(self, project: Any, label_config: str, hostname: str = "", access_token: str = "") -> str:
+        """Register or update a project. Fast: parses the config, never builds a model here."""
+        key = project_key(project)
+        config = parse_label_config(label_config)
+        if access_token and self.secrets is not None:
+            self.secrets.add(access_token)
+        if key not in self.projects and self.connection.configured:
+            self.confirm_project(key)  # a project Label Studio does not confirm creates nothing
+        state, created = self.projects.register(key, config)
+        if created:  # a project with no checkpoint yet may still have the strategy's state saved
+            self.scorer.restore(state)
+        self.projects.set_origin(state, hostname, access_token)
+        self.learner.connected(state, publish=self.settings.publish_on_connect)
+        return state.version
+
+    def state(self, project: Any, label_config: str | None = None) -> ProjectState:
+        key = project_key(project)
+        if label_config:
+            self.setup(key, label_config)
+        return self.projects.get_state(key)
+
+    def predict(self, project: Any, tasks: Sequence[dict], label_config: str | None = None) -> list[dict]:
+        if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
+            raise BadRequest("'tasks' must be a list of task objects")
+        state = self.state(project, label_config)
+        with state.lock:
+            model, version = self.projects.model(state), state.version
+        return self.scorer.predict(state, tasks, model, version)
+
+    def record_event(self, action: str) -> None:
+        with self._lock:
+            self.events[action] = self.events.get(action, 0) + 1
+
+    def versions(self, project: Any | None = None) -> list[str]:
+        return self.projects.versions(None if project is None else project_key(project))
+
+    def metrics(self) -> dict:
+        return {
+            "backbone": self.base.spec.name, "weights": self.base.weights, "strategy": self.strategy.name,
+            "strategy_params": self.strategy.params(), "device": str(self.device), "events": dict(self.events),
+            "feature_cache": self.scorer.features.stats(),
+            "projects": {key: self._project_metrics(self.projects[key]) for key in sorted(self.projects)},
+        }
+
+    def _project_metrics(self, s: ProjectState) -> dict:
+        return {
+            "model_version": s.version, "published_version": s.published_version, "round": s.round,
+            "labels": list(s.config.labels), "labels_used": len(s.labels_used), "model_loaded": s.model is not None,
+            "scored_pool_size": len(s.pool.acquisitions), "strategy_info": s.pool.strategy_info,
+            **s.pool.stats, **self.learner.status(s.key),
+        }
+
+    def close(self) -> None:
+        self.learner.stop()
+        self.scorer.close()

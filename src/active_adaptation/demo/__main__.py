@@ -1,0 +1,174 @@
+"""The local demo: Label Studio 1.23.2 and this backend on 127.0.0.1, offline.
+
+    bash scripts/demo.sh            (installs what is missing, then runs this module)
+
+Creates (or reuses) an image-classification project of scikit-learn digits, connects the backend,
+which publishes version 0 and switches the project's queue to uncertainty sampling, and prints the
+URL and the login. Label a few images: after each training round the queue re-orders. Ctrl-C stops
+everything. Running it again reuses the data directory, the project and the trained models.
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[3]
+
+from active_adaptation.demo.servers import (  # noqa: E402
+    ADMIN_EMAIL, ADMIN_PASSWORD, ADMIN_TOKEN, BackendProcess, LabelStudio, free_port,
+)
+from active_adaptation.demo.sample_data import digit_pngs  # noqa: E402
+
+TITLE = "Active Adaptation demo: digits"
+LABELS = [str(i) for i in range(10)]
+
+
+def port_or_free(port: int, what: str) -> int:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            other = free_port()
+            print(f"[demo] port {port} is busy; {what} uses port {other} instead", flush=True)
+            return other
+
+
+def say(message: str) -> None:
+    print(f"[demo] {message}", flush=True)
+
+
+def find_project(ls: LabelStudio) -> int | None:
+    page = ls.api("GET", "/api/projects", params={"page_size": 1000, "title": TITLE})
+    items = page["results"] if isinstance(page, dict) else page
+    for item in items:
+        if item.get("title") == TITLE:
+            return item["id"]
+    return None
+
+
+def ensure_project(ls: LabelStudio, images: int) -> tuple[int, bool]:
+    project = find_project(ls)
+    if project is not None:
+        return project, False
+    project = ls.create_project(TITLE, LABELS)
+    files = [(name, data) for name, data, _ in digit_pngs(images, size=64, seed=1)]
+    for start in range(0, len(files), 90):  # LS accepts at most 100 files per request
+        ls.upload_files(project, files[start:start + 90])
+    return project, True
+
+
+def ensure_connected(ls: LabelStudio, project: int, backend_url: str) -> None:
+    existing = ls.api("GET", "/api/ml", params={"project": project})
+    if existing:
+        ml = existing[0]
+        if ml["url"] != backend_url:  # the backend came up on another port this time
+            ls.api("PATCH", f"/api/ml/{ml['id']}", json={"url": backend_url, "project": project})
+            # LS creates the backend's webhook only when the backend is first added: move it too
+            for hook in ls.api("GET", "/api/webhooks/", params={"project": project}):
+                if hook["url"] == ml["url"].rstrip("/") + "/webhook":
+                    ls.api("PATCH", f"/api/webhooks/{hook['id']}", json={"url": backend_url + "/webhook"})
+        # LS calls /setup on many reads; one now makes the backend publish if it needs to
+        requests.post(f"{backend_url}/setup", json={"project": str(project), "schema": ls.api("GET", f"/api/projects/{project}")["label_config"]}, timeout=10)
+    else:
+        ls.connect_backend(project, backend_url, title="Active Adaptation")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dir", type=Path, default=ROOT / ".cache" / "demo", help="data directory, reused between runs")
+    parser.add_argument("--port", type=int, default=8080, help="Label Studio port (a free one if busy)")
+    parser.add_argument("--backend-port", type=int, default=9090, help="backend port (a free one if busy)")
+    parser.add_argument("--images", type=int, default=300, help="digits in a new demo project")
+    parser.add_argument("--strategy", default="margin")
+    parser.add_argument("--backbone", default="smallcnn")
+    args = parser.parse_args()
+
+    args.dir.mkdir(parents=True, exist_ok=True)
+    lock = open(args.dir / "demo.lock", "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        say(f"a demo is already running on {args.dir}: {lock.read().strip() or 'see its terminal'}")
+        return 1
+
+    stopping = {"flag": False}
+
+    def stop(signum, _frame):
+        stopping["flag"] = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+
+    ls = LabelStudio(args.dir / "label-studio", port=port_or_free(args.port, "Label Studio"))
+    backend = None
+    try:
+        say(f"starting Label Studio on {ls.url} (first start migrates a database: about 40 s)")
+        ls.start()
+        backend = BackendProcess(args.dir, {
+            "LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ADMIN_TOKEN, "BACKBONE": args.backbone,
+            "WEIGHTS": "none", "STRATEGY": args.strategy, "TRAIN_DEBOUNCE_S": "2", "TRAIN_STEPS": "60",
+        }, port=port_or_free(args.backend_port, "the backend"))
+        say(f"starting the backend on {backend.url} (log: {backend.log_path})")
+        backend.start()
+        project, created = ensure_project(ls, args.images)
+        say(("created" if created else "reusing") + f" project {project}: '{TITLE}'")
+        ensure_connected(ls, project, backend.url)
+        say("waiting for the backend to score every task and publish its predictions")
+        deadline = time.monotonic() + 600
+        while not stopping["flag"]:
+            st = requests.get(f"{backend.url}/status", timeout=10).json()["projects"].get(str(project), {})
+            current = ls.api("GET", f"/api/projects/{project}")
+            if st.get("published_version") and current["model_version"] == st["published_version"]:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the backend did not publish in time; status: {st}")
+            time.sleep(0.5)
+        if stopping["flag"]:
+            return 0
+        url = f"{ls.url}/projects/{project}/data"
+        info = {"url": url, "label_studio": ls.url, "backend": backend.url, "project": project,
+                "model_version": current["model_version"], "sampling": current["sampling"],
+                "pids": [ls.process.pid, backend.process.pid], "login": ADMIN_EMAIL}
+        lock.seek(0)
+        lock.truncate()
+        lock.write(url)
+        lock.flush()
+        print(f"""
+==============================================================================
+ Active Adaptation demo is ready: {url}
+ Log in with {ADMIN_EMAIL} / {ADMIN_PASSWORD}
+ Click "Label All Tasks": the queue serves the most useful image first
+ (queue: {current['sampling']}, model version {current['model_version']}).
+ Label a few digits; after each training round the queue re-orders.
+ Backend status: {backend.url}/status      Ctrl-C stops everything.
+==============================================================================""", flush=True)
+        print("DEMO READY " + json.dumps(info), flush=True)
+        while not stopping["flag"]:
+            if ls.process.poll() is not None or backend.process.poll() is not None:
+                say("a server exited unexpectedly; stopping")
+                return 1
+            time.sleep(0.5)
+        return 0
+    except Exception as exc:
+        say(f"failed: {exc}")
+        return 1
+    finally:
+        say("stopping")
+        if backend is not None:
+            backend.stop()
+        ls.stop()
+        lock.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

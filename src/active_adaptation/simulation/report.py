@@ -1,0 +1,208 @@
+"""Outputs of the simulation: the results.json schema, summary statistics, summary.md and curves.png.
+``python -m active_adaptation.simulation.plot RESULTS.json`` re-draws them from the file alone."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+ROUND_SCHEMA = {
+    "type": "object",
+    "required": ["labels", "accuracy", "auc", "classes_discovered", "score_seconds", "train_seconds"],
+    "properties": {
+        "labels": {"type": "integer", "minimum": 0},
+        "accuracy": {"type": "number", "minimum": 0, "maximum": 1},
+        "auc": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+        "classes_discovered": {"type": "integer", "minimum": 0},
+        "score_seconds": {"type": "number", "minimum": 0},
+        "train_seconds": {"type": "number", "minimum": 0},
+    },
+}
+RESULTS_SCHEMA = {
+    "type": "object",
+    "required": ["config", "versions", "seeds", "runs"],
+    "properties": {
+        "config": {"type": "object", "required": ["dataset", "strategies", "backbone", "initial", "batch", "rounds"]},
+        "versions": {"type": "object"},
+        "seeds": {"type": "array", "items": {"type": "integer"}},
+        "runs": {"type": "array", "items": {
+            "type": "object", "required": ["strategy", "seed", "rounds"],
+            "properties": {"strategy": {"type": "string"}, "seed": {"type": "integer"},
+                           "rounds": {"type": "array", "minItems": 1, "items": ROUND_SCHEMA}},
+        }},
+    },
+}
+
+
+def _t_interval(diffs: np.ndarray) -> tuple[float, float, float]:
+    from scipy import stats
+
+    n = len(diffs)
+    mean = float(diffs.mean())
+    if n < 2:
+        return mean, math.nan, math.nan
+    half = float(stats.t.ppf(0.975, n - 1) * diffs.std(ddof=1) / math.sqrt(n))
+    return mean, mean - half, mean + half
+
+
+def _wilcoxon(diffs: np.ndarray) -> float:
+    from scipy import stats
+
+    if len(diffs) < 2:
+        return math.nan
+    if np.all(diffs == 0):
+        return 1.0
+    return float(stats.wilcoxon(diffs).pvalue)
+
+
+def curves(results: dict) -> dict[str, dict]:
+    """Per strategy: labels axis and an (seeds, rounds) accuracy matrix, in seed order."""
+    out: dict[str, dict] = {}
+    for run in results["runs"]:
+        entry = out.setdefault(run["strategy"], {"labels": [r["labels"] for r in run["rounds"]], "acc": {}, "disc": {}})
+        entry["acc"][run["seed"]] = [r["accuracy"] for r in run["rounds"]]
+        entry["disc"][run["seed"]] = [r["classes_discovered"] for r in run["rounds"]]
+    for entry in out.values():
+        seeds = sorted(entry["acc"])
+        entry["seeds"] = seeds
+        entry["matrix"] = np.array([entry["acc"][s] for s in seeds], dtype=np.float64)
+    return out
+
+
+def summarise(results: dict, baseline: str = "random") -> list[dict]:
+    """ALC (mean accuracy over rounds 1..T), final accuracy, labels to reach the baseline's final
+    accuracy, and paired differences to the baseline (95% t-interval, Wilcoxon signed-rank p)."""
+    data = curves(results)
+    base = data.get(baseline)
+    rows = []
+    for name, entry in data.items():
+        m = entry["matrix"]
+        alc = m[:, 1:].mean(axis=1) if m.shape[1] > 1 else m[:, 0]
+        final = m[:, -1]
+        mean_curve = m.mean(axis=0)
+        row = {"strategy": name, "seeds": len(entry["seeds"]), "alc": float(alc.mean()), "final": float(final.mean()),
+               "final_labels": entry["labels"][-1], "time_score": None, "time_train": None}
+        disc = np.array([entry["disc"][s] for s in entry["seeds"]], dtype=np.float64)
+        row["discovered_final"] = float(disc[:, -1].mean())
+        if base is not None:
+            target = float(base["matrix"][:, -1].mean())
+            reached = np.nonzero(mean_curve >= target - 1e-12)[0]
+            row["labels_to_baseline_final"] = int(entry["labels"][reached[0]]) if len(reached) else None
+            common = [s for s in entry["seeds"] if s in base["acc"]]
+            if name != baseline and common:
+                idx = [entry["seeds"].index(s) for s in common]
+                bidx = [base["seeds"].index(s) for s in common]
+                bm = base["matrix"]
+                b_alc = bm[:, 1:].mean(axis=1) if bm.shape[1] > 1 else bm[:, 0]
+                d_alc, d_final = alc[idx] - b_alc[bidx], final[idx] - bm[bidx, -1]
+                row["d_alc"], row["d_alc_lo"], row["d_alc_hi"] = _t_interval(d_alc)
+                row["d_alc_p"] = _wilcoxon(d_alc)
+                row["d_final"], row["d_final_lo"], row["d_final_hi"] = _t_interval(d_final)
+                row["d_final_p"] = _wilcoxon(d_final)
+        times = [(r["score_seconds"], r["train_seconds"]) for run in results["runs"] if run["strategy"] == name
+                 for r in run["rounds"][1:]]
+        if times:
+            row["time_score"] = float(np.mean([t[0] for t in times]))
+            row["time_train"] = float(np.mean([t[1] for t in times]))
+        rows.append(row)
+    rows.sort(key=lambda r: -r["alc"])
+    return rows
+
+
+def _fmt(x, digits=3):
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def summary_markdown(results: dict, baseline: str = "random") -> str:
+    cfg = results["config"]
+    rows = summarise(results, baseline)
+    lines = [
+        f"# Simulation: {cfg['dataset']}",
+        "",
+        f"backbone `{cfg['backbone']}`, weights `{cfg.get('weights')}`, seed set {cfg['initial']}, "
+        f"{cfg['rounds']} rounds × {cfg['batch']}, {len(results['seeds'])} seeds, device {cfg.get('device')}.",
+        "ALC = mean test accuracy over rounds 1..T. Δ = paired difference to "
+        f"`{baseline}` (same seeds), mean [95% t-interval], p = Wilcoxon signed-rank.",
+        "",
+        "| strategy | seeds | ALC | Δ ALC [95% CI] | p | final acc | Δ final [95% CI] | p | labels to reach "
+        f"{baseline}'s final | classes found | score s/round | train s/round |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        d_alc = (f"{r['d_alc']:+.3f} [{r['d_alc_lo']:+.3f}, {r['d_alc_hi']:+.3f}]" if "d_alc" in r
+                 and not math.isnan(r["d_alc_lo"]) else "—")
+        d_fin = (f"{r['d_final']:+.3f} [{r['d_final_lo']:+.3f}, {r['d_final_hi']:+.3f}]" if "d_final" in r
+                 and not math.isnan(r["d_final_lo"]) else "—")
+        reach = r.get("labels_to_baseline_final", "—")
+        lines.append(
+            f"| `{r['strategy']}` | {r['seeds']} | {r['alc']:.3f} | {d_alc} | {_fmt(r.get('d_alc_p'))} | "
+            f"{r['final']:.3f} | {d_fin} | {_fmt(r.get('d_final_p'))} | "
+            f"{reach if reach is not None else 'not reached'} | {r['discovered_final']:.1f} | "
+            f"{_fmt(r['time_score'])} | {_fmt(r['time_train'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(results: dict, path: Path, baseline: str = "random") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy import stats
+
+    data = curves(results)
+    base = data.get(baseline)
+    fig, axes = plt.subplots(1, 2 if base is not None else 1, figsize=(14 if base is not None else 8, 5.5), dpi=110,
+                             squeeze=False)
+    ax = axes[0, 0]
+    colors = {}
+    others = [n for n in sorted(data) if n != baseline]
+    palette = plt.get_cmap("tab10" if len(others) <= 10 else "tab20")
+    for k, name in enumerate(others):
+        colors[name] = palette(k % palette.N)
+    for name in sorted(data, key=lambda n: (n != baseline, n)):
+        entry = data[name]
+        m, x = entry["matrix"], np.array(entry["labels"])
+        mean = m.mean(axis=0)
+        line, = ax.plot(x, mean, label=f"{name} (n={m.shape[0]})", lw=2.2 if name == baseline else 1.4,
+                        color="black" if name == baseline else colors[name])
+        if m.shape[0] > 1:
+            half = stats.t.ppf(0.975, m.shape[0] - 1) * m.std(axis=0, ddof=1) / math.sqrt(m.shape[0])
+            ax.fill_between(x, mean - half, mean + half, alpha=0.12, color=line.get_color())
+    cfg = results["config"]
+    ax.set(xlabel="labels", ylabel="test accuracy",
+           title=f"{cfg['dataset']}: mean and 95% interval over {len(results['seeds'])} seeds")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    if base is not None:
+        ax2 = axes[0, 1]
+        ax2.axhline(0, color="black", lw=1.2)
+        for name, entry in sorted(data.items()):
+            if name == baseline:
+                continue
+            common = [s for s in entry["seeds"] if s in base["acc"]]
+            if not common:
+                continue
+            d = np.array([np.array(entry["acc"][s]) - np.array(base["acc"][s]) for s in common])
+            x = np.array(entry["labels"])
+            mean = d.mean(axis=0)
+            ax2.plot(x, mean, label=name, color=colors[name], lw=1.4)
+            if d.shape[0] > 1:
+                half = stats.t.ppf(0.975, d.shape[0] - 1) * d.std(axis=0, ddof=1) / math.sqrt(d.shape[0])
+                ax2.fill_between(x, mean - half, mean + half, alpha=0.10, color=colors[name])
+        ax2.set(xlabel="labels", ylabel=f"accuracy − {baseline} (paired)",
+                title=f"paired difference to {baseline}, mean and 95% interval")
+        ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_outputs(results: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=1))
+    tmp.replace(out / "results.json")
+    (out / "summary.md").write_text(summary_markdown(results))
+    plot_curves(results, out / "curves.png")

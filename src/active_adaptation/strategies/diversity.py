@@ -1,0 +1,252 @@
+"""Batch-diverse selection as pure functions (docs/methods.md §4.3-4.4): core-set (k-center greedy) and
+BADGE (k-means++ seeding on gradient embeddings, without materialising them). Both return pool
+indices in selection order (first = label first). Their registered strategies and the
+diversity-aware queue ordering build on these.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .base import Need, ScoringInputs, Strategy
+from .errors import StrategyError
+from .registry import register
+from .uncertainty import uniform_from_keys
+
+
+def k_center_greedy(pool: torch.Tensor, labeled: torch.Tensor | None, b: int, seed: int = 0) -> torch.Tensor:
+    """Greedily pick ``b`` pool items, each the farthest (squared L2) from everything chosen or
+    labeled so far. With nothing labeled, the first pick is a seeded random pool item. Ties go to
+    the lowest index."""
+    pool = pool.to(torch.float64).flatten(1)
+    n = pool.shape[0]
+    b = min(b, n)
+    if b <= 0:
+        return torch.zeros(0, dtype=torch.long)
+    chosen: list[int] = []
+    if labeled is not None and labeled.shape[0] > 0:
+        nearest = _nearest_sq(pool, labeled.to(torch.float64).flatten(1))  # chunked: bounded memory
+    else:
+        first = int(torch.randint(n, (1,), generator=torch.Generator().manual_seed(seed)))
+        chosen.append(first)
+        nearest = (pool - pool[first]).pow(2).sum(dim=1)
+    while len(chosen) < b:
+        masked = nearest.clone()
+        if chosen:
+            masked[chosen] = -1.0
+        pick = int(torch.argmax(masked))
+        chosen.append(pick)
+        nearest = torch.minimum(nearest, (pool - pool[pick]).pow(2).sum(dim=1))
+    return torch.tensor(chosen, dtype=torch.long)
+
+
+def badge_distances(a: torch.Tensor, h: torch.Tensor, center: int) -> torch.Tensor:
+    """||g_i - g_c||² for gradient embeddings g = a ⊗ h (a = p - e_ŷ), without forming g:
+    ||a_i||²||h_i||² + ||a_c||²||h_c||² - 2 (a_i·a_c)(h_i·h_c)."""
+    na = a.pow(2).sum(dim=1) * h.pow(2).sum(dim=1)
+    return (na + na[center] - 2 * (a @ a[center]) * (h @ h[center])).clamp_min(0)
+
+
+def badge(probs: torch.Tensor, h: torch.Tensor, b: int, seed: int = 0) -> torch.Tensor:
+    """BADGE selection: k-means++ seeding on g = (p - e_ŷ) ⊗ h; the first pick is the largest ||g||."""
+    p, h = probs.to(torch.float64), h.to(torch.float64).flatten(1)
+    n = p.shape[0]
+    b = min(b, n)
+    if b <= 0:
+        return torch.zeros(0, dtype=torch.long)
+    a = p - torch.nn.functional.one_hot(p.argmax(dim=1), p.shape[1]).to(torch.float64)
+    generator = torch.Generator().manual_seed(seed)
+    norms = a.pow(2).sum(dim=1) * h.pow(2).sum(dim=1)
+    chosen = [int(torch.argmax(norms))]
+    nearest = badge_distances(a, h, chosen[0])
+    while len(chosen) < b:
+        weights = nearest.clone()
+        weights[chosen] = 0.0
+        total = weights.sum()
+        if total <= 0:  # every remaining item coincides with a chosen one: take them in index order
+            rest = [i for i in range(n) if i not in set(chosen)]
+            chosen.extend(rest[: b - len(chosen)])
+            break
+        pick = int(torch.multinomial(weights / total, 1, generator=generator))
+        chosen.append(pick)
+        nearest = torch.minimum(nearest, badge_distances(a, h, pick))
+    return torch.tensor(chosen, dtype=torch.long)
+
+
+# ------------------------------------------------------------------------------------------------
+# Registered batch strategies and the diversity-aware queue order. Label Studio serves one task at a
+# time by score, so a batch method's selection order becomes acquisition values: the ``budget``
+# greedy picks come first, in pick order; every other item follows, ranked by the quantity the
+# greedy would look at next (its distance to everything picked). All of them run on the pool sorted
+# by task key, so the result does not depend on the order in which the pool arrives.
+
+def canonical_order(keys: Sequence[str]) -> torch.Tensor:
+    return torch.tensor(sorted(range(len(keys)), key=lambda i: str(keys[i])), dtype=torch.long)
+
+
+def order_to_values(picks: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
+    """Acquisition values from a pick order plus a ranking key (larger = earlier) for the rest."""
+    n = rest.shape[0]
+    values = torch.zeros(n, dtype=torch.float64)
+    r = rest.to(torch.float64)
+    span = float(r.max() - r.min()) if n else 0.0
+    values[:] = (r - r.min()) / span if span > 0 else 0.0  # in [0, 1]
+    b = picks.shape[0]
+    values[picks] = 2.0 + torch.arange(b - 1, -1, -1, dtype=torch.float64)
+    return values
+
+
+def _nearest_sq(x: torch.Tensor, centres: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    out = torch.empty(x.shape[0], dtype=torch.float64)
+    for s in range(0, x.shape[0], chunk):
+        out[s:s + chunk] = torch.cdist(x[s:s + chunk], centres).pow(2).min(dim=1).values
+    return out
+
+
+class BudgetStrategy(Strategy):
+    """A batch method turned into a queue order: ``budget`` greedy picks first (see above)."""
+
+    def __init__(self, seed: int = 0, budget: int = 256) -> None:
+        super().__init__(seed)
+        if int(budget) < 1:
+            raise TypeError("budget must be >= 1")
+        self.budget = int(budget)
+
+    def params(self) -> dict:
+        return {"seed": self.seed, "budget": self.budget}
+
+    def acquisition(self, inputs: ScoringInputs) -> torch.Tensor:
+        perm = canonical_order(inputs.require(Need.KEYS))
+        values = self.ordered_values(inputs, perm)
+        out = torch.empty_like(values)
+        out[perm] = values
+        return out
+
+    def ordered_values(self, inputs: ScoringInputs, perm: torch.Tensor) -> torch.Tensor:
+        """Acquisition values for the pool taken in the order ``perm`` (sorted by task key)."""
+        raise NotImplementedError
+
+
+@register
+class CoreSetStrategy(BudgetStrategy):
+    name = "coreset"
+    needs = frozenset({Need.EMBEDDINGS, Need.LABELED_EMBEDDINGS, Need.KEYS})
+    description = ("Core-set (Sener & Savarese): k-center greedy on penultimate features, away from the labeled "
+                   "set; `budget` greedy picks, then the rest by distance to everything picked.")
+
+    def ordered_values(self, inputs: ScoringInputs, perm: torch.Tensor) -> torch.Tensor:
+        keys = inputs.require(Need.KEYS)
+        h = inputs.require(Need.EMBEDDINGS).to(torch.float64).flatten(1)[perm]
+        labeled = inputs.labeled_embeddings
+        labeled = None if labeled is None or labeled.shape[0] == 0 else labeled.to(torch.float64).flatten(1)
+        if labeled is None:  # no labels yet: start from a seeded, key-determined item
+            first = int(torch.argmax(uniform_from_keys([str(keys[int(i)]) for i in perm], self.seed)))
+            labeled_start = h[first:first + 1]
+        else:
+            labeled_start = labeled
+        picks = k_center_greedy(h, labeled_start, self.budget, self.seed)
+        if labeled is None:
+            picks = torch.cat([torch.tensor([first]), picks[picks != first]])[: min(self.budget, h.shape[0])]
+        centres = torch.cat([labeled_start, h[picks]]) if picks.numel() else labeled_start
+        return order_to_values(picks, _nearest_sq(h, centres))
+
+
+@register
+class BadgeStrategy(BudgetStrategy):
+    name = "badge"
+    needs = frozenset({Need.PROBS, Need.EMBEDDINGS, Need.KEYS})
+    description = ("BADGE (Ash et al.): k-means++ seeding on last-layer gradient embeddings (p - e_y) x h, "
+                   "factorised; `budget` picks, then the rest by gradient-space distance to the picks.")
+
+    def ordered_values(self, inputs: ScoringInputs, perm: torch.Tensor) -> torch.Tensor:
+        p = inputs.require(Need.PROBS).to(torch.float64)[perm]
+        h = inputs.require(Need.EMBEDDINGS).to(torch.float64).flatten(1)[perm]
+        picks = badge(p, h, self.budget, self.seed)
+        a = p - torch.nn.functional.one_hot(p.argmax(dim=1), p.shape[1]).to(torch.float64)
+        nearest = torch.full((p.shape[0],), torch.inf, dtype=torch.float64)
+        for c in picks.tolist():
+            nearest = torch.minimum(nearest, badge_distances(a, h, c))
+        return order_to_values(picks, nearest)
+
+
+def diverse_queue(values: torch.Tensor, embeddings: torch.Tensor, top: int) -> torch.Tensor:
+    """Diversity-aware queue order: the ``top`` items by acquisition keep their place ahead of the
+    rest, but are re-ordered by k-center greedy on ``embeddings`` starting from the best one, so
+    that consecutive tasks in the queue are not near-duplicates. Returns new values (larger = first)."""
+    n = values.shape[0]
+    top = min(top, n)
+    if top < 2:
+        return values.clone()
+    best = torch.argsort(values, descending=True, stable=True)[:top]
+    h = embeddings.to(torch.float64).flatten(1)[best]
+    order = k_center_greedy(h[1:], h[:1], top - 1)
+    ranked = torch.cat([torch.tensor([0]), order + 1])
+    out = values.to(torch.float64).clone()
+    hi = float(out.max())
+    out[best[ranked]] = hi + 1.0 + torch.arange(top - 1, -1, -1, dtype=torch.float64)
+    return out
+
+
+class DiverseQueue(Strategy):
+    """Queue diversity as a strategy: wraps another one and, on a full-pool scoring, re-orders its
+    ``top`` highest values with :func:`diverse_queue` on the embeddings. A subset of the pool (a
+    request's tasks) keeps the wrapped strategy's values. Everything else is the wrapped strategy's:
+    its name, layers, state and diagnostics; its parameters plus ``queue_diversity``."""
+
+    description = "diversity-aware queue order around another strategy"
+
+    def __init__(self, inner: Strategy, top: int) -> None:
+        if top < 2:
+            raise StrategyError(f"queue diversity needs top >= 2, got {top}")
+        self.inner, self.top = inner, int(top)
+        self.seed = inner.seed
+        self.name = inner.name
+        self.needs = frozenset(inner.needs | {Need.EMBEDDINGS})
+
+    def params(self) -> dict:
+        return {**self.inner.params(), "queue_diversity": f"coreset@{self.top}"}
+
+    def layers(self) -> tuple[str, ...]:
+        return self.inner.layers()
+
+    def views(self) -> int:
+        return self.inner.views()
+
+    def needs_for(self, fingerprints, state) -> frozenset[Need]:
+        return frozenset(self.inner.needs_for(fingerprints, state) | {Need.EMBEDDINGS})
+
+    def info(self) -> dict:
+        return self.inner.info()
+
+    def set_source_data(self, source) -> None:
+        self.inner.set_source_data(source)
+
+    def saved_state(self, state: dict) -> dict | None:
+        return self.inner.saved_state(state)
+
+    def restore_state(self, state: dict, saved: dict) -> bool:
+        return self.inner.restore_state(state, saved)
+
+    def acquisition(self, inputs: ScoringInputs) -> torch.Tensor:
+        values = self.inner(inputs)
+        if not inputs.full_pool:
+            return values
+        return diverse_queue(values, inputs.require(Need.EMBEDDINGS), self.top)
+
+    def __getattr__(self, name: str):  # what only the wrapped strategy has (ADMA's landmarks, ...)
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def __repr__(self) -> str:
+        return f"DiverseQueue({self.inner!r}, top={self.top})"
+
+
+def with_queue_diversity(strategy: Strategy, mode: str, top: int) -> Strategy:
+    """``strategy`` as the queue orders it: ``mode`` ``off`` or ``coreset`` (QUEUE_DIVERSITY)."""
+    if mode == "off":
+        return strategy
+    if mode != "coreset":
+        raise StrategyError(f"unknown queue diversity {mode!r}; allowed: off, coreset")
+    return DiverseQueue(strategy, top)

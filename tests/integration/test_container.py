@@ -1,0 +1,16 @@
+"""The Docker image and compose stack, for real (scripts/container_test.py). Skipped, with the reason,
+where no Docker daemon answers (CI has none); run it on a machine with one, see the README's Docker section."""
+import subprocess
+
+import pytest
+
+from benchmarks import container_test
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.mark.skipif(not container_test.daemon_answers(), reason="no Docker daemon answers (`docker info` fails)")
+def test_the_compose_stack_builds_learns_and_survives_a_restart():
+    image = "active-adaptation:cuda"
+    present = subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode == 0
+    assert container_test.main(["--image", image] + (["--no-build"] if present else [])) == 0

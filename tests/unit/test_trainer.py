@@ -1,0 +1,80 @@
+import pytest
+import torch
+
+from active_adaptation.core.backbones import load_backbone
+
+from active_adaptation.core.model import AdaptedModel
+from active_adaptation.core.trainer import Example, TrainConfig, _sample, fine_tune
+
+CPU = torch.device("cpu")
+
+
+def toy_examples(model, n=40, seed=0, new_from=30):
+    """Two classes that differ in brightness: learnable in a few steps."""
+    g = torch.Generator().manual_seed(seed)
+    examples = []
+    for i in range(n):
+        label = i % 2
+        x = torch.rand(1, 3, 32, 32, generator=g) * 0.3 + (0.6 if label else 0.0)
+        examples.append(Example(str(i), label, is_new=i >= new_from, trunk=model.trunk(x)[0]))
+    return examples
+
+
+@pytest.fixture
+def model():
+    return AdaptedModel(load_backbone("smallcnn", "none", seed=0), ["dark", "bright"], CPU)
+
+
+def test_training_is_deterministic_under_a_seed(model):
+    examples = toy_examples(model)
+    a, b = model.clone(), model.clone()
+    ma = fine_tune(a, examples, TrainConfig(steps=30, seed=4))
+    mb = fine_tune(b, examples, TrainConfig(steps=30, seed=4))
+    assert ma["loss_last"] == mb["loss_last"]
+    for (k, p), (_, q) in zip(a.target.state_dict().items(), b.target.state_dict().items()):
+        assert torch.equal(p, q), k
+    c = model.clone()
+    fine_tune(c, examples, TrainConfig(steps=30, seed=5))
+    assert not torch.equal(c.head.weight, a.head.weight)
+
+
+def test_only_unfrozen_layers_change_and_the_served_model_is_untouched(model):
+    before = {k: v.clone() for k, v in model.target.state_dict().items()}
+    twin = model.clone()
+    metrics = fine_tune(twin, toy_examples(model), TrainConfig(steps=60, lr=3e-3))
+    assert metrics["loss_last"] < metrics["loss_first"] * 0.5
+    after = twin.target.state_dict()
+    frozen = {n for n, p in twin.target.named_parameters() if not p.requires_grad}
+    for name, value in after.items():
+        if name in frozen:
+            assert torch.equal(value, before[name]), name
+    assert not torch.equal(after["classifier.5.weight"], before["classifier.5.weight"])
+    for name, value in model.target.state_dict().items():  # the served model did not move
+        assert torch.equal(value, before[name]), name
+
+
+@pytest.mark.parametrize("n_old, n_new, expected", [
+    (100, 20, (29, 3)),   # 0.9 / 0.1 of 32, at least one new
+    (100, 0, (32, 0)),
+    (0, 10, (0, 10)),     # first round: everything is new
+    (5, 1, (5, 1)),
+    (200, 2, (30, 2)),    # 3 new wanted, only 2 exist
+])
+def test_old_new_mix_per_batch(n_old, n_new, expected):
+    assert _sample(n_old, n_new, TrainConfig(batch_size=32, new_fraction=0.1), torch.Generator()) == expected
+
+
+@pytest.mark.parametrize("augment", ["flip", "crop", "flip+crop"])
+def test_augmented_training_runs_through_the_frozen_trunk(model, augment):
+    g = torch.Generator().manual_seed(1)
+    examples = [Example(str(i), i % 2, True, image=torch.rand(3, 32, 32, generator=g) + (i % 2)) for i in range(8)]
+    twin = model.clone()
+    metrics = fine_tune(twin, examples, TrainConfig(steps=5, batch_size=4, augment=augment))
+    assert metrics["steps"] == 5
+
+
+def test_bad_inputs(model):
+    with pytest.raises(ValueError, match="no labeled examples"):
+        fine_tune(model.clone(), [], TrainConfig())
+    with pytest.raises(ValueError, match="allowed: none, flip"):
+        fine_tune(model.clone(), toy_examples(model, n=4), TrainConfig(augment="rotate"))
