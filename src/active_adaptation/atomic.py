@@ -29,8 +29,10 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_with(path: Path, write: Callable[[BinaryIO], None], mode: int | None = None) -> None:
-    """Write ``path`` through ``write(file)`` atomically; ``mode`` sets its permissions."""
+def write_with(path: Path, write: Callable[[BinaryIO], None], mode: int | None = None, durable: bool = True) -> None:
+    """Write ``path`` through ``write(file)`` atomically; ``mode`` sets its permissions. Without
+    ``durable`` (caches: entries that can be recomputed) nothing is fsynced: still whole or absent
+    for a reader, but possibly lost in a power cut."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(path)
@@ -39,9 +41,11 @@ def write_with(path: Path, write: Callable[[BinaryIO], None], mode: int | None =
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
-        fsync_dir(path.parent)
+        if durable:
+            fsync_dir(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -55,10 +59,10 @@ def write_json(path: Path, data) -> None:
     write_bytes(path, json.dumps(data, indent=2, sort_keys=True).encode())
 
 
-def save_torch(path: Path, obj) -> None:
+def save_torch(path: Path, obj, durable: bool = True) -> None:
     import torch
 
-    write_with(path, lambda f: torch.save(obj, f))
+    write_with(path, lambda f: torch.save(obj, f), durable=durable)
 
 
 def create_once(path: Path, data: bytes, mode: int = 0o600) -> bytes:

@@ -134,13 +134,14 @@ def test_plot_redraws_from_results_and_statistics_are_paired(tmp_path):
 def test_live_mode_through_label_studio_and_the_backend(label_studio, tmp_path):
     from active_adaptation.simulation.live import run_live
 
-    parser = simulate.build_parser()
-    args = parser.parse_args(["--live", "--dataset", "digits", "--strategies", "margin", "--seeds", "1", "--rounds", "2",
-                              "--batch", "3", "--steps", "10", "--source-steps", "20", "--cache", str(tmp_path / "c")])
-    cfg = simulate.config_from_args(args, parser)
-    cfg["m0"] = simulate.pretrain_source(cfg)
+    from active_adaptation.simulation.config import parse_args
+    from active_adaptation.simulation.pretrain import pretrain_source
+
+    cfg, _ = parse_args(["--live", "--dataset", "digits", "--strategies", "margin", "--seeds", "1", "--rounds", "2",
+                         "--batch", "3", "--steps", "10", "--source-steps", "20", "--cache", str(tmp_path / "c")])
+    cfg = cfg.replace(m0=pretrain_source(cfg))
     run = run_live(cfg, "margin", 0, label_studio, tmp_path)
-    jsonschema.validate({"config": {k: cfg[k] for k in ("dataset", "strategies", "backbone", "initial", "batch", "rounds")},
+    jsonschema.validate({"config": {k: cfg.public()[k] for k in ("dataset", "strategies", "backbone", "initial", "batch", "rounds")},
                          "versions": {}, "seeds": [0], "runs": [run]}, RESULTS_SCHEMA)
     assert [r["labels"] for r in run["rounds"]] == [10, 13, 16] and run["live"]
     assert all(0 <= r["accuracy"] <= 1 and r["train_seconds"] > 0 for r in run["rounds"])

@@ -69,8 +69,10 @@ def test_augmented_training_runs_through_the_frozen_trunk(model, augment):
     g = torch.Generator().manual_seed(1)
     examples = [Example(str(i), i % 2, True, image=torch.rand(3, 32, 32, generator=g) + (i % 2)) for i in range(8)]
     twin = model.clone()
-    metrics = fine_tune(twin, examples, TrainConfig(steps=5, batch_size=4, augment=augment))
-    assert metrics["steps"] == 5
+    frozen = {n: p.clone() for n, p in twin.target.named_parameters() if not p.requires_grad}
+    metrics = fine_tune(twin, examples, TrainConfig(steps=40, batch_size=4, lr=3e-3, augment=augment))
+    assert metrics["steps"] == 40 and metrics["loss_last"] < metrics["loss_first"]
+    assert frozen and all(torch.equal(p, frozen[n]) for n, p in twin.target.named_parameters() if n in frozen)
 
 
 def test_bad_inputs(model):

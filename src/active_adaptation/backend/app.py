@@ -63,29 +63,38 @@ def create_app(settings: Settings | None = None, service: Backend | None = None)
         secrets.add(secret)
     configure_logging(settings.log_level, secrets)
     service = service or Backend(settings, secrets)
-    learner = service.learner
-    learner.resume()  # republish what a crash or an outage left unpublished
+    service.learner.resume()  # republish what a crash or an outage left unpublished
 
     app = Flask("active_adaptation")
     app.config["settings"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_mb * 2**20
     app.extensions["backend"] = service
+    _guard(app, settings)
+    _label_studio_routes(app, service, settings)
+    _webhook_route(app, service, settings)
+    _status_routes(app, service, settings)
+    return app
 
-    def basic_auth_ok() -> bool:
-        header = request.headers.get("Authorization", "")
-        user = password = ""
-        if header[:6].lower() == "basic ":
-            try:
-                user, _, password = base64.b64decode(header[6:]).decode("utf-8").partition(":")
-            except Exception:
-                user = password = ""
-        ok_user = hmac.compare_digest(user.encode(), settings.basic_auth_user.encode())
-        ok_pass = hmac.compare_digest(password.encode(), settings.basic_auth_pass.encode())
-        return ok_user and ok_pass
+
+def _basic_auth_ok(settings: Settings) -> bool:
+    header = request.headers.get("Authorization", "")
+    user = password = ""
+    if header[:6].lower() == "basic ":
+        try:
+            user, _, password = base64.b64decode(header[6:]).decode("utf-8").partition(":")
+        except Exception:
+            user = password = ""
+    ok_user = hmac.compare_digest(user.encode(), settings.basic_auth_user.encode())
+    ok_pass = hmac.compare_digest(password.encode(), settings.basic_auth_pass.encode())
+    return ok_user and ok_pass
+
+
+def _guard(app: Flask, settings: Settings) -> None:
+    """Basic auth on every route but the public ones; every error as a JSON answer, never a traceback."""
 
     @app.before_request
     def _basic_auth():
-        if not settings.basic_auth_enabled or request.path in PUBLIC_ROUTES or basic_auth_ok():
+        if not settings.basic_auth_enabled or request.path in PUBLIC_ROUTES or _basic_auth_ok(settings):
             return None
         return Response(
             '{"status": "error", "message": "authentication required"}', 401,
@@ -105,13 +114,9 @@ def create_app(settings: Settings | None = None, service: Backend | None = None)
         log.exception("unhandled error on %s %s", request.method, request.path)
         return jsonify(status="error", message=f"internal error ({type(exc).__name__}); see the backend log"), 500
 
-    @app.get("/")
-    @app.get("/health")
-    def health():
-        return jsonify(
-            status="UP", model_class="ActiveAdaptation", backbone=settings.backbone,
-            strategy=settings.strategy, device=str(service.device), instance=service.instance_id,
-        )
+
+def _label_studio_routes(app: Flask, service: Backend, settings: Settings) -> None:
+    """/setup and /predict of Label Studio's ML backend protocol (label-studio-ml 2.x names)."""
 
     @app.post("/setup")
     def setup():
@@ -135,23 +140,22 @@ def create_app(settings: Settings | None = None, service: Backend | None = None)
             message = f"busy: {max_predicting} /predict requests are running (THREADS - 8); retry shortly"
             return jsonify(status="error", message=message), 503, {"Retry-After": "1"}
         try:
-            return _predict()
+            data = _json_body()
+            if "tasks" not in data:
+                raise BadRequest("missing 'tasks' (a list of Label Studio tasks)")
+            tasks = data["tasks"]
+            project = data.get("project")
+            if project is None and isinstance(tasks, list) and tasks and isinstance(tasks[0], dict):
+                project = tasks[0].get("project")
+            started = time.perf_counter()
+            results = service.predict(project, tasks, data.get("label_config"))
+            log.info("predicted %d task(s) for project %s in %.2fs", len(results), project, time.perf_counter() - started)
+            return jsonify(results=results)
         finally:
             predict_slots.release()
 
-    def _predict():
-        data = _json_body()
-        if "tasks" not in data:
-            raise BadRequest("missing 'tasks' (a list of Label Studio tasks)")
-        tasks = data["tasks"]
-        project = data.get("project")
-        if project is None and isinstance(tasks, list) and tasks and isinstance(tasks[0], dict):
-            project = tasks[0].get("project")
-        started = time.perf_counter()
-        results = service.predict(project, tasks, data.get("label_config"))
-        log.info("predicted %d task(s) for project %s in %.2fs", len(results), project, time.perf_counter() - started)
-        return jsonify(results=results)
 
+def _webhook_route(app: Flask, service: Backend, settings: Settings) -> None:
     @app.post("/webhook")
     def webhook():
         """Events are hints (project id + action): nothing in a payload is trusted, labels, the
@@ -162,20 +166,30 @@ def create_app(settings: Settings | None = None, service: Backend | None = None)
             raise BadRequest("missing 'action'")
         key = project_key(data.get("project"))
         authenticated = service.webhook_secrets.check(key, request.headers.get(HEADER)) or (
-            settings.basic_auth_enabled and basic_auth_ok())
+            settings.basic_auth_enabled and _basic_auth_ok(settings))
         if not authenticated:
             if action == "START_TRAINING" and not settings.basic_auth_enabled:
                 # LS sends "Start Training" without any credentials when the connection has no basic
                 # auth: accepted as a hint that cannot force anything (a debounced label check)
-                outcome = learner.handle("START_TRAINING_UNAUTHENTICATED", key)
+                outcome = service.learner.handle("START_TRAINING_UNAUTHENTICATED", key)
                 service.record_event(action)
                 return jsonify(status="ok", action=action, outcome=outcome)
             return jsonify(status="error", message=(
                 f"webhook events need the {HEADER} header that this backend sets on the project's webhook in "
                 "Label Studio (or basic auth); see the README's Security section")), 401
         service.record_event(action)
-        outcome = learner.handle(action, key, _task_ids(data.get("tasks")))  # only sets flags
+        outcome = service.learner.handle(action, key, _task_ids(data.get("tasks")))  # only sets flags
         return jsonify(status="ok", action=action, outcome=outcome)
+
+
+def _status_routes(app: Flask, service: Backend, settings: Settings) -> None:
+    @app.get("/")
+    @app.get("/health")
+    def health():
+        return jsonify(
+            status="UP", model_class="ActiveAdaptation", backbone=settings.backbone,
+            strategy=settings.strategy, device=str(service.device), instance=service.instance_id,
+        )
 
     @app.get("/versions")
     def versions():
@@ -185,5 +199,3 @@ def create_app(settings: Settings | None = None, service: Backend | None = None)
     @app.get("/status")
     def metrics():
         return jsonify(service.metrics())
-
-    return app

@@ -4,71 +4,52 @@ from __future__ import annotations
 import argparse
 import sys
 
-from active_adaptation.errors import ConfigError
+from active_adaptation.errors import BadRequest, ConfigError
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m active_adaptation", description=__doc__)
-    parser.add_argument("--list", action="store_true", help="list backbones and strategies, then exit")
-    parser.add_argument("--check", action="store_true", help="validate the settings and load the weights, then exit")
-    parser.add_argument("--webhook-header", metavar="PROJECT_ID",
-                        help="print the X-Active-Adaptation-Secret header value for a project's webhook "
-                             "(to set it by hand in Label Studio), then exit")
-    parser.add_argument("--settings", action="store_true",
-                        help="print every setting (environment variable, default, meaning) as a Markdown table, then exit")
-    args = parser.parse_args(argv)
-    if args.settings:
-        from active_adaptation.backend.settings import settings_table
-
-        print(settings_table())
-        return 0
-
-    if args.webhook_header is not None:
-        from active_adaptation.errors import BadRequest
-        from active_adaptation.backend.security import HEADER, WebhookSecrets
-        from active_adaptation.backend.projects import project_key
-        from active_adaptation.backend.store import Store
-        from active_adaptation.backend.settings import Settings
-
-        try:
-            settings = Settings.from_env()
-            key = project_key(args.webhook_header)
-        except (ConfigError, BadRequest) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        print(f"{HEADER}: {WebhookSecrets(Store(settings.model_dir), settings.webhook_secret).for_project(key)}")
-        return 0
-
-    from active_adaptation import strategies
-
-    from active_adaptation.core.backbones import available_backbones
+def _webhook_header(project: str) -> int:
+    from active_adaptation.backend.projects import project_key
+    from active_adaptation.backend.security import HEADER, WebhookSecrets
     from active_adaptation.backend.settings import Settings
+    from active_adaptation.backend.store import Store
 
-    if args.list:
-        print("backbones:", ", ".join(available_backbones()))
-        print("strategies:")
-        for item in strategies.describe():
-            print(f"  {item['name']:<18} {item['description']}  (needs: {', '.join(item['needs'])})")
-            if item["options"]:
-                options = ":".join(f"{k}={v}" for k, v in item["options"].items())
-                print(f"  {'':<18} options (defaults): {item['name']}:{options}")
-        return 0
     try:
         settings = Settings.from_env()
-        if args.check:
-            from active_adaptation.backend.app import create_app
-
-            app = create_app(settings)
-            app.extensions["backend"].close()
-            print("configuration OK:", settings)
-            return 0
-    except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
+        key = project_key(project)
+    except (ConfigError, BadRequest) as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
+    print(f"{HEADER}: {WebhookSecrets(Store(settings.model_dir), settings.webhook_secret).for_project(key)}")
+    return 0
 
+
+def _list() -> int:
+    from active_adaptation import strategies
+    from active_adaptation.core.backbones import available_backbones
+
+    print("backbones:", ", ".join(available_backbones()))
+    print("strategies:")
+    for item in strategies.describe():
+        print(f"  {item['name']:<18} {item['description']}  (needs: {', '.join(item['needs'])})")
+        if item["options"]:
+            options = ":".join(f"{k}={v}" for k, v in item["options"].items())
+            print(f"  {'':<18} options (defaults): {item['name']}:{options}")
+    return 0
+
+
+def _check(settings) -> int:
+    from active_adaptation.backend.app import create_app
+
+    app = create_app(settings)
+    app.extensions["backend"].close()
+    print("configuration OK:", settings)
+    return 0
+
+
+def _serve(settings) -> int:
     from gunicorn.app.base import BaseApplication
 
-    class _Server(BaseApplication):
+    class Server(BaseApplication):
         """The app is built in each worker process (never in the master and then forked): a worker
         that the OOM killer or a crash replaces restores every project from MODEL_DIR itself."""
 
@@ -91,9 +72,36 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"configuration error: {exc}", file=sys.stderr, flush=True)
                 sys.exit(3)
 
-    _Server().run()
+    Server().run()
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m active_adaptation", description=__doc__)
+    parser.add_argument("--list", action="store_true", help="list backbones and strategies, then exit")
+    parser.add_argument("--check", action="store_true", help="validate the settings and load the weights, then exit")
+    parser.add_argument("--settings", action="store_true",
+                        help="print every setting (environment variable, default, meaning) as a Markdown table, then exit")
+    parser.add_argument("--webhook-header", metavar="PROJECT_ID",
+                        help="print the X-Active-Adaptation-Secret header value for a project's webhook "
+                             "(to set it by hand in Label Studio), then exit")
+    args = parser.parse_args(argv)
+    if args.settings:
+        from active_adaptation.backend.settings import settings_table
+
+        print(settings_table())
+        return 0
+    if args.webhook_header is not None:
+        return _webhook_header(args.webhook_header)
+    if args.list:
+        return _list()
+    from active_adaptation.backend.settings import Settings
+
+    try:
+        settings = Settings.from_env()
+        if args.check:
+            return _check(settings)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    return _serve(settings)

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import shutil
 import threading
 from collections import OrderedDict
 from pathlib import Path
 
 import torch
+
+from active_adaptation import atomic
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,7 @@ class FeatureCache:
         for path in sorted(self.dir.glob("*.pt"), key=lambda p: p.stat().st_mtime):
             self._disk[path.stem] = path.stat().st_size
             self._disk_used += path.stat().st_size
-        for tmp in self.dir.glob("*.tmp"):
-            tmp.unlink(missing_ok=True)
+        atomic.remove_leftovers(self.dir)
 
     @staticmethod
     def key(task_id, reference) -> str:
@@ -101,13 +101,10 @@ class FeatureCache:
 
     def _write(self, key: str, z: torch.Tensor) -> None:
         path = self.dir / f"{key}.pt"
-        tmp = self.dir / f"{key}.{os.getpid()}.{threading.get_ident()}.tmp"
         try:
-            torch.save(z, tmp)
-            os.replace(tmp, path)
+            atomic.save_torch(path, z, durable=False)  # a cache: recomputed if lost
         except OSError as exc:
             log.warning("feature cache: cannot spill to %s: %s", self.dir, exc)
-            tmp.unlink(missing_ok=True)
             return
         size = path.stat().st_size
         drop = []

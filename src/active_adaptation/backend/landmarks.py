@@ -19,7 +19,7 @@ from active_adaptation.strategies import Strategy
 from active_adaptation.strategies.adma import Landmarks
 from active_adaptation.strategies.errors import StrategyError
 
-from active_adaptation.backend.images import image_folder_files, load_image_files
+from active_adaptation.imagefolder import image_folder_files, load_image_files
 from active_adaptation.backend.store import Store
 from active_adaptation.core.backbones import LoadedBackbone
 from active_adaptation.core.landmarks import landmarks_from_images

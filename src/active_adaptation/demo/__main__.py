@@ -82,7 +82,43 @@ def ensure_connected(ls: LabelStudio, project: int, backend_url: str) -> None:
         ls.connect_backend(project, backend_url, title="Active Adaptation")
 
 
-def main() -> int:
+def wait_until_published(ls, backend, project: int, stopping: dict) -> dict | None:
+    """The project once Label Studio serves the backend's published version; None if stopped."""
+    deadline = time.monotonic() + 600
+    while not stopping["flag"]:
+        st = requests.get(f"{backend.url}/status", timeout=10).json()["projects"].get(str(project), {})
+        current = ls.api("GET", f"/api/projects/{project}")
+        if st.get("published_version") and current["model_version"] == st["published_version"]:
+            return current
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the backend did not publish in time; status: {st}")
+        time.sleep(0.5)
+    return None
+
+
+def announce(ls, backend, project: int, current: dict, lock) -> None:
+    """Print where to go and how to log in; leave the URL in the lock file for a second demo to show."""
+    url = f"{ls.url}/projects/{project}/data"
+    info = {"url": url, "label_studio": ls.url, "backend": backend.url, "project": project,
+            "model_version": current["model_version"], "sampling": current["sampling"],
+            "pids": [ls.process.pid, backend.process.pid], "login": ADMIN_EMAIL}
+    lock.seek(0)
+    lock.truncate()
+    lock.write(url)
+    lock.flush()
+    print(f"""
+==============================================================================
+ Active Adaptation demo is ready: {url}
+ Log in with {ADMIN_EMAIL} / {ADMIN_PASSWORD}
+ Click "Label All Tasks": the queue serves the most useful image first
+ (queue: {current['sampling']}, model version {current['model_version']}).
+ Label a few digits; after each training round the queue re-orders.
+ Backend status: {backend.url}/status      Ctrl-C stops everything.
+==============================================================================""", flush=True)
+    print("DEMO READY " + json.dumps(info), flush=True)
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dir", type=Path, default=ROOT / ".cache" / "demo", help="data directory, reused between runs")
     parser.add_argument("--port", type=int, default=8080, help="Label Studio port (a free one if busy)")
@@ -90,7 +126,11 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=300, help="digits in a new demo project")
     parser.add_argument("--strategy", default="margin")
     parser.add_argument("--backbone", default="smallcnn")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
 
     args.dir.mkdir(parents=True, exist_ok=True)
     lock = open(args.dir / "demo.lock", "a+")
@@ -124,35 +164,10 @@ def main() -> int:
         say(("created" if created else "reusing") + f" project {project}: '{TITLE}'")
         ensure_connected(ls, project, backend.url)
         say("waiting for the backend to score every task and publish its predictions")
-        deadline = time.monotonic() + 600
-        while not stopping["flag"]:
-            st = requests.get(f"{backend.url}/status", timeout=10).json()["projects"].get(str(project), {})
-            current = ls.api("GET", f"/api/projects/{project}")
-            if st.get("published_version") and current["model_version"] == st["published_version"]:
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the backend did not publish in time; status: {st}")
-            time.sleep(0.5)
-        if stopping["flag"]:
+        current = wait_until_published(ls, backend, project, stopping)
+        if current is None:
             return 0
-        url = f"{ls.url}/projects/{project}/data"
-        info = {"url": url, "label_studio": ls.url, "backend": backend.url, "project": project,
-                "model_version": current["model_version"], "sampling": current["sampling"],
-                "pids": [ls.process.pid, backend.process.pid], "login": ADMIN_EMAIL}
-        lock.seek(0)
-        lock.truncate()
-        lock.write(url)
-        lock.flush()
-        print(f"""
-==============================================================================
- Active Adaptation demo is ready: {url}
- Log in with {ADMIN_EMAIL} / {ADMIN_PASSWORD}
- Click "Label All Tasks": the queue serves the most useful image first
- (queue: {current['sampling']}, model version {current['model_version']}).
- Label a few digits; after each training round the queue re-orders.
- Backend status: {backend.url}/status      Ctrl-C stops everything.
-==============================================================================""", flush=True)
-        print("DEMO READY " + json.dumps(info), flush=True)
+        announce(ls, backend, project, current, lock)
         while not stopping["flag"]:
             if ls.process.poll() is not None or backend.process.poll() is not None:
                 say("a server exited unexpectedly; stopping")

@@ -119,7 +119,7 @@ def digits_novel() -> Dataset:
 
 def image_folder(path: Path, preprocess) -> Task:
     """An ImageFolder (one subfolder per class) as preprocessed tensors."""
-    from active_adaptation.backend.images import image_folder_files, load_image_files
+    from active_adaptation.imagefolder import image_folder_files, load_image_files
 
     path = Path(path)
     if not path.is_dir():

@@ -23,6 +23,10 @@ import requests
 import torch
 from PIL import Image
 
+from active_adaptation.simulation.config import SimConfig
+from active_adaptation.simulation.loop import initial_labels, run_name, split_pool
+from active_adaptation.simulation.pretrain import dataset_of
+
 
 def png(x: torch.Tensor) -> bytes:
     """A (3, H, W) tensor in [-1, 1] as PNG bytes."""
@@ -37,23 +41,68 @@ def _annotate(ls, task: int, label: str) -> None:
         {"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": [label]}}]})
 
 
-def run_live(cfg: dict, spec: str, seed: int, ls, workdir: Path, progress=None) -> dict:
-    from active_adaptation.demo.servers import BackendProcess, wait_for
-    from active_adaptation.simulation.runner import _split, load_dataset, run_name
-
-    ds = load_dataset(cfg["dataset"], cfg.get("source"), cfg["backbone"])
-    x, y, classes = ds.target.x, ds.target.y, ds.target.classes
-    pool, test = _split(len(y), seed)
-    initial = [int(i) for i in np.random.default_rng(seed + 7).permutation(pool)[:cfg["initial"]]]
-    env = {
+def _backend_env(cfg: SimConfig, spec: str, seed: int, ls) -> dict:
+    return {
         "LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ls.personal_access_token(), "STRATEGY": spec,
-        "SEED": str(seed), "BACKBONE": cfg["backbone"], "WEIGHTS": cfg["m0"], "DEVICE": cfg["device"],
-        "TRAIN_STEPS": str(cfg["steps"]), "TRAIN_LR": str(cfg["lr"]), "TRAIN_DEBOUNCE_S": "1",
-        "TRAIN_MIN_NEW_LABELS": str(min(cfg["batch"], cfg["initial"])), "REVIEW_TOP": "0", "LOG_LEVEL": "WARNING",
-        "QUEUE_DIVERSITY": cfg.get("queue", "off"), "QUEUE_DIVERSITY_TOP": str(cfg.get("queue_diversity_top", 100)),
+        "SEED": str(seed), "BACKBONE": cfg.backbone, "WEIGHTS": cfg.m0, "DEVICE": cfg.device,
+        "TRAIN_STEPS": str(cfg.steps), "TRAIN_LR": str(cfg.lr), "TRAIN_DEBOUNCE_S": "1",
+        "TRAIN_MIN_NEW_LABELS": str(min(cfg.batch, cfg.initial)), "REVIEW_TOP": "0", "LOG_LEVEL": "WARNING",
+        "QUEUE_DIVERSITY": cfg.queue, "QUEUE_DIVERSITY_TOP": str(cfg.queue_diversity_top),
     }
-    run_dir = workdir / f"{spec.replace(':', '_').replace('/', '_')}-queue_{cfg.get('queue', 'off')}-seed{seed}"
-    with BackendProcess(run_dir, env) as backend:
+
+
+class _Session:
+    """One project of the live loop: its backend, its Label Studio project and the oracle."""
+
+    def __init__(self, ls, backend, project: int, x, y, classes, test):
+        self.ls, self.backend, self.project, self.y, self.classes = ls, backend, project, y, classes
+        self.test = test
+        self.test_tasks = [{"data": {"image": "data:image/png;base64," + base64.b64encode(png(x[int(i)])).decode()}}
+                           for i in test]
+        self.labeled: list[int] = []
+
+    def status(self) -> dict:
+        r = requests.get(f"{self.backend.url}/status", timeout=30).json()
+        return r["projects"].get(str(self.project), {})
+
+    def settled(self, previous_round: int) -> dict | None:
+        """/status once a round after ``previous_round`` is trained, published and served."""
+        st = self.status()
+        version = self.ls.api("GET", f"/api/projects/{self.project}")["model_version"]
+        ok = (st.get("round", 0) > previous_round and st.get("state") == "idle"
+              and st.get("published_version") == st.get("model_version") == version)
+        return st if ok else None
+
+    def label(self, task: int, item: int) -> None:
+        _annotate(self.ls, task, self.classes[int(self.y[item])])
+        self.labeled.append(item)
+
+    def evaluate(self) -> float:
+        predicted = []
+        for s in range(0, len(self.test_tasks), 64):
+            r = requests.post(f"{self.backend.url}/predict", timeout=300,
+                              json={"tasks": self.test_tasks[s:s + 64], "project": str(self.project)})
+            r.raise_for_status()
+            predicted += [res["result"][0]["value"]["choices"][0] if res["result"] else None for res in r.json()["results"]]
+        truth = [self.classes[int(self.y[int(i)])] for i in self.test]
+        return float(np.mean([p == t for p, t in zip(predicted, truth)]))
+
+    def record(self, st: dict) -> dict:
+        """One round as results.json holds it; the timings are the backend's own."""
+        return {"labels": len(self.labeled), "accuracy": self.evaluate(), "auc": None,
+                "classes_discovered": len({int(self.y[i]) for i in self.labeled}),
+                "score_seconds": float((st.get("publish_progress") or {}).get("score_seconds") or 0.0),
+                "train_seconds": float((st.get("last_round") or {}).get("train_seconds") or 0.0)}
+
+
+def run_live(cfg: SimConfig, spec: str, seed: int, ls, workdir: Path, progress=None) -> dict:
+    from active_adaptation.demo.servers import BackendProcess, wait_for
+
+    ds = dataset_of(cfg)
+    x, y, classes = ds.target.x, ds.target.y, ds.target.classes
+    pool, test = split_pool(len(y), seed)
+    run_dir = workdir / f"{spec.replace(':', '_').replace('/', '_')}-queue_{cfg.queue}-seed{seed}"
+    with BackendProcess(run_dir, _backend_env(cfg, spec, seed, ls)) as backend:
         project = ls.create_project(f"live {spec} seed {seed}", classes)
         ids = []
         for s in range(0, len(pool), 100):  # LS refuses more than 100 files per request
@@ -61,60 +110,22 @@ def run_live(cfg: dict, spec: str, seed: int, ls, workdir: Path, progress=None) 
         task_of = {int(i): t for i, t in zip(pool, ids)}
         item_of = {t: i for i, t in task_of.items()}
         ls.connect_backend(project, backend.url)
-
-        def status():
-            r = requests.get(f"{backend.url}/status", timeout=30).json()
-            return r["projects"].get(str(project), {})
-
-        def version():
-            return ls.api("GET", f"/api/projects/{project}")["model_version"]
-
-        def settled(previous_round: int):
-            st = status()
-            ok = (st.get("round", 0) > previous_round and st.get("state") == "idle"
-                  and st.get("published_version") == st.get("model_version") == version())
-            return st if ok else None
-
-        wait_for(lambda: status().get("published_version") and status().get("state") == "idle", 600, "version 0")
-        test_tasks = [{"data": {"image": "data:image/png;base64," + base64.b64encode(png(x[int(i)])).decode()}}
-                      for i in test]
-
-        def evaluate() -> float:
-            predicted = []
-            for s in range(0, len(test_tasks), 64):
-                r = requests.post(f"{backend.url}/predict", json={"tasks": test_tasks[s:s + 64], "project": str(project)},
-                                  timeout=300)
-                r.raise_for_status()
-                predicted += [res["result"][0]["value"]["choices"][0] if res["result"] else None for res in r.json()["results"]]
-            truth = [classes[int(y[int(i)])] for i in test]
-            return float(np.mean([p == t for p, t in zip(predicted, truth)]))
-
-        def record(st: dict) -> dict:
-            """One round as results.json holds it; the timings are the backend's own."""
-            return {"labels": len(labeled), "accuracy": evaluate(), "auc": None,
-                    "classes_discovered": len({int(y[i]) for i in labeled}),
-                    "score_seconds": float((st.get("publish_progress") or {}).get("score_seconds") or 0.0),
-                    "train_seconds": float((st.get("last_round") or {}).get("train_seconds") or 0.0)}
-
-        labeled = []
-        for i in initial:
-            _annotate(ls, task_of[i], classes[int(y[i])])
-            labeled.append(i)
-        st = wait_for(lambda: settled(0), 900, "the seed set's round")
-        rounds = [record(st)]
-        for r in range(1, cfg["rounds"] + 1):
-            before = status().get("round", 0)
-            for _ in range(cfg["batch"]):
+        run = _Session(ls, backend, project, x, y, classes, test)
+        wait_for(lambda: run.status().get("published_version") and run.status().get("state") == "idle", 600, "version 0")
+        for i in initial_labels(pool, seed, cfg.initial):
+            run.label(task_of[i], i)
+        st = wait_for(lambda: run.settled(0), 900, "the seed set's round")
+        rounds = [run.record(st)]
+        for r in range(1, cfg.rounds + 1):
+            before = run.status().get("round", 0)
+            for _ in range(cfg.batch):  # in exactly the order Label Studio's queue serves them
                 resp = ls.session.get(f"{ls.url}/api/projects/{project}/next", timeout=60)
                 if resp.status_code == 404:
                     break
                 resp.raise_for_status()
-                task = resp.json()["id"]
-                i = item_of[task]
-                _annotate(ls, task, classes[int(y[i])])
-                labeled.append(i)
-            st = wait_for(lambda: settled(before), 900, f"round {r}")
-            rounds.append(record(st))
+                run.label(resp.json()["id"], item_of[resp.json()["id"]])
+            st = wait_for(lambda: run.settled(before), 900, f"round {r}")
+            rounds.append(run.record(st))
             if progress is not None:
                 progress(1)
         info = st.get("strategy_info") or {}

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from active_adaptation import atomic
+
 ROUND_SCHEMA = {
     "type": "object",
     "required": ["labels", "accuracy", "auc", "classes_discovered", "score_seconds", "train_seconds"],
@@ -201,8 +203,6 @@ def plot_curves(results: dict, path: Path, baseline: str = "random") -> None:
 
 def write_outputs(results: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=1))
-    tmp.replace(out / "results.json")
+    atomic.write_bytes(out / "results.json", json.dumps(results, indent=1).encode())
     (out / "summary.md").write_text(summary_markdown(results))
     plot_curves(results, out / "curves.png")

@@ -99,7 +99,7 @@ def _inversions(perm, k, words, counts):
     return d
 
 
-@numba.njit(nogil=True)
+@numba.njit(nogil=True)  # long: one compiled kernel; a call per row pair would cost more than the pair
 def _tau_packed(x, y, sx, sy, bits, out, bad):
     """Tau-b per row from the packed sorts; rows already bad, or with a collision, are marked bad."""
     n, k = x.shape

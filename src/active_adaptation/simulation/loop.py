@@ -1,0 +1,192 @@
+"""The offline active-learning loop: the backend's strategies, scoring and trainer with a
+ground-truth oracle. :func:`run_al` takes the top ``batch`` of each round's queue (per-instance
+strategies); :func:`run_novel` is the EMOC paper's set protocol (digits-novel)."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from active_adaptation import strategies
+from active_adaptation.core.backbones import resolve_device
+from active_adaptation.core.model import AdaptedModel
+from active_adaptation.core.scoring import forward_batches, score_pool
+from active_adaptation.core.trainer import Example, TrainConfig, fine_tune
+from active_adaptation.simulation.config import NOVEL_CRITERIA, SimConfig
+from active_adaptation.simulation.pretrain import base_model, dataset_of, resize_for
+from active_adaptation.strategies import Need
+
+BATCH = 256  # items per forward pass
+
+
+def split_pool(n: int, seed: int, test_fraction: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+    """(pool, test) indices: the same split for every strategy of a seed."""
+    perm = np.random.default_rng(seed).permutation(n)
+    n_test = int(round(n * test_fraction))
+    return perm[n_test:], perm[:n_test]
+
+
+def initial_labels(pool: np.ndarray, seed: int, size: int) -> list[int]:
+    return [int(i) for i in np.random.default_rng(seed + 7).permutation(pool)[:size]]
+
+
+def evaluate(model: AdaptedModel, z_test: torch.Tensor, y_test: torch.Tensor) -> tuple[float, float | None]:
+    """(accuracy, macro one-vs-rest AUROC or None when a class is missing from the test set)."""
+    from sklearn.metrics import roc_auc_score
+
+    probs = forward_batches(model, z_test, {Need.PROBS}, (), BATCH)["probs"].double()
+    acc = float((probs.argmax(1) == y_test).double().mean())
+    c = probs.shape[1]
+    if len(set(y_test.tolist())) != c or c < 2:
+        return acc, None
+    p = (probs / probs.sum(1, keepdim=True)).numpy()
+    return acc, float(roc_auc_score(y_test.numpy(), p if c > 2 else p[:, 1], multi_class="ovr", labels=list(range(c))))
+
+
+def step(model, z, y, labeled: list[int], new, test, cfg: SimConfig, seed: int, round_: int, score_s: float) -> dict:
+    """Train on the labels so far (``new`` = this round's), evaluate, and report the round."""
+    new = set(new)
+    examples = [Example(f"{i:06d}", int(y[i]), i in new, trunk=z[i]) for i in labeled]
+    config = TrainConfig(steps=cfg.steps, lr=cfg.lr, weight_decay=5e-4, batch_size=cfg.train_batch,
+                         new_fraction=cfg.new_fraction, seed=seed * 1000 + round_, optimizer=cfg.optimizer)
+    started = time.perf_counter()
+    fine_tune(model, examples, config)
+    train_s = time.perf_counter() - started
+    acc, auc = evaluate(model, z[test], y[test])
+    return {"labels": len(labeled), "accuracy": acc, "auc": auc, "classes_discovered": len(set(y[labeled].tolist())),
+            "score_seconds": score_s, "train_seconds": train_s}
+
+
+def prepare_strategy(strategy, cfg: SimConfig, model: AdaptedModel, ds) -> None:
+    """Hand the source task (2000 seeded images) to the strategy, when the track has one; ADMA takes
+    landmarks from it (mode source-data), MMD a source sample, the others nothing."""
+    from active_adaptation.core.landmarks import ImageSource
+
+    if ds.source is None:
+        return
+    idx = torch.randperm(len(ds.source.y), generator=torch.Generator().manual_seed(0))[:2000]
+    strategy.set_source_data(ImageSource(model, lambda: resize_for(cfg.backbone, ds.source.x[idx]), ds.source.y[idx]))
+
+
+def run_name(spec: str, cfg: SimConfig) -> str:
+    """A run's name in the results: the strategy spec, plus the queue order when it is not plain."""
+    return spec if cfg.queue == "off" else f"{spec} +queue={cfg.queue}@{cfg.queue_diversity_top}"
+
+
+def jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    return obj
+
+
+def _setup(cfg: SimConfig, seed: int):
+    """(dataset, model, images, trunk activations of every item), the model's head seeded per seed
+    and shared by all strategies."""
+    torch.set_num_threads(cfg.threads)
+    ds = dataset_of(cfg)
+    model = AdaptedModel(base_model(cfg.backbone, cfg.m0), ds.target.classes, resolve_device(cfg.device), seed)
+    x = resize_for(cfg.backbone, ds.target.x)
+    z = torch.cat([model.trunk(x[s:s + BATCH]) for s in range(0, len(x), BATCH)])
+    return ds, model, x, z
+
+
+def run_al(cfg: SimConfig, spec: str, seed: int, progress=None) -> dict:
+    """One active-learning run: per-instance strategies, top-b per round, through the backend's
+    one scoring function (``core/scoring.py``) and its queue order (``cfg.queue``)."""
+    ds, model, x, z = _setup(cfg, seed)
+    strategy = strategies.from_spec(spec, seed=seed)
+    prepare_strategy(strategy, cfg, model, ds)
+    strategy = strategies.with_queue_diversity(strategy, cfg.queue, cfg.queue_diversity_top)
+    y = ds.target.y
+    pool, test = split_pool(len(y), seed)
+    if (error := cfg.budget_error(len(pool))) is not None:
+        raise ValueError(error)
+    labeled = initial_labels(pool, seed, cfg.initial)
+    rounds = [step(model, z, y, labeled, labeled, test, cfg, seed, 0, 0.0)]
+    state: dict = {}
+    for r in range(1, cfg.rounds + 1):
+        started = time.perf_counter()
+        taken = set(labeled)
+        unlabeled = [int(i) for i in pool if int(i) not in taken]
+        keys = [f"{i:06d}" for i in unlabeled]
+        values = score_pool(strategy, model, [(keys, None, z[unlabeled])], candidates=keys, labeled_trunk=z[labeled],
+                            images=lambda: x[unlabeled], round_=r - 1, planned_rounds=cfg.rounds, state=state,
+                            batch_size=BATCH).values
+        new = [unlabeled[int(i)] for i in torch.argsort(values, descending=True, stable=True)[: cfg.batch]]
+        labeled += new
+        rounds.append(step(model, z, y, labeled, new, test, cfg, seed, r, time.perf_counter() - started))
+        rounds[-1]["selected"] = new  # dataset indices, in the order they were taken
+        if progress is not None:
+            progress(1)
+    info = strategy.info()
+    return {"strategy": run_name(spec, cfg), "seed": seed, "rounds": rounds,
+            **({"strategy_info": jsonable(info)} if info else {})}
+
+
+def novel_split(y: torch.Tensor, classes: list[str], seed: int) -> tuple[list[int], list[int], list[int]]:
+    """(initial, pool, test) of docs/methods.md §8.2 T2: 5 known classes with 20 labels each; the pool
+    holds 20 per known and 20 per novel class; the rest is the test set."""
+    rng = np.random.default_rng(seed)
+    known = rng.permutation(len(classes))[:5]
+    initial, pool = [], []
+    for c in range(len(classes)):
+        members = rng.permutation(np.nonzero(y.numpy() == c)[0])
+        if c in known:
+            initial += members[:20].tolist()
+            pool += members[20:40].tolist()
+        else:
+            pool += members[:20].tolist()
+    used = set(initial) | set(pool)
+    return initial, pool, [i for i in range(len(y)) if i not in used]
+
+
+def candidate_sets(remaining: list[int], y: torch.Tensor, k: int, m: int, seed: int, round_: int) -> list[list[int]]:
+    """``m`` random class-pure sets of ``k`` unlabeled items, the same for every criterion."""
+    by_class: dict[int, list[int]] = {}
+    for i in remaining:
+        by_class.setdefault(int(y[i]), []).append(i)
+    eligible = [c for c, items in sorted(by_class.items()) if len(items) >= k]
+    if not eligible:
+        return []
+    rng = np.random.default_rng([seed, round_])
+    return [rng.choice(by_class[eligible[rng.integers(len(eligible))]], size=k, replace=False).tolist()
+            for _ in range(m)]
+
+
+def run_novel(cfg: SimConfig, spec: str, seed: int, progress=None) -> dict:
+    """The EMOC paper's protocol (docs/methods.md §2.3, §8.2 T2): each step, one of M random
+    class-pure sets of K is chosen by a set criterion and labeled."""
+    criterion = NOVEL_CRITERIA[strategies.parse_spec(spec)[0]]
+    ds, model, _, z = _setup(cfg, seed)
+    y = ds.target.y
+    initial, pool, test = novel_split(y, ds.target.classes, seed)
+    labeled = list(initial)
+    rounds = [step(model, z, y, labeled, labeled, test, cfg, seed, 0, 0.0)]
+    for r in range(1, cfg.rounds + 1):
+        started = time.perf_counter()
+        taken = set(labeled)
+        remaining = [i for i in pool if i not in taken]
+        sets_global = candidate_sets(remaining, y, cfg.batch, cfg.sets, seed, r)
+        if not sets_global:
+            break
+        index = {g: j for j, g in enumerate(remaining)}
+        sets = torch.tensor([[index[g] for g in s] for s in sets_global])
+        out = forward_batches(model, z[remaining], {Need.PROBS, Need.EMBEDDINGS}, (), BATCH)
+        ref = forward_batches(model, z[remaining + labeled], {Need.PROBS, Need.EMBEDDINGS}, (), BATCH)
+        values = strategies.set_criterion(criterion, sets, out["probs"], out["embeddings"], ref["embeddings"],
+                                          ref["probs"], seed=seed * 1000 + r)
+        chosen = sets_global[int(torch.argmax(values))]
+        labeled += chosen
+        rounds.append(step(model, z, y, labeled, chosen, test, cfg, seed, r, time.perf_counter() - started))
+        if progress is not None:
+            progress(1)
+    return {"strategy": spec, "seed": seed, "set_criterion": criterion, "rounds": rounds}
+
+
+def runner_for(cfg: SimConfig):
+    return run_novel if cfg.dataset == "digits-novel" else run_al

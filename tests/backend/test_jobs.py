@@ -1,0 +1,62 @@
+"""A training round and a publish as plain functions, on an in-memory stand-in for Label Studio's
+project API (the real one is exercised end to end in tests/integration)."""
+import base64
+
+from active_adaptation.backend import jobs
+from active_adaptation.backend.label_config import parse_label_config
+from active_adaptation.backend.service import Backend
+from active_adaptation.backend.settings import Settings
+from active_adaptation.backend.worker import WorkerStatus
+from active_adaptation.demo.servers import classification_config
+
+CONFIG = classification_config([str(i) for i in range(10)])
+
+
+class ProjectAPIStandIn:
+    def __init__(self, tasks):
+        self.tasks_list, self.imported, self.model_version = tasks, [], None
+
+    def tasks(self):
+        return self.tasks_list
+
+    def delete_version(self, version):
+        self.imported = [p for p in self.imported if p["model_version"] != version]
+
+    def import_predictions(self, predictions):
+        self.imported += predictions
+
+    def set_model_version(self, version, uncertainty):
+        self.model_version = version
+
+
+def context(tmp_path, digits64, labeled, **env):
+    settings = Settings.from_env({"BACKBONE": "smallcnn", "WEIGHTS": "none", "MODEL_DIR": str(tmp_path), "DEVICE": "cpu",
+                                  "TRAIN_STEPS": "5", "TRAIN_MIN_NEW_LABELS": "3", **env})
+    backend = Backend(settings)
+    state, _ = backend.projects.register("1", parse_label_config(CONFIG))
+    tasks = []
+    for i in range(20):
+        annotations = [{"result": [{"from_name": "label", "to_name": "image", "type": "choices",
+                                    "value": {"choices": [str(digits64[i][2])]}}], "was_cancelled": False}] if i < labeled else []
+        tasks.append({"id": i + 1, "annotations": annotations,
+                      "data": {"image": "data:image/png;base64," + base64.b64encode(digits64[i][1]).decode()}})
+    api = ProjectAPIStandIn(tasks)
+    ctx = jobs.JobContext(state, backend.projects, backend.scorer, settings, lambda project: api, WorkerStatus(),
+                          lambda: "secret", backend.instance_id)
+    return backend, ctx, api
+
+
+def test_a_round_needs_enough_changed_labels_unless_forced(tmp_path, digits64):
+    backend, ctx, api = context(tmp_path, digits64, labeled=2)
+    try:
+        jobs.run_round(ctx, force=False)
+        assert ctx.state.round == 0 and "2 changed label(s), TRAIN_MIN_NEW_LABELS=3" in ctx.status.info["reason"]
+        assert api.imported == []
+        jobs.run_round(ctx, force=True)  # "Start Training" always trains
+        assert ctx.state.round == 1 and ctx.status.info["training_runs"] == 1
+        assert api.model_version == ctx.state.version == ctx.state.published_version
+        assert sorted(p["task"] for p in api.imported) == list(range(3, 21))  # the unlabeled pool
+        jobs.run_round(ctx, force=False)  # nothing changed since: no round
+        assert ctx.state.round == 1
+    finally:
+        backend.close()

@@ -1,0 +1,102 @@
+"""The layout's rules, checked on the source: layers import only downwards, no import cycle, and
+classes and functions stay small enough to read (a longer function says why in a comment)."""
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[2] / "src" / "active_adaptation"
+MAX_CLASS, MAX_FUNCTION = 200, 60
+# layer -> the project's layers it may import (besides itself and the leaf modules errors/atomic)
+ALLOWED = {
+    "strategies": set(),
+    "core": {"strategies"},
+    "backend": {"strategies", "core"},
+    "simulation": {"strategies", "core", "demo"},  # the live loop drives the real backend and LS
+    "demo": {"strategies", "core", "backend"},
+}
+LEAVES = {"active_adaptation", "active_adaptation.errors", "active_adaptation.atomic"}
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = path
+    return out
+
+
+def imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """Project modules that ``name`` imports, anywhere in the file (also inside functions)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
+        else:
+            continue
+        found |= {t for t in targets if t in known and t != name}
+    return found
+
+
+def layer(name: str) -> str | None:
+    parts = name.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in ALLOWED) else None
+
+
+def test_layers_import_only_downwards():
+    mods = modules()
+    bad = []
+    for name, path in mods.items():
+        own = layer(name)
+        for target in imports(name, path, set(mods)):
+            other = layer(target)
+            if own and other and other != own and other not in ALLOWED[own] and target not in LEAVES:
+                bad.append(f"{name} -> {target}")
+    assert not bad, bad
+
+
+def test_no_import_cycle():
+    mods = modules()
+    graph = {name: imports(name, path, set(mods)) - {n for n in mods if n.count(".") <= 1 and n in LEAVES}
+             for name, path in mods.items()}
+    # a package's __init__ re-exports its modules: an edge from a module to its own package is not a cycle
+    graph = {n: {t for t in targets if not n.startswith(t + ".")} for n, targets in graph.items()}
+    state: dict[str, int] = {}
+    cycle: list[str] = []
+
+    def visit(node, trail):
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycle.extend(trail[trail.index(nxt):] + [nxt] if nxt in trail else [node, nxt])
+                return True
+            if state.get(nxt) is None and visit(nxt, trail + [nxt]):
+                return True
+        state[node] = 2
+        return False
+
+    for node in sorted(graph):
+        if state.get(node) is None and visit(node, [node]):
+            break
+    assert not cycle, " -> ".join(cycle)
+
+
+def test_classes_and_functions_stay_small():
+    too_long = []
+    for name, path in modules().items():
+        lines = path.read_text().splitlines()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > MAX_CLASS:
+                too_long.append(f"class {name}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                first = node.decorator_list[0].lineno if node.decorator_list else node.lineno
+                reason = any("# long:" in line for line in lines[first - 1:node.lineno + 1])
+                if length > MAX_FUNCTION and not reason:
+                    too_long.append(f"def {name}.{node.name}: {length} lines")
+    assert not too_long, too_long
