@@ -88,7 +88,7 @@ class Backend:
         self.learner.connected(state, publish=self.settings.publish_on_connect)
         return state.version
 
-    def state(self, project: Any, label_config: str | None = None) -> ProjectState:
+    def project(self, project: Any, label_config: str | None = None) -> ProjectState:
         key = project_key(project)
         if label_config:
             self.setup(key, label_config)
@@ -97,7 +97,7 @@ class Backend:
     def predict(self, project: Any, tasks: Sequence[dict], label_config: str | None = None) -> list[dict]:
         if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
             raise BadRequest("'tasks' must be a list of task objects")
-        state = self.state(project, label_config)
+        state = self.project(project, label_config)
         with state.lock:
             model, version = self.projects.model(state), state.version
         return self.scorer.predict(state, tasks, model, version)

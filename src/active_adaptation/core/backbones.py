@@ -1,4 +1,4 @@
-"""Backbones, weights, freezing and the adapted (target) model.
+"""Backbones: architectures, their layer roles, weights and which early layers stay frozen.
 
 A registry of torchvision backbones plus a small CNN for fast CPU tests and demos. Each entry
 says where its classifier head is, which early layers are frozen (as in the ADMA paper, see
@@ -7,20 +7,18 @@ counting weight layers in forward order) and how to preprocess images.
 """
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable
 
 import torch
 import torchvision
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
-from active_adaptation.strategies import Need
 
 from active_adaptation.errors import ConfigError, WeightsUnavailable
 
@@ -285,206 +283,3 @@ def _load_state_dict_file(spec: BackboneSpec, path: Path) -> LoadedBackbone:
     except RuntimeError as exc:
         raise WeightsUnavailable(f"WEIGHTS={path} does not fit backbone {spec.name}: {exc}") from None
     return LoadedBackbone(spec, model.eval(), str(path), spec.preprocess, None)
-
-
-def _frozen_bn_eval(model: nn.Module, prefixes: Sequence[str]) -> None:
-    for name, module in model.named_modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and (name + ".").startswith(prefixes):
-            module.eval()
-
-
-class AdaptedModel:
-    """Target model for one project: M0's body with a head sized to the project's labels.
-
-    Keeps M0 (``source``, frozen, with its source head) for strategies that need source-head
-    probabilities. ``labels`` only grows: labels removed from the config keep their head rows
-    (so nothing learned is lost) but are masked out of predictions via ``active``.
-    """
-
-    def __init__(self, base: LoadedBackbone, labels: Sequence[str], device: torch.device, seed: int = 0):
-        if not labels:
-            raise ValueError("a classifier needs at least one label")
-        self.spec = base.spec
-        self.weights = base.weights
-        self.preprocess = base.preprocess
-        self.device = device
-        self.seed = seed
-        self.source = base.model.to(device).eval()
-        self.source_lock = base.lock
-        for p in self.source.parameters():
-            p.requires_grad_(False)
-        self.target = copy.deepcopy(base.model)
-        self.labels: list[str] = list(dict.fromkeys(labels))
-        self.active: list[str] = list(self.labels)
-        in_features = self.head.in_features
-        self.target.set_submodule(self.spec.head, self._new_linear(in_features, len(self.labels), seed))
-        self.target.to(device)
-        self.trainable, self.total = self.freeze()
-        self.lock = threading.RLock()  # guards forward passes against head changes
-        log.info(
-            "%s (%s): %d of %d parameters trainable; frozen: %s; labels: %s",
-            self.spec.name, self.weights, self.trainable, self.total,
-            ", ".join(p.rstrip(".") for p in self.spec.frozen), self.labels,
-        )
-
-    def clone(self) -> "AdaptedModel":
-        """A copy to train: its own target and lock, sharing the frozen source model M0."""
-        with self.lock:
-            twin = copy.copy(self)
-            twin.target = copy.deepcopy(self.target)
-            twin.labels, twin.active = list(self.labels), list(self.active)
-            twin.lock = threading.RLock()
-        return twin
-
-    @staticmethod
-    def _new_linear(in_features: int, out_features: int, seed: int) -> nn.Linear:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return nn.Linear(in_features, out_features)
-
-    @property
-    def head(self) -> nn.Linear:
-        return self.target.get_submodule(self.spec.head)
-
-    def freeze(self) -> tuple[int, int]:
-        """Freeze the early layers by name; returns (trainable, total) parameter counts."""
-        trainable = total = 0
-        for name, p in self.target.named_parameters():
-            frozen = name.startswith(self.spec.frozen)
-            p.requires_grad_(not frozen)
-            total += p.numel()
-            trainable += 0 if frozen else p.numel()
-        return trainable, total
-
-    def train_mode(self) -> None:
-        """model.train() with frozen BatchNorm kept in eval mode (running stats must not drift)."""
-        self.target.train()
-        _frozen_bn_eval(self.target, self.spec.frozen)
-
-    def set_labels(self, labels: Sequence[str]) -> list[str]:
-        """Follow a changed label config. New labels grow the head (old rows are kept unchanged);
-        removed labels are masked out. Returns the labels that were added."""
-        wanted = list(dict.fromkeys(labels))
-        if not wanted:
-            raise ValueError("a classifier needs at least one label")
-        added = [label for label in wanted if label not in self.labels]
-        with self.lock:
-            if added:
-                old = self.head
-                new = self._new_linear(old.in_features, len(self.labels) + len(added), self.seed + len(self.labels))
-                new = new.to(old.weight.device, old.weight.dtype)
-                with torch.no_grad():
-                    new.weight[: len(self.labels)] = old.weight
-                    new.bias[: len(self.labels)] = old.bias
-                self.target.set_submodule(self.spec.head, new)
-                self.labels.extend(added)
-                log.info("label config grew by %s; classifier head now has %d outputs", added, len(self.labels))
-            self.active = wanted
-        return added
-
-    @torch.no_grad()
-    def trunk(self, batch: torch.Tensor) -> torch.Tensor:
-        """Activations at the freeze boundary (identical for M0 and the target: frozen layers never
-        change), as float32 on the CPU, ready for the frozen-feature cache."""
-        with self.lock:
-            self.target.eval()
-            return self.spec.trunk(self.target, batch.to(self.device, non_blocking=True)).float().cpu()
-
-    @torch.no_grad()
-    def forward(self, batch: torch.Tensor, needs: Iterable[Need], layers: Sequence[str] = ()) -> dict:
-        """Full forward pass from preprocessed images; see :meth:`forward_from_trunk`."""
-        return self.forward_from_trunk(self.trunk(batch), needs, layers)
-
-    def resolve_layer(self, layer: str) -> tuple[str, bool]:
-        """A role ("A", "B", "A2") or module name -> (module name, apply ReLU)."""
-        roles = dict(self.spec.roles)
-        if layer.isupper() and layer not in roles:
-            raise ValueError(f"backbone {self.spec.name} has no layer {layer} after its freeze boundary "
-                             f"(available roles: {', '.join(roles) or 'none'})")
-        name = roles.get(layer, layer)
-        return (name[:-5], True) if name.endswith("+relu") else (name, False)
-
-    def _hooked(self, net: nn.Module, z: torch.Tensor, layers: Sequence[str]) -> tuple[torch.Tensor, dict]:
-        """rest(net, z) with the outputs of ``layers`` captured (cloned: in-place ReLUs follow)."""
-        captured: dict[str, torch.Tensor] = {}
-        hooks = []
-
-        def keep(layer, relu):
-            def hook(_m, _a, out):
-                if layer in captured:
-                    raise ValueError(f"layer {layer} runs twice per forward pass; hook another module")
-                captured[layer] = (torch.relu(out) if relu else out).detach().float().clone()
-            return hook
-
-        for layer in layers:
-            name, relu = self.resolve_layer(layer)
-            hooks.append(net.get_submodule(name).register_forward_hook(keep(layer, relu)))
-        try:
-            out = self.spec.rest(net, z)
-        finally:
-            for h in hooks:
-                h.remove()
-        missing = [layer for layer in layers if layer not in captured]
-        if missing:
-            raise ValueError(f"layers {missing} are inside the frozen trunk of {self.spec.name}; "
-                             "strategies can only hook layers after the freeze boundary")
-        return out, captured
-
-    @torch.no_grad()
-    def forward_from_trunk(self, z: torch.Tensor, needs: Iterable[Need], layers: Sequence[str] = ()) -> dict:
-        """Run only the trainable part on trunk activations, computing every declared input once.
-
-        Returns a dict with 'logits' and 'probs' over ``active`` labels (always), plus
-        'embeddings', 'features' (current model), 'source_probs' and 'source_features' (M0) when
-        asked for.
-        """
-        needs = set(needs)
-        z = z.to(self.device, non_blocking=True)
-        with self.lock:
-            self.target.eval()
-            hooks = []
-            captured: dict[str, torch.Tensor] = {}
-            if Need.EMBEDDINGS in needs:
-                hooks.append(self.head.register_forward_pre_hook(
-                    lambda _m, args: captured.__setitem__("embeddings", args[0].detach().flatten(1).clone())
-                ))
-            try:
-                logits_all, feats = self._hooked(self.target, z, layers if Need.FEATURES in needs else ())
-            finally:
-                for h in hooks:
-                    h.remove()
-            idx = [self.labels.index(label) for label in self.active]
-            logits = logits_all[:, idx].float()
-            out = {"logits": logits.cpu(), "probs": logits.softmax(dim=1).cpu()}
-            if Need.EMBEDDINGS in needs:
-                out["embeddings"] = captured["embeddings"].float().cpu()
-            if Need.FEATURES in needs:
-                out["features"] = {k: v.cpu() for k, v in feats.items()}
-        if Need.SOURCE_PROBS in needs or Need.SOURCE_FEATURES in needs:
-            with self.source_lock:  # M0 is shared by every project: its hooks must not interleave
-                src_logits, src_feats = self._hooked(
-                    self.source, z, layers if Need.SOURCE_FEATURES in needs else ())
-            if Need.SOURCE_PROBS in needs:
-                out["source_probs"] = src_logits.float().softmax(dim=1).cpu()
-            if Need.SOURCE_FEATURES in needs:
-                out["source_features"] = {k: v.cpu() for k, v in src_feats.items()}
-        return out
-
-    def logits_for_training(self, z: torch.Tensor) -> torch.Tensor:
-        """Logits over all head rows with autograd, from trunk activations (call train_mode first)."""
-        return self.spec.rest(self.target, z)
-
-    def state(self) -> dict:
-        """What a checkpoint needs to rebuild this model."""
-        return {"labels": list(self.labels), "active": list(self.active)}
-
-    def load_target_state(self, state_dict: dict, labels: Sequence[str], active: Sequence[str]) -> None:
-        """Restore a checkpointed target (its head sized to ``labels``)."""
-        with self.lock:
-            head = self.head
-            if len(labels) != head.out_features:
-                new = nn.Linear(head.in_features, len(labels)).to(head.weight.device)
-                self.target.set_submodule(self.spec.head, new)
-            self.target.load_state_dict(state_dict)
-            self.labels, self.active = list(labels), list(active)
-            self.freeze()

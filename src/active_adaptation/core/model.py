@@ -203,10 +203,6 @@ class AdaptedModel:
         """Logits over all head rows with autograd, from trunk activations (call train_mode first)."""
         return self.spec.rest(self.target, z)
 
-    def state(self) -> dict:
-        """What a checkpoint needs to rebuild this model."""
-        return {"labels": list(self.labels), "active": list(self.active)}
-
     def load_target_state(self, state_dict: dict, labels: Sequence[str], active: Sequence[str]) -> None:
         """Restore a checkpointed target (its head sized to ``labels``)."""
         with self.lock:

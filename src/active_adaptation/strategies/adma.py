@@ -18,7 +18,7 @@ distinctiveness by their mean (default) or variance.
 
 Landmark modes (docs/methods.md §1.9), reported in :meth:`ADMAStrategy.info`:
 ``source-data`` (computed from the source task's data, Eqs. 1-2), ``file`` (a landmark file made by
-``scripts/make_landmarks.py`` or the backend from a reference folder), ``pool-exemplars`` (F3: the
+``python -m active_adaptation.backend.make_landmarks`` or the backend from a reference folder), ``pool-exemplars`` (F3: the
 pool items M0's source head is most confident about, per source class; the source-free default) and
 ``kmeans`` (F4: medoids of k-means clusters of the pool at M0's layer B; ADMA then measures
 novelty within the pool only, and says so in a warning).
@@ -380,7 +380,7 @@ class ADMAStrategy(Strategy):
             return self.given
         if self.landmarks not in LANDMARK_MODES and Path(self.landmarks).is_dir():
             raise StrategyError(f"ADMA reference folder {self.landmarks}: its landmarks must be computed with the "
-                                "model first (the backend does this at start; or run scripts/make_landmarks.py)")
+                                "model first (the backend does this at start; or run python -m active_adaptation.backend.make_landmarks)")
         if self.landmarks not in LANDMARK_MODES:  # a landmark file: the same for every project, read once
             self.given = Landmarks.load(self.landmarks)
             return self.given
