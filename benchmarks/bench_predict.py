@@ -25,13 +25,13 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from active_adaptation.core.backbones import load_backbone  # noqa: E402
+from active_adaptation.core.backbones import load_backbone
 
 from active_adaptation.core.model import AdaptedModel
-from active_adaptation.strategies import Need  # noqa: E402
-from active_adaptation.demo.servers import BackendProcess  # noqa: E402
-from active_adaptation.demo.sample_data import digit_pngs  # noqa: E402
-from active_adaptation.demo.servers import classification_config  # noqa: E402
+from active_adaptation.strategies import Need
+from active_adaptation.demo.servers import BackendProcess
+from active_adaptation.demo.sample_data import digit_pngs
+from active_adaptation.demo.servers import classification_config
 
 
 def serve(files: dict[str, bytes]):

@@ -19,11 +19,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from active_adaptation import strategies  # noqa: E402
-from active_adaptation.core.backbones import load_backbone, resolve_device  # noqa: E402
+from active_adaptation import strategies
+from active_adaptation.core.backbones import load_backbone, resolve_device
 from active_adaptation.core.model import AdaptedModel
-from active_adaptation.core.scoring import score_pool, scoring_needs  # noqa: E402
-from active_adaptation.strategies import Need  # noqa: E402
+from active_adaptation.core.scoring import score_pool, scoring_needs
+from active_adaptation.strategies import Need
 
 
 def timed(fn, repeats):

@@ -25,12 +25,12 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from active_adaptation.backend.service import ModelService  # noqa: E402
-from active_adaptation.backend.settings import Settings  # noqa: E402
-from active_adaptation.core.trainer import Example, TrainConfig, fine_tune  # noqa: E402
-from active_adaptation.strategies import Need  # noqa: E402
-from active_adaptation.demo.sample_data import digit_pngs  # noqa: E402
-from active_adaptation.demo.servers import classification_config  # noqa: E402
+from active_adaptation.backend.service import Backend
+from active_adaptation.backend.settings import Settings
+from active_adaptation.core.trainer import Example, TrainConfig, fine_tune
+from active_adaptation.strategies import Need
+from active_adaptation.demo.sample_data import digit_pngs
+from active_adaptation.demo.servers import classification_config
 
 LABELS = [str(i) for i in range(10)]
 CONFIG = classification_config(LABELS)
@@ -55,8 +55,8 @@ def serve(files: dict[str, bytes]) -> str:
     return f"http://127.0.0.1:{server.server_address[1]}"
 
 
-def make_service(tmp: str, backbone: str, **env) -> ModelService:
-    return ModelService(Settings.from_env({"BACKBONE": backbone, "WEIGHTS": "none", "MODEL_DIR": tmp,
+def make_service(tmp: str, backbone: str, **env) -> Backend:
+    return Backend(Settings.from_env({"BACKBONE": backbone, "WEIGHTS": "none", "MODEL_DIR": tmp,
                                            "DEVICE": env.pop("device", "auto"), "LOG_LEVEL": "WARNING", **env}))
 
 
@@ -76,24 +76,24 @@ def bench_rescore(args) -> None:
         service = make_service(tmp, args.backbone, device=args.device, FEATURE_CACHE_DTYPE=args.dtype)
         service.setup("1", CONFIG)
         state = service.projects["1"]
-        model = service.model(state)
+        model = service.projects.model(state)
         counter = iter(range(10**9))
 
         def uncached():  # fresh task ids and URLs: every image is downloaded, decoded and run in full
             k = next(counter)
             tasks = [{"id": 10**6 * (k + 1) + i, "data": {"image": f"{url}/{i}.png?k={k}"}} for i in range(args.images)]
-            service.score(state, tasks, model, state.version)
+            service.scorer.score(state, tasks, model, state.version)
 
         pool = [{"id": i, "data": {"image": f"{url}/{i}.png"}} for i in range(args.images)]
-        service.score(state, pool, model, state.version)  # fill the cache
-        x = torch.stack([model.preprocess(service.loader.load(t["id"], t["data"]["image"])) for t in pool])
+        service.scorer.score(state, pool, model, state.version)  # fill the cache
+        x = torch.stack([model.preprocess(service.scorer.loader.load(t["id"], t["data"]["image"])) for t in pool])
 
         def full_forward():  # the bare full forward pass on already preprocessed images
             for s in range(0, len(x), 32):
                 model.forward(x[s:s + 32], {Need.PROBS})
 
         def cached():
-            service.score(state, pool, model, state.version, reset_pool=True)
+            service.scorer.score(state, pool, model, state.version, reset_pool=True)
 
         uncached(), full_forward(), cached()  # warm-up
         t_cached = median_time(cached, args.repeats)
@@ -116,17 +116,17 @@ def bench_round(args) -> None:
         service = make_service(tmp, args.backbone, device=args.device)
         service.setup("1", CONFIG)
         state = service.projects["1"]
-        model = service.model(state)
+        model = service.projects.model(state)
         tasks = [{"id": i, "data": {"image": "data:image/png;base64," + base64.b64encode(d).decode()}}
                  for i, (_, d, _) in enumerate(digits)]
         started = time.perf_counter()
-        trunks = service.trunk_activations(state, model, tasks)
+        trunks = service.scorer.trunk_activations(state, model, tasks)
         t_features = time.perf_counter() - started
         examples = [Example(str(i), digits[i][2], True, trunk=trunks[i]) for i in range(len(tasks))]
         twin = model.clone()
         metrics = fine_tune(twin, examples, TrainConfig(steps=args.steps, batch_size=32))
         started = time.perf_counter()
-        service.save_version(state, twin, 1, {e.key: str(e.label) for e in examples}, metrics)
+        service.projects.save_version(state, twin, 1, {e.key: str(e.label) for e in examples}, metrics)
         t_save = time.perf_counter() - started
         service.close()
     print(f"backbone={args.backbone} labels={args.labels} steps={args.steps} batch=32 device={metrics['device']} amp={metrics['amp']}")

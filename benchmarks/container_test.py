@@ -39,8 +39,8 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from active_adaptation.demo.servers import classification_config  # noqa: E402
-from active_adaptation.demo.sample_data import digit_pngs  # noqa: E402
+from active_adaptation.demo.servers import classification_config
+from active_adaptation.demo.sample_data import digit_pngs
 
 LABELS = [str(i) for i in range(10)]
 

@@ -100,3 +100,15 @@ def test_classes_and_functions_stay_small():
                 if length > MAX_FUNCTION and not reason:
                     too_long.append(f"def {name}.{node.name}: {length} lines")
     assert not too_long, too_long
+
+
+def test_every_benchmark_imports():
+    """The benchmarks are not run in CI (they measure); they must at least import against the package."""
+    import importlib
+
+    root = PACKAGE.parents[1] / "benchmarks"
+    names = sorted(p.stem for p in root.glob("*.py") if p.stem != "__init__")
+    assert {"bench_latency", "bench_predict", "bench_strategies", "bench_train", "container_test"} <= set(names)
+    for name in names:
+        module = importlib.import_module(f"benchmarks.{name}")
+        assert callable(getattr(module, "main")), name

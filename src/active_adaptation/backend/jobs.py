@@ -119,8 +119,7 @@ def examples_for(ctx: JobContext, model, tasks: list[dict], labeled: dict[str, s
     """Training examples: cached trunk activations, or images when training augments them."""
     state, augment = ctx.state, ctx.settings.train_augment != "none"
     if augment:
-        refs = [(t["id"], t["data"].get(state.config.value_key)) for t in tasks]
-        items = ctx.scorer.loader.load_many(refs, ctx.scorer.source(state), transform=model.preprocess)
+        items = ctx.scorer.images(state, model, tasks)
     else:
         items = ctx.scorer.trunk_activations(state, model, tasks)
     out = []

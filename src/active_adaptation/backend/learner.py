@@ -24,9 +24,12 @@ LABEL_EVENTS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIO
 
 class Learner:
     def __init__(self, settings: Settings, projects: Projects, scorer: Scorer, connection: LabelStudioConnection,
-                 webhook_secret: Callable[[str], str], instance_id: str, clock=SystemClock()) -> None:
+                 webhook_secret: Callable[[str], str], instance_id: str, clock=SystemClock(),
+                 api_factory: Callable[[int], ProjectAPI] | None = None) -> None:
+        """``api_factory``: project id -> Label Studio client (default: a ProjectAPI on ``connection``)."""
         self.settings, self.projects, self.scorer, self.connection = settings, projects, scorer, connection
         self.webhook_secret, self.instance_id, self.clock = webhook_secret, instance_id, clock
+        self.api_factory = api_factory or self._api
         self.workers: dict[str, ProjectWorker] = {}
         self._lock = threading.Lock()
 
@@ -42,7 +45,7 @@ class Learner:
                 worker = ProjectWorker(state.key, lambda job: None, debounce_s=self.settings.train_debounce_s,
                                        recovery_max_s=self.settings.recovery_max_s,
                                        wants_publish=functools.partial(self.wants_publish, state), clock=self.clock)
-                ctx = JobContext(state, self.projects, self.scorer, self.settings, self._api, worker.status,
+                ctx = JobContext(state, self.projects, self.scorer, self.settings, self.api_factory, worker.status,
                                  functools.partial(self.webhook_secret, state.key), self.instance_id,
                                  stopped=lambda: worker.stopped)
                 worker.run_job = functools.partial(jobs.run_job, ctx)

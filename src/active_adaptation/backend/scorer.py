@@ -96,6 +96,11 @@ class Scorer:
             flush()
         return out
 
+    def images(self, state: ProjectState, model: AdaptedModel, tasks: Sequence[dict]) -> list:
+        """Per task: its preprocessed image, or the ImageError that explains why there is none."""
+        return self.loader.load_many([self.reference(state, t) for t in tasks], self.source(state),
+                                     transform=model.preprocess)
+
     # ------------------------------------------------------------------ scoring
     def predict(self, state: ProjectState, tasks: list, model: AdaptedModel, version: str) -> list[dict]:
         """/predict: the tasks of one request, scored against the served version's pool."""
