@@ -194,3 +194,25 @@ def test_influence_dropout_and_review_on_a_trained_head(tmp_path, digits64):
         # them; on a convex head it does, see tests/unit/test_methods.py)
     finally:
         service.close()
+
+
+@pytest.mark.parametrize("spec", ["emoc:references=16", "coreset:budget=5", "badge:budget=5"])
+def test_a_task_predicted_alone_keeps_its_place_in_the_queue(tmp_path, digits64, spec):
+    """The audit's bug: a task scored alone (a new import, "Retrieve Predictions" on a selection)
+    jumped the queue because its value was computed against the request's own tasks."""
+    service = service_for(tmp_path, STRATEGY=spec)
+    service.setup("1", CONFIG)
+    state = service.projects["1"]
+    pool = tasks(digits64, 40)
+    before = service.predict("1", pool[:1])  # nothing kept yet: a neutral rank, never the top
+    assert before[0]["acquisition"] is None and before[0]["score"] == 0.5 and before[0]["result"]
+    model = service.projects.model(state)
+    published = service.scorer.score(state, pool, model, state.version, reset_pool=True)
+    for i in (0, 17, 39):
+        alone = service.predict("1", [pool[i]])[0]
+        assert alone["acquisition"] == pytest.approx(published[i]["acquisition"], abs=1e-6)
+        assert alone["score"] == pytest.approx(published[i]["score"])
+    pair = service.predict("1", [pool[3], pool[30]])
+    assert [r["score"] for r in pair] == pytest.approx([published[3]["score"], published[30]["score"]])
+    assert service.metrics()["neutral_rank_requests"] == 1
+    service.close()

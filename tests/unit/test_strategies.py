@@ -86,6 +86,7 @@ def _inputs(n, seed=0, c=4, d=8, m=4):
         source_probs=torch.randn(n, 5, generator=g, dtype=torch.float64).mul(3).softmax(1),
         source_features={"A": layer(3, 2, 2), "B": layer(6)},
         labeled_embeddings=torch.randn(3, d, generator=g, dtype=torch.float64),
+        labeled_probs=torch.randn(3, c, generator=g, dtype=torch.float64).softmax(1),
         view_probs=torch.randn(m, n, c, generator=g, dtype=torch.float64).softmax(2), round=1,
     )
 
@@ -98,7 +99,7 @@ def _map(inputs, fn, views):
         embeddings=take(inputs.embeddings), features={k: fn(v) for k, v in inputs.features.items()},
         source_probs=take(inputs.source_probs),
         source_features={k: fn(v) for k, v in inputs.source_features.items()},
-        labeled_embeddings=inputs.labeled_embeddings,
+        labeled_embeddings=inputs.labeled_embeddings, labeled_probs=inputs.labeled_probs,
         view_probs=None if inputs.view_probs is None else views(inputs.view_probs), round=inputs.round,
     )
 

@@ -91,6 +91,8 @@ def run_job(ctx: JobContext, job: Job) -> None:
         check_config(ctx)
     elif kind == "secure":
         secure_webhook(ctx)
+    elif kind == "rescore":
+        rescore(ctx)
     else:
         raise ValueError(f"unknown job {kind!r}")
 
@@ -224,6 +226,21 @@ def publish(ctx: JobContext, tasks: list[dict] | None = None) -> None:
     status.set("idle", f"published {version} for {len(pool)} unlabeled tasks")
     log.info("project %s: published %s for %d tasks in %.1fs (scoring %.1fs)", state.key, version, len(pool),
              progress["seconds"], score_seconds)
+
+
+def rescore(ctx: JobContext) -> None:
+    """Score the unlabeled pool with the served version without importing anything: what a
+    pool-relative strategy keeps from it values later requests (e.g. after a restart)."""
+    state = ctx.state
+    if state.published_version != state.version:
+        return publish(ctx)
+    with state.lock:
+        model, version = ctx.projects.model(state), state.version
+    ctx.status.set("scoring", f"scoring the unlabeled pool for {version} (nothing is imported)")
+    tasks = ctx.call(ctx.api().tasks, "listing tasks")
+    pool = [t for t in tasks if resolve_label(t["annotations"], state.config.from_name) is None]
+    ctx.scorer.score(state, pool, model, version, reset_pool=True)
+    ctx.status.set("idle", f"scored {len(pool)} unlabeled tasks for {version}")
 
 
 def import_predictions(ctx: JobContext, api: ProjectAPI, tasks: list[dict], results: list[dict], version: str,

@@ -62,6 +62,12 @@ class Learner:
         if publish and state.published_version != state.version and worker.idle():
             worker.request_publish()
 
+    def needs_pool(self, state: ProjectState) -> None:
+        """A request's tasks could not be valued without the pool (a pool-relative strategy with
+        nothing kept for the served version): score the pool in the background."""
+        if self.connection.configured:
+            self.worker(state).request_rescore()
+
     def resume(self) -> None:
         """At process start: re-publish every restored project whose served version Label Studio
         may lack (a crash mid-publish, or Label Studio down at the time)."""

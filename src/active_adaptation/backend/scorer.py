@@ -20,7 +20,7 @@ from active_adaptation.backend.settings import Settings
 from active_adaptation.backend.store import Store
 from active_adaptation.core.backbones import LoadedBackbone
 from active_adaptation.core.model import AdaptedModel
-from active_adaptation.core.queue_score import LEAST_URGENT_SCORE, acquisition_to_score
+from active_adaptation.core.queue_score import LEAST_URGENT_SCORE, NEUTRAL_SCORE, acquisition_to_score
 from active_adaptation.core.scoring import score_pool
 from active_adaptation.errors import ImageError
 from active_adaptation.strategies import Strategy
@@ -40,6 +40,7 @@ class Scorer:
         self.features = FeatureCache(store.cache_dir("features"), fingerprint, settings.feature_cache_mb * 2**20,
                                      settings.feature_cache_disk_mb * 2**20, settings.feature_cache_dtype)
         self._strategy_lock = threading.Lock()  # strategies may keep per-call diagnostics
+        self.pool_relative_requests = 0  # subsets given a neutral rank (a pool-relative strategy, nothing kept)
         ident = json.dumps([base.spec.name, base.weights, strategy.name, strategy.params()], sort_keys=True, default=str)
         self._state_ident = hashlib.sha1(ident.encode()).hexdigest()[:12]
 
@@ -153,13 +154,17 @@ class Scorer:
         scored = score_pool(self.strategy, model, self._batches(state, model, tasks, fingerprints, deadline, failed, progress),
                             candidates=fingerprints, labeled_trunk=pool.labeled_trunk, images=images,
                             round_=state.round, state=pool.strategy_state, full_pool=reset_pool,
-                            batch_size=self.settings.batch_size, lock=self._strategy_lock)
+                            batch_size=self.settings.batch_size, lock=self._strategy_lock, model_version=version)
         if reset_pool and scored.keys:
             if scored.info:
                 pool.strategy_info = scored.info
             self._save_strategy_state(state)
-        values = scored.values.numpy()
-        scores = self._queue_scores(state, tasks, scored.keys, values, version, reset_pool)
+        if scored.pool_relative:  # never the top of the queue: the middle, until a full-pool scoring
+            values, scores = [None] * len(scored.keys), np.full(len(scored.keys), NEUTRAL_SCORE)
+            self.pool_relative_requests += 1
+        else:
+            values = scored.values.numpy()
+            scores = self._queue_scores(state, tasks, scored.keys, values, version, reset_pool)
         labels = [model.active[j] for j in scored.probs.argmax(dim=1).tolist()] if scored.keys else []
         out: list[dict] = []
         j = 0
@@ -167,7 +172,7 @@ class Scorer:
             if i in failed:
                 out.append({"result": [], "score": LEAST_URGENT_SCORE, "model_version": version, "error": str(failed[i])})
                 continue
-            out.append(self._prediction(state, labels[j], float(scores[j]), float(values[j]), version))
+            out.append(self._prediction(state, labels[j], float(scores[j]), values[j], version))
             j += 1
         return out
 
@@ -187,13 +192,20 @@ class Scorer:
                 reference = values
         return acquisition_to_score(values, reference if reference.size else values)
 
-    def _prediction(self, state: ProjectState, label: str, score: float, acquisition: float, version: str) -> dict:
+    def _prediction(self, state: ProjectState, label: str, score: float, acquisition, version: str) -> dict:
+        """Label Studio's prediction, plus why the task sits where it does in the queue: the strategy,
+        its acquisition value (None: not valued without a full-pool scoring, neutral rank) and round t."""
         config = state.config
-        return {
+        out = {
             "result": [{"from_name": config.from_name, "to_name": config.to_name, "type": "choices",
                         "value": {"choices": [label]}}],
-            "score": score, "model_version": version, "acquisition": acquisition, "strategy": self.strategy.name,
+            "score": score, "model_version": version,
+            "acquisition": None if acquisition is None else float(acquisition), "strategy": self.strategy.name,
+            "round": state.round,
         }
+        if "landmark_mode" in state.pool.strategy_info:
+            out["landmark_mode"] = state.pool.strategy_info["landmark_mode"]
+        return out
 
     def set_labeled(self, state: ProjectState, trunks: list) -> None:
         """The trunk activations of the labels the served version was trained on (for strategies

@@ -100,7 +100,10 @@ class Backend:
         state = self.project(project, label_config)
         with state.lock:
             model, version = self.projects.model(state), state.version
-        return self.scorer.predict(state, tasks, model, version)
+        results = self.scorer.predict(state, tasks, model, version)
+        if any(r["result"] and r.get("acquisition") is None for r in results):
+            self.learner.needs_pool(state)
+        return results
 
     def record_event(self, action: str) -> None:
         with self._lock:
@@ -114,6 +117,7 @@ class Backend:
             "backbone": self.base.spec.name, "weights": self.base.weights, "strategy": self.strategy.name,
             "strategy_params": self.strategy.params(), "device": str(self.device), "events": dict(self.events),
             "feature_cache": self.scorer.features.stats(),
+            "neutral_rank_requests": self.scorer.pool_relative_requests,
             "projects": {key: self._project_metrics(self.projects[key]) for key in sorted(self.projects)},
         }
 

@@ -5,7 +5,8 @@ themselves are plain functions (``jobs.py``) injected as ``run_job``; time comes
 clock, so that tests drive the machine without threads or sleeps.
 
 States shown in /status: ``idle``, ``waiting`` (debouncing annotation events), ``running`` (a
-round), ``publishing``, ``securing``, ``failed`` (with the reason and when it is retried).
+round), ``publishing``, ``scoring`` (a re-scoring without import), ``securing``, ``failed`` (with
+the reason and when it is retried).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from active_adaptation.backend.ls_client import api_status
 
 log = logging.getLogger(__name__)
 
-Job = tuple[str, Any]  # (kind, argument): ("round", force), ("publish", None), ("tasks", ids), ("config", None), ("secure", None)
+Job = tuple[str, Any]  # ("round", force), ("publish", None), ("tasks", ids), ("config", None), ("secure", None), ("rescore", None)
 
 
 class SystemClock:
@@ -51,7 +52,7 @@ class ProjectWorker:
         self.status = status or WorkerStatus()
         self.cond = threading.Condition()
         self.labels_dirty = self.force = self.publish_requested = False
-        self.config_requested = self.secure_requested = self.stopped = False
+        self.config_requested = self.secure_requested = self.rescore_requested = self.stopped = False
         self.task_hints: set[int] = set()
         self.secure_attempts = 0
         self.last_secure = -1e9
@@ -86,6 +87,13 @@ class ProjectWorker:
     def request_publish(self) -> None:
         with self.cond:
             self.publish_requested = True
+            self.cond.notify()
+
+    def request_rescore(self) -> None:
+        """Score the pool again (nothing is imported): a pool-relative strategy needs it to value a
+        request's tasks after a restart."""
+        with self.cond:
+            self.rescore_requested = True
             self.cond.notify()
 
     def request_config_check(self) -> None:
@@ -136,6 +144,9 @@ class ProjectWorker:
                 if self.task_hints:
                     ids, self.task_hints = sorted(self.task_hints), set()
                     return ("tasks", ids), None
+                if self.rescore_requested:
+                    self.rescore_requested = False
+                    return ("rescore", None), None
                 if self.retry is None or self.retry_at == float("inf"):  # (inf: re-armed, running)
                     return None, None
                 if self.retry_at > now:
@@ -215,6 +226,8 @@ class ProjectWorker:
             self.task_hints.update(argument)
         elif kind == "config":
             self.config_requested = True
+        elif kind == "rescore":
+            self.rescore_requested = True
         else:
             self.secure_requested = True
         self.retry_at = float("inf")  # until it fails again (or succeeds and clears it)

@@ -16,6 +16,9 @@ from __future__ import annotations
 import numpy as np
 
 LEAST_URGENT_SCORE = 1.0
+# A task a pool-relative strategy cannot value without the whole pool (docs/methods.md §0): the middle
+# of the queue, never its top, until the next full-pool scoring ranks it.
+NEUTRAL_SCORE = 0.5
 
 
 def acquisition_to_score(values, reference) -> np.ndarray:

@@ -10,7 +10,7 @@ from typing import Callable, Iterable, Sequence
 
 import torch
 
-from active_adaptation.strategies import Need, ScoringInputs, Strategy
+from active_adaptation.strategies import Need, PoolRelativeError, ScoringInputs, Strategy
 
 from active_adaptation.core.model import AdaptedModel
 
@@ -58,15 +58,20 @@ def build_inputs(strategy: Strategy, model: AdaptedModel, merged: dict, keys: Se
                  labeled_trunk: torch.Tensor | Sequence[torch.Tensor] | None = None,
                  images: Callable[[], torch.Tensor] | None = None, round_: int = 0,
                  planned_rounds: int | None = None, state: dict | None = None, full_pool: bool = True,
-                 fingerprints: Sequence[str] | None = None, batch_size: int = 64) -> ScoringInputs:
+                 fingerprints: Sequence[str] | None = None, batch_size: int = 64,
+                 model_version: str | None = None) -> ScoringInputs:
     """ScoringInputs for ``strategy`` from the merged forward outputs of the pool (``merged``).
 
     ``labeled_trunk``: trunk activations of the labeled items (for LABELED_EMBEDDINGS);
     ``images``: returns the pool's preprocessed images (for VIEW_PROBS, which needs full passes)."""
     needs = strategy.needs
-    labeled = None
-    if Need.LABELED_EMBEDDINGS in needs and labeled_trunk is not None and len(labeled_trunk):
-        labeled = forward_batches(model, labeled_trunk, {Need.EMBEDDINGS}, (), batch_size)["embeddings"]
+    labeled: dict = {}
+    wanted = {Need.LABELED_EMBEDDINGS: Need.EMBEDDINGS, Need.LABELED_PROBS: Need.PROBS,
+              Need.LABELED_FEATURES: Need.FEATURES}
+    labeled_needs = {wanted[n] for n in needs if n in wanted}
+    if labeled_needs and labeled_trunk is not None and len(labeled_trunk):
+        layers = strategy.layers() if Need.FEATURES in labeled_needs else ()
+        labeled = forward_batches(model, labeled_trunk, labeled_needs, layers, batch_size)
     views = None
     if Need.VIEW_PROBS in needs:
         if images is None:
@@ -80,8 +85,10 @@ def build_inputs(strategy: Strategy, model: AdaptedModel, merged: dict, keys: Se
         n=len(keys), keys=list(keys), probs=merged.get("probs"), logits=merged.get("logits"),
         embeddings=merged.get("embeddings"), features=merged.get("features", {}),
         source_probs=merged.get("source_probs"), source_features=merged.get("source_features", {}),
-        labeled_embeddings=labeled, view_probs=views, head_weight=head_weight, round=round_, planned_rounds=planned_rounds,
+        labeled_embeddings=labeled.get("embeddings"), labeled_probs=labeled.get("probs"),
+        labeled_features=labeled.get("features", {}), view_probs=views, head_weight=head_weight, round=round_, planned_rounds=planned_rounds,
         state=state, full_pool=full_pool, fingerprints=None if fingerprints is None else list(fingerprints),
+        model_version=model_version,
     )
 
 
@@ -90,17 +97,19 @@ def scoring_needs(strategy: Strategy, fingerprints: Sequence[str | None] | None 
     """What the forward pass must produce for these items (``fingerprints``; None: unknown): the
     strategy's needs given what it keeps in ``state``, plus the probabilities (every caller wants
     the predicted label). Inputs that are not per-item outputs are built by :func:`build_inputs`."""
-    needs = set(strategy.needs_for(fingerprints, state)) - {Need.LABELED_EMBEDDINGS, Need.VIEW_PROBS, Need.KEYS, Need.HEAD_WEIGHT}
+    needs = set(strategy.needs_for(fingerprints, state)) - {
+        Need.LABELED_EMBEDDINGS, Need.LABELED_PROBS, Need.LABELED_FEATURES, Need.VIEW_PROBS, Need.KEYS, Need.HEAD_WEIGHT}
     return needs | {Need.PROBS}
 
 
 @dataclass
 class PoolScores:
     keys: list[str]
-    values: torch.Tensor  # (N,) float64 acquisition values, larger = label first
+    values: torch.Tensor | None  # (N,) float64 acquisition values, larger = label first (None: see pool_relative)
     probs: torch.Tensor | None = None  # (N, C) over the model's active labels
     embeddings: torch.Tensor | None = None
     info: dict = field(default_factory=dict)  # what the strategy reported (strategy.info())
+    pool_relative: bool = False  # a subset the strategy cannot value without a kept full-pool scoring
 
 
 def score_pool(strategy: Strategy, model: AdaptedModel,
@@ -109,7 +118,8 @@ def score_pool(strategy: Strategy, model: AdaptedModel,
                labeled_trunk: torch.Tensor | Sequence[torch.Tensor] | None = None,
                images: Callable[[], torch.Tensor] | None = None, round_: int = 0,
                planned_rounds: int | None = None, state: dict | None = None, full_pool: bool = True,
-               batch_size: int = 64, lock: contextlib.AbstractContextManager | None = None) -> PoolScores:
+               batch_size: int = 64, lock: contextlib.AbstractContextManager | None = None,
+               model_version: str | None = None) -> PoolScores:
     """Acquisition values of a pool.
 
     ``batches`` yields ``(keys, fingerprints or None, trunk activations)`` chunks, so that a caller
@@ -117,7 +127,10 @@ def score_pool(strategy: Strategy, model: AdaptedModel,
     forward outputs). ``candidates``: the fingerprints of every item that may come (what the
     strategy keeps in ``state`` decides what to compute; None: everything). ``full_pool``: these
     items are the whole unlabeled pool (see :attr:`ScoringInputs.full_pool`). ``lock`` serialises
-    the strategy call, for strategies that keep per-call diagnostics."""
+    the strategy call, for strategies that keep per-call diagnostics. ``model_version`` names the
+    model (see :attr:`ScoringInputs.model_version`). A subset that a pool-relative strategy cannot
+    value on its own gives ``values=None`` and ``pool_relative=True`` (never values that depend on
+    which tasks share the request)."""
     needs = scoring_needs(strategy, candidates, state)
     layers = strategy.layers()
     keys: list[str] = []
@@ -136,8 +149,11 @@ def score_pool(strategy: Strategy, model: AdaptedModel,
     merged = merge_parts(parts)
     inputs = build_inputs(strategy, model, merged, keys, labeled_trunk=labeled_trunk, images=images, round_=round_,
                           planned_rounds=planned_rounds, state=state, full_pool=full_pool,
-                          fingerprints=fingerprints, batch_size=batch_size)
+                          fingerprints=fingerprints, batch_size=batch_size, model_version=model_version)
     with lock or contextlib.nullcontext():
-        values = strategy(inputs)
+        try:
+            values = strategy(inputs)
+        except PoolRelativeError:
+            return PoolScores(keys, None, merged.get("probs"), merged.get("embeddings"), {}, pool_relative=True)
         info = strategy.info()
     return PoolScores(keys, values, merged.get("probs"), merged.get("embeddings"), info)

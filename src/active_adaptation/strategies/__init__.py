@@ -9,7 +9,7 @@ from .aift import aift_scores, tta_views
 from .base import Need, ScoringInputs, Strategy
 from .diversity import DiverseQueue, badge, diverse_queue, k_center_greedy, with_queue_diversity
 from .emoc import emoc_last_layer
-from .errors import MissingInputError, StrategyError, UnknownStrategyError
+from .errors import MissingInputError, PoolRelativeError, StrategyError, UnknownStrategyError
 from .influence import HeadInfluence, review_annotations
 from .kendall import kendall_tau_b
 from .registry import available, describe, from_spec, get, parse_spec, register
@@ -18,7 +18,7 @@ from .uncertainty import entropy, gini, least_confidence, margin, max_confidence
 
 __all__ = [
     "Need", "ScoringInputs", "Strategy", "StrategyError", "UnknownStrategyError",
-    "MissingInputError", "available", "describe", "get", "from_spec", "parse_spec", "register",
+    "MissingInputError", "PoolRelativeError", "available", "describe", "get", "from_spec", "parse_spec", "register",
     "entropy", "gini", "least_confidence", "margin", "max_confidence", "uniform_from_keys",
     "emoc_last_layer", "kendall_tau_b", "Landmarks", "adma_distinctiveness", "aift_scores", "tta_views",
     "badge", "k_center_greedy", "diverse_queue", "DiverseQueue", "with_queue_diversity", "HeadInfluence", "review_annotations",

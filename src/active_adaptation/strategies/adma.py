@@ -33,7 +33,7 @@ from typing import Sequence
 import torch
 
 from .base import Need, ScoringInputs, Strategy
-from .errors import StrategyError
+from .errors import PoolRelativeError, StrategyError
 from .kendall import kendall_tau_b
 from .registry import register
 from .uncertainty import gini
@@ -387,6 +387,8 @@ class ADMAStrategy(Strategy):
         cache_key = self._cache_key()
         if inputs.state is not None and cache_key in inputs.state:
             return inputs.state[cache_key]
+        if not inputs.full_pool:  # landmarks of the request's own tasks would make values batch-relative
+            raise PoolRelativeError(f"ADMA's {self.landmarks} landmarks come from a full-pool scoring; none is kept yet")
         source = inputs.require(Need.SOURCE_FEATURES, self.layers())
         keys = [str(k) for k in inputs.require(Need.KEYS)]
         a = {r: source[r] for r in self.a_layers}
@@ -400,11 +402,15 @@ class ADMAStrategy(Strategy):
             log.warning("ADMA with k-means landmarks (F4): no source information, so ADMA measures novelty "
                         "within the pool only (docs/methods.md §1.9)")
             lm = kmeans_landmarks(a, source["B"], keys, self.kmeans, self.seed)
-        # Landmarks are computed once (Algorithm 1's initialisation) from a whole pool; a request that
-        # scores only a few tasks before any publish gets landmarks of its own that are not kept.
-        if inputs.state is not None and inputs.full_pool:
+        # Landmarks are computed once (Algorithm 1's initialisation) from a whole pool.
+        if inputs.state is not None:
             inputs.state[cache_key] = lm
         return lm
+
+    @property
+    def pool_relative(self) -> bool:
+        """With landmarks from the pool (pool-exemplars, kmeans), until a full-pool scoring kept them."""
+        return self.given is None and self.landmarks in LANDMARK_MODES
 
     def acquisition(self, inputs: ScoringInputs) -> torch.Tensor:
         probs = inputs.require(Need.PROBS)

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Mapping, Protocol, Sequence
 
 import torch
 
-from .errors import MissingInputError, StrategyError
+from .errors import MissingInputError, PoolRelativeError, StrategyError
 
 
 class Need(str, enum.Enum):
@@ -32,6 +32,8 @@ class Need(str, enum.Enum):
     SOURCE_PROBS = "source_probs"  # softmax of the original model's source head, (N, C_source)
     SOURCE_FEATURES = "source_features"  # M0's activations at the layers of Strategy.layers(), {name: (N, ...)}
     LABELED_EMBEDDINGS = "labeled_embeddings"  # h(x) of the labeled items, (n_L, D)
+    LABELED_PROBS = "labeled_probs"  # softmax of the current head for the labeled items, (n_L, C)
+    LABELED_FEATURES = "labeled_features"  # the labeled items' activations at Strategy.layers()
     VIEW_PROBS = "view_probs"  # softmax of m test-time-augmented views, (m, N, C); view 0 = identity
     HEAD_WEIGHT = "head_weight"  # weight of the target head's Linear, rows of the active labels, (C, D)
 
@@ -49,6 +51,8 @@ class ScoringInputs:
     source_probs: torch.Tensor | None = None
     source_features: Mapping[str, torch.Tensor] = field(default_factory=dict)
     labeled_embeddings: torch.Tensor | None = None
+    labeled_probs: torch.Tensor | None = None
+    labeled_features: Mapping[str, torch.Tensor] = field(default_factory=dict)
     view_probs: torch.Tensor | None = None
     head_weight: torch.Tensor | None = None
     round: int = 0  # completed fine-tuning rounds t (ADMA's trade-off needs it)
@@ -61,6 +65,10 @@ class ScoringInputs:
     # What each item *is* (the backend: a hash of task id and image reference), for per-item caches
     # that must not outlive a changed image; None: the keys serve; a None entry: do not cache the item.
     fingerprints: Sequence[str | None] | None = None
+    # Which model produced these inputs (the backend: the served version). A pool-relative strategy
+    # keeps what its last full-pool scoring computed under this name and scores later subsets of the
+    # same model against it (docs/methods.md §0); None: nothing is kept or reused.
+    model_version: str | None = None
 
     def item_ids(self) -> list[str | None]:
         """Per-item cache keys: the fingerprints, else the keys."""
@@ -70,7 +78,7 @@ class ScoringInputs:
     def require(self, need: Need, layers: Sequence[str] = ()) -> Any:
         """The input for ``need``; for FEATURES / SOURCE_FEATURES, check that ``layers`` are there."""
         value = getattr(self, need.value)
-        if need in (Need.FEATURES, Need.SOURCE_FEATURES):
+        if need in (Need.FEATURES, Need.SOURCE_FEATURES, Need.LABELED_FEATURES):
             missing = [name for name in layers if name not in value]
             if missing:
                 raise MissingInputError(f"the scorer did not provide '{need.value}' for layers {missing}")
@@ -78,6 +86,40 @@ class ScoringInputs:
         if value is None:
             raise MissingInputError(f"the scorer did not provide '{need.value}'")
         return value
+
+
+def remember_pool(inputs: ScoringInputs, key: Any, values: torch.Tensor, **reference: Any) -> None:
+    """After a full-pool scoring: keep each item's value and the strategy's ``reference`` (what it
+    needs to value items that were not in the pool) under ``key`` for ``inputs.model_version``."""
+    if inputs.state is None or not inputs.full_pool or inputs.model_version is None:
+        return
+    ids = inputs.item_ids()
+    inputs.state[key] = {"model": inputs.model_version, "reference": reference,
+                         "values": {i: float(v) for i, v in zip(ids, values.tolist()) if i is not None}}
+
+
+def recall_pool(inputs: ScoringInputs, key: Any, name: str) -> dict:
+    """What :func:`remember_pool` kept for this model version; PoolRelativeError when nothing was."""
+    entry = inputs.state.get(key) if inputs.state is not None and inputs.model_version is not None else None
+    if entry is None or entry["model"] != inputs.model_version:
+        raise PoolRelativeError(f"strategy '{name}' values a task relative to the whole pool; no full-pool "
+                                f"scoring of model {inputs.model_version!r} is kept")
+    return entry
+
+
+def values_from_pool(inputs: ScoringInputs, entry: dict, new_items) -> torch.Tensor:
+    """A subset's values: each known item's value from the kept full-pool scoring; items that were
+    not in that pool get ``new_items(indices)`` (computed against the kept reference only)."""
+    ids = inputs.item_ids()
+    known = entry["values"]
+    out = torch.empty(inputs.n, dtype=torch.float64)
+    new = [i for i, f in enumerate(ids) if f is None or f not in known]
+    for i, f in enumerate(ids):
+        if f is not None and f in known:
+            out[i] = known[f]
+    if new:
+        out[new] = new_items(new).to(torch.float64)
+    return out
 
 
 class SourceData(Protocol):
@@ -102,6 +144,11 @@ class Strategy(ABC):
     name: ClassVar[str]
     needs: ClassVar[frozenset[Need]]
     description: ClassVar[str]
+    # True: a task's value is defined relative to the whole pool (a reference sample, a greedy
+    # selection). Such a strategy scores a subset of the pool against what its last full-pool scoring
+    # of the same model kept (ScoringInputs.model_version) and raises PoolRelativeError without it;
+    # False: every value depends on the item alone (and on kept per-project state).
+    pool_relative: ClassVar[bool] = False
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = int(seed)

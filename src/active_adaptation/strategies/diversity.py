@@ -9,8 +9,8 @@ from typing import Sequence
 
 import torch
 
-from .base import Need, ScoringInputs, Strategy
-from .errors import StrategyError
+from .base import Need, ScoringInputs, Strategy, recall_pool, remember_pool, values_from_pool
+from .errors import PoolRelativeError, StrategyError
 from .registry import register
 from .uncertainty import uniform_from_keys
 
@@ -87,14 +87,29 @@ def canonical_order(keys: Sequence[str]) -> torch.Tensor:
 
 def order_to_values(picks: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
     """Acquisition values from a pick order plus a ranking key (larger = earlier) for the rest."""
+    return order_to_values_and_scale(picks, rest)[0]
+
+
+def order_to_values_and_scale(picks: torch.Tensor, rest: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """:func:`order_to_values` and the scale that put the rest in [0, 1] (kept to value new items)."""
     n = rest.shape[0]
     values = torch.zeros(n, dtype=torch.float64)
     r = rest.to(torch.float64)
+    low = float(r.min()) if n else 0.0
     span = float(r.max() - r.min()) if n else 0.0
-    values[:] = (r - r.min()) / span if span > 0 else 0.0  # in [0, 1]
+    values[:] = (r - low) / span if span > 0 else 0.0  # in [0, 1]
     b = picks.shape[0]
     values[picks] = 2.0 + torch.arange(b - 1, -1, -1, dtype=torch.float64)
-    return values
+    return values, {"low": low, "span": span}
+
+
+def rest_values(raw: torch.Tensor, scale: dict) -> torch.Tensor:
+    """Items that were not in the kept pool, on the scale of its rest, behind every greedy pick:
+    clipped to [0, 1.5] (a pick is worth at least 2)."""
+    r = raw.to(torch.float64)
+    if scale["span"] <= 0:
+        return torch.zeros_like(r)
+    return ((r - scale["low"]) / scale["span"]).clamp(0.0, 1.5)
 
 
 def _nearest_sq(x: torch.Tensor, centres: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
@@ -105,7 +120,11 @@ def _nearest_sq(x: torch.Tensor, centres: torch.Tensor, chunk: int = 4096) -> to
 
 
 class BudgetStrategy(Strategy):
-    """A batch method turned into a queue order: ``budget`` greedy picks first (see above)."""
+    """A batch method turned into a queue order: ``budget`` greedy picks first (see above). Its
+    values are relative to the whole pool: a subset is valued from the last full-pool scoring of the
+    same model (kept items keep their value; new items are ranked against the kept picks)."""
+
+    pool_relative = True
 
     def __init__(self, seed: int = 0, budget: int = 256) -> None:
         super().__init__(seed)
@@ -117,14 +136,25 @@ class BudgetStrategy(Strategy):
         return {"seed": self.seed, "budget": self.budget}
 
     def acquisition(self, inputs: ScoringInputs) -> torch.Tensor:
+        key = (self.name, tuple(sorted(self.params().items())))
+        if not inputs.full_pool:
+            entry = recall_pool(inputs, key, self.name)
+            return values_from_pool(inputs, entry, lambda idx: rest_values(
+                self.new_item_rest(inputs, idx, entry["reference"]), entry["reference"]))
         perm = canonical_order(inputs.require(Need.KEYS))
-        values = self.ordered_values(inputs, perm)
+        values, reference = self.ordered_values(inputs, perm)
         out = torch.empty_like(values)
         out[perm] = values
+        remember_pool(inputs, key, out, **reference)
         return out
 
-    def ordered_values(self, inputs: ScoringInputs, perm: torch.Tensor) -> torch.Tensor:
-        """Acquisition values for the pool taken in the order ``perm`` (sorted by task key)."""
+    def ordered_values(self, inputs: ScoringInputs, perm: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """(acquisition values for the pool taken in the order ``perm`` (sorted by task key), what
+        :meth:`new_item_rest` needs: the rest's scale and the picks' reference)."""
+        raise NotImplementedError
+
+    def new_item_rest(self, inputs: ScoringInputs, idx: list[int], reference: dict) -> torch.Tensor:
+        """The rest's ranking key for items ``idx`` that were not in the kept pool."""
         raise NotImplementedError
 
 
@@ -149,7 +179,12 @@ class CoreSetStrategy(BudgetStrategy):
         if labeled is None:
             picks = torch.cat([torch.tensor([first]), picks[picks != first]])[: min(self.budget, h.shape[0])]
         centres = torch.cat([labeled_start, h[picks]]) if picks.numel() else labeled_start
-        return order_to_values(picks, _nearest_sq(h, centres))
+        values, scale = order_to_values_and_scale(picks, _nearest_sq(h, centres))
+        return values, {**scale, "centres": centres}
+
+    def new_item_rest(self, inputs: ScoringInputs, idx: list[int], reference: dict) -> torch.Tensor:
+        h = inputs.require(Need.EMBEDDINGS).to(torch.float64).flatten(1)[idx]
+        return _nearest_sq(h, reference["centres"])
 
 
 @register
@@ -167,7 +202,18 @@ class BadgeStrategy(BudgetStrategy):
         nearest = torch.full((p.shape[0],), torch.inf, dtype=torch.float64)
         for c in picks.tolist():
             nearest = torch.minimum(nearest, badge_distances(a, h, c))
-        return order_to_values(picks, nearest)
+        values, scale = order_to_values_and_scale(picks, nearest)
+        return values, {**scale, "a": a[picks], "h": h[picks]}
+
+    def new_item_rest(self, inputs: ScoringInputs, idx: list[int], reference: dict) -> torch.Tensor:
+        p = inputs.require(Need.PROBS).to(torch.float64)[idx]
+        h = inputs.require(Need.EMBEDDINGS).to(torch.float64).flatten(1)[idx]
+        a = p - torch.nn.functional.one_hot(p.argmax(dim=1), p.shape[1]).to(torch.float64)
+        ac, hc = reference["a"], reference["h"]
+        na = a.pow(2).sum(dim=1) * h.pow(2).sum(dim=1)
+        nc = ac.pow(2).sum(dim=1) * hc.pow(2).sum(dim=1)
+        d = (na[:, None] + nc[None, :] - 2 * (a @ ac.T) * (h @ hc.T)).clamp_min(0)  # ||g_i - g_c||², factorised
+        return d.min(dim=1).values
 
 
 def diverse_queue(values: torch.Tensor, embeddings: torch.Tensor, top: int) -> torch.Tensor:
@@ -228,11 +274,22 @@ class DiverseQueue(Strategy):
     def restore_state(self, state: dict, saved: dict) -> bool:
         return self.inner.restore_state(state, saved)
 
+    @property
+    def pool_relative(self) -> bool:
+        return True  # the re-ordered top depends on the whole pool
+
     def acquisition(self, inputs: ScoringInputs) -> torch.Tensor:
         values = self.inner(inputs)
-        if not inputs.full_pool:
-            return values
-        return diverse_queue(values, inputs.require(Need.EMBEDDINGS), self.top)
+        key = ("queue_diversity", self.top, self.name, tuple(sorted(self.inner.params().items())))
+        if not inputs.full_pool:  # kept items keep their place; new ones get the wrapped strategy's value
+            try:
+                entry = recall_pool(inputs, key, self.name)
+            except PoolRelativeError:
+                return values
+            return values_from_pool(inputs, entry, lambda idx: values[idx])
+        out = diverse_queue(values, inputs.require(Need.EMBEDDINGS), self.top)
+        remember_pool(inputs, key, out)
+        return out
 
     def __getattr__(self, name: str):  # what only the wrapped strategy has (ADMA's landmarks, ...)
         if name == "inner":

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Need, ScoringInputs, Strategy
+from .base import Need, ScoringInputs, Strategy, recall_pool, remember_pool, values_from_pool
 from .registry import register
 from .uncertainty import uniform_from_keys
 
@@ -110,38 +110,84 @@ def emoc_two_layer(a_cand: torch.Tensor, u_cand: torch.Tensor, p_cand: torch.Ten
 @register
 class EMOCStrategy(Strategy):
     name = "emoc"
-    needs = frozenset({Need.PROBS, Need.EMBEDDINGS, Need.KEYS})
+    needs = frozenset({Need.PROBS, Need.EMBEDDINGS, Need.KEYS, Need.LABELED_EMBEDDINGS, Need.LABELED_PROBS})
     description = ("Expected model output change of the last layer (closed form): uncertainty weighted by "
-                   "how much a label would change the outputs on a reference sample of the pool.")
+                   "how much a label would change the outputs on a reference sample of the data.")
+    pool_relative = True  # the reference sample is drawn from the whole pool (and the labeled set)
 
     def __init__(self, seed: int = 0, references: int = 2000, output: str = "prob", label: str = "map",
-                 bias: bool = True, head_layers: int = 1) -> None:
+                 bias: bool = True, head_layers: int = 1, reference_set: str = "all") -> None:
         super().__init__(seed)
         if output not in ("prob", "logit") or label not in ("map", "marginal") or references < 1:
             raise TypeError("output must be prob|logit, label map|marginal, references >= 1")
         if head_layers not in (1, 2) or (head_layers == 2 and (output != "prob" or not bias)):
             raise TypeError("head_layers must be 1 or 2 (2: the two-layer closed form, softmax output with bias)")
+        if reference_set not in ("all", "unlabeled"):
+            raise TypeError("reference_set must be all (labeled and unlabeled, the paper) or unlabeled")
         self.references, self.output, self.label, self.bias = int(references), output, label, bool(bias)
-        self.head_layers = int(head_layers)
-        self.needs = frozenset(type(self).needs | ({Need.FEATURES, Need.HEAD_WEIGHT} if head_layers == 2 else set()))
+        self.head_layers, self.reference_set = int(head_layers), reference_set
+        extra = {Need.FEATURES, Need.HEAD_WEIGHT} if head_layers == 2 else set()
+        if head_layers == 2 and reference_set == "all":
+            extra.add(Need.LABELED_FEATURES)
+        self.needs = frozenset(type(self).needs | extra)
 
     def params(self) -> dict:
         return {"seed": self.seed, "references": self.references, "output": self.output, "label": self.label,
-                "bias": self.bias, "head_layers": self.head_layers}
+                "bias": self.bias, "head_layers": self.head_layers, "reference_set": self.reference_set}
 
     def layers(self) -> tuple[str, ...]:
         # the input of the penultimate Linear and its pre-activation (roles of each backbone)
         return ("HEAD_IN", "HEAD_PRE") if self.head_layers == 2 else ()
 
-    def acquisition(self, inputs: ScoringInputs) -> torch.Tensor:
-        h, p = inputs.require(Need.EMBEDDINGS), inputs.require(Need.PROBS)
-        keys = [str(k) for k in inputs.require(Need.KEYS)]
-        # a seeded reference sample chosen by key, so that it does not depend on the pool's order
-        draw = uniform_from_keys(keys, self.seed + 7919)
-        ref = torch.argsort(draw)[: self.references]
+    def _candidates(self, inputs: ScoringInputs) -> dict:
+        out = {"h": inputs.require(Need.EMBEDDINGS), "p": inputs.require(Need.PROBS)}
         if self.head_layers == 2:
             feats = inputs.require(Need.FEATURES, self.layers())
-            a, u = feats["HEAD_IN"].flatten(1), feats["HEAD_PRE"].flatten(1)
-            weight = inputs.require(Need.HEAD_WEIGHT)
-            return emoc_two_layer(a, u, p, a[ref], u[ref], p[ref], weight, self.label)
-        return emoc_last_layer(h, p, h[ref], p[ref], self.output, self.label, self.bias)
+            out.update(a=feats["HEAD_IN"].flatten(1), u=feats["HEAD_PRE"].flatten(1))
+        return out
+
+    def _reference(self, inputs: ScoringInputs, cand: dict) -> dict:
+        """The reference sample (docs/methods.md §2.2): ``references`` items drawn uniformly from the
+        unlabeled pool and the labeled set, redrawn every round; unlabeled items are drawn by a hash
+        of their key, so the sample does not depend on the pool's order."""
+        keys = [str(k) for k in inputs.require(Need.KEYS)]
+        draw = uniform_from_keys(keys, self.seed + 7919 + 1_000_003 * inputs.round)
+        parts = {k: [v] for k, v in cand.items()}
+        n_l = 0
+        if self.reference_set == "all" and inputs.labeled_embeddings is not None and inputs.labeled_embeddings.shape[0]:
+            n_l = inputs.labeled_embeddings.shape[0]
+            parts["h"].append(inputs.labeled_embeddings)
+            parts["p"].append(inputs.require(Need.LABELED_PROBS))
+            if self.head_layers == 2:
+                feats = inputs.require(Need.LABELED_FEATURES, self.layers())
+                parts["a"].append(feats["HEAD_IN"].flatten(1))
+                parts["u"].append(feats["HEAD_PRE"].flatten(1))
+            g = torch.Generator().manual_seed(self.seed * 7907 + inputs.round)
+            draw = torch.cat([draw, torch.rand(n_l, generator=g, dtype=torch.float64)])
+        pick = torch.argsort(draw, stable=True)[: self.references]
+        ref = {k: torch.cat([t.to(torch.float64) for t in v])[pick] for k, v in parts.items()}
+        ref["labeled"] = int((pick >= len(keys)).sum())
+        return ref
+
+    def _values(self, cand: dict, ref: dict, weight: torch.Tensor | None) -> torch.Tensor:
+        if self.head_layers == 2:
+            return emoc_two_layer(cand["a"], cand["u"], cand["p"], ref["a"], ref["u"], ref["p"], weight, self.label)
+        return emoc_last_layer(cand["h"], cand["p"], ref["h"], ref["p"], self.output, self.label, self.bias)
+
+    def acquisition(self, inputs: ScoringInputs) -> torch.Tensor:
+        cand = self._candidates(inputs)
+        weight = inputs.require(Need.HEAD_WEIGHT) if self.head_layers == 2 else None
+        key = ("emoc", tuple(sorted(self.params().items())))
+        if not inputs.full_pool:  # a request's tasks: against the reference of the last full-pool scoring
+            entry = recall_pool(inputs, key, self.name)
+            ref = entry["reference"]
+            return values_from_pool(inputs, entry, lambda idx: self._values(
+                {k: v[idx] for k, v in cand.items()}, ref, ref.get("weight")))
+        ref = self._reference(inputs, cand)
+        values = self._values(cand, ref, weight)
+        self._info = {"references": int(ref["h"].shape[0]), "labeled_references": ref["labeled"]}
+        remember_pool(inputs, key, values, **ref, **({"weight": weight.to(torch.float64)} if weight is not None else {}))
+        return values
+
+    def info(self) -> dict:
+        return dict(getattr(self, "_info", {}))

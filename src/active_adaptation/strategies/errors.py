@@ -11,3 +11,9 @@ class UnknownStrategyError(StrategyError, ValueError):
 
 class MissingInputError(StrategyError):
     """The scorer did not provide an input that the strategy declared."""
+
+
+class PoolRelativeError(StrategyError):
+    """A subset of the pool cannot be scored on its own: the strategy's values are defined relative to
+    the whole pool (a reference sample, a greedy selection) and no full-pool scoring of this model
+    version has been kept. The scorer gives such tasks a neutral queue rank, never the top."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from .base import Need, ScoringInputs
-from .diversity import BudgetStrategy, order_to_values
+from .diversity import BudgetStrategy, order_to_values_and_scale
 from .registry import register
 
 
@@ -141,4 +141,9 @@ class MMDStrategy(BudgetStrategy):
         self._info = {"source": mode, "source_size": int(source.shape[0]), "exact": n <= self.exact_limit}
         # the rest: by how target-specific they are (low mean kernel to the source sample)
         rest = -_gauss(pool, source.to(torch.float64), bw).mean(dim=1)
-        return order_to_values(picks, rest)
+        values, scale = order_to_values_and_scale(picks, rest)
+        return values, {**scale, "source": source.to(torch.float64), "bandwidth": bw}
+
+    def new_item_rest(self, inputs: ScoringInputs, idx: list[int], reference: dict) -> torch.Tensor:
+        pool = inputs.require(Need.SOURCE_FEATURES, ("B",))["B"].flatten(1).to(torch.float64)[idx]
+        return -_gauss(pool, reference["source"], reference["bandwidth"]).mean(dim=1)
