@@ -2,6 +2,8 @@
 project API (the real one is exercised end to end in tests/integration)."""
 import base64
 
+import torch
+
 from active_adaptation.backend import jobs
 from active_adaptation.backend.label_config import parse_label_config
 from active_adaptation.backend.service import Backend
@@ -58,5 +60,28 @@ def test_a_round_needs_enough_changed_labels_unless_forced(tmp_path, digits64):
         assert sorted(p["task"] for p in api.imported) == list(range(3, 21))  # the unlabeled pool
         jobs.run_round(ctx, force=False)  # nothing changed since: no round
         assert ctx.state.round == 1
+    finally:
+        backend.close()
+
+
+def test_data_dropout_looks_at_the_head_trained_on_the_new_labels(tmp_path, digits64, monkeypatch):
+    from active_adaptation.core import review
+
+    backend, ctx, api = context(tmp_path, digits64, labeled=12, TRAIN_DROP_HARMFUL="true", TRAIN_MIN_NEW_LABELS="1")
+    seen = []
+    real = review.drop_harmful
+
+    def spy(model, examples, *args, **kwargs):
+        seen.append(model.head.weight.detach().clone())
+        kept, dropped = real(model, examples, *args, **kwargs)
+        return kept[2:], dropped + [{"task": e.key, "label": "x", "psi": 1.0} for e in kept[:2]]  # drop two more
+
+    monkeypatch.setattr(review, "drop_harmful", spy)
+    try:
+        served = backend.projects.model(ctx.state).head.weight.detach().clone()
+        jobs.run_round(ctx, force=False)
+        assert len(seen) == 1 and not torch.equal(seen[0], served)  # ψ on the trained head, not the served one
+        assert ctx.state.round == 1 and len(ctx.state.labels_used) <= 10  # trained again without the dropped
+        assert len(ctx.status.info["dropped_by_influence"]) >= 2
     finally:
         backend.close()

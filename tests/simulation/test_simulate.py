@@ -148,3 +148,10 @@ def test_live_mode_through_label_studio_and_the_backend(label_studio, tmp_path):
     # the backend trained one round per batch and the project follows its newest version
     project = max(p["id"] for p in label_studio.api("GET", "/api/projects")["results"])
     assert "-t3-" in label_studio.api("GET", f"/api/projects/{project}")["model_version"]
+
+
+def test_holm_adjustment_matches_its_definition():
+    from active_adaptation.simulation.report import holm
+
+    assert holm([0.01, 0.04, 0.03, float("nan")])[:3] == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])

@@ -145,17 +145,20 @@ def train(ctx: JobContext, labeled: dict[str, str], by_id: dict[str, dict], roun
     """Fine-tune a copy of the served model on ``labeled``; returns (model, examples, metrics, dropped)."""
     state, s = ctx.state, ctx.settings
     with state.lock:
-        model = ctx.projects.model(state).clone()
-    model.set_labels(state.config.labels)
-    examples = examples_for(ctx, model, [by_id[k] for k in sorted(labeled, key=int)], labeled, state.labels_used)
+        served = ctx.projects.model(state).clone()
+    served.set_labels(state.config.labels)
+    examples = examples_for(ctx, served, [by_id[k] for k in sorted(labeled, key=int)], labeled, state.labels_used)
     if not examples:
         raise RuntimeError("none of the labeled tasks has a usable image")
+    model = served.clone()
+    metrics = fine_tune(model, examples, s.train_config(seed=s.seed + round_))
     dropped: list[dict] = []
-    if s.train_drop_harmful:
-        examples, dropped = review.drop_harmful(model, examples, s.train_weight_decay, s.seed, s.batch_size)
+    if s.train_drop_harmful:  # data dropout on the head trained on the new labels, then train without them
+        kept, dropped = review.drop_harmful(model, examples, s.train_weight_decay, s.seed, s.batch_size)
         if dropped:
             log.info("project %s: influence-based dropout leaves out %d labels", state.key, len(dropped))
-    metrics = fine_tune(model, examples, s.train_config(seed=s.seed + round_))
+            examples, model = kept, served
+            metrics = fine_tune(model, examples, s.train_config(seed=s.seed + round_))
     return model, examples, metrics, dropped
 
 

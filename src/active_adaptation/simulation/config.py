@@ -43,10 +43,13 @@ class SimConfig:
     train_batch: int = 32
     new_fraction: float = 0.1
     sets: int = 200  # candidate sets per step (digits-novel)
+    label_noise: float = 0.0  # share of the oracle's answers flipped to another class (fixed per seed and item)
+    drop_harmful: str = "off"  # off | on | compare: influence-based data dropout (TRAIN_DROP_HARMFUL)
     progress: bool = True
     # set for each run by the runner
     m0: str | None = None  # the weights every run starts from (pretrain_source's result)
     queue: str = "off"  # this run's queue order (one of queue_diversity's variants)
+    dropout: bool = False  # this run's data dropout (one of drop_harmful's variants)
     threads: int = 1  # torch threads per run
 
     @property
@@ -59,7 +62,7 @@ class SimConfig:
     def public(self) -> dict:
         """What results.json records: everything but the run-time details."""
         out = dataclasses.asdict(self)
-        for key in ("progress", "threads", "queue"):
+        for key in ("progress", "threads", "queue", "dropout"):
             out.pop(key)
         out["strategies"], out["seeds"] = list(self.strategies), list(self.seeds)
         return out
@@ -121,6 +124,11 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
                    help="the backend's QUEUE_DIVERSITY: re-order the top --queue-diversity-top candidates by "
                         "k-center greedy before a round's labels are taken; 'compare' runs every strategy both ways")
     p.add_argument("--queue-diversity-top", type=int, default=100, help="candidates re-ordered (QUEUE_DIVERSITY_TOP)")
+    p.add_argument("--label-noise", type=float, default=0.0,
+                   help="share of the oracle's answers flipped to another class (0-0.9; the test set stays clean)")
+    p.add_argument("--drop-harmful", choices=("off", "on", "compare"), default="off",
+                   help="the backend's TRAIN_DROP_HARMFUL: influence-based data dropout after each round's training; "
+                        "'compare' runs every strategy both ways")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -135,6 +143,10 @@ def _check_dataset(args, parser) -> str:
         parser.error("--source only goes with --dataset imagefolder:PATH")
     if args.queue_diversity != "off" and track == "digits-novel":
         parser.error("--queue-diversity re-orders a per-instance queue; digits-novel selects whole sets")
+    if not 0.0 <= args.label_noise <= 0.9:
+        parser.error("--label-noise must be between 0 and 0.9")
+    if args.drop_harmful != "off" and track == "digits-novel":
+        parser.error("--drop-harmful goes with the per-instance tracks")
     if args.queue_diversity_top < 2:
         parser.error("--queue-diversity-top must be at least 2")
     if args.live:
@@ -186,7 +198,8 @@ def config_from_args(args, parser) -> SimConfig:
         dataset=args.dataset, source=args.source, strategies=specs, seeds=seeds, backbone=args.backbone,
         weights=args.weights, device=args.device, cache=args.cache, workers=max(1, args.workers),
         progress=not args.no_progress, live=args.live, queue_diversity=args.queue_diversity,
-        queue_diversity_top=args.queue_diversity_top, **budget, **(NOVEL_TRAINING if track == "digits-novel" else {}))
+        queue_diversity_top=args.queue_diversity_top, label_noise=args.label_noise, drop_harmful=args.drop_harmful,
+        **budget, **(NOVEL_TRAINING if track == "digits-novel" else {}))
 
 
 def parse_args(argv=None, description: str = "") -> tuple[SimConfig, argparse.Namespace]:

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from active_adaptation import strategies
+from active_adaptation.core import review
 from active_adaptation.core.backbones import resolve_device
 from active_adaptation.core.model import AdaptedModel
 from active_adaptation.core.scoring import forward_batches, score_pool
@@ -44,18 +45,59 @@ def evaluate(model: AdaptedModel, z_test: torch.Tensor, y_test: torch.Tensor) ->
     return acc, float(roc_auc_score(y_test.numpy(), p if c > 2 else p[:, 1], multi_class="ovr", labels=list(range(c))))
 
 
-def step(model, z, y, labeled: list[int], new, test, cfg: SimConfig, seed: int, round_: int, score_s: float) -> dict:
-    """Train on the labels so far (``new`` = this round's), evaluate, and report the round."""
+def noisy_labels(y: torch.Tensor, classes: int, rate: float, seed: int) -> torch.Tensor:
+    """What a noisy oracle answers: each item's label flipped, with probability ``rate``, to another
+    class drawn uniformly (fixed per seed and item, the same for every strategy)."""
+    if rate <= 0:
+        return y
+    g = torch.Generator().manual_seed(seed * 7919 + 17)
+    flip = torch.rand(len(y), generator=g) < rate
+    shift = torch.randint(1, classes, (len(y),), generator=g)
+    return torch.where(flip, (y + shift) % classes, y)
+
+
+def _fit(model, z, y_train, labeled, new, cfg: SimConfig, seed: int, round_: int) -> tuple[float, dict]:
+    """Train on the labels so far; with data dropout, compute ψ on the trained head, leave out the
+    harmful labels and train again from the same start (what the backend's round does)."""
     new = set(new)
-    examples = [Example(f"{i:06d}", int(y[i]), i in new, trunk=z[i]) for i in labeled]
+    examples = [Example(f"{i:06d}", int(y_train[i]), i in new, trunk=z[i]) for i in labeled]
     config = TrainConfig(steps=cfg.steps, lr=cfg.lr, weight_decay=5e-4, batch_size=cfg.train_batch,
                          new_fraction=cfg.new_fraction, seed=seed * 1000 + round_, optimizer=cfg.optimizer)
     started = time.perf_counter()
+    start = model.clone() if cfg.dropout else None
     fine_tune(model, examples, config)
-    train_s = time.perf_counter() - started
+    dropped: list[dict] = []
+    if cfg.dropout:
+        kept, dropped = review.drop_harmful(model, examples, config.weight_decay, seed, BATCH)
+        if dropped:
+            model.load_target_state(start.target.state_dict(), start.labels, start.active)
+            fine_tune(model, kept, config)
+    return time.perf_counter() - started, {"dropped": [int(d["task"]) for d in dropped], "examples": examples}
+
+
+def _noise_report(model, fitted: dict, noisy: set[int]) -> dict:
+    """How well data dropout and the review list find the labels the oracle got wrong."""
+    dropped = set(fitted["dropped"])
+    out = {"noisy_labels": len(noisy), "dropped": len(dropped), "dropped_noisy": len(dropped & noisy)}
+    if noisy:
+        k = len(noisy)
+        ranked = review.review(model, fitted["examples"], "loss", k, 5e-4, 0, BATCH)
+        out["review_precision_at_noisy"] = sum(int(r["task"]) in noisy for r in ranked) / k
+    return out
+
+
+def step(model, z, y, labeled: list[int], new, test, cfg: SimConfig, seed: int, round_: int, score_s: float,
+         y_train: torch.Tensor | None = None) -> dict:
+    """Train on the labels so far (``new`` = this round's; ``y_train``: what the oracle answered),
+    evaluate on the true test labels, and report the round."""
+    y_train = y if y_train is None else y_train
+    train_s, fitted = _fit(model, z, y_train, labeled, new, cfg, seed, round_)
     acc, auc = evaluate(model, z[test], y[test])
-    return {"labels": len(labeled), "accuracy": acc, "auc": auc, "classes_discovered": len(set(y[labeled].tolist())),
-            "score_seconds": score_s, "train_seconds": train_s}
+    row = {"labels": len(labeled), "accuracy": acc, "auc": auc, "classes_discovered": len(set(y[labeled].tolist())),
+           "score_seconds": score_s, "train_seconds": train_s}
+    if cfg.label_noise > 0 or cfg.dropout:
+        row.update(_noise_report(model, fitted, {i for i in labeled if int(y_train[i]) != int(y[i])}))
+    return row
 
 
 def prepare_strategy(strategy, cfg: SimConfig, model: AdaptedModel, ds) -> None:
@@ -70,8 +112,9 @@ def prepare_strategy(strategy, cfg: SimConfig, model: AdaptedModel, ds) -> None:
 
 
 def run_name(spec: str, cfg: SimConfig) -> str:
-    """A run's name in the results: the strategy spec, plus the queue order when it is not plain."""
-    return spec if cfg.queue == "off" else f"{spec} +queue={cfg.queue}@{cfg.queue_diversity_top}"
+    """A run's name in the results: the strategy spec, plus the queue order and data dropout when on."""
+    name = spec if cfg.queue == "off" else f"{spec} +queue={cfg.queue}@{cfg.queue_diversity_top}"
+    return name + " +dropout" if cfg.dropout else name
 
 
 def jsonable(obj):
@@ -103,11 +146,12 @@ def run_al(cfg: SimConfig, spec: str, seed: int, progress=None) -> dict:
     prepare_strategy(strategy, cfg, model, ds)
     strategy = strategies.with_queue_diversity(strategy, cfg.queue, cfg.queue_diversity_top)
     y = ds.target.y
+    y_oracle = noisy_labels(y, len(ds.target.classes), cfg.label_noise, seed)
     pool, test = split_pool(len(y), seed)
     if (error := cfg.budget_error(len(pool))) is not None:
         raise ValueError(error)
     labeled = initial_labels(pool, seed, cfg.initial)
-    rounds = [step(model, z, y, labeled, labeled, test, cfg, seed, 0, 0.0)]
+    rounds = [step(model, z, y, labeled, labeled, test, cfg, seed, 0, 0.0, y_oracle)]
     state: dict = {}
     for r in range(1, cfg.rounds + 1):
         started = time.perf_counter()
@@ -119,7 +163,7 @@ def run_al(cfg: SimConfig, spec: str, seed: int, progress=None) -> dict:
                             batch_size=BATCH).values
         new = [unlabeled[int(i)] for i in torch.argsort(values, descending=True, stable=True)[: cfg.batch]]
         labeled += new
-        rounds.append(step(model, z, y, labeled, new, test, cfg, seed, r, time.perf_counter() - started))
+        rounds.append(step(model, z, y, labeled, new, test, cfg, seed, r, time.perf_counter() - started, y_oracle))
         rounds[-1]["selected"] = new  # dataset indices, in the order they were taken
         if progress is not None:
             progress(1)

@@ -59,6 +59,16 @@ def _wilcoxon(diffs: np.ndarray) -> float:
     return float(stats.wilcoxon(diffs).pvalue)
 
 
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm's step-down adjustment of p-values for the number of comparisons (NaN stays NaN)."""
+    finite = sorted((p, i) for i, p in enumerate(pvalues) if not math.isnan(p))
+    m, out, running = len(finite), [math.nan] * len(pvalues), 0.0
+    for rank, (p, i) in enumerate(finite):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
+    return out
+
+
 def curves(results: dict) -> dict[str, dict]:
     """Per strategy: labels axis and an (seeds, rounds) accuracy matrix, in seed order."""
     out: dict[str, dict] = {}
@@ -75,7 +85,8 @@ def curves(results: dict) -> dict[str, dict]:
 
 def summarise(results: dict, baseline: str = "random") -> list[dict]:
     """ALC (mean accuracy over rounds 1..T), final accuracy, labels to reach the baseline's final
-    accuracy, and paired differences to the baseline (95% t-interval, Wilcoxon signed-rank p)."""
+    accuracy, and paired differences to the baseline (95% t-interval, Wilcoxon signed-rank p, and p
+    Holm-corrected for the number of strategies compared)."""
     data = curves(results)
     base = data.get(baseline)
     rows = []
@@ -109,6 +120,10 @@ def summarise(results: dict, baseline: str = "random") -> list[dict]:
             row["time_score"] = float(np.mean([t[0] for t in times]))
             row["time_train"] = float(np.mean([t[1] for t in times]))
         rows.append(row)
+    for key in ("d_alc_p", "d_final_p"):  # corrected for the number of strategies compared with the baseline
+        compared = [r for r in rows if key in r]
+        for r, adjusted in zip(compared, holm([r[key] for r in compared])):
+            r[key + "_holm"] = adjusted
     rows.sort(key=lambda r: -r["alc"])
     return rows
 
@@ -126,11 +141,12 @@ def summary_markdown(results: dict, baseline: str = "random") -> str:
         f"backbone `{cfg['backbone']}`, weights `{cfg.get('weights')}`, seed set {cfg['initial']}, "
         f"{cfg['rounds']} rounds × {cfg['batch']}, {len(results['seeds'])} seeds, device {cfg.get('device')}.",
         "ALC = mean test accuracy over rounds 1..T. Δ = paired difference to "
-        f"`{baseline}` (same seeds), mean [95% t-interval], p = Wilcoxon signed-rank.",
+        f"`{baseline}` (same seeds), mean [95% t-interval], p = Wilcoxon signed-rank, p (Holm) = p corrected "
+        "for the number of strategies compared with the baseline.",
         "",
-        "| strategy | seeds | ALC | Δ ALC [95% CI] | p | final acc | Δ final [95% CI] | p | labels to reach "
-        f"{baseline}'s final | classes found | score s/round | train s/round |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| strategy | seeds | ALC | Δ ALC [95% CI] | p | p (Holm) | final acc | Δ final [95% CI] | p | p (Holm) | "
+        f"labels to reach {baseline}'s final | classes found | score s/round | train s/round |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         d_alc = (f"{r['d_alc']:+.3f} [{r['d_alc_lo']:+.3f}, {r['d_alc_hi']:+.3f}]" if "d_alc" in r
@@ -140,7 +156,8 @@ def summary_markdown(results: dict, baseline: str = "random") -> str:
         reach = r.get("labels_to_baseline_final", "—")
         lines.append(
             f"| `{r['strategy']}` | {r['seeds']} | {r['alc']:.3f} | {d_alc} | {_fmt(r.get('d_alc_p'))} | "
-            f"{r['final']:.3f} | {d_fin} | {_fmt(r.get('d_final_p'))} | "
+            f"{_fmt(r.get('d_alc_p_holm'))} | {r['final']:.3f} | {d_fin} | {_fmt(r.get('d_final_p'))} | "
+            f"{_fmt(r.get('d_final_p_holm'))} | "
             f"{reach if reach is not None else 'not reached'} | {r['discovered_final']:.1f} | "
             f"{_fmt(r['time_score'])} | {_fmt(r['time_train'])} |")
     return "\n".join(lines) + "\n"

@@ -86,7 +86,9 @@ def simulate(cfg: SimConfig) -> dict:
     cfg = cfg.replace(m0=pretrain_source(cfg),
                       threads=1 if cfg.workers > 1 else max(1, torch.get_num_threads()))  # per run
     queues = ("off", "coreset") if cfg.queue_diversity == "compare" else (cfg.queue_diversity,)
-    jobs = [(cfg.replace(queue=q), spec, seed) for seed in cfg.seeds for spec in cfg.strategies for q in queues]
+    dropouts = (False, True) if cfg.drop_harmful == "compare" else (cfg.drop_harmful == "on",)
+    jobs = [(cfg.replace(queue=q, dropout=d), spec, seed) for seed in cfg.seeds for spec in cfg.strategies
+            for q in queues for d in dropouts]
     started = time.perf_counter()
     with tqdm(total=len(jobs) * cfg.rounds, desc=f"{cfg.dataset}: rounds", unit="round", disable=not cfg.progress) as bar:
         if cfg.live:

@@ -107,10 +107,63 @@ class HeadInfluence:
         return -(self.grads(h, y) * s).sum(dim=(1, 2))
 
 
+def fit_head(h: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, weight_decay: float,
+             iterations: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
+    """The minimiser of J(θ) above on (h, y) (multinomial logistic regression with L2 on [W b]),
+    by L-BFGS in float64 from (``weight``, ``bias``); returns (W, b)."""
+    ha, yl = _aug(h), y.long()
+    w_aug = _head(weight, bias, ha.device).clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([w_aug], lr=1.0, max_iter=iterations, tolerance_grad=1e-10, tolerance_change=1e-14,
+                            history_size=20, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(ha @ w_aug.T, yl) + 0.5 * weight_decay * w_aug.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    w_aug = w_aug.detach()
+    return w_aug[:, :-1], w_aug[:, -1]
+
+
+def cross_fitted_psi(h: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                     weight_decay: float, folds: int = 5, seed: int = 0) -> torch.Tensor:
+    """ψ by cross-fitting (docs/methods.md §6.2): for each fold f, a head is fit without f and ψ of
+    every item it was fit on is taken on f as the validation set; an item's ψ is the mean over the
+    folds that do not hold it. No item is ever in its own validation set, and no validation item
+    was seen by the head, so ψ carries no self-influence."""
+    n = h.shape[0]
+    folds = max(2, min(folds, n))
+    assign = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) % folds
+    total = torch.zeros(n, dtype=torch.float64)
+    count = torch.zeros(n, dtype=torch.float64)
+    for f in range(folds):
+        held = assign == f
+        train = ~held
+        if not held.any() or int(train.sum()) < 2:
+            continue
+        w, b = fit_head(h[train], y[train], weight, bias, weight_decay)
+        inf = HeadInfluence.fit(h[train], y[train], w, b, weight_decay)
+        total[train] += inf.psi(h[train], y[train], h[held], y[held])
+        count[train] += 1
+    return total / count.clamp_min(1)
+
+
 def review_annotations(h: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                        weight_decay: float, folds: int = 5, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Per labeled example: training loss -log p_y, p_y, self-influence and ψ from K-fold validation
-    over the labeled set (ψ_i uses the validation gradients of the folds that do not hold i)."""
+    """Per labeled example: training loss -log p_y, p_y, self-influence under the trained head and
+    ψ by cross-fitting (:func:`cross_fitted_psi`)."""
+    inf = HeadInfluence.fit(h, y, weight, bias, weight_decay)
+    psi = cross_fitted_psi(h, y, weight, bias, weight_decay, folds, seed)
+    return {**label_loss(h, y, weight, bias), "self_influence": inf.self_influence(h, y), "psi": psi}
+
+
+def in_fold_psi(h: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, weight_decay: float,
+                folds: int = 5, seed: int = 0) -> torch.Tensor:
+    """The earlier K-fold ψ, kept for comparison (benchmarks, tests): one head fit on everything, the
+    other folds as validation. Its validation items were trained on, so near the optimum ψ_i carries
+    item i's own self-influence (always >= 0) and flags too many items."""
     inf = HeadInfluence.fit(h, y, weight, bias, weight_decay)
     n = h.shape[0]
     folds = max(2, min(folds, n))
@@ -121,6 +174,6 @@ def review_annotations(h: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, b
         inside = assign == f
         if inside.all() or not inside.any():
             continue
-        s = inf.solve(grads[~inside].sum(dim=0))  # validation = the other folds
+        s = inf.solve(grads[~inside].sum(dim=0))
         psi[inside] = -(grads[inside] * s).sum(dim=(1, 2))
-    return {**label_loss(h, y, weight, bias), "self_influence": inf.self_influence(h, y, grads), "psi": psi}
+    return psi
