@@ -68,7 +68,7 @@ def test_restart_serves_the_last_complete_version(tmp_path, digits64):
     again.close()
 
 
-@pytest.mark.parametrize("spec", ["adma", "adma:landmarks=kmeans:kmeans=4", "aift:views=4", "coreset:budget=8",
+@pytest.mark.parametrize("spec", ["adma", "adma:landmarks=kmeans:kmeans=4", "adma:consistent=true", "aift:views=4", "coreset:budget=8",
                                   "badge:budget=8", "mmd:budget=8", "emoc:references=16", "emoc:head_layers=2"])
 def test_every_kind_of_strategy_scores_a_pool_through_the_service(tmp_path, digits64, spec):
     service = service_for(tmp_path, STRATEGY=spec, QUEUE_DIVERSITY="coreset", QUEUE_DIVERSITY_TOP="5")
@@ -116,6 +116,9 @@ def test_adma_reference_folder_and_landmark_file(tmp_path, digits64):
     service.close()
     with pytest.raises(Exception, match="was made for"):
         service_for(tmp_path / "m3", STRATEGY=f"adma:landmarks={out}", BACKBONE="alexnet")
+    # the same backbone and weights *name* ("none"), other weights (another seed): the hash tells them apart
+    with pytest.raises(Exception, match="the weights differ"):
+        service_for(tmp_path / "m4", STRATEGY=f"adma:landmarks={out}", SEED="1")
 
 
 def test_adma_landmarks_from_the_pool_survive_a_restart(tmp_path, digits64, caplog):

@@ -10,7 +10,7 @@ from tests.unit.test_strategies import _inputs, _map
 
 SPECS = [*(s for s in strategies.available() if s not in ("coreset", "badge", "mmd", "emoc")),
          "coreset:budget=6", "badge:budget=6", "mmd:budget=6", "emoc:references=12",
-         "emoc:references=12:reference_set=unlabeled", "emoc:label=marginal:output=logit"]
+         "emoc:references=12:reference_set=unlabeled", "emoc:label=marginal:output=logit", "adma:consistent=true"]
 
 
 def with_state(inputs: ScoringInputs, idx, state, version, full_pool) -> ScoringInputs:

@@ -33,7 +33,7 @@ def landmarks_for_folder(base: LoadedBackbone, folder: Path, device: torch.devic
     files, labels, classes = image_folder_files(folder)
     if len(files) < 2:
         raise StrategyError(f"ADMA reference folder {folder}: needs at least 2 images, found {len(files)}")
-    digest = hashlib.sha1(json.dumps([base.spec.name, base.weights, list(roles), per_class, seed, aligned,
+    digest = hashlib.sha1(json.dumps([base.spec.name, base.digest, list(roles), per_class, seed, aligned,
                                       [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]]).encode())
     cache = cache_dir / f"folder-{digest.hexdigest()[:16]}.pt"
     if cache.is_file():
@@ -47,7 +47,8 @@ def landmarks_for_folder(base: LoadedBackbone, folder: Path, device: torch.devic
                                per_class, seed=seed, mode="folder")
     if not (aligned and classes):
         lm.classes = None  # subfolder order is not known to be the source head's: alpha by distance
-    lm.meta = {"backbone": base.spec.name, "weights": base.weights, "folder": str(folder), "images": len(files)}
+    lm.meta = {"backbone": base.spec.name, "weights": base.weights, "weights_sha256": base.digest, "folder": str(folder),
+               "images": len(files)}
     lm.save(cache)
     log.info("ADMA: %d landmarks from reference folder %s (%d images, %d classes)", lm.k, folder, len(files),
              len(classes))
@@ -56,10 +57,12 @@ def landmarks_for_folder(base: LoadedBackbone, folder: Path, device: torch.devic
 
 def check_landmark_file(path: Path, base: LoadedBackbone) -> Landmarks:
     lm = Landmarks.load(path)
-    want = {"backbone": base.spec.name, "weights": base.weights}
-    got = {k: lm.meta.get(k) for k in want}
-    if got != want:
-        raise StrategyError(f"ADMA landmark file {path} was made for {got}, this backend runs {want}")
+    if lm.meta.get("backbone") != base.spec.name or lm.meta.get("weights_sha256") != base.digest:
+        made = {"backbone": lm.meta.get("backbone"), "weights": lm.meta.get("weights")}
+        reason = ("it names no weights hash: remake it with python -m active_adaptation.backend.make_landmarks"
+                  if "weights_sha256" not in lm.meta else "the weights differ (SHA-256)")
+        raise StrategyError(f"ADMA landmark file {path} was made for {made}, this backend runs "
+                            f"{{'backbone': {base.spec.name!r}, 'weights': {base.weights!r}}}: {reason}")
     lm.mode = "file"
     return lm
 

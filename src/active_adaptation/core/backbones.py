@@ -7,6 +7,7 @@ counting weight layers in forward order) and how to preprocess images.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -186,6 +187,13 @@ register_backbone(BackboneSpec(
     # A = the conv block feeding fc1, B = fc2 after its ReLU; conv1 (A2) is frozen, inside the trunk
     roles=(("A", "features.6"), ("B", "classifier.4"), ("HEAD_IN", "classifier.2"), ("HEAD_PRE", "classifier.3")),
 ))
+register_backbone(BackboneSpec(
+    "smallcnn-unfrozen", SmallCNN, head="classifier.5",
+    frozen=(),  # every layer trains (the EMOC paper's setting for a network that starts from random weights)
+    preprocess=Preprocess(32, 32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    source_classes=10, trunk=_features_split(0)[0], rest=_features_split(0)[1],
+    roles=(("A", "features.6"), ("B", "classifier.4"), ("HEAD_IN", "classifier.2"), ("HEAD_PRE", "classifier.3")),
+))
 
 
 def resolve_device(setting: str) -> torch.device:
@@ -211,6 +219,19 @@ class LoadedBackbone:
     preprocess: Preprocess
     source_categories: list[str] | None
     lock: threading.Lock = field(default_factory=threading.Lock)  # M0 is shared: one hooked pass at a time
+    _digest: str | None = field(default=None, repr=False)
+
+    @property
+    def digest(self) -> str:
+        """SHA-256 of M0's weights (names, shapes and values): what a landmark file is checked against."""
+        if self._digest is None:
+            h = hashlib.sha256()
+            for name, tensor in sorted(self.model.state_dict().items()):
+                t = tensor.detach().cpu().contiguous()
+                h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            self._digest = h.hexdigest()
+        return self._digest
 
 
 def load_backbone(name: str, weights: str, seed: int = 0) -> LoadedBackbone:

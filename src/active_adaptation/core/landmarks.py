@@ -54,5 +54,11 @@ class ImageSource:
     def activations(self, roles: Sequence[str], limit: int | None = None) -> dict[str, torch.Tensor]:
         return source_activations(self.model, self.images[:limit], tuple(roles))
 
+    @torch.no_grad()
+    def current_activations(self, roles: Sequence[str], items: Sequence[int]) -> dict[str, torch.Tensor]:
+        """The model as it is now (the adapted one, M_t) at ``roles`` for source images ``items``."""
+        out = self.model.forward(self.images[list(items)], {Need.FEATURES}, tuple(roles))["features"]
+        return {k: v.flatten(1).float() for k, v in out.items()}
+
     def landmarks(self, roles: Sequence[str], per_class: int) -> Landmarks:
         return landmarks_from_images(self.model, self.images, self.labels, roles, per_class=per_class, seed=self.seed)

@@ -165,6 +165,8 @@ def run_al(cfg: SimConfig, spec: str, seed: int, progress=None) -> dict:
         labeled += new
         rounds.append(step(model, z, y, labeled, new, test, cfg, seed, r, time.perf_counter() - started, y_oracle))
         rounds[-1]["selected"] = new  # dataset indices, in the order they were taken
+        if info := strategy.info():  # what the strategy decided this round (ADMA: D's mean and spread)
+            rounds[-1]["strategy_info"] = jsonable(info)
         if progress is not None:
             progress(1)
     info = strategy.info()

@@ -32,7 +32,7 @@ from typing import Sequence
 
 import torch
 
-from .base import Need, ScoringInputs, Strategy
+from .base import Need, ScoringInputs, Strategy, recall_pool, remember_pool
 from .errors import PoolRelativeError, StrategyError
 from .kendall import kendall_tau_b
 from .registry import register
@@ -127,7 +127,7 @@ def medoid_landmarks(a: dict[str, torch.Tensor], b: torch.Tensor, labels: torch.
             classes.append(int(cls))
     index = torch.tensor(picks, dtype=torch.long)
     return Landmarks({r: _flat(v)[index].float() for r, v in a.items()}, _flat(b)[index].float(),
-                     torch.tensor(classes, dtype=torch.long), mode)
+                     torch.tensor(classes, dtype=torch.long), mode, {"items": list(picks)})
 
 
 def exemplar_landmarks(a: dict[str, torch.Tensor], b: torch.Tensor, source_probs: torch.Tensor,
@@ -149,7 +149,7 @@ def exemplar_landmarks(a: dict[str, torch.Tensor], b: torch.Tensor, source_probs
         classes += [cls] * len(take)
     index = torch.tensor(picks, dtype=torch.long)
     return Landmarks({r: _flat(v)[index].float() for r, v in a.items()}, _flat(b)[index].float(),
-                     torch.tensor(classes, dtype=torch.long), "pool-exemplars")
+                     torch.tensor(classes, dtype=torch.long), "pool-exemplars", {"items": [str(keys[i]) for i in picks]})
 
 
 def kmeans_landmarks(a: dict[str, torch.Tensor], b: torch.Tensor, keys: Sequence[str], k: int = 25,
@@ -168,7 +168,8 @@ def kmeans_landmarks(a: dict[str, torch.Tensor], b: torch.Tensor, keys: Sequence
             centre = zb[members].mean(dim=0, keepdim=True)
             picks.append(order[int(members[int(torch.argmin(sqdist(zb[members], centre).flatten()))])])
     index = torch.tensor(sorted(picks), dtype=torch.long)
-    return Landmarks({r: _flat(v)[index].float() for r, v in a.items()}, _flat(b)[index].float(), None, "kmeans")
+    return Landmarks({r: _flat(v)[index].float() for r, v in a.items()}, _flat(b)[index].float(), None, "kmeans",
+                     {"items": [str(keys[i]) for i in index.tolist()]})
 
 
 def alpha_source(source_probs: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
@@ -247,7 +248,7 @@ class ADMAStrategy(Strategy):
 
     def __init__(self, seed: int = 0, lam: float | None = None, landmarks: str = "auto", alpha: str = "auto",
                  normalize: bool = True, layers: str = "A", combine: str = "mean", exemplars: int = 5,
-                 kmeans: int = 25, max_landmarks: int = 1000) -> None:
+                 kmeans: int = 25, max_landmarks: int = 1000, consistent: bool = False) -> None:
         super().__init__(seed)
         a_layers = tuple(x.strip() for x in str(layers).replace("+", ",").split(",") if x.strip())
         if not a_layers or any(x not in ("A", "A2") for x in a_layers):
@@ -265,13 +266,16 @@ class ADMAStrategy(Strategy):
         self.landmarks, self.alpha, self.normalize = landmarks, alpha, bool(normalize)
         self.a_layers, self.combine = a_layers, combine
         self.exemplars, self.kmeans, self.max_landmarks = int(exemplars), int(kmeans), int(max_landmarks)
+        self.consistent = bool(consistent)  # docs/methods.md §1.10
         self.given: Landmarks | None = None  # set by the caller: source-data or reference-folder landmarks
+        self._source = None  # the source data, when given (the consistent variant re-reads its landmarks)
         self._info: dict = {}
 
     def params(self) -> dict:
         return {"seed": self.seed, "lam": self.lam, "landmarks": self.landmarks, "alpha": self.alpha,
                 "normalize": self.normalize, "layers": ",".join(self.a_layers), "combine": self.combine,
-                "exemplars": self.exemplars, "kmeans": self.kmeans, "max_landmarks": self.max_landmarks}
+                "exemplars": self.exemplars, "kmeans": self.kmeans, "max_landmarks": self.max_landmarks,
+                "consistent": self.consistent}
 
     def layers(self) -> tuple[str, ...]:
         return (*self.a_layers, "B")
@@ -282,6 +286,7 @@ class ADMAStrategy(Strategy):
     def set_source_data(self, source) -> None:
         """With source data, ``landmarks=auto`` takes 5 k-means sub-centers per source class."""
         if self.landmarks == "auto" and self.given is None:
+            self._source = source
             self.set_landmarks(source.landmarks(self.layers(), per_class=5))
 
     def set_landmarks(self, landmarks: Landmarks) -> None:
@@ -409,8 +414,48 @@ class ADMAStrategy(Strategy):
 
     @property
     def pool_relative(self) -> bool:
-        """With landmarks from the pool (pool-exemplars, kmeans), until a full-pool scoring kept them."""
-        return self.given is None and self.landmarks in LANDMARK_MODES
+        """With landmarks from the pool (pool-exemplars, kmeans), until a full-pool scoring kept them;
+        the consistent variant always (its normalisation and landmark features are kept per version)."""
+        return self.consistent or (self.given is None and self.landmarks in LANDMARK_MODES)
+
+    def _current_landmarks(self, inputs: ScoringInputs, lm: Landmarks) -> tuple[Landmarks, list[int]]:
+        """The consistent variant (docs/methods.md §1.10): the landmarks' activations at A and B through
+        the current model M_t, and which of ``lm``'s landmarks they are (pool landmarks that left the
+        pool, labeled or deleted, are left out)."""
+        items = lm.meta.get("items")
+        if items is None:
+            raise StrategyError(f"ADMA consistent=true needs the landmark items; {lm.mode} landmarks keep only "
+                                "their M0 activations (use landmarks=auto with source data, pool-exemplars or kmeans)")
+        if lm.mode == "source-data":
+            if self._source is None:
+                raise StrategyError("ADMA consistent=true with source-data landmarks needs the source data")
+            feats = self._source.current_activations(self.layers(), [int(i) for i in items])
+            return Landmarks({r: feats[r] for r in self.a_layers}, feats["B"], lm.classes, lm.mode), list(range(lm.k))
+        key = ("adma_current", self._cache_key())
+        if not inputs.full_pool:
+            ref = recall_pool(inputs, key, self.name)["reference"]
+            return ref["landmarks"], ref["present"]
+        row = {str(k): i for i, k in enumerate(inputs.require(Need.KEYS))}
+        present = [j for j, item in enumerate(items) if str(item) in row]
+        rows = [row[str(items[j])] for j in present]
+        feats = inputs.require(Need.FEATURES, self.layers())
+        classes = lm.classes[present] if lm.classes is not None else None
+        now = Landmarks({r: _flat(feats[r][rows]).float() for r in self.a_layers}, _flat(feats["B"][rows]).float(),
+                        classes, lm.mode)
+        remember_pool(inputs, key, torch.zeros(inputs.n), landmarks=now, present=present)
+        return now, present
+
+    def _standardised(self, inputs: ScoringInputs, d: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """D and the Gini uncertainty on one scale: z-scores with the full pool's mean and SD (their
+        spreads differ), kept per model version so that a request's tasks use the same ones."""
+        key = ("adma_scale", self._cache_key(), self.alpha)
+        if inputs.full_pool:
+            stats = {"d": (float(d.mean()), float(d.std(unbiased=False)) or 1.0),
+                     "u": (float(u.mean()), float(u.std(unbiased=False)) or 1.0)}
+            remember_pool(inputs, key, torch.zeros(inputs.n), **stats)
+        else:
+            stats = recall_pool(inputs, key, self.name)["reference"]
+        return (d - stats["d"][0]) / stats["d"][1], (u - stats["u"][0]) / stats["u"][1]
 
     def acquisition(self, inputs: ScoringInputs) -> torch.Tensor:
         probs = inputs.require(Need.PROBS)
@@ -427,15 +472,24 @@ class ADMAStrategy(Strategy):
                 raise StrategyError(f"ADMA landmarks ({lm.mode}) have {want} values at layer {role}, the model "
                                     f"gives {got}: were they computed with another backbone or input size?")
         alpha_mode, alpha = self._alpha(inputs, lm)
+        if self.consistent:
+            lm, present = self._current_landmarks(inputs, lm)
+            alpha = alpha[:, present]
         d, scales = adma_distinctiveness([feats[r] for r in self.a_layers], feats["B"],
                                          [lm.a[r] for r in self.a_layers], lm.b, alpha, self.normalize, self.combine)
         lam = self.lam if self.lam is not None else (1.0 / inputs.planned_rounds if inputs.planned_rounds else 0.1)
         w = min(max(lam * inputs.round, 0.0), 1.0)
         self._info = {"landmark_mode": lm.mode, "landmarks": lm.k, "alpha": alpha_mode, "lambda": lam,
-                      "weight_uncertainty": w, "t": inputs.round, "s_A": scales["s_A"], "s_B": scales["s_B"]}
+                      "weight_uncertainty": w, "t": inputs.round, "s_A": scales["s_A"], "s_B": scales["s_B"],
+                      "D_mean": float(d.mean()) if d.numel() else None,
+                      "D_sd": float(d.std(unbiased=False)) if d.numel() else None}
         if lm.k < 2:
             log.warning("ADMA has %d landmark(s): distinctiveness is undefined and set to 0.5", lm.k)
-        return adma_tradeoff(d, gini(probs), inputs.round, lam)
+        u = gini(probs)
+        if self.consistent:
+            self._info["landmarks_current"] = lm.k
+            d, u = self._standardised(inputs, d, u)
+        return adma_tradeoff(d, u, inputs.round, lam)
 
 
 __all__ = ["Landmarks", "ADMAStrategy", "adma_distinctiveness", "adma_tradeoff", "alpha_source", "alpha_distance",

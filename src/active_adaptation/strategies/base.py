@@ -128,6 +128,9 @@ class SourceData(Protocol):
     def activations(self, roles: Sequence[str], limit: int | None = None) -> dict[str, torch.Tensor]:
         """M0's flattened activations at ``roles`` for (the first ``limit``) source images."""
 
+    def current_activations(self, roles: Sequence[str], items: Sequence[int]) -> dict[str, torch.Tensor]:
+        """The current (adapted) model's flattened activations at ``roles`` for source images ``items``."""
+
     def landmarks(self, roles: Sequence[str], per_class: int) -> Any:
         """Landmarks (``strategies.adma.Landmarks``) at ``roles`` and B: ``per_class`` k-means
         sub-centers per source class (docs/methods.md §1.3, Eqs. 1-2)."""
