@@ -2,6 +2,7 @@
 project API (the real one is exercised end to end in tests/integration)."""
 import base64
 
+import pytest
 import torch
 
 from active_adaptation.backend import jobs
@@ -85,3 +86,28 @@ def test_data_dropout_looks_at_the_head_trained_on_the_new_labels(tmp_path, digi
         assert len(ctx.status.info["dropped_by_influence"]) >= 2
     finally:
         backend.close()
+
+
+def test_after_a_restart_a_pool_relative_strategy_rescores_before_valuing_requests(tmp_path, digits64):
+    backend, ctx, api = context(tmp_path, digits64, labeled=0, STRATEGY="emoc:references=8")
+    backend.projects.persist = True  # (a configured connection persists registrations)
+    jobs.publish(ctx)
+    published = {p["task"]: p["score"] for p in api.imported}
+    backend.close()
+
+    settings = ctx.settings
+    again = Backend(settings)  # a restart: the served version is published, EMOC's reference is gone
+    state = again.projects["1"]
+    assert state.published_version == state.version
+    task = api.tasks_list[4]
+    before = again.predict("1", [task])[0]
+    assert before["acquisition"] is None and before["score"] == 0.5
+    ctx2 = jobs.JobContext(state, again.projects, again.scorer, settings, lambda project: api, WorkerStatus(),
+                           lambda: "secret", again.instance_id)
+    jobs.rescore(ctx2)  # what the worker runs when a request was given a neutral rank
+    after = again.predict("1", [task])[0]
+    assert after["acquisition"] is not None and after["score"] == pytest.approx(published[task["id"]])
+    imported = len(api.imported)
+    jobs.rescore(ctx2)  # nothing to do: the pool of this version is scored
+    assert len(api.imported) == imported
+    again.close()

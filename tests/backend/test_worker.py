@@ -94,16 +94,18 @@ def test_a_failed_round_is_retried_without_debounce_and_counted():
     assert drain(worker) == [("round", True)]  # the force survives the retry
 
 
-def test_order_config_then_webhook_then_round_then_publish_then_new_tasks():
+def test_order_config_then_webhook_then_round_then_publish_then_new_tasks_then_rescoring():
     clock, jobs = FakeClock(), Jobs()
     worker = make(jobs, clock)
+    worker.request_rescore()
     worker.tasks_created([5, 3])
     worker.request_publish()
     worker.labels_changed()
     worker.request_secure()
     worker.request_config_check()
     clock.now += 5
-    assert drain(worker) == [("config", None), ("secure", None), ("round", False), ("publish", None), ("tasks", [3, 5])]
+    assert drain(worker) == [("config", None), ("secure", None), ("round", False), ("publish", None), ("tasks", [3, 5]),
+                             ("rescore", None)]
     worker.request_secure()  # at most once a minute
     assert drain(worker) == []
     clock.now += 60

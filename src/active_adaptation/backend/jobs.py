@@ -237,6 +237,8 @@ def rescore(ctx: JobContext) -> None:
     state = ctx.state
     if state.published_version != state.version:
         return publish(ctx)
+    if state.pool.scored_version == state.version:  # scored since the request asked
+        return
     with state.lock:
         model, version = ctx.projects.model(state), state.version
     ctx.status.set("scoring", f"scoring the unlabeled pool for {version} (nothing is imported)")

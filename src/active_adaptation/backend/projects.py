@@ -55,6 +55,7 @@ class PoolState:
     strategy_state: dict = field(default_factory=dict)  # what a strategy computes once (ADMA's landmarks)
     strategy_info: dict = field(default_factory=dict)  # what the strategy reported at the last publish
     strategy_saved: bool = False  # strategy_state's persistent part is on disk
+    scored_version: str | None = None  # the version whose whole pool was scored last (what strategies kept)
     stats: dict[str, float] = field(default_factory=lambda: {
         "predict_requests": 0, "tasks_predicted": 0, "image_failures": 0, "predict_seconds": 0.0})
 

@@ -158,6 +158,7 @@ class Scorer:
         if reset_pool and scored.keys:
             if scored.info:
                 pool.strategy_info = scored.info
+            pool.scored_version = version
             self._save_strategy_state(state)
         if scored.pool_relative:  # never the top of the queue: the middle, until a full-pool scoring
             values, scores = [None] * len(scored.keys), np.full(len(scored.keys), NEUTRAL_SCORE)
