@@ -78,6 +78,12 @@ def test_every_kind_of_strategy_scores_a_pool_through_the_service(tmp_path, digi
     model = service.projects.model(state)
     results = service.scorer.score(state, pool, model, state.version, reset_pool=True)
     assert all(r["result"] and 0.0 <= r["score"] <= 1.0 for r in results)
+    # why a task sits where it does: strategy, acquisition, round t (and ADMA's landmark mode)
+    assert all(r["strategy"] == spec.split(":")[0] and r["round"] == 0 and isinstance(r["acquisition"], float)
+               for r in results)
+    if spec.startswith("adma"):
+        again_one = service.predict("1", pool[:1])[0]
+        assert again_one["landmark_mode"] == state.pool.strategy_info["landmark_mode"]
     scores = sorted(r["score"] for r in results)
     assert scores[0] == 0.0 and len(set(scores)) > 5
     if spec.startswith("adma"):
