@@ -20,7 +20,7 @@ def test_defaults():
     ({"STRATEGY": "adma:lam"}, r"STRATEGY='adma:lam': bad strategy option 'lam'"),
     ({"STRATEGY": "emoc:output=nope"}, r"STRATEGY='emoc:output=nope': bad parameters for strategy 'emoc'"),
     ({"QUEUE_DIVERSITY": "maybe"}, r"QUEUE_DIVERSITY='maybe' is invalid; allowed: off, coreset"),
-    ({"BACKBONE": "resnet9000"}, r"BACKBONE='resnet9000' is unknown; allowed: alexnet, resnet18, smallcnn, vgg16"),
+    ({"BACKBONE": "resnet9000"}, r"BACKBONE='resnet9000' is unknown; allowed: alexnet, resnet18, smallcnn, smallcnn-unfrozen, vgg16"),
     ({"LOG_LEVEL": "chatty"}, r"LOG_LEVEL='CHATTY' is invalid; allowed: DEBUG, INFO"),
     ({"DEVICE": "tpu"}, r"DEVICE='tpu' is invalid; allowed: auto, cpu, cuda, cuda:N"),
     ({"PORT": "http"}, r"PORT='http' is not an integer"),

@@ -136,7 +136,7 @@ class Settings:
     host: str = setting("0.0.0.0", "Interface `python -m active_adaptation` listens on.")
     workers: int = setting(1, "gunicorn worker processes (keep 1 per GPU: each worker holds its own models).", integer(1))
     threads: int = setting(64, "gunicorn threads per worker. At most `THREADS - 8` `/predict` requests run at once (more get 503 with `Retry-After`), so that `/webhook`, `/setup` and `/health` always find a free thread ([benchmarks](docs/benchmarks.md)).", integer(1))
-    backbone: str = setting("resnet18", "One of `alexnet`, `resnet18`, `smallcnn`, `vgg16`.", backbone)
+    backbone: str = setting("resnet18", "One of `alexnet`, `resnet18`, `smallcnn`, `smallcnn-unfrozen`, `vgg16` (`python -m active_adaptation --list`).", backbone)
     weights: str = setting("DEFAULT", "A torchvision weights name of the backbone (`DEFAULT`, `IMAGENET1K_V1`, …), a path to a saved `state_dict`, or `none` for random initialisation.")
     strategy: str = setting("margin", "A registered strategy (`python -m active_adaptation --list`), with options as `name:key=value:…`, e.g. `adma:lam=0.1:landmarks=kmeans` (see [Strategies](#strategies)).", strategy)
     queue_diversity: str = setting("off", "`coreset`: re-order the `QUEUE_DIVERSITY_TOP` highest-acquisition tasks by k-center greedy on the model's features, so that consecutive tasks in the queue are not near-duplicates.", choice("off", "coreset"))
