@@ -69,7 +69,8 @@ def test_restart_serves_the_last_complete_version(tmp_path, digits64):
 
 
 @pytest.mark.parametrize("spec", ["adma", "adma:landmarks=kmeans:kmeans=4", "adma:consistent=true", "aift:views=4", "coreset:budget=8",
-                                  "badge:budget=8", "mmd:budget=8", "emoc:references=16", "emoc:head_layers=2"])
+                                  "badge:budget=8", "mmd:budget=8", "emoc:references=16", "emoc:head_layers=2",
+                                  "typiclust:budget=5", "probcover:budget=5"])
 def test_every_kind_of_strategy_scores_a_pool_through_the_service(tmp_path, digits64, spec):
     service = service_for(tmp_path, STRATEGY=spec, QUEUE_DIVERSITY="coreset", QUEUE_DIVERSITY_TOP="5")
     service.setup("1", CONFIG)
