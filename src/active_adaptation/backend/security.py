@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from typing import Callable
 
 from active_adaptation.backend.store import Store
 
@@ -25,10 +26,19 @@ HEADER = "X-Active-Adaptation-Secret"
 
 
 class WebhookSecrets:
-    def __init__(self, store: Store, configured: str = "") -> None:
+    def __init__(self, store: Store, configured: str = "", mask: Callable[[str], None] | None = None) -> None:
         """``configured``: WEBHOOK_SECRET; unset, the master secret is created once in the store
-        (shared by every worker process that uses the same MODEL_DIR)."""
+        (shared by every worker process that uses the same MODEL_DIR). ``mask`` receives every header
+        value handed out (the log's secret registry), so that no log line ever shows one."""
         self._master = configured.encode() if configured else store.webhook_master_secret(secrets.token_bytes(32))
+        self._mask = mask
+
+    def header_for(self, key: str) -> str:
+        """The header value to set on project ``key``'s webhook (masked in logs from now on)."""
+        value = self.for_project(key)
+        if self._mask is not None:
+            self._mask(value)
+        return value
 
     def for_project(self, key: str) -> str:
         return hmac.new(self._master, f"webhook:{key}".encode(), hashlib.sha256).hexdigest()

@@ -33,7 +33,8 @@ class Backend:
         prepare_landmarks(strategy, self.base, self.device, self.store, settings.seed)
         self.strategy = strategies.with_queue_diversity(strategy, settings.queue_diversity, settings.queue_diversity_top)
         self.connection = LabelStudioConnection(settings.label_studio_url, settings.label_studio_api_key)
-        self.webhook_secrets = WebhookSecrets(self.store, settings.webhook_secret)
+        self.webhook_secrets = WebhookSecrets(self.store, settings.webhook_secret,
+                                              mask=secrets.add if secrets is not None else None)
         # tells this backend's own /health apart from another backend's (webhook securing)
         self.instance_id = self.webhook_secrets.for_project("instance")[:16]
         identity = Identity(self.base.spec.name, self.base.weights, settings.seed, self.strategy.name,
@@ -41,7 +42,7 @@ class Backend:
         self.projects = Projects(self.store, self.base, identity, self.device, settings.keep_versions,
                                  persist=self.connection.configured)
         self.scorer = Scorer(settings, self.base, self.strategy, self.store, self.connection)
-        self.learner = Learner(settings, self.projects, self.scorer, self.connection, self._webhook_secret,
+        self.learner = Learner(settings, self.projects, self.scorer, self.connection, self.webhook_secrets.header_for,
                                self.instance_id)
         self.events: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -49,12 +50,6 @@ class Backend:
             self.scorer.restore(state)
         log.info("backend ready: backbone=%s weights=%s strategy=%r device=%s projects restored=%d",
                  settings.backbone, self.base.weights, self.strategy, self.device, len(self.projects))
-
-    def _webhook_secret(self, key: str) -> str:
-        secret = self.webhook_secrets.for_project(key)
-        if self.secrets is not None:
-            self.secrets.add(secret)  # masked should a library ever log it
-        return secret
 
     # ------------------------------------------------------------------ what the routes call
     def confirm_project(self, key: str, timeout: float = 2.5) -> dict:
