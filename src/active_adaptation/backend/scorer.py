@@ -28,6 +28,21 @@ from active_adaptation.strategies import Strategy
 log = logging.getLogger(__name__)
 
 
+def prediction(state: ProjectState, strategy: str, label: str, score: float, acquisition, version: str) -> dict:
+    """Label Studio's prediction, plus why the task sits where it does in the queue: the strategy,
+    its acquisition value (None: not valued without a full-pool scoring, neutral rank) and round t."""
+    config = state.config
+    out = {
+        "result": [{"from_name": config.from_name, "to_name": config.to_name, "type": "choices",
+                    "value": {"choices": [label]}}],
+        "score": score, "model_version": version,
+        "acquisition": None if acquisition is None else float(acquisition), "strategy": strategy, "round": state.round,
+    }
+    if "landmark_mode" in state.pool.strategy_info:
+        out["landmark_mode"] = state.pool.strategy_info["landmark_mode"]
+    return out
+
+
 class Scorer:
     def __init__(self, settings: Settings, base: LoadedBackbone, strategy: Strategy, store: Store,
                  connection: LabelStudioConnection) -> None:
@@ -173,7 +188,7 @@ class Scorer:
             if i in failed:
                 out.append({"result": [], "score": LEAST_URGENT_SCORE, "model_version": version, "error": str(failed[i])})
                 continue
-            out.append(self._prediction(state, labels[j], float(scores[j]), values[j], version))
+            out.append(prediction(state, self.strategy.name, labels[j], float(scores[j]), values[j], version))
             j += 1
         return out
 
@@ -192,21 +207,6 @@ class Scorer:
             else:  # the served version moved on during this request: rank within the request
                 reference = values
         return acquisition_to_score(values, reference if reference.size else values)
-
-    def _prediction(self, state: ProjectState, label: str, score: float, acquisition, version: str) -> dict:
-        """Label Studio's prediction, plus why the task sits where it does in the queue: the strategy,
-        its acquisition value (None: not valued without a full-pool scoring, neutral rank) and round t."""
-        config = state.config
-        out = {
-            "result": [{"from_name": config.from_name, "to_name": config.to_name, "type": "choices",
-                        "value": {"choices": [label]}}],
-            "score": score, "model_version": version,
-            "acquisition": None if acquisition is None else float(acquisition), "strategy": self.strategy.name,
-            "round": state.round,
-        }
-        if "landmark_mode" in state.pool.strategy_info:
-            out["landmark_mode"] = state.pool.strategy_info["landmark_mode"]
-        return out
 
     def set_labeled(self, state: ProjectState, trunks: list) -> None:
         """The trunk activations of the labels the served version was trained on (for strategies

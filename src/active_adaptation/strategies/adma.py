@@ -250,25 +250,14 @@ class ADMAStrategy(Strategy):
                  normalize: bool = True, layers: str = "A", combine: str = "mean", exemplars: int = 5,
                  kmeans: int = 25, max_landmarks: int = 1000, consistent: bool = False) -> None:
         super().__init__(seed)
-        a_layers = tuple(x.strip() for x in str(layers).replace("+", ",").split(",") if x.strip())
-        if not a_layers or any(x not in ("A", "A2") for x in a_layers):
-            raise TypeError("layers must be 'A' (ADMA) or 'A,A2' (ADMA-2)")
-        if alpha not in ("auto", "source", "distance"):
-            raise TypeError("alpha must be auto, source or distance")
-        if combine not in ("mean", "variance"):
-            raise TypeError("combine must be mean or variance")
-        if lam is not None and not (float(lam) >= 0):
-            raise TypeError("lam must be >= 0")
-        if landmarks not in LANDMARK_MODES and Path(landmarks).suffix != ".pt" and not Path(landmarks).is_dir():
-            raise TypeError(f"landmarks must be one of {', '.join(LANDMARK_MODES)}, a .pt landmark file or a "
-                            "reference folder (ImageFolder layout)")
+        a_layers = _check_options(layers, alpha, combine, lam, landmarks)
         self.lam = None if lam is None else float(lam)
         self.landmarks, self.alpha, self.normalize = landmarks, alpha, bool(normalize)
         self.a_layers, self.combine = a_layers, combine
         self.exemplars, self.kmeans, self.max_landmarks = int(exemplars), int(kmeans), int(max_landmarks)
         self.consistent = bool(consistent)  # docs/methods.md §1.10
         self.given: Landmarks | None = None  # set by the caller: source-data or reference-folder landmarks
-        self._source = None  # the source data, when given (the consistent variant re-reads its landmarks)
+        self.source_data = None  # the source data, when given (the consistent variant re-reads its landmarks)
         self._info: dict = {}
 
     def params(self) -> dict:
@@ -286,24 +275,24 @@ class ADMAStrategy(Strategy):
     def set_source_data(self, source) -> None:
         """With source data, ``landmarks=auto`` takes 5 k-means sub-centers per source class."""
         if self.landmarks == "auto" and self.given is None:
-            self._source = source
+            self.source_data = source
             self.set_landmarks(source.landmarks(self.layers(), per_class=5))
 
     def set_landmarks(self, landmarks: Landmarks) -> None:
         """Use landmarks computed from source data or a reference folder (modes source-data/file)."""
         self.given = landmarks
 
-    def _cache_key(self) -> tuple:
+    def cache_key(self) -> tuple:
         return ("adma_landmarks", self.landmarks, self.exemplars, self.kmeans, self.max_landmarks, self.a_layers)
 
     def _alpha_key(self) -> tuple:
-        return ("adma_alpha", self.alpha, self._cache_key())
+        return ("adma_alpha", self.alpha, self.cache_key())
 
     def _known_landmarks(self, state: dict | None) -> Landmarks | None:
         """The landmarks when they exist without a forward pass (given, read, or kept in ``state``)."""
         if self.given is not None:
             return self.given
-        return state.get(self._cache_key()) if state is not None else None
+        return state.get(self.cache_key()) if state is not None else None
 
     def needs_for(self, fingerprints, state) -> frozenset[Need]:
         """M0's outputs serve only the landmarks (computed once) and α, which for a given item and
@@ -319,16 +308,16 @@ class ADMAStrategy(Strategy):
         return self.needs - {Need.SOURCE_FEATURES, Need.SOURCE_PROBS}
 
     def saved_state(self, state: dict) -> dict | None:
-        lm = state.get(self._cache_key()) if self.given is None else None
+        lm = state.get(self.cache_key()) if self.given is None else None
         if lm is None:
             return None
-        return {"key": repr(self._cache_key()), "landmarks": lm.to_dict()}
+        return {"key": repr(self.cache_key()), "landmarks": lm.to_dict()}
 
     def restore_state(self, state: dict, saved: dict) -> bool:
-        if self.given is not None or saved.get("key") != repr(self._cache_key()):
+        if self.given is not None or saved.get("key") != repr(self.cache_key()):
             return False
         try:
-            state[self._cache_key()] = Landmarks.from_dict(saved["landmarks"])
+            state[self.cache_key()] = Landmarks.from_dict(saved["landmarks"])
         except ValueError:
             return False
         return True
@@ -389,7 +378,7 @@ class ADMAStrategy(Strategy):
         if self.landmarks not in LANDMARK_MODES:  # a landmark file: the same for every project, read once
             self.given = Landmarks.load(self.landmarks)
             return self.given
-        cache_key = self._cache_key()
+        cache_key = self.cache_key()
         if inputs.state is not None and cache_key in inputs.state:
             return inputs.state[cache_key]
         if not inputs.full_pool:  # landmarks of the request's own tasks would make values batch-relative
@@ -418,62 +407,14 @@ class ADMAStrategy(Strategy):
         the consistent variant always (its normalisation and landmark features are kept per version)."""
         return self.consistent or (self.given is None and self.landmarks in LANDMARK_MODES)
 
-    def _current_landmarks(self, inputs: ScoringInputs, lm: Landmarks) -> tuple[Landmarks, list[int]]:
-        """The consistent variant (docs/methods.md §1.10): the landmarks' activations at A and B through
-        the current model M_t, and which of ``lm``'s landmarks they are (pool landmarks that left the
-        pool, labeled or deleted, are left out)."""
-        items = lm.meta.get("items")
-        if items is None:
-            raise StrategyError(f"ADMA consistent=true needs the landmark items; {lm.mode} landmarks keep only "
-                                "their M0 activations (use landmarks=auto with source data, pool-exemplars or kmeans)")
-        if lm.mode == "source-data":
-            if self._source is None:
-                raise StrategyError("ADMA consistent=true with source-data landmarks needs the source data")
-            feats = self._source.current_activations(self.layers(), [int(i) for i in items])
-            return Landmarks({r: feats[r] for r in self.a_layers}, feats["B"], lm.classes, lm.mode), list(range(lm.k))
-        key = ("adma_current", self._cache_key())
-        if not inputs.full_pool:
-            ref = recall_pool(inputs, key, self.name)["reference"]
-            return ref["landmarks"], ref["present"]
-        row = {str(k): i for i, k in enumerate(inputs.require(Need.KEYS))}
-        present = [j for j, item in enumerate(items) if str(item) in row]
-        rows = [row[str(items[j])] for j in present]
-        feats = inputs.require(Need.FEATURES, self.layers())
-        classes = lm.classes[present] if lm.classes is not None else None
-        now = Landmarks({r: _flat(feats[r][rows]).float() for r in self.a_layers}, _flat(feats["B"][rows]).float(),
-                        classes, lm.mode)
-        remember_pool(inputs, key, torch.zeros(inputs.n), landmarks=now, present=present)
-        return now, present
-
-    def _standardised(self, inputs: ScoringInputs, d: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """D and the Gini uncertainty on one scale: z-scores with the full pool's mean and SD (their
-        spreads differ), kept per model version so that a request's tasks use the same ones."""
-        key = ("adma_scale", self._cache_key(), self.alpha)
-        if inputs.full_pool:
-            stats = {"d": (float(d.mean()), float(d.std(unbiased=False)) or 1.0),
-                     "u": (float(u.mean()), float(u.std(unbiased=False)) or 1.0)}
-            remember_pool(inputs, key, torch.zeros(inputs.n), **stats)
-        else:
-            stats = recall_pool(inputs, key, self.name)["reference"]
-        return (d - stats["d"][0]) / stats["d"][1], (u - stats["u"][0]) / stats["u"][1]
-
     def acquisition(self, inputs: ScoringInputs) -> torch.Tensor:
         probs = inputs.require(Need.PROBS)
         feats = inputs.require(Need.FEATURES, self.layers())
         lm = self._landmarks(inputs)
-        for role in self.a_layers:
-            if role not in lm.a:
-                raise StrategyError(f"ADMA landmarks ({lm.mode}) have no layer {role}; rebuild them with layers "
-                                    f"{','.join(self.a_layers)}")
-        for role in (*self.a_layers, "B"):
-            want = (lm.a[role] if role != "B" else lm.b).shape[1]
-            got = _flat(feats[role][:1]).shape[1] if inputs.n else want
-            if got != want:
-                raise StrategyError(f"ADMA landmarks ({lm.mode}) have {want} values at layer {role}, the model "
-                                    f"gives {got}: were they computed with another backbone or input size?")
+        check_landmarks(lm, feats, self.a_layers, inputs.n)
         alpha_mode, alpha = self._alpha(inputs, lm)
         if self.consistent:
-            lm, present = self._current_landmarks(inputs, lm)
+            lm, present = consistent_landmarks(self, inputs, lm)
             alpha = alpha[:, present]
         d, scales = adma_distinctiveness([feats[r] for r in self.a_layers], feats["B"],
                                          [lm.a[r] for r in self.a_layers], lm.b, alpha, self.normalize, self.combine)
@@ -488,8 +429,79 @@ class ADMAStrategy(Strategy):
         u = gini(probs)
         if self.consistent:
             self._info["landmarks_current"] = lm.k
-            d, u = self._standardised(inputs, d, u)
+            d, u = standardised(inputs, ("adma_scale", self.cache_key(), self.alpha), self.name, d, u)
         return adma_tradeoff(d, u, inputs.round, lam)
+
+
+def consistent_landmarks(strategy: "ADMAStrategy", inputs: ScoringInputs, lm: Landmarks) -> tuple[Landmarks, list[int]]:
+    """The consistent variant (docs/methods.md §1.10): the landmarks' activations at A and B through
+    the current model M_t, and which of ``lm``'s landmarks they are (pool landmarks that left the
+    pool, labeled or deleted, are left out)."""
+    items = lm.meta.get("items")
+    if items is None:
+        raise StrategyError(f"ADMA consistent=true needs the landmark items; {lm.mode} landmarks keep only "
+                            "their M0 activations (use landmarks=auto with source data, pool-exemplars or kmeans)")
+    if lm.mode == "source-data":
+        if strategy.source_data is None:
+            raise StrategyError("ADMA consistent=true with source-data landmarks needs the source data")
+        feats = strategy.source_data.current_activations(strategy.layers(), [int(i) for i in items])
+        return Landmarks({r: feats[r] for r in strategy.a_layers}, feats["B"], lm.classes, lm.mode), list(range(lm.k))
+    key = ("adma_current", strategy.cache_key())
+    if not inputs.full_pool:
+        ref = recall_pool(inputs, key, strategy.name)["reference"]
+        return ref["landmarks"], ref["present"]
+    row = {str(k): i for i, k in enumerate(inputs.require(Need.KEYS))}
+    present = [j for j, item in enumerate(items) if str(item) in row]
+    rows = [row[str(items[j])] for j in present]
+    feats = inputs.require(Need.FEATURES, strategy.layers())
+    classes = lm.classes[present] if lm.classes is not None else None
+    now = Landmarks({r: _flat(feats[r][rows]).float() for r in strategy.a_layers}, _flat(feats["B"][rows]).float(),
+                    classes, lm.mode)
+    remember_pool(inputs, key, torch.zeros(inputs.n), landmarks=now, present=present)
+    return now, present
+
+
+def standardised(inputs: ScoringInputs, key, name: str, d: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """D and the Gini uncertainty on one scale (§1.10): z-scores with the full pool's mean and SD (their
+    spreads differ), kept per model version so that a request's tasks use the same ones."""
+    if inputs.full_pool:
+        stats = {"d": (float(d.mean()), float(d.std(unbiased=False)) or 1.0),
+                 "u": (float(u.mean()), float(u.std(unbiased=False)) or 1.0)}
+        remember_pool(inputs, key, torch.zeros(inputs.n), **stats)
+    else:
+        stats = recall_pool(inputs, key, name)["reference"]
+    return (d - stats["d"][0]) / stats["d"][1], (u - stats["u"][0]) / stats["u"][1]
+
+
+def check_landmarks(lm: Landmarks, feats: dict, a_layers: Sequence[str], n: int) -> None:
+    """StrategyError unless the landmarks have every layer the items have, of the same width."""
+    for role in a_layers:
+        if role not in lm.a:
+            raise StrategyError(f"ADMA landmarks ({lm.mode}) have no layer {role}; rebuild them with layers "
+                                f"{','.join(a_layers)}")
+    for role in (*a_layers, "B"):
+        want = (lm.a[role] if role != "B" else lm.b).shape[1]
+        got = _flat(feats[role][:1]).shape[1] if n else want
+        if got != want:
+            raise StrategyError(f"ADMA landmarks ({lm.mode}) have {want} values at layer {role}, the model "
+                                f"gives {got}: were they computed with another backbone or input size?")
+
+
+def _check_options(layers: str, alpha: str, combine: str, lam: float | None, landmarks: str) -> tuple[str, ...]:
+    """ADMA's constructor options, checked (TypeError names the bad one); returns the A layers."""
+    a_layers = tuple(x.strip() for x in str(layers).replace("+", ",").split(",") if x.strip())
+    if not a_layers or any(x not in ("A", "A2") for x in a_layers):
+        raise TypeError("layers must be 'A' (ADMA) or 'A,A2' (ADMA-2)")
+    if alpha not in ("auto", "source", "distance"):
+        raise TypeError("alpha must be auto, source or distance")
+    if combine not in ("mean", "variance"):
+        raise TypeError("combine must be mean or variance")
+    if lam is not None and not (float(lam) >= 0):
+        raise TypeError("lam must be >= 0")
+    if landmarks not in LANDMARK_MODES and Path(landmarks).suffix != ".pt" and not Path(landmarks).is_dir():
+        raise TypeError(f"landmarks must be one of {', '.join(LANDMARK_MODES)}, a .pt landmark file or a "
+                        "reference folder (ImageFolder layout)")
+    return a_layers
 
 
 __all__ = ["Landmarks", "ADMAStrategy", "adma_distinctiveness", "adma_tradeoff", "alpha_source", "alpha_distance",
