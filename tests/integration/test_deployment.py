@@ -1,4 +1,4 @@
-"""Deployment files, without a Docker engine (CI has none; tests/test_container.py builds and runs the
+"""Deployment files, without a Docker engine (CI has none; tests/integration/test_container.py builds and runs the
 stack where one answers): lint the Dockerfile and check that the image, compose file and docs use only
 settings that exist and the same install steps as CI."""
 import fnmatch
@@ -99,7 +99,7 @@ def test_dockerignore_is_an_allow_list_that_admits_every_copied_file():
         assert path.exists(), source
         files = [str(p.relative_to(ROOT)) for p in path.rglob("*.py")] if path.is_dir() else [source]
         assert files and all(included(f) for f in files), source
-    assert not included("tests/test_app.py") and not included(".venv/bin/python")
+    assert not included("tests/backend/test_app.py") and not included(".venv/bin/python")
 
 
 def _lock(name: str) -> dict[str, str]:
