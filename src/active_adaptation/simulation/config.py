@@ -103,7 +103,9 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
     p.add_argument("--source", default=None, help="ImageFolder of the source task (with imagefolder:PATH)")
     p.add_argument("--strategies", default="random,margin,emoc,badge,adma",
                    help="comma list of strategy specs, e.g. random,emoc,adma:landmarks=pool-exemplars")
-    p.add_argument("--backbone", default="smallcnn", help="smallcnn (default), resnet18, vgg16, alexnet")
+    p.add_argument("--backbone", default=None,
+                   help="smallcnn (default), smallcnn-unfrozen (default on digits-novel: M0 is random, every layer "
+                        "trains), resnet18, vgg16, alexnet")
     p.add_argument("--weights", default="auto",
                    help="auto (pretrain M0 on the track's source task, cached), none, a torchvision weights name "
                         "or a state_dict path")
@@ -135,6 +137,8 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
 
 def _check_dataset(args, parser) -> str:
     track = "imagefolder" if args.dataset.startswith("imagefolder:") else args.dataset
+    if args.backbone is None:  # digits-novel starts from random weights: train every layer (docs/results.md)
+        args.backbone = "smallcnn-unfrozen" if track == "digits-novel" else "smallcnn"
     if track not in TRACK_DEFAULTS:
         parser.error(f"unknown dataset {args.dataset!r}; allowed: digits, cluttered-digits, digits-novel, imagefolder:PATH")
     if track == "imagefolder" and not Path(args.dataset.split(":", 1)[1]).is_dir():
