@@ -150,7 +150,7 @@ def train(ctx: JobContext, labeled: dict[str, str], by_id: dict[str, dict], roun
     examples = examples_for(ctx, served, [by_id[k] for k in sorted(labeled, key=int)], labeled, state.labels_used)
     if not examples:
         raise RuntimeError("none of the labeled tasks has a usable image")
-    model = served.clone()
+    model = served.clone() if s.train_drop_harmful else served  # dropout retrains from ``served``
     metrics = fine_tune(model, examples, s.train_config(seed=s.seed + round_))
     dropped: list[dict] = []
     if s.train_drop_harmful:  # data dropout on the head trained on the new labels, then train without them
@@ -202,6 +202,11 @@ def run_round(ctx: JobContext, force: bool) -> None:
 
 
 # ---------------------------------------------------------------------------- publishing
+def unlabeled(state: ProjectState, tasks: list[dict]) -> list[dict]:
+    """The tasks without a usable label for this project's choices (what a publish scores)."""
+    return [t for t in tasks if resolve_label(t["annotations"], state.config.from_name) is None]
+
+
 def publish(ctx: JobContext, tasks: list[dict] | None = None) -> None:
     """Score the whole unlabeled pool with the served version, import it, switch the project to it."""
     state, status = ctx.state, ctx.status
@@ -210,7 +215,7 @@ def publish(ctx: JobContext, tasks: list[dict] | None = None) -> None:
         model, version = ctx.projects.model(state), state.version
     status.set("publishing", f"scoring the unlabeled pool for {version}")
     tasks = tasks if tasks is not None else ctx.call(api.tasks, "listing tasks")
-    pool = [t for t in tasks if resolve_label(t["annotations"], state.config.from_name) is None]
+    pool = unlabeled(state, tasks)
     progress = {"version": version, "scored": 0, "imported": 0, "total": len(pool)}
     status.info["publish_progress"] = progress
     started = time.perf_counter()
@@ -243,7 +248,7 @@ def rescore(ctx: JobContext) -> None:
         model, version = ctx.projects.model(state), state.version
     ctx.status.set("scoring", f"scoring the unlabeled pool for {version} (nothing is imported)")
     tasks = ctx.call(ctx.api().tasks, "listing tasks")
-    pool = [t for t in tasks if resolve_label(t["annotations"], state.config.from_name) is None]
+    pool = unlabeled(state, tasks)
     ctx.scorer.score(state, pool, model, version, reset_pool=True)
     ctx.status.set("idle", f"scored {len(pool)} unlabeled tasks for {version}")
 
@@ -282,7 +287,7 @@ def publish_tasks(ctx: JobContext, task_ids: list[int]) -> None:
             if api_status(exc.__cause__) == 404:
                 continue
             raise
-        if task is not None and resolve_label(task["annotations"], state.config.from_name) is None:
+        if task is not None and unlabeled(state, [task]):
             tasks.append(task)
     if len(tasks) < len(task_ids):
         log.info("project %s: %d of %d task id(s) of a TASKS_CREATED event are not unlabeled tasks of this "

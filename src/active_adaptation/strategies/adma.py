@@ -457,7 +457,7 @@ def consistent_landmarks(strategy: "ADMAStrategy", inputs: ScoringInputs, lm: La
     classes = lm.classes[present] if lm.classes is not None else None
     now = Landmarks({r: _flat(feats[r][rows]).float() for r in strategy.a_layers}, _flat(feats["B"][rows]).float(),
                     classes, lm.mode)
-    remember_pool(inputs, key, torch.zeros(inputs.n), landmarks=now, present=present)
+    remember_pool(inputs, key, None, landmarks=now, present=present)
     return now, present
 
 
@@ -467,7 +467,7 @@ def standardised(inputs: ScoringInputs, key, name: str, d: torch.Tensor, u: torc
     if inputs.full_pool:
         stats = {"d": (float(d.mean()), float(d.std(unbiased=False)) or 1.0),
                  "u": (float(u.mean()), float(u.std(unbiased=False)) or 1.0)}
-        remember_pool(inputs, key, torch.zeros(inputs.n), **stats)
+        remember_pool(inputs, key, None, **stats)
     else:
         stats = recall_pool(inputs, key, name)["reference"]
     return (d - stats["d"][0]) / stats["d"][1], (u - stats["u"][0]) / stats["u"][1]

@@ -88,14 +88,14 @@ class ScoringInputs:
         return value
 
 
-def remember_pool(inputs: ScoringInputs, key: Any, values: torch.Tensor, **reference: Any) -> None:
-    """After a full-pool scoring: keep each item's value and the strategy's ``reference`` (what it
-    needs to value items that were not in the pool) under ``key`` for ``inputs.model_version``."""
+def remember_pool(inputs: ScoringInputs, key: Any, values: torch.Tensor | None, **reference: Any) -> None:
+    """After a full-pool scoring: keep each item's value (None: only the reference) and the
+    strategy's ``reference`` (what it needs to value items that were not in the pool) under ``key``
+    for ``inputs.model_version``."""
     if inputs.state is None or not inputs.full_pool or inputs.model_version is None:
         return
-    ids = inputs.item_ids()
-    inputs.state[key] = {"model": inputs.model_version, "reference": reference,
-                         "values": {i: float(v) for i, v in zip(ids, values.tolist()) if i is not None}}
+    kept = {} if values is None else {i: float(v) for i, v in zip(inputs.item_ids(), values.tolist()) if i is not None}
+    inputs.state[key] = {"model": inputs.model_version, "reference": reference, "values": kept}
 
 
 def recall_pool(inputs: ScoringInputs, key: Any, name: str) -> dict:

@@ -165,7 +165,7 @@ class CoreSetStrategy(BudgetStrategy):
     description = ("Core-set (Sener & Savarese): k-center greedy on penultimate features, away from the labeled "
                    "set; `budget` greedy picks, then the rest by distance to everything picked.")
 
-    def ordered_values(self, inputs: ScoringInputs, perm: torch.Tensor) -> torch.Tensor:
+    def ordered_values(self, inputs: ScoringInputs, perm: torch.Tensor) -> tuple[torch.Tensor, dict]:
         keys = inputs.require(Need.KEYS)
         h = inputs.require(Need.EMBEDDINGS).to(torch.float64).flatten(1)[perm]
         labeled = inputs.labeled_embeddings
@@ -194,7 +194,7 @@ class BadgeStrategy(BudgetStrategy):
     description = ("BADGE (Ash et al.): k-means++ seeding on last-layer gradient embeddings (p - e_y) x h, "
                    "factorised; `budget` picks, then the rest by gradient-space distance to the picks.")
 
-    def ordered_values(self, inputs: ScoringInputs, perm: torch.Tensor) -> torch.Tensor:
+    def ordered_values(self, inputs: ScoringInputs, perm: torch.Tensor) -> tuple[torch.Tensor, dict]:
         p = inputs.require(Need.PROBS).to(torch.float64)[perm]
         h = inputs.require(Need.EMBEDDINGS).to(torch.float64).flatten(1)[perm]
         picks = badge(p, h, self.budget, self.seed)

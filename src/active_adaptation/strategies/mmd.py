@@ -120,7 +120,7 @@ class MMDStrategy(BudgetStrategy):
         if self.source is None:
             self.set_source(source.activations(("B",), limit=1000)["B"])
 
-    def ordered_values(self, inputs: ScoringInputs, perm: torch.Tensor) -> torch.Tensor:
+    def ordered_values(self, inputs: ScoringInputs, perm: torch.Tensor) -> tuple[torch.Tensor, dict]:
         from .adma import exemplar_landmarks
 
         keys = inputs.require(Need.KEYS)
