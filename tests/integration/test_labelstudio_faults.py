@@ -128,7 +128,8 @@ def test_a_version_left_unpublished_by_a_crash_is_published_at_start(label_studi
         proxy.fail_when = None
         backend = BackendProcess(tmp_path, env, port=backend.port).start()
         wait_for(lambda: project_version(ls, project) == trained, 60, "the restored version to be published")
-        assert status(backend, project)["published_version"] == trained
+        # the backend records the publish just after Label Studio switches the project: wait for it too
+        wait_for(lambda: status(backend, project)["published_version"] == trained, 30, "the publish to be recorded")
     finally:
         backend.stop()
         proxy.close()
