@@ -88,9 +88,27 @@ def log_level(name: str, raw: str) -> str:
 def backbone(name: str, raw: str) -> str:
     from active_adaptation.core.backbones import available_backbones  # cheap settings, lazy torch
 
+    from active_adaptation.core.backbones import refused_backbones
+
     value = raw.lower()
+    if value in refused_backbones():
+        raise ConfigError(f"{name}={value} is not supported: {refused_backbones()[value]}")
     if value not in available_backbones():
-        raise ConfigError(f"{name}={value!r} is unknown; allowed: {', '.join(available_backbones())}")
+        raise ConfigError(f"{name}={value!r} is unknown; allowed: {', '.join(available_backbones())} "
+                          "(python -m active_adaptation --list shows what each supports)")
+    return value
+
+
+def freeze(name: str, raw: str) -> str:
+    value = raw.strip()
+    if not value:
+        raise ConfigError(f"{name} is empty; use default, none, all, a fraction such as 0.5, or a module name")
+    try:
+        fraction = float(value)
+    except ValueError:
+        return value  # a module name: checked against the backbone's stages when it is built
+    if not 0.0 <= fraction <= 1.0:
+        raise ConfigError(f"{name}={value}: a fraction of the stages must lie in [0, 1]")
     return value
 
 
@@ -136,8 +154,10 @@ class Settings:
     host: str = setting("0.0.0.0", "Interface `python -m active_adaptation` listens on.")
     workers: int = setting(1, "gunicorn worker processes (keep 1 per GPU: each worker holds its own models).", integer(1))
     threads: int = setting(64, "gunicorn threads per worker. At most `THREADS - 8` `/predict` requests run at once (more get 503 with `Retry-After`), so that `/webhook`, `/setup` and `/health` always find a free thread ([benchmarks](docs/benchmarks.md)).", integer(1))
-    backbone: str = setting("resnet18", "One of `alexnet`, `resnet18`, `smallcnn`, `smallcnn-unfrozen`, `vgg16` (`python -m active_adaptation --list`).", backbone)
-    weights: str = setting("DEFAULT", "A torchvision weights name of the backbone (`DEFAULT`, `IMAGENET1K_V1`, …), a path to a saved `state_dict`, or `none` for random initialisation.")
+    backbone: str = setting("efficientnet_lite0", "`efficientnet_lite0` (ImageNet weights that install with the package: nothing is downloaded), any torchvision classification architecture by name (`resnet50`, `convnext_tiny`, `vit_b_16`, …), `smallcnn` or `smallcnn-unfrozen`; `python -m active_adaptation --list` shows each family's strategies and refusals ([Backbones](#backbones)).", backbone)
+    weights: str = setting("DEFAULT", "A weights name of the backbone (`DEFAULT`, `IMAGENET1K_V1`, …: torchvision's, loaded through its cache; efficientnet_lite0's packaged ImageNet weights), a path to a saved `state_dict`, or `none` for random initialisation.")
+    freeze: str = setting("default", "Where the frozen early layers end: `default` (the family's boundary, [Backbones](#backbones)), `none` (train everything), `all` (only the classifier trains), a fraction of the stages such as `0.5`, or a stage's module name (frozen up to and including it, e.g. `layer2`). The log says \"N of M parameters trainable\".", freeze)
+    image_size: int = setting(0, "Input side in pixels after resize and centre-crop; `0`: the size the weights were trained at (224 for most). Smaller is faster on a CPU.", integer(0))
     strategy: str = setting("margin", "A registered strategy (`python -m active_adaptation --list`), with options as `name:key=value:…`, e.g. `adma:lam=0.1:landmarks=kmeans` (see [Strategies](#strategies)).", strategy)
     queue_diversity: str = setting("off", "`coreset`: re-order the `QUEUE_DIVERSITY_TOP` highest-acquisition tasks by k-center greedy on the model's features, so that consecutive tasks in the queue are not near-duplicates.", choice("off", "coreset"))
     queue_diversity_top: int = setting(100, "How many top tasks `QUEUE_DIVERSITY` re-orders.", integer(2))

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from active_adaptation.core.backbones import LoadedBackbone
+from active_adaptation.errors import ConfigError
 from active_adaptation.strategies import Need
 
 log = logging.getLogger(__name__)
@@ -50,10 +51,11 @@ class AdaptedModel:
         self.target.to(device)
         self.trainable, self.total = self.freeze()
         self.lock = threading.RLock()  # guards forward passes against head changes
+        spec = self.spec
         log.info(
-            "%s (%s): %d of %d parameters trainable; frozen: %s; labels: %s",
-            self.spec.name, self.weights, self.trainable, self.total,
-            ", ".join(p.rstrip(".") for p in self.spec.frozen), self.labels,
+            "%s (%s): %d of %d parameters trainable; FREEZE=%s freezes %d of %d stages%s; labels: %s",
+            spec.name, self.weights, self.trainable, self.total, spec.freeze, spec.n_frozen, len(spec.stages),
+            f" (up to {spec.stages[spec.n_frozen - 1].name})" if spec.n_frozen else "", self.labels,
         )
 
     def clone(self) -> "AdaptedModel":
@@ -124,14 +126,14 @@ class AdaptedModel:
         """Full forward pass from preprocessed images; see :meth:`forward_from_trunk`."""
         return self.forward_from_trunk(self.trunk(batch), needs, layers)
 
-    def resolve_layer(self, layer: str) -> tuple[str, bool]:
-        """A role ("A", "B", "A2") or module name -> (module name, apply ReLU)."""
-        roles = dict(self.spec.roles)
-        if layer.isupper() and layer not in roles:
-            raise ValueError(f"backbone {self.spec.name} has no layer {layer} after its freeze boundary "
-                             f"(available roles: {', '.join(roles) or 'none'})")
-        name = roles.get(layer, layer)
-        return (name[:-5], True) if name.endswith("+relu") else (name, False)
+    def resolve_layer(self, layer: str) -> tuple[str, bool, bool]:
+        """A role ("A", "B", "A2", ...) or module name -> (module name, apply ReLU, hook the input)."""
+        try:
+            name = self.spec.role_module(layer)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        name, as_input = (name[:-3], True) if name.endswith(":in") else (name, False)
+        return (name[:-5], True, as_input) if name.endswith("+relu") else (name, False, as_input)
 
     def _hooked(self, net: nn.Module, z: torch.Tensor, layers: Sequence[str]) -> tuple[torch.Tensor, dict]:
         """rest(net, z) with the outputs of ``layers`` captured (cloned: in-place ReLUs follow)."""
@@ -146,8 +148,12 @@ class AdaptedModel:
             return hook
 
         for layer in layers:
-            name, relu = self.resolve_layer(layer)
-            hooks.append(net.get_submodule(name).register_forward_hook(keep(layer, relu)))
+            name, relu, as_input = self.resolve_layer(layer)
+            module = net.get_submodule(name)
+            if as_input:
+                hooks.append(module.register_forward_pre_hook(lambda m, args, _k=keep(layer, relu): _k(m, args, args[0])))
+            else:
+                hooks.append(module.register_forward_hook(keep(layer, relu)))
         try:
             out = self.spec.rest(net, z)
         finally:

@@ -15,6 +15,12 @@ TRACK_DEFAULTS = {  # docs/methods.md §8.2
     "cluttered-digits": dict(initial=10, batch=20, rounds=20, steps=300, lr=1e-3, source_steps=3000),
     "digits-novel": dict(initial=100, batch=5, rounds=10, steps=1000, lr=1e-4, source_steps=0),
     "imagefolder": dict(initial=10, batch=10, rounds=10, steps=100, lr=1e-3, source_steps=1000),
+    "fashion-mnist": dict(initial=10, batch=10, rounds=15, steps=60, lr=1e-3, source_steps=0),
+}
+# The pretrained track (docs/results.md): ImageNet EfficientNet-Lite0 at 64 px with everything up to
+# blocks.5 frozen, so that 20 seeds of every strategy fit a 2-core CPU; on a GPU use 224 px.
+TRACK_BACKBONE = {
+    "fashion-mnist": dict(backbone="efficientnet_lite0", weights="DEFAULT", freeze="blocks.5", image_size=64),
 }
 NOVEL_TRAINING = dict(optimizer="sgd", train_batch=64, new_fraction=6 / 64, sets=200)  # the EMOC paper's
 
@@ -33,6 +39,8 @@ class SimConfig:
     source: str | None = None  # ImageFolder of the source task (with imagefolder:PATH)
     backbone: str = "smallcnn"
     weights: str = "auto"  # auto: pretrain M0 on the track's source task (cached)
+    freeze: str = "default"  # FREEZE: where the frozen early layers end
+    image_size: int = 0  # IMAGE_SIZE: input side in pixels (0: the backbone's own)
     device: str = "cpu"
     workers: int = 1
     cache: str = str(ROOT / ".cache" / "simulate")
@@ -99,16 +107,21 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
         prog="python -m active_adaptation.simulation", description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog="strategies: " + ", ".join(strategies.available()))
     p.add_argument("--dataset", default="cluttered-digits",
-                   help="digits | cluttered-digits | digits-novel | imagefolder:PATH (default: cluttered-digits)")
+                   help="digits | cluttered-digits | digits-novel | fashion-mnist | imagefolder:PATH "
+                        "(default: cluttered-digits)")
     p.add_argument("--source", default=None, help="ImageFolder of the source task (with imagefolder:PATH)")
     p.add_argument("--strategies", default="random,margin,emoc,badge,adma",
                    help="comma list of strategy specs, e.g. random,emoc,adma:landmarks=pool-exemplars")
     p.add_argument("--backbone", default=None,
                    help="smallcnn (default), smallcnn-unfrozen (default on digits-novel: M0 is random, every layer "
-                        "trains), resnet18, vgg16, alexnet")
-    p.add_argument("--weights", default="auto",
-                   help="auto (pretrain M0 on the track's source task, cached), none, a torchvision weights name "
-                        "or a state_dict path")
+                        "trains), efficientnet_lite0 (default on fashion-mnist) or any torchvision architecture")
+    p.add_argument("--weights", default=None,
+                   help="auto (default: pretrain M0 on the track's source task, cached; fashion-mnist: DEFAULT), none, "
+                        "a weights name or a state_dict path")
+    p.add_argument("--freeze", default=None,
+                   help="the backend's FREEZE: default, none, all, a fraction or a module name (fashion-mnist: blocks.5)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="input side in pixels, 0 = the backbone's own (fashion-mnist: 64)")
     p.add_argument("--initial", type=int, default=None, help="seed-set size (track default)")
     p.add_argument("--batch", type=int, default=None, help="labels per round; set size K in digits-novel")
     p.add_argument("--rounds", type=int, default=None, help="active-learning rounds")
@@ -137,10 +150,20 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
 
 def _check_dataset(args, parser) -> str:
     track = "imagefolder" if args.dataset.startswith("imagefolder:") else args.dataset
-    if args.backbone is None:  # digits-novel starts from random weights: train every layer (docs/results.md)
-        args.backbone = "smallcnn-unfrozen" if track == "digits-novel" else "smallcnn"
     if track not in TRACK_DEFAULTS:
-        parser.error(f"unknown dataset {args.dataset!r}; allowed: digits, cluttered-digits, digits-novel, imagefolder:PATH")
+        parser.error(f"unknown dataset {args.dataset!r}; allowed: digits, cluttered-digits, digits-novel, fashion-mnist, "
+                     "imagefolder:PATH")
+    defaults = TRACK_BACKBONE.get(track, {})
+    if args.backbone is None:  # digits-novel starts from random weights: train every layer (docs/results.md)
+        args.backbone = defaults.get("backbone", "smallcnn-unfrozen" if track == "digits-novel" else "smallcnn")
+    if args.weights is None:
+        args.weights = defaults.get("weights", "auto") if args.backbone == defaults.get("backbone") else "auto"
+    if args.freeze is None:
+        args.freeze = defaults.get("freeze", "default") if args.backbone == defaults.get("backbone") else "default"
+    if args.image_size is None:
+        args.image_size = defaults.get("image_size", 0) if args.backbone == defaults.get("backbone") else 0
+    if args.image_size < 0:
+        parser.error("--image-size must be 0 (the backbone's own) or a positive number of pixels")
     if track == "imagefolder" and not Path(args.dataset.split(":", 1)[1]).is_dir():
         parser.error(f"--dataset {args.dataset}: {args.dataset.split(':', 1)[1]} is not a folder")
     if args.source and track != "imagefolder":
@@ -160,15 +183,22 @@ def _check_dataset(args, parser) -> str:
             parser.error("--live runs per-instance strategies; digits-novel's set protocol has no queue")
         if not LS_BIN.exists():
             parser.error(f"--live needs Label Studio at {LS_BIN}: run bash scripts/setup_env.sh first")
-    from active_adaptation.core.backbones import available_backbones
+    from active_adaptation.core.backbones import available_backbones, get_backbone
+    from active_adaptation.errors import ConfigError
 
     if args.backbone not in available_backbones():
         parser.error(f"--backbone {args.backbone!r}; allowed: {', '.join(available_backbones())}")
+    try:
+        get_backbone(args.backbone, args.freeze)
+    except ConfigError as exc:
+        parser.error(f"--freeze: {exc}")
     return track
 
 
-def _check_strategies(text: str, track: str, parser) -> tuple[str, ...]:
+def _check_strategies(text: str, track: str, parser, backbone: str = "smallcnn", freeze: str = "default") -> tuple[str, ...]:
     from active_adaptation import strategies
+    from active_adaptation.core.backbones import get_backbone
+    from active_adaptation.errors import ConfigError
 
     specs = tuple(s.strip() for s in text.split(",") if s.strip())
     if not specs:
@@ -176,9 +206,11 @@ def _check_strategies(text: str, track: str, parser) -> tuple[str, ...]:
     for spec in specs:
         try:
             name = strategies.parse_spec(spec)[0]
-            strategies.from_spec(spec)
+            get_backbone(backbone, freeze).require_layers(strategies.from_spec(spec).layers(), spec)
         except strategies.StrategyError as exc:
             parser.error(f"--strategies: {exc}")
+        except ConfigError as exc:
+            parser.error(f"--strategies with --backbone {backbone}: {exc}")
         if track == "digits-novel" and name not in NOVEL_CRITERIA:
             parser.error(f"--strategies: {name!r} has no set version for digits-novel; allowed: "
                          f"{', '.join(NOVEL_CRITERIA)} (as the EMOC paper's random, min, 1-vs-2, max, emoc)")
@@ -189,7 +221,7 @@ def _check_strategies(text: str, track: str, parser) -> tuple[str, ...]:
 
 def config_from_args(args, parser) -> SimConfig:
     track = _check_dataset(args, parser)
-    specs = _check_strategies(args.strategies, track, parser)
+    specs = _check_strategies(args.strategies, track, parser, args.backbone, args.freeze)
     try:
         seeds = parse_seeds(args.seeds)
     except ValueError as exc:
@@ -200,7 +232,7 @@ def config_from_args(args, parser) -> SimConfig:
             parser.error(f"--{key} must be at least 1")
     return SimConfig(
         dataset=args.dataset, source=args.source, strategies=specs, seeds=seeds, backbone=args.backbone,
-        weights=args.weights, device=args.device, cache=args.cache, workers=max(1, args.workers),
+        weights=args.weights, freeze=args.freeze, image_size=args.image_size, device=args.device, cache=args.cache, workers=max(1, args.workers),
         progress=not args.no_progress, live=args.live, queue_diversity=args.queue_diversity,
         queue_diversity_top=args.queue_diversity_top, label_noise=args.label_noise, drop_harmful=args.drop_harmful,
         **budget, **(NOVEL_TRAINING if track == "digits-novel" else {}))

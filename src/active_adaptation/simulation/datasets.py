@@ -6,6 +6,7 @@ active-learning pool and test set), as float tensors (N, 3, H, W) normalised to 
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,4 +135,52 @@ def image_folder(path: Path, preprocess) -> Task:
     return Task(torch.stack(load_image_files(files, preprocess)), torch.tensor(ys), classes)
 
 
-DATASETS = {"digits": digits, "cluttered-digits": cluttered_digits, "digits-novel": digits_novel}
+FASHION_MNIST_DIR = Path(os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+FASHION_SIZE = 6000  # items drawn (fixed, class-stratified by chance) from the 70,000: pool + test per seed
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (the MNIST format, optionally gzipped) as a numpy array."""
+    import gzip
+
+    raw = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValueError(f"{path} is not an IDX file of unsigned bytes")
+    dims = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims))
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * dims)
+    if data.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: header says {shape}, the file holds {data.size} values (truncated?)")
+    return data.reshape(shape)
+
+
+def _idx_file(folder: Path, stem: str) -> Path:
+    for name in (f"{stem}.gz", stem):
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(
+        f"Fashion-MNIST is not at {folder} (no {stem}[.gz]). Install it with `apt-get install dataset-fashion-mnist` "
+        "(Debian/Ubuntu), or point FASHION_MNIST_DIR at a folder with the four IDX files from "
+        "https://github.com/zalandoresearch/fashion-mnist")
+
+
+def fashion_mnist(folder: Path | None = None, size: int = FASHION_SIZE) -> Dataset:
+    """Fashion-MNIST (Zalando, MIT): 28x28 grey photos of 10 kinds of clothing. A fixed random
+    ``size`` of the 70,000 images is the track (each seed splits it into pool and test); no source
+    task: M0 is an ImageNet-pretrained network (docs/results.md, the pretrained track)."""
+    folder = Path(folder or FASHION_MNIST_DIR)
+    images = np.concatenate([read_idx(_idx_file(folder, "train-images-idx3-ubyte")),
+                             read_idx(_idx_file(folder, "t10k-images-idx3-ubyte"))])
+    labels = np.concatenate([read_idx(_idx_file(folder, "train-labels-idx1-ubyte")),
+                             read_idx(_idx_file(folder, "t10k-labels-idx1-ubyte"))]).astype(np.int64)
+    if len(images) != len(labels):
+        raise ValueError(f"{folder}: {len(images)} images but {len(labels)} labels")
+    keep = np.sort(np.random.default_rng(2017).permutation(len(labels))[:size])
+    return Dataset("fashion-mnist", None,
+                   Task(_to_tensor(images[keep].astype(np.float32) / 255.0), torch.from_numpy(labels[keep]), list(FASHION_CLASSES)),
+                   f"Fashion-MNIST ({folder}), {size} of 70,000 images, 28x28 grey, 10 classes")
+
+
+DATASETS = {"digits": digits, "cluttered-digits": cluttered_digits, "digits-novel": digits_novel,
+            "fashion-mnist": fashion_mnist}

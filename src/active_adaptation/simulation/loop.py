@@ -108,7 +108,7 @@ def prepare_strategy(strategy, cfg: SimConfig, model: AdaptedModel, ds) -> None:
     if ds.source is None:
         return
     idx = torch.randperm(len(ds.source.y), generator=torch.Generator().manual_seed(0))[:2000]
-    strategy.set_source_data(ImageSource(model, lambda: resize_for(cfg.backbone, ds.source.x[idx]), ds.source.y[idx]))
+    strategy.set_source_data(ImageSource(model, lambda: resize_for(cfg, ds.source.x[idx]), ds.source.y[idx]))
 
 
 def run_name(spec: str, cfg: SimConfig) -> str:
@@ -132,10 +132,24 @@ def _setup(cfg: SimConfig, seed: int):
     and shared by all strategies."""
     torch.set_num_threads(cfg.threads)
     ds = dataset_of(cfg)
-    model = AdaptedModel(base_model(cfg.backbone, cfg.m0), ds.target.classes, resolve_device(cfg.device), seed)
-    x = resize_for(cfg.backbone, ds.target.x)
-    z = torch.cat([model.trunk(x[s:s + BATCH]) for s in range(0, len(x), BATCH)])
-    return ds, model, x, z
+    model = AdaptedModel(base_model(cfg.backbone, cfg.m0, cfg.freeze, cfg.image_size), ds.target.classes,
+                         resolve_device(cfg.device), seed)
+    x = resize_for(cfg, ds.target.x)
+    return ds, model, x, _trunk_of_target(cfg, model)
+
+
+_TRUNKS: dict = {}
+
+
+def _trunk_of_target(cfg: SimConfig, model: AdaptedModel) -> torch.Tensor:
+    """The frozen trunk's activations of every target item: the same for every seed and strategy of
+    a configuration (M0's frozen layers never change), so computed once per process."""
+    key = (cfg.dataset, cfg.source, cfg.backbone, cfg.m0, cfg.freeze, cfg.image_size, cfg.device)
+    if key not in _TRUNKS:
+        x = resize_for(cfg, dataset_of(cfg).target.x)
+        _TRUNKS.clear()  # one configuration per process at a time
+        _TRUNKS[key] = torch.cat([model.trunk(x[s:s + BATCH]) for s in range(0, len(x), BATCH)])
+    return _TRUNKS[key]
 
 
 def run_al(cfg: SimConfig, spec: str, seed: int, progress=None) -> dict:

@@ -31,23 +31,25 @@ def dataset_of(cfg: SimConfig) -> datasets.Dataset:
     return load_dataset(cfg.dataset, cfg.source, cfg.backbone)
 
 
-def resize_for(backbone: str, x: torch.Tensor) -> torch.Tensor:
-    """Images at the backbone's input size (the small CNN takes them as they are)."""
-    if backbone == "smallcnn":
+def resize_for(cfg: SimConfig, x: torch.Tensor) -> torch.Tensor:
+    """Images (in [-1, 1]) at the backbone's input size and normalisation (the small CNN takes them as
+    they are: its input is [-1, 1] at any size)."""
+    if cfg.backbone in ("smallcnn", "smallcnn-unfrozen") and not cfg.image_size:
         return x
-    from active_adaptation.core.backbones import get_backbone
-
-    crop = get_backbone(backbone).preprocess.crop
-    if x.shape[-2:] == (crop, crop):  # already at the backbone's input size (imagefolder)
-        return x
-    return torch.nn.functional.interpolate(x, size=(crop, crop), mode="bilinear", align_corners=False)
+    pre = base_model(cfg.backbone, cfg.m0 or "none", cfg.freeze, cfg.image_size).preprocess
+    if x.shape[-2:] != (pre.crop, pre.crop):  # imagefolder images already come at the backbone's size
+        x = torch.nn.functional.interpolate(x, size=(pre.crop, pre.crop), mode="bilinear", align_corners=False)
+    if pre.mean != (0.5, 0.5, 0.5) or pre.std != (0.5, 0.5, 0.5):
+        mean, std = torch.tensor(pre.mean).view(1, 3, 1, 1), torch.tensor(pre.std).view(1, 3, 1, 1)
+        x = (x * 0.5 + 0.5 - mean) / std
+    return x
 
 
 @functools.lru_cache(maxsize=2)
-def base_model(backbone: str, weights: str):
+def base_model(backbone: str, weights: str, freeze: str = "default", image_size: int = 0):
     from active_adaptation.core.backbones import load_backbone
 
-    return load_backbone(backbone, weights)
+    return load_backbone(backbone, weights, freeze=freeze, image_size=image_size)
 
 
 def pretrain_source(cfg: SimConfig) -> str:
@@ -67,7 +69,7 @@ def pretrain_source(cfg: SimConfig) -> str:
         return str(path)
     torch.manual_seed(0)
     model = get_backbone(cfg.backbone).build(len(ds.source.classes))
-    x, y = resize_for(cfg.backbone, ds.source.x), ds.source.y
+    x, y = resize_for(cfg, ds.source.x), ds.source.y
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=5e-4)
     g = torch.Generator().manual_seed(0)
     model.train()
