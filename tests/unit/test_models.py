@@ -186,8 +186,8 @@ def test_adma_layer_roles_hook_post_activation_tensors(name):
 
 def test_roles_a_backbone_lacks_are_refused():
     model = AdaptedModel(load_backbone("smallcnn", "none"), ["a"], CPU)
-    with pytest.raises(ValueError, match="no layer A2 after its freeze boundary"):
+    with pytest.raises(ValueError, match="needs layer role A2, which smallcnn does not declare: conv1"):
         model.forward(torch.randn(1, 3, 32, 32), {Need.FEATURES}, ("A2",))
     resnet = AdaptedModel(load_backbone("resnet18", "none"), ["a"], CPU)
-    with pytest.raises(ValueError, match="no layer HEAD_IN"):
+    with pytest.raises(ValueError, match="needs layer role HEAD_IN, which resnet18 does not declare: EMOC's two-layer"):
         resnet.forward(torch.randn(1, 3, 64, 64), {Need.FEATURES}, ("HEAD_IN",))

@@ -25,9 +25,19 @@ def _webhook_header(project: str) -> int:
 
 def _list() -> int:
     from active_adaptation import strategies
-    from active_adaptation.core.backbones import available_backbones
+    from active_adaptation.core.backbones import describe_backbones, strategies_refused_by_family
 
-    print("backbones:", ", ".join(available_backbones()))
+    print("backbones (BACKBONE=name; FREEZE moves the frozen boundary; docs/backbones.md):")
+    for row in describe_backbones():
+        names = ", ".join(row["architectures"])
+        if row["refused"]:
+            print(f"  {row['family']:<19} refused: {row['refused']}\n  {'':<19} ({names})")
+            continue
+        refused = strategies_refused_by_family(row["family"])
+        can = "every strategy" if not refused else "every strategy except " + ", ".join(
+            f"{name} ({reason})" for name, reason in refused.items())
+        size = f"; input fixed at {row['fixed_size']} px" if row["fixed_size"] else ""
+        print(f"  {row['family']:<19} {names}\n  {'':<19} {can}{size}")
     print("strategies:")
     for item in strategies.describe():
         print(f"  {item['name']:<18} {item['description']}  (needs: {', '.join(item['needs'])})")

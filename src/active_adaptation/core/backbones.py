@@ -149,6 +149,8 @@ def _stage_before_last(model: nn.Module, stages: list[Stage]) -> dict[str, str]:
 
 _NO_A_TRANSFORMER = ("ADMA's layer A is a convolutional feature map late in the network (docs/methods.md §1.2); "
                      "this transformer has token activations there and the paper gives no mapping, so none is guessed")
+_NO_A2 = ("the paper names a second A layer only for AlexNet, VGG and ResNet (docs/methods.md §1.2); "
+          "none is guessed for this family")
 _NO_HIDDEN = ("EMOC's two-layer closed form needs a hidden Linear + ReLU before the head; "
               "this family's classifier is a single Linear")
 
@@ -161,7 +163,7 @@ class Family:
     head: str
     freeze: float  # default: this fraction of the stages (rounded down) is frozen
     roles: Callable[[nn.Module, list[Stage]], dict[str, str]] = _stage_before_last
-    missing: tuple[tuple[str, str], ...] = (("HEAD_IN", _NO_HIDDEN), ("HEAD_PRE", _NO_HIDDEN))
+    missing: tuple[tuple[str, str], ...] = (("A2", _NO_A2), ("HEAD_IN", _NO_HIDDEN), ("HEAD_PRE", _NO_HIDDEN))
     fixed_size: int | None = None  # the architecture only accepts this input size
     min_size: int = 32
     build_kwargs: tuple[tuple[str, Any], ...] = ()
@@ -208,7 +210,8 @@ _INCEPTION_AFTER_STEM = ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_
 
 FAMILIES: dict[str, Family] = {f.name: f for f in [
     Family("resnet", _resnet_stages, lambda m, z: m.fc(_pool_flat(m, z)), "fc", freeze=0.45,
-           roles=lambda m, s: {"A": s[-2].name, "B": "avgpool", "A2": f"{s[-2].name}.bn1+relu"}),
+           roles=lambda m, s: {"A": s[-2].name, "B": "avgpool", "A2": f"{s[-2].name}.bn1+relu"},
+           missing=(("HEAD_IN", _NO_HIDDEN), ("HEAD_PRE", _NO_HIDDEN))),
     Family("vgg", lambda m: _blocks(m, "features", lambda _: False), lambda m, z: m.classifier(_pool_flat(m, z)), "classifier.6", freeze=0.52,
            roles=_vgg_roles, missing=()),
     Family("alexnet", lambda m: _blocks(m, "features", lambda _: False), lambda m, z: m.classifier(_pool_flat(m, z)), "classifier.6", freeze=0.4,
@@ -275,7 +278,8 @@ def _smallcnn_roles(m, stages):
 
 
 FAMILIES["smallcnn"] = Family("smallcnn", lambda m: _blocks(m, "features", lambda _: False),
-                              lambda m, z: m.classifier(z), "classifier.5", freeze=2, roles=_smallcnn_roles, missing=())
+                              lambda m, z: m.classifier(z), "classifier.5", freeze=2, roles=_smallcnn_roles,
+                              missing=(("A2", "conv1, the only earlier conv layer, lies in the frozen trunk"),))
 # timm's EfficientNet (the architecture of efficientnet_lite0): stem, one stage per block, the head conv
 FAMILIES["timm_efficientnet"] = Family(
     "timm_efficientnet",
@@ -325,8 +329,9 @@ class BackboneSpec:
 
     @property
     def frozen(self) -> tuple[str, ...]:
-        """Parameter-name prefixes that stay frozen: everything the trunk's stages own."""
-        return tuple(f"{n}." for st in self.stages[: self.n_frozen] for n in (*st.modules, *st.params))
+        """Parameter-name prefixes that stay frozen: everything the trunk's stages own (their modules'
+        parameters, and parameters such as ViT's class token by their full name)."""
+        return tuple(p for st in self.stages[: self.n_frozen] for p in (*(f"{n}." for n in st.modules), *st.params))
 
     def trunk(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         for stage in self.stages[: self.n_frozen]:
@@ -493,6 +498,22 @@ def get_backbone(name: str, freeze: str = "default") -> BackboneSpec:
         torchvision_name=arch.torchvision_name, roles=tuple(_roles(family, skeleton, list(stages)).items()),
         missing=family.missing, fixed_size=family.fixed_size, min_size=family.min_size,
         drop_keys=family.drop_keys, pretrained_attrs=family.pretrained_attrs)
+
+
+ROLE_VARIANTS = ("adma:layers=A2", "emoc:head_layers=2")  # options that need further roles
+
+
+def strategies_refused_by_family(family: str) -> dict[str, str]:
+    """Registered strategies (default options) whose layer roles the family does not declare -> why."""
+    from active_adaptation import strategies
+
+    missing = dict(FAMILIES[family].missing)
+    out = {}
+    for name in [*strategies.available(), *ROLE_VARIANTS]:
+        lacking = [role for role in strategies.from_spec(name).layers() if role in missing]
+        if lacking:
+            out[name] = f"needs layer role {lacking[0]}: {missing[lacking[0]]}"
+    return out
 
 
 def describe_backbones() -> list[dict]:
