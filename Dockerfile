@@ -1,7 +1,7 @@
 # Active Adaptation ML backend for Label Studio.
 #   docker build -t active-adaptation .                          # CPU (default)
 #   docker build -t active-adaptation:cuda --build-arg FLAVOR=cuda .   # CUDA: exactly what CI installs
-#   docker build --build-arg BAKE_WEIGHTS=1 --build-arg BACKBONE=resnet18 --build-arg WEIGHTS=DEFAULT .
+#   docker build --build-arg BAKE_WEIGHTS=1 --build-arg BACKBONE=resnet50 --build-arg WEIGHTS=DEFAULT .
 #                                                                # bake torchvision weights in (offline use)
 ARG PYTHON_IMAGE=python:3.11.7-slim-bookworm
 FROM ${PYTHON_IMAGE}
@@ -33,7 +33,7 @@ COPY scripts/docker-start.sh /app/docker-start.sh
 
 # Optional: download the chosen torchvision weights into the image, so that it works offline.
 ARG BAKE_WEIGHTS=""
-ARG BACKBONE=resnet18
+ARG BACKBONE=resnet50
 ARG WEIGHTS=DEFAULT
 RUN if [ -n "${BAKE_WEIGHTS}" ]; then \
         BACKBONE="${BACKBONE}" WEIGHTS="${WEIGHTS}" python -m active_adaptation --check; \

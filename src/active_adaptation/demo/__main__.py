@@ -118,6 +118,10 @@ def announce(ls, backend, project: int, current: dict, lock) -> None:
     print("DEMO READY " + json.dumps(info), flush=True)
 
 
+# a real pretrained network, sized for a CPU: 64 px digits, only the last block and head train
+DEMO_WEIGHTS = {"efficientnet_lite0": {"WEIGHTS": "DEFAULT", "IMAGE_SIZE": "64", "FREEZE": "blocks.5"}}
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dir", type=Path, default=ROOT / ".cache" / "demo", help="data directory, reused between runs")
@@ -125,7 +129,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--backend-port", type=int, default=9090, help="backend port (a free one if busy)")
     parser.add_argument("--images", type=int, default=300, help="digits in a new demo project")
     parser.add_argument("--strategy", default="margin")
-    parser.add_argument("--backbone", default="smallcnn")
+    parser.add_argument("--backbone", default="efficientnet_lite0",
+                        help="efficientnet_lite0 (default: ImageNet weights installed with the package, 64 px, "
+                             "frozen up to blocks.5) or smallcnn (random weights)")
     return parser.parse_args()
 
 
@@ -156,7 +162,8 @@ def main() -> int:
         ls.start()
         backend = BackendProcess(args.dir, {
             "LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ADMIN_TOKEN, "BACKBONE": args.backbone,
-            "WEIGHTS": "none", "STRATEGY": args.strategy, "TRAIN_DEBOUNCE_S": "2", "TRAIN_STEPS": "60",
+            **DEMO_WEIGHTS.get(args.backbone, {"WEIGHTS": "none"}),
+            "STRATEGY": args.strategy, "TRAIN_DEBOUNCE_S": "2", "TRAIN_STEPS": "60",
         }, port=port_or_free(args.backend_port, "the backend"))
         say(f"starting the backend on {backend.url} (log: {backend.log_path})")
         backend.start()

@@ -96,7 +96,8 @@ def summarise(results: dict, baseline: str = "random") -> list[dict]:
         final = m[:, -1]
         mean_curve = m.mean(axis=0)
         row = {"strategy": name, "seeds": len(entry["seeds"]), "alc": float(alc.mean()), "final": float(final.mean()),
-               "final_labels": entry["labels"][-1], "time_score": None, "time_train": None}
+               "final_labels": entry["labels"][-1], "time_score": None, "time_train": None,
+               "curve": mean_curve.tolist()}
         disc = np.array([entry["disc"][s] for s in entry["seeds"]], dtype=np.float64)
         row["discovered_final"] = float(disc[:, -1].mean())
         if base is not None:
@@ -124,8 +125,61 @@ def summarise(results: dict, baseline: str = "random") -> list[dict]:
         compared = [r for r in rows if key in r]
         for r, adjusted in zip(compared, holm([r[key] for r in compared])):
             r[key + "_holm"] = adjusted
+    if base is not None:
+        _at_label_counts(rows, data, base, baseline)
     rows.sort(key=lambda r: -r["alc"])
     return rows
+
+
+def _paired(entry: dict, base: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(strategy, baseline) accuracy matrices over the seeds both ran, in the same order."""
+    common = [s for s in entry["seeds"] if s in base["acc"]]
+    return (np.array([entry["acc"][s] for s in common], dtype=np.float64),
+            np.array([base["acc"][s] for s in common], dtype=np.float64))
+
+
+def reach_interval(entry: dict, base: dict, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Labels a strategy needs for its mean curve to reach the baseline's mean final accuracy:
+    the estimate and a 95% percentile bootstrap interval over seeds (resampled in pairs). inf = not
+    reached within the budget."""
+    m, b = _paired(entry, base)
+    labels = np.array(entry["labels"], dtype=np.float64)
+
+    def first(mm, bb):
+        hit = np.nonzero(mm.mean(axis=0) >= bb[:, -1].mean() - 1e-12)[0]
+        return labels[hit[0]] if len(hit) else math.inf
+
+    if len(m) == 0:
+        return math.nan, math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    draws = [first(m[idx], b[idx]) for idx in rng.integers(0, len(m), size=(resamples, len(m)))]
+    lo, hi = np.percentile(draws, [2.5, 97.5], method="lower"), np.percentile(draws, [97.5], method="higher")[0]
+    return first(m, b), float(lo[0]), float(hi)
+
+
+def _at_label_counts(rows: list[dict], data: dict, base: dict, baseline: str) -> None:
+    """Per label count: each strategy's mean accuracy and paired difference to the baseline (t-interval,
+    Wilcoxon p, Holm-corrected across the strategies at that label count); and the labels-to-reach
+    bootstrap interval."""
+    labels = base["labels"]
+    for row in rows:
+        entry = data[row["strategy"]]
+        row["at"] = {}
+        if row["strategy"] == baseline or entry["labels"] != labels:
+            continue
+        m, b = _paired(entry, base)
+        if len(m) == 0:
+            continue
+        for j, n in enumerate(labels):
+            d = m[:, j] - b[:, j]
+            mean, lo, hi = _t_interval(d)
+            row["at"][n] = {"acc": float(m[:, j].mean()), "d": mean, "lo": lo, "hi": hi, "p": _wilcoxon(d)}
+        row["reach"] = reach_interval(entry, base)
+        row["reach_ratio"] = row["reach"][0] / labels[-1] if labels[-1] else math.nan
+    for n in labels:
+        cells = [r["at"][n] for r in rows if n in r.get("at", {})]
+        for cell, adjusted in zip(cells, holm([c["p"] for c in cells])):
+            cell["p_holm"] = adjusted
 
 
 def _fmt(x, digits=3):
@@ -138,7 +192,9 @@ def summary_markdown(results: dict, baseline: str = "random") -> str:
     lines = [
         f"# Simulation: {cfg['dataset']}",
         "",
-        f"backbone `{cfg['backbone']}`, weights `{cfg.get('weights')}`, seed set {cfg['initial']}, "
+        f"backbone `{cfg['backbone']}`, weights `{cfg.get('weights')}`"
+        + (f", FREEZE `{cfg['freeze']}`" if cfg.get("freeze", "default") != "default" else "")
+        + (f", {cfg['image_size']} px" if cfg.get("image_size") else "") + f", seed set {cfg['initial']}, "
         f"{cfg['rounds']} rounds × {cfg['batch']}, {len(results['seeds'])} seeds, device {cfg.get('device')}.",
         "ALC = mean test accuracy over rounds 1..T. Δ = paired difference to "
         f"`{baseline}` (same seeds), mean [95% t-interval], p = Wilcoxon signed-rank, p (Holm) = p corrected "
@@ -160,7 +216,52 @@ def summary_markdown(results: dict, baseline: str = "random") -> str:
             f"{_fmt(r.get('d_final_p_holm'))} | "
             f"{reach if reach is not None else 'not reached'} | {r['discovered_final']:.1f} | "
             f"{_fmt(r['time_score'])} | {_fmt(r['time_train'])} |")
+    lines += _fixed_counts_markdown(rows, baseline)
     return "\n".join(lines) + "\n"
+
+
+def _fmt_labels(x: float) -> str:
+    return "not reached" if math.isinf(x) else f"{x:.0f}"
+
+
+def _fixed_counts_markdown(rows: list[dict], baseline: str) -> list[str]:
+    """Accuracy at a few label counts (the first, a third, two thirds and the last round), with the
+    paired difference to the baseline; ▲/▼ = significantly above/below it (Holm-corrected p < 0.05
+    across the strategies at that label count). Then the labels needed to reach the baseline's final."""
+    compared = [r for r in rows if r.get("at")]
+    if not compared:
+        return []
+    counts = list(next(iter(compared))["at"])
+    picks = sorted({counts[1 if len(counts) > 1 else 0], counts[len(counts) // 3], counts[2 * len(counts) // 3], counts[-1]})
+    base_row = next((r for r in rows if r["strategy"] == baseline), None)
+    out = ["", f"Accuracy at fixed label counts: mean, and the paired difference to `{baseline}` [95% interval]; "
+           "▲/▼ = significantly above/below it (Wilcoxon, Holm-corrected across strategies at that count, p < 0.05). "
+           f"Below the table: labels needed to reach `{baseline}`'s final accuracy, with a 95% bootstrap interval over "
+           "seeds.", "",
+           "| strategy | " + " | ".join(f"{n} labels" for n in picks) + f" | labels to reach {baseline}'s final [95% CI] | "
+           "share of the budget | below the baseline at any count? |",
+           "|---|" + "---|" * (len(picks) + 3)]
+    if base_row is not None:
+        curve = {n: v for n, v in zip(counts, _baseline_means(base_row, counts))}
+        out.append(f"| `{baseline}` | " + " | ".join(f"{curve[n]:.3f}" if curve[n] is not None else "—" for n in picks)
+                   + f" | {counts[-1]} | 1.00 | — |")
+    for r in compared:
+        cells = []
+        for n in picks:
+            c = r["at"][n]
+            mark = (" ▲" if c["d"] > 0 else " ▼") if c.get("p_holm", 1.0) < 0.05 else ""
+            cells.append(f"{c['acc']:.3f} ({c['d']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}]){mark}")
+        est, lo, hi = r["reach"]
+        below = [n for n, c in r["at"].items() if c.get("p_holm", 1.0) < 0.05 and c["d"] < 0]
+        out.append(f"| `{r['strategy']}` | " + " | ".join(cells)
+                   + f" | {_fmt_labels(est)} [{_fmt_labels(lo)}, {_fmt_labels(hi)}] | "
+                   + (f"{r['reach_ratio']:.2f}" if not math.isinf(est) else "—")
+                   + f" | {'yes: at ' + ', '.join(map(str, below)) if below else 'no'} |")
+    return out
+
+
+def _baseline_means(base_row: dict, counts: list) -> list:
+    return base_row.get("curve", [None] * len(counts))
 
 
 def plot_curves(results: dict, path: Path, baseline: str = "random") -> None:
