@@ -61,6 +61,12 @@ def test_imagefolder_track_with_source(tmp_path, digits64):
                      "--strategies", "random,margin,adma", "--initial", "2", "--batch", "1")
     assert results["config"]["m0"].endswith(".pt")  # M0 pretrained on the source folder
     assert len(results["runs"]) == 6
+    # any torchvision architecture on a folder, at a chosen input size (its own normalisation)
+    other, _ = run(tmp_path, "--dataset", f"imagefolder:{tmp_path / 'target'}", "--backbone", "mobilenet_v3_small",
+                   "--weights", "none", "--image-size", "48", "--strategies", "random,adma", "--initial", "2",
+                   "--batch", "1", "--steps", "3")
+    assert (other["config"]["backbone"], other["config"]["image_size"]) == ("mobilenet_v3_small", 48)
+    assert all(0.0 <= x["accuracy"] <= 1.0 for r in other["runs"] for x in r["rounds"])
 
 
 def test_queue_diversity_compare_runs_each_strategy_both_ways(tmp_path):

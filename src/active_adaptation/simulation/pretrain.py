@@ -16,11 +16,15 @@ from active_adaptation.simulation.config import SimConfig
 
 
 @functools.lru_cache(maxsize=4)
-def load_dataset(name: str, source: str | None, backbone: str) -> datasets.Dataset:
+def load_dataset(name: str, source: str | None, backbone: str, image_size: int = 0) -> datasets.Dataset:
+    """A track's images, in [-1, 1] like every track (resize_for turns them into the backbone's
+    normalisation); an ImageFolder is resized and cropped to the backbone's input size once here."""
     if name.startswith("imagefolder:"):
-        from active_adaptation.core.backbones import get_backbone
+        from active_adaptation.core.backbones import Preprocess, get_backbone
 
-        pre = get_backbone(backbone).preprocess  # the backbone's own resize, crop and normalisation
+        native = get_backbone(backbone).preprocess  # the backbone's own resize and crop (scaled to image_size)
+        crop = image_size or native.crop
+        pre = Preprocess(round(crop * native.resize / native.crop), crop, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
         target = datasets.image_folder(Path(name.split(":", 1)[1]), pre)
         src = datasets.image_folder(Path(source), pre) if source else None
         return datasets.Dataset(name, src, target, f"ImageFolder {name.split(':', 1)[1]}")
@@ -28,7 +32,7 @@ def load_dataset(name: str, source: str | None, backbone: str) -> datasets.Datas
 
 
 def dataset_of(cfg: SimConfig) -> datasets.Dataset:
-    return load_dataset(cfg.dataset, cfg.source, cfg.backbone)
+    return load_dataset(cfg.dataset, cfg.source, cfg.backbone, cfg.image_size)
 
 
 def resize_for(cfg: SimConfig, x: torch.Tensor) -> torch.Tensor:
