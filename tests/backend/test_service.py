@@ -1,3 +1,4 @@
+import logging
 """Model service without HTTP: frozen-feature cache consistency and restart from checkpoints."""
 import base64
 
@@ -44,7 +45,7 @@ def test_cached_and_uncached_scoring_agree(tmp_path, digits64, dtype):
     service.close()
 
 
-def test_restart_serves_the_last_complete_version(tmp_path, digits64):
+def test_restart_serves_the_last_complete_version(tmp_path, digits64, caplog):
     service = service_for(tmp_path)
     v0 = service.setup("3", CONFIG)
     state = service.projects["3"]
@@ -66,6 +67,20 @@ def test_restart_serves_the_last_complete_version(tmp_path, digits64):
     after = again.predict("3", pool)
     assert [r["acquisition"] for r in after] == [r["acquisition"] for r in before]
     again.close()
+
+    # another backbone (an upgrade that changed the default): said clearly, the old files kept, a fresh start
+    with caplog.at_level(logging.WARNING):
+        other = service_for(tmp_path, BACKBONE="smallcnn-unfrozen")
+    fresh = other.projects["3"]
+    assert fresh.round == 0 and fresh.model is None and fresh.version.startswith("smallcnn-unfrozen-")
+    assert "was trained with BACKBONE=smallcnn WEIGHTS=none, this backend runs BACKBONE=smallcnn-unfrozen" in caplog.text
+    assert other.store.load_latest("3")[0]["backbone"] == "smallcnn"  # nothing deleted
+    assert len(other.predict("3", pool)) == 20
+    other.close()
+    # FREEZE and IMAGE_SIZE are part of the model: set, they name new versions
+    sized = service_for(tmp_path / "b", IMAGE_SIZE="24")
+    assert sized.setup("3", CONFIG) != v0
+    sized.close()
 
 
 @pytest.mark.parametrize("spec", ["adma", "adma:landmarks=kmeans:kmeans=4", "adma:consistent=true", "aift:views=4", "coreset:budget=8",

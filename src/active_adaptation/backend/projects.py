@@ -86,6 +86,8 @@ class Identity:
     seed: int
     strategy: str
     strategy_params: dict
+    freeze: str = "default"  # FREEZE and the input size change the model: part of the version when set
+    image_size: int = 0
 
 
 class Projects(Mapping):
@@ -110,8 +112,11 @@ class Projects(Mapping):
 
     def version_of(self, state: ProjectState) -> str:
         i = self.identity
-        ident = json.dumps([i.backbone, i.weights, i.seed, i.strategy, i.strategy_params, state.config.fingerprint,
-                            state.checkpoint or ""], sort_keys=True, default=str)
+        parts = [i.backbone, i.weights, i.seed, i.strategy, i.strategy_params, state.config.fingerprint,
+                 state.checkpoint or ""]
+        if i.freeze != "default" or i.image_size:  # versions made with the defaults keep their names
+            parts += [i.freeze, i.image_size]
+        ident = json.dumps(parts, sort_keys=True, default=str)
         return f"{i.backbone}-{i.strategy}-t{state.round}-{hashlib.sha1(ident.encode()).hexdigest()[:6]}"
 
     # ------------------------------------------------------------------ restore
@@ -151,6 +156,20 @@ class Projects(Mapping):
             log.info("project %s: restored its registration (no round yet): %s", key, state.version)
             return state
         meta, state_dict = found
+        i = self.identity
+        trained = (meta.get("backbone"), meta.get("weights"))
+        if trained != (i.backbone, i.weights):
+            # e.g. an upgrade that changed the default BACKBONE: say so, keep the files, start the model afresh
+            log.warning("project %s: its checkpoint %s was trained with BACKBONE=%s WEIGHTS=%s, this backend runs "
+                        "BACKBONE=%s WEIGHTS=%s; set those to continue it. The project starts again from t=0 with a "
+                        "new model (the old checkpoints stay in %s)", key, meta.get("path"), trained[0], trained[1],
+                        i.backbone, i.weights, self.store.root)
+            if registered is None:
+                registered = ClassificationConfig.from_dict(meta["config"])
+            state = ProjectState(key, registered)
+            state.version = self.version_of(state)
+            self._states[key] = state
+            return state
         model = AdaptedModel(self.base, meta["labels"], self.device, self.identity.seed)
         model.load_target_state(state_dict, meta["labels"], meta["active"])
         state = ProjectState(key, ClassificationConfig.from_dict(meta["config"]), round=meta["round"], model=model,
@@ -229,6 +248,7 @@ class Projects(Mapping):
             "round": round_, "labels": model.labels, "active": model.active, "labels_used": labels_used,
             "config": state.config.to_dict(), "backbone": i.backbone, "weights": i.weights,
             "preprocess": model.preprocess.to_dict(), "strategy": i.strategy, "strategy_params": i.strategy_params,
+            "freeze": i.freeze, "image_size": i.image_size,
             "metrics": metrics, "checkpoint_id": probe.checkpoint,
         }
         self.store.save_checkpoint(state.key, version, model.target.state_dict(), meta)

@@ -39,7 +39,7 @@ class Backend:
         # tells this backend's own /health apart from another backend's (webhook securing)
         self.instance_id = self.webhook_secrets.for_project("instance")[:16]
         identity = Identity(self.base.spec.name, self.base.weights, settings.seed, self.strategy.name,
-                            self.strategy.params())
+                            self.strategy.params(), settings.freeze, settings.image_size)
         self.projects = Projects(self.store, self.base, identity, self.device, settings.keep_versions,
                                  persist=self.connection.configured)
         self.scorer = Scorer(settings, self.base, self.strategy, self.store, self.connection)

@@ -279,7 +279,7 @@ def _smallcnn_roles(m, stages):
 
 FAMILIES["smallcnn"] = Family("smallcnn", lambda m: _blocks(m, "features", lambda _: False),
                               lambda m, z: m.classifier(z), "classifier.5", freeze=2, roles=_smallcnn_roles,
-                              missing=(("A2", "conv1, the only earlier conv layer, lies in the frozen trunk"),))
+                              missing=(("A2", "conv1, the only earlier conv layer, lies in the frozen trunk"),), min_size=8)
 # timm's EfficientNet (the architecture of efficientnet_lite0): stem, one stage per block, the head conv
 FAMILIES["timm_efficientnet"] = Family(
     "timm_efficientnet",
