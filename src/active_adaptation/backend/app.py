@@ -126,8 +126,20 @@ def _label_studio_routes(app: Flask, service: Backend, settings: Settings) -> No
             raise BadRequest("missing 'schema' (the project's label config)")
         version = service.setup(
             data.get("project"), schema, str(data.get("hostname") or ""), str(data.get("access_token") or ""),
+            data.get("extra_params"),
         )
         return jsonify(model_version=version)
+
+    @app.post("/projects/<project>/strategy")
+    def choose_strategy(project: str):
+        """{"strategy": "badge"} gives a project its own strategy; {"strategy": null} returns it to STRATEGY."""
+        data = _json_body()
+        if "strategy" not in data:
+            raise BadRequest("missing 'strategy' (a strategy spec such as \"badge\", or null for STRATEGY)")
+        spec = data["strategy"]
+        if spec is not None and (not isinstance(spec, str) or not spec.strip()):
+            raise BadRequest("'strategy' must be a strategy spec such as \"badge\" or \"adma:lam=0.1\", or null")
+        return jsonify(service.choose_strategy(project, spec.strip() if spec else None))
 
     # /predict requests hold a gunicorn thread for as long as they score; beyond this many at once
     # they are refused, so that the fast routes never queue behind them (gthread queues in FIFO)

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -72,6 +72,7 @@ class ProjectState:
     version: str = ""
     published_version: str | None = None
     checkpoint: str | None = None  # id of the served version's checkpoint
+    strategy: str | None = None  # the strategy spec this project chose (None: the backend's STRATEGY)
     lock: threading.RLock = field(default_factory=threading.RLock)
     pool: PoolState = field(default_factory=PoolState)
 
@@ -90,12 +91,46 @@ class Identity:
     image_size: int = 0
 
 
+def read_registration(store: Store, key: str, strategy_of=None) -> tuple[ClassificationConfig | None, str | None,
+                                                                         str | None]:
+    """(config, published version, chosen strategy) of a project's registration; Nones when absent
+    or damaged. A chosen strategy that ``strategy_of`` refuses now is dropped (with a warning)."""
+    data = store.read_registration(key)
+    try:
+        if not data:
+            return None, None, None
+        strategy = data.get("strategy")
+        if strategy is not None and strategy_of is not None:
+            try:
+                strategy_of(strategy)
+            except Exception as exc:  # e.g. a strategy this backbone cannot serve any more
+                log.warning("project %s: its chosen strategy %r cannot be used (%s); using STRATEGY", key, strategy, exc)
+                strategy = None
+        return ClassificationConfig.from_dict(data["config"]), data.get("published_version"), strategy
+    except (KeyError, TypeError, ValueError) as exc:
+        log.warning("project %s: ignoring a damaged registration (%s)", key, exc)
+        return None, None, None
+
+
+def other_backbone(key: str, meta: dict, identity: "Identity", root) -> str | None:
+    """The warning for a checkpoint trained with another backbone or weights than this backend's."""
+    trained = (meta.get("backbone"), meta.get("weights"))
+    if trained == (identity.backbone, identity.weights):
+        return None
+    return (f"project {key}: its checkpoint {meta.get('path')} was trained with BACKBONE={trained[0]} WEIGHTS={trained[1]}, "
+            f"this backend runs BACKBONE={identity.backbone} WEIGHTS={identity.weights}; set those to continue it. "
+            f"The project starts again from t=0 with a new model (the old checkpoints stay in {root})")
+
+
 class Projects(Mapping):
     """key -> :class:`ProjectState`, restored from the store at start."""
 
     def __init__(self, store: Store, base: LoadedBackbone, identity: Identity, device: torch.device,
-                 keep_versions: int = 3, persist: bool = True) -> None:
+                 keep_versions: int = 3, persist: bool = True,
+                 strategy_of: Callable[[str | None], tuple[str, dict]] | None = None) -> None:
         self.store, self.base, self.identity, self.device = store, base, identity, device
+        # a project's chosen strategy spec -> (name, params); None: everyone uses the identity's
+        self.strategy_of = strategy_of
         self.keep_versions, self.persist = keep_versions, persist
         self._states: dict[str, ProjectState] = {}
         self._lock = threading.Lock()
@@ -110,14 +145,20 @@ class Projects(Mapping):
     def __len__(self) -> int:
         return len(self._states)
 
+    def strategy_name(self, state: ProjectState) -> tuple[str, dict]:
+        if state.strategy is None or self.strategy_of is None:
+            return self.identity.strategy, self.identity.strategy_params
+        return self.strategy_of(state.strategy)
+
     def version_of(self, state: ProjectState) -> str:
         i = self.identity
-        parts = [i.backbone, i.weights, i.seed, i.strategy, i.strategy_params, state.config.fingerprint,
+        strategy, params = self.strategy_name(state)
+        parts = [i.backbone, i.weights, i.seed, strategy, params, state.config.fingerprint,
                  state.checkpoint or ""]
         if i.freeze != "default" or i.image_size:  # versions made with the defaults keep their names
             parts += [i.freeze, i.image_size]
         ident = json.dumps(parts, sort_keys=True, default=str)
-        return f"{i.backbone}-{i.strategy}-t{state.round}-{hashlib.sha1(ident.encode()).hexdigest()[:6]}"
+        return f"{i.backbone}-{strategy}-t{state.round}-{hashlib.sha1(ident.encode()).hexdigest()[:6]}"
 
     # ------------------------------------------------------------------ restore
     def restore_all(self) -> list[ProjectState]:
@@ -132,48 +173,30 @@ class Projects(Mapping):
                 restored.append(state)
         return restored
 
-    def _registration(self, key: str) -> tuple[ClassificationConfig | None, str | None]:
-        data = self.store.read_registration(key)
-        try:
-            return (ClassificationConfig.from_dict(data["config"]), data.get("published_version")) if data else (None, None)
-        except (KeyError, TypeError, ValueError) as exc:
-            log.warning("project %s: ignoring a damaged registration (%s)", key, exc)
-            return None, None
-
     def _restore(self, key: str) -> ProjectState | None:
         """A project as this backend left it: its newest checkpoint (by sequence), or, before its
         first round, its registration, so that a restarted worker process never forgets a project
         and never starts its rounds again from t=0."""
-        registered, published = self._registration(key)
+        registered, published, chosen = read_registration(self.store, key, self.strategy_of)
         found = self.store.load_latest(key)
-        if found is None:
+        meta, state_dict = found if found is not None else (None, None)
+        if meta is not None and (warning := other_backbone(key, meta, self.identity, self.store.root)):
+            log.warning(warning)  # e.g. an upgrade changed the default BACKBONE: keep the files, start afresh
+            registered, published, meta = registered or ClassificationConfig.from_dict(meta["config"]), None, None
+        if meta is None:
             if registered is None:
                 return None
-            state = ProjectState(key, registered)
+            state = ProjectState(key, registered, strategy=chosen)
             state.version = self.version_of(state)
             state.published_version = state.version if published == state.version else None
             self._states[key] = state
             log.info("project %s: restored its registration (no round yet): %s", key, state.version)
             return state
-        meta, state_dict = found
-        i = self.identity
-        trained = (meta.get("backbone"), meta.get("weights"))
-        if trained != (i.backbone, i.weights):
-            # e.g. an upgrade that changed the default BACKBONE: say so, keep the files, start the model afresh
-            log.warning("project %s: its checkpoint %s was trained with BACKBONE=%s WEIGHTS=%s, this backend runs "
-                        "BACKBONE=%s WEIGHTS=%s; set those to continue it. The project starts again from t=0 with a "
-                        "new model (the old checkpoints stay in %s)", key, meta.get("path"), trained[0], trained[1],
-                        i.backbone, i.weights, self.store.root)
-            if registered is None:
-                registered = ClassificationConfig.from_dict(meta["config"])
-            state = ProjectState(key, registered)
-            state.version = self.version_of(state)
-            self._states[key] = state
-            return state
         model = AdaptedModel(self.base, meta["labels"], self.device, self.identity.seed)
         model.load_target_state(state_dict, meta["labels"], meta["active"])
         state = ProjectState(key, ClassificationConfig.from_dict(meta["config"]), round=meta["round"], model=model,
-                             labels_used=dict(meta.get("labels_used") or {}), checkpoint=meta.get("checkpoint_id"))
+                             labels_used=dict(meta.get("labels_used") or {}), checkpoint=meta.get("checkpoint_id"),
+                             strategy=chosen)
         state.version = self.version_of(state)
         if meta.get("published_version") == state.version:
             state.published_version = state.version
@@ -199,7 +222,7 @@ class Projects(Mapping):
 
     def save_registration(self, state: ProjectState) -> None:
         if self.persist:
-            self.store.write_registration(state.key, state.config.to_dict(), state.published_version)
+            self.store.write_registration(state.key, state.config.to_dict(), state.published_version, state.strategy)
 
     def update_config(self, state: ProjectState, config: ClassificationConfig) -> bool:
         """Adopt a (re-read) label config; True if it changed. A grown label set grows the head."""
@@ -214,6 +237,18 @@ class Projects(Mapping):
                 state.version = version
                 state.pool.acquisitions = {}  # values of another version
         return changed
+
+    def set_strategy(self, state: ProjectState, spec: str | None) -> bool:
+        """Adopt a project's strategy choice (None: STRATEGY); True if it changed. The model is kept;
+        the version changes, so the pool is re-scored and published with the new strategy."""
+        with state.lock:
+            if spec == state.strategy:
+                return False
+            state.strategy, state.pool = spec, PoolState(labeled_trunk=state.pool.labeled_trunk, stats=state.pool.stats)
+            state.version = self.version_of(state)
+        self.save_registration(state)
+        log.info("project %s: strategy %s; version %s", state.key, spec or "STRATEGY (the default)", state.version)
+        return True
 
     def set_origin(self, state: ProjectState, hostname: str, access_token: str) -> None:
         """Where /setup says the project's images are; a token received with one host never goes to another."""
@@ -241,13 +276,15 @@ class Projects(Mapping):
                      metrics: dict) -> tuple[str, str]:
         """Checkpoint a trained model as the next version; returns (version, checkpoint id). Not
         served yet: :meth:`serve` switches to it."""
-        probe = ProjectState(state.key, state.config, round=round_, checkpoint=f"{state.key}/{round_}/{time.time_ns()}")
+        probe = ProjectState(state.key, state.config, round=round_, checkpoint=f"{state.key}/{round_}/{time.time_ns()}",
+                             strategy=state.strategy)
         version = self.version_of(probe)
         i = self.identity
         meta = {
             "round": round_, "labels": model.labels, "active": model.active, "labels_used": labels_used,
             "config": state.config.to_dict(), "backbone": i.backbone, "weights": i.weights,
-            "preprocess": model.preprocess.to_dict(), "strategy": i.strategy, "strategy_params": i.strategy_params,
+            "preprocess": model.preprocess.to_dict(), "strategy": self.strategy_name(state)[0],
+            "strategy_params": self.strategy_name(state)[1], "strategy_spec": state.strategy,
             "freeze": i.freeze, "image_size": i.image_size,
             "metrics": metrics, "checkpoint_id": probe.checkpoint,
         }

@@ -43,10 +43,17 @@ def prediction(state: ProjectState, strategy: str, label: str, score: float, acq
     return out
 
 
+def state_ident(base: LoadedBackbone, strategy: Strategy) -> str:
+    """Which backbone and strategy a saved strategy state belongs to."""
+    ident = json.dumps([base.spec.name, base.weights, strategy.name, strategy.params()], sort_keys=True, default=str)
+    return hashlib.sha1(ident.encode()).hexdigest()[:12]
+
+
 class Scorer:
-    def __init__(self, settings: Settings, base: LoadedBackbone, strategy: Strategy, store: Store,
+    def __init__(self, settings: Settings, base: LoadedBackbone, book, store: Store,
                  connection: LabelStudioConnection) -> None:
-        self.settings, self.base, self.strategy, self.store, self.connection = settings, base, strategy, store, connection
+        """``book``: the StrategyBook (``choice.py``): each project's strategy, STRATEGY by default."""
+        self.settings, self.base, self.book, self.store, self.connection = settings, base, book, store, connection
         self.loader = ImageLoader(store.cache_dir("images"), settings.fetch_workers, settings.image_max_bytes,
                                   settings.image_max_pixels, settings.image_timeout_s)
         fingerprint = hashlib.sha1(json.dumps([
@@ -56,8 +63,13 @@ class Scorer:
                                      settings.feature_cache_disk_mb * 2**20, settings.feature_cache_dtype)
         self._strategy_lock = threading.Lock()  # strategies may keep per-call diagnostics
         self.pool_relative_requests = 0  # subsets given a neutral rank (a pool-relative strategy, nothing kept)
-        ident = json.dumps([base.spec.name, base.weights, strategy.name, strategy.params()], sort_keys=True, default=str)
-        self._state_ident = hashlib.sha1(ident.encode()).hexdigest()[:12]
+
+    @property
+    def strategy(self) -> Strategy:
+        return self.book.default
+
+    def strategy_of(self, state: ProjectState) -> Strategy:
+        return self.book.get(state.strategy)
 
     # ------------------------------------------------------------------ images and activations
     def source(self, state: ProjectState, deadline: float | None = None) -> Source:
@@ -166,7 +178,8 @@ class Scorer:
                 raise ImageError(f"{len(bad)} image(s) became unreadable while scoring: {bad[0]}")
             return torch.stack(loaded)
 
-        scored = score_pool(self.strategy, model, self._batches(state, model, tasks, fingerprints, deadline, failed, progress),
+        strategy = self.strategy_of(state)
+        scored = score_pool(strategy, model, self._batches(state, model, tasks, fingerprints, deadline, failed, progress),
                             candidates=fingerprints, labeled_trunk=pool.labeled_trunk, images=images,
                             round_=state.round, state=pool.strategy_state, full_pool=reset_pool,
                             batch_size=self.settings.batch_size, lock=self._strategy_lock, model_version=version)
@@ -188,7 +201,7 @@ class Scorer:
             if i in failed:
                 out.append({"result": [], "score": LEAST_URGENT_SCORE, "model_version": version, "error": str(failed[i])})
                 continue
-            out.append(prediction(state, self.strategy.name, labels[j], float(scores[j]), values[j], version))
+            out.append(prediction(state, strategy.name, labels[j], float(scores[j]), values[j], version))
             j += 1
         return out
 
@@ -220,14 +233,16 @@ class Scorer:
         checkpoints, once: after a restart the project scores as before."""
         if state.pool.strategy_saved:
             return
-        saved = self.strategy.saved_state(state.pool.strategy_state)
-        if saved is not None and self.store.save_strategy_state(state.key, self._state_ident, saved):
+        strategy = self.strategy_of(state)
+        saved = strategy.saved_state(state.pool.strategy_state)
+        if saved is not None and self.store.save_strategy_state(state.key, state_ident(self.base, strategy), saved):
             state.pool.strategy_saved = True
 
     def restore(self, state: ProjectState) -> None:
         """Put back a project's saved strategy state (when it was saved for this backbone and strategy)."""
-        saved = self.store.load_strategy_state(state.key, self._state_ident)
-        if saved is not None and self.strategy.restore_state(state.pool.strategy_state, saved):
+        strategy = self.strategy_of(state)
+        saved = self.store.load_strategy_state(state.key, state_ident(self.base, strategy))
+        if saved is not None and strategy.restore_state(state.pool.strategy_state, saved):
             state.pool.strategy_saved = True
             log.info("project %s: restored the strategy's state", state.key)
 

@@ -7,9 +7,8 @@ import logging
 import threading
 from typing import Any, Sequence
 
-from active_adaptation import strategies
 from active_adaptation.backend.label_config import parse_label_config
-from active_adaptation.backend.landmarks import prepare_landmarks
+from active_adaptation.backend.choice import StrategyBook, requested_strategy
 from active_adaptation.backend.learner import Learner
 from active_adaptation.backend.ls_client import LabelStudioConnection, ProjectAPI, api_status
 from active_adaptation.backend.projects import Identity, Projects, ProjectState, project_key
@@ -29,10 +28,8 @@ class Backend:
         self.device = resolve_device(settings.device)
         self.store = Store(settings.model_dir)
         self.base = load_backbone(settings.backbone, settings.weights, settings.seed, settings.freeze, settings.image_size)
-        strategy = strategies.from_spec(settings.strategy, seed=settings.seed)
-        self.base.spec.require_layers(strategy.layers(), f"STRATEGY={settings.strategy}")
-        prepare_landmarks(strategy, self.base, self.device, self.store, settings.seed)
-        self.strategy = strategies.with_queue_diversity(strategy, settings.queue_diversity, settings.queue_diversity_top)
+        self.book = StrategyBook(settings, self.base, self.device, self.store)  # STRATEGY and projects' choices
+        self.strategy = self.book.default
         self.connection = LabelStudioConnection(settings.label_studio_url, settings.label_studio_api_key)
         self.webhook_secrets = WebhookSecrets(self.store, settings.webhook_secret,
                                               mask=secrets.add if secrets is not None else None)
@@ -41,8 +38,8 @@ class Backend:
         identity = Identity(self.base.spec.name, self.base.weights, settings.seed, self.strategy.name,
                             self.strategy.params(), settings.freeze, settings.image_size)
         self.projects = Projects(self.store, self.base, identity, self.device, settings.keep_versions,
-                                 persist=self.connection.configured)
-        self.scorer = Scorer(settings, self.base, self.strategy, self.store, self.connection)
+                                 persist=self.connection.configured, strategy_of=self.book.describe)
+        self.scorer = Scorer(settings, self.base, self.book, self.store, self.connection)
         self.learner = Learner(settings, self.projects, self.scorer, self.connection, self.webhook_secrets.header_for,
                                self.instance_id)
         self.events: dict[str, int] = {}
@@ -69,20 +66,40 @@ class Backend:
                 f"({'HTTP ' + str(status) if status else type(exc).__name__}); check LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY"
             ) from None
 
-    def setup(self, project: Any, label_config: str, hostname: str = "", access_token: str = "") -> str:
-        """Register or update a project. Fast: parses the config, never builds a model here."""
+    def setup(self, project: Any, label_config: str, hostname: str = "", access_token: str = "",
+              extra_params: Any = None) -> str:
+        """Register or update a project. Fast: parses the config, never builds a model here.
+        ``extra_params`` (the connection's, from Label Studio): ``{"strategy": ...}`` chooses the
+        project's strategy; absent, the project keeps what it had."""
         key = project_key(project)
         config = parse_label_config(label_config)
+        chosen = requested_strategy(extra_params)
+        if chosen is not None:
+            self.book.get(chosen)  # a bad choice is refused before anything is registered
         if access_token and self.secrets is not None:
             self.secrets.add(access_token)
         if key not in self.projects and self.connection.configured:
             self.confirm_project(key)  # a project Label Studio does not confirm creates nothing
         state, created = self.projects.register(key, config)
+        if chosen is not None and self.projects.set_strategy(state, chosen):
+            created = True  # its saved strategy state, if any, is put back below
         if created:  # a project with no checkpoint yet may still have the strategy's state saved
             self.scorer.restore(state)
         self.projects.set_origin(state, hostname, access_token)
         self.learner.connected(state, publish=self.settings.publish_on_connect)
         return state.version
+
+    def choose_strategy(self, project: Any, spec: str | None) -> dict:
+        """A project's own strategy (None: back to STRATEGY); the pool is re-scored and published."""
+        state = self.projects.get_state(project_key(project))
+        if spec is not None:
+            self.book.get(spec)
+        if self.projects.set_strategy(state, spec):
+            self.scorer.restore(state)
+            self.learner.connected(state, publish=True)
+        name, params = self.projects.strategy_name(state)
+        return {"project": state.key, "strategy": name, "strategy_params": params, "chosen": state.strategy,
+                "model_version": state.version}
 
     def project(self, project: Any, label_config: str | None = None) -> ProjectState:
         key = project_key(project)
@@ -122,6 +139,7 @@ class Backend:
             "model_version": s.version, "published_version": s.published_version, "round": s.round,
             "labels": list(s.config.labels), "labels_used": len(s.labels_used), "model_loaded": s.model is not None,
             "scored_pool_size": len(s.pool.acquisitions), "strategy_info": s.pool.strategy_info,
+            "strategy": self.projects.strategy_name(s)[0], "strategy_chosen": s.strategy,
             **s.pool.stats, **self.learner.status(s.key),
         }
 

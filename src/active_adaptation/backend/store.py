@@ -82,7 +82,7 @@ class Store:
 
     # ------------------------------------------------------------------ registration
     def read_registration(self, key: str) -> dict | None:
-        """``project.json`` (``config``, ``published_version``), or None when absent or damaged."""
+        """``project.json`` (``config``, ``published_version``, ``strategy``), or None when absent or damaged."""
         path = self.project_dir(key) / "project.json"
         try:
             data = json.loads(path.read_text())
@@ -96,11 +96,13 @@ class Store:
     def has_registration(self, key: str) -> bool:
         return (self.project_dir(key) / "project.json").is_file()
 
-    def write_registration(self, key: str, config: dict, published_version: str | None) -> None:
+    def write_registration(self, key: str, config: dict, published_version: str | None,
+                           strategy: str | None = None) -> None:
         """What a restarted process needs to know about a confirmed project (never a token)."""
         try:
             atomic.write_json(self.project_dir(key) / "project.json",
-                              {"project": int(key), "published_version": published_version, "config": config})
+                              {"project": int(key), "published_version": published_version, "config": config,
+                               "strategy": strategy})
         except OSError as exc:
             log.warning("project %s: cannot save its registration: %s", key, exc)
 
