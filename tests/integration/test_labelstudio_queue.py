@@ -125,3 +125,23 @@ def test_legacy_token_and_basic_auth(label_studio, digits64, tmp_path):
         assert metrics["events"].get("ANNOTATION_CREATED") == 1
         log = backend.log()
         assert ADMIN_TOKEN not in log and "basic-pass-123" not in log
+
+
+def test_the_connections_extra_params_choose_the_projects_strategy(label_studio, backend, digits64):
+    """Label Studio sends the connection's extra params with /setup: {"strategy": ...} gives this
+    project its own strategy, the others keep STRATEGY."""
+    ls = label_studio
+    project = ls.create_project("own strategy", LABELS)
+    tasks = ls.upload_files(project, [(name, data) for name, data, _ in digits64[:8]])
+    ml = ls.connect_backend(project, backend.url, extra_params={"strategy": "entropy"})
+    assert ml["state"] == "CO" and ml["model_version"].startswith("smallcnn-entropy-t0-"), ml
+    ls.retrieve_predictions(project)
+    predictions = ls.predictions(project)
+    assert {p["task"] for p in predictions} == set(tasks)
+    assert all(p["model_version"] == ml["model_version"] for p in predictions)
+    # edited in Label Studio later: the next /setup switches the project to the new choice
+    # (Label Studio 1.23 answers a PATCH without the url with a 500: "healthcheck_() missing ... 'url'")
+    ls.api("PATCH", f"/api/ml/{ml['id']}", json={"url": backend.url, "project": project,
+                                                   "extra_params": {"strategy": "least_confidence"}})
+    status = requests.get(f"{backend.url}/status", timeout=10).json()["projects"][str(project)]
+    assert (status["strategy"], status["strategy_chosen"]) == ("least_confidence", "least_confidence")
