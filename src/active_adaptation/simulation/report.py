@@ -195,7 +195,9 @@ def summary_markdown(results: dict, baseline: str = "random") -> str:
         f"backbone `{cfg['backbone']}`, weights `{cfg.get('weights')}`"
         + (f", FREEZE `{cfg['freeze']}`" if cfg.get("freeze", "default") != "default" else "")
         + (f", {cfg['image_size']} px" if cfg.get("image_size") else "") + f", seed set {cfg['initial']}, "
-        f"{cfg['rounds']} rounds × {cfg['batch']}, {len(results['seeds'])} seeds, device {cfg.get('device')}.",
+        f"{cfg['rounds']} rounds × {cfg['batch']}, {len(results['seeds'])} seeds, device {cfg.get('device')}"
+        + (f", wall time {results['wall_seconds'] / 60:.0f} min with {cfg.get('workers', 1)} worker(s)"
+           if results.get("wall_seconds") else "") + ".",
         "ALC = mean test accuracy over rounds 1..T. Δ = paired difference to "
         f"`{baseline}` (same seeds), mean [95% t-interval], p = Wilcoxon signed-rank, p (Holm) = p corrected "
         "for the number of strategies compared with the baseline.",
