@@ -129,6 +129,26 @@ def test_weights_from_torchvision_cache(monkeypatch, tmp_path):
     assert torch.equal(base.model.features[0].weight, reference.features[0].weight)
 
 
+def test_torchvision_weights_of_other_families_load_as_torchvision_builds_them(monkeypatch):
+    """GoogLeNet's file holds auxiliary heads (dropped) and needs its input transform; a SWAG ViT is
+    built at its weights' own size (384 px), which IMAGE_SIZE then cannot change."""
+    import torchvision
+
+    googlenet = torchvision.models.googlenet(weights=None, aux_logits=True, init_weights=False)
+    vit = torchvision.models.get_model("vit_b_16", weights=None, image_size=384)
+    files = {"GoogLeNet_Weights": googlenet.state_dict(), "ViT_B_16_Weights": vit.state_dict()}
+    monkeypatch.setattr(torchvision.models.WeightsEnum, "get_state_dict", lambda self, **k: files[type(self).__name__])
+    base = load_backbone("googlenet", "DEFAULT")
+    assert base.model.transform_input and base.model.aux1 is None
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(base.spec.rest(base.model, base.spec.trunk(base.model, x)), base.model(x))
+    swag = load_backbone("vit_b_16", "IMAGENET1K_SWAG_E2E_V1")
+    assert swag.preprocess.crop == 384 and swag.model.image_size == 384
+    with pytest.raises(ConfigError, match="vit_b_16 only accepts 384x384 inputs"):
+        load_backbone("vit_b_16", "IMAGENET1K_SWAG_E2E_V1", image_size=224)
+
+
 def test_weights_from_a_state_dict_file(tmp_path):
     source = load_backbone("smallcnn", "none", seed=5).model
     path = tmp_path / "mine.pt"

@@ -411,7 +411,8 @@ def _torchvision_architecture(name: str) -> Architecture:
     size = family.fixed_size or 224
     pre = Preprocess(342 if family.name == "inception" else 256, 299 if family.name == "inception" else size,
                      IMAGENET_MEAN, IMAGENET_STD)
-    return Architecture(name, family, lambda n: torchvision.models.get_model(name, weights=None, num_classes=n, **kwargs),
+    return Architecture(name, family,
+                        lambda n, **extra: torchvision.models.get_model(name, weights=None, num_classes=n, **kwargs, **extra),
                         pre, 1000, torchvision_name=name)
 
 
@@ -572,8 +573,8 @@ def _sized(pre: Preprocess, spec: BackboneSpec, image_size: int) -> Preprocess:
     """The preprocessing at input size ``image_size`` (0: the weights' own), resize scaled alike."""
     if not image_size or image_size == pre.crop:
         return pre
-    if spec.fixed_size and image_size != spec.fixed_size:
-        raise ConfigError(f"IMAGE_SIZE={image_size}: {spec.name} only accepts {spec.fixed_size}x{spec.fixed_size} inputs")
+    if spec.fixed_size:  # the size it was built for: 224, or its weights' own
+        raise ConfigError(f"IMAGE_SIZE={image_size}: {spec.name} only accepts {pre.crop}x{pre.crop} inputs")
     if image_size < spec.min_size:
         raise ConfigError(f"IMAGE_SIZE={image_size}: {spec.name} needs inputs of at least {spec.min_size} pixels")
     return Preprocess(round(image_size * pre.resize / pre.crop), image_size, pre.mean, pre.std)
@@ -637,11 +638,13 @@ def _load_torchvision(spec: BackboneSpec, w: str) -> LoadedBackbone:
             "BACKBONE=efficientnet_lite0 (ImageNet weights that install with the package)."
         ) from None
     state = {k: v for k, v in state.items() if not k.startswith(spec.drop_keys)} if spec.drop_keys else state
-    model = spec.build(len(tv_weights.meta["categories"]))
+    t = tv_weights.transforms()
+    # a ViT's size is part of its weights (SWAG weights: 384 or 518 px): build it at theirs
+    extra = {"image_size": int(t.crop_size[0])} if spec.family == "vision_transformer" else {}
+    model = spec.build(len(tv_weights.meta["categories"]), **extra)
     model.load_state_dict(state)
     for attr, value in spec.pretrained_attrs:
         setattr(model, attr, value)
-    t = tv_weights.transforms()
     pre = Preprocess(int(t.resize_size[0]), int(t.crop_size[0]), tuple(t.mean), tuple(t.std))
     log.info("loaded %s from %s", tv_weights, cached)
     return LoadedBackbone(spec, model.eval(), str(tv_weights), pre, list(tv_weights.meta["categories"]))
