@@ -165,3 +165,32 @@ def test_holm_adjustment_matches_its_definition():
 
     assert holm([0.01, 0.04, 0.03, float("nan")])[:3] == pytest.approx([0.03, 0.06, 0.06])
     assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+
+
+def test_a_stopped_simulation_resumes_from_its_journal(tmp_path, capsys):
+    import json as _json
+
+    from active_adaptation.simulation.config import parse_args
+    from active_adaptation.simulation.runner import Journal
+
+    args = ["--dataset", "digits", "--strategies", "random,margin", "--batch", "3"]
+    full, out = run(tmp_path, *args)
+    cfg, _ = parse_args([*args, *TINY, "--cache", str(tmp_path / "cache"), "--out", str(out)])
+    assert not (out / "runs.jsonl").exists()  # removed once results.json holds everything
+    # as if stopped after three of the four runs: the journal holds them (and a torn last line)
+    Journal(out / "runs.jsonl", cfg, resume=False)
+    with open(out / "runs.jsonl", "a") as f:
+        for r in full["runs"][:3]:
+            f.write(_json.dumps(r) + "\n")
+        f.write('{"strategy": "torn')
+    capsys.readouterr()
+    assert simulate.main([*args, *TINY, "--cache", str(tmp_path / "cache"), "--out", str(out), "--resume"]) == 0
+    assert "resuming: 3 of 4 runs already done" in capsys.readouterr().err
+    resumed = _json.loads((out / "results.json").read_text())
+    key = lambda res: sorted((r["strategy"], r["seed"], tuple(x["accuracy"] for x in r["rounds"])) for r in res["runs"])  # noqa: E731
+    assert key(resumed) == key(full)
+    # another configuration's journal is not reused
+    Journal(out / "runs.jsonl", cfg, resume=False)
+    assert simulate.main(["--dataset", "digits", "--strategies", "random", "--batch", "2", *TINY, "--cache",
+                          str(tmp_path / "cache"), "--out", str(out), "--resume"]) == 0
+    assert "starting over" in capsys.readouterr().err

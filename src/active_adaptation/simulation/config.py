@@ -144,6 +144,9 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
     p.add_argument("--drop-harmful", choices=("off", "on", "compare"), default="off",
                    help="the backend's TRAIN_DROP_HARMFUL: influence-based data dropout after each round's training; "
                         "'compare' runs every strategy both ways")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a stopped run in --out: the runs it finished (OUT/runs.jsonl) are kept if the "
+                        "configuration is the same")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 

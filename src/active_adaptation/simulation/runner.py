@@ -64,7 +64,7 @@ def _run_live(jobs, bar) -> list[dict]:
     return runs
 
 
-def _run_parallel(jobs, workers: int, bar) -> list[dict]:
+def _run_parallel(jobs, workers: int, bar, done=None) -> list[dict]:
     import multiprocessing as mp
 
     runs = []
@@ -73,13 +73,51 @@ def _run_parallel(jobs, workers: int, bar) -> list[dict]:
         for f in as_completed(futures):
             run = f.result()
             runs.append(run)
+            if done is not None:
+                done(run)
             bar.update(len(run["rounds"]) - 1)
             bar.set_postfix_str(f"done {run['strategy']} seed {run['seed']}")
     return runs
 
 
-def simulate(cfg: SimConfig) -> dict:
-    """Every strategy × seed (× queue order with ``compare``); results as results.json holds them."""
+class Journal:
+    """Completed runs, one JSON line each, appended as they finish (``OUT/runs.jsonl``), so that a
+    long simulation that is stopped can continue with ``--resume`` instead of starting over. Reused
+    only when the configuration is the same; a torn last line is ignored."""
+
+    def __init__(self, path: Path, cfg: SimConfig, resume: bool) -> None:
+        import json
+
+        self.path, self._json = path, json
+        header = {"config": cfg.replace(workers=1, progress=False).public()}
+        self.done: dict[tuple[str, int], dict] = {}
+        lines = path.read_text().splitlines() if resume and path.is_file() else []
+        if lines and self._load(lines[0]) == header:
+            for line in lines[1:]:
+                run = self._load(line)
+                if isinstance(run, dict) and "strategy" in run:
+                    self.done[(run["strategy"], run["seed"])] = run
+        elif lines:
+            print(f"[simulate] {path} holds runs of another configuration: starting over", file=sys.stderr)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w") as f:  # rewrite: the header and the runs kept
+            f.write(json.dumps(header) + "\n" + "".join(json.dumps(r) + "\n" for r in self.done.values()))
+
+    def _load(self, line: str):
+        try:
+            return self._json.loads(line)
+        except ValueError:
+            return None
+
+    def add(self, run: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(self._json.dumps(run) + "\n")
+            f.flush()
+
+
+def simulate(cfg: SimConfig, journal: Journal | None = None) -> dict:
+    """Every strategy × seed (× queue order with ``compare``); results as results.json holds them.
+    Runs already in ``journal`` (``--resume``) are not run again; new ones are added to it."""
     from tqdm import tqdm
 
     check_budget(cfg)
@@ -90,17 +128,24 @@ def simulate(cfg: SimConfig) -> dict:
     jobs = [(cfg.replace(queue=q, dropout=d), spec, seed) for seed in cfg.seeds for spec in cfg.strategies
             for q in queues for d in dropouts]
     started = time.perf_counter()
-    with tqdm(total=len(jobs) * cfg.rounds, desc=f"{cfg.dataset}: rounds", unit="round", disable=not cfg.progress) as bar:
+    order = {(run_name(spec, c), seed): i for i, (c, spec, seed) in enumerate(jobs)}
+    kept = [r for key, r in (journal.done.items() if journal else ()) if key in order]
+    todo = [j for j in jobs if (run_name(j[1], j[0]), j[2]) not in {(r["strategy"], r["seed"]) for r in kept}]
+    if kept:
+        print(f"[simulate] resuming: {len(kept)} of {len(jobs)} runs already done", file=sys.stderr)
+    with tqdm(total=len(todo) * cfg.rounds, desc=f"{cfg.dataset}: rounds", unit="round", disable=not cfg.progress) as bar:
         if cfg.live:
-            runs = _run_live(jobs, bar)
+            runs = _run_live(todo, bar)
         elif cfg.workers == 1:
             runs = []
-            for c, spec, seed in jobs:
+            for c, spec, seed in todo:
                 bar.set_postfix_str(f"{spec} seed {seed}")
                 runs.append(runner_for(c)(c, spec, seed, progress=bar.update))
+                if journal is not None:
+                    journal.add(runs[-1])
         else:
-            runs = _run_parallel(jobs, cfg.workers, bar)
-    order = {(run_name(spec, c), seed): i for i, (c, spec, seed) in enumerate(jobs)}
+            runs = _run_parallel(todo, cfg.workers, bar, journal.add if journal is not None else None)
+    runs += kept
     runs.sort(key=lambda r: order[(r["strategy"], r["seed"])])
     return {"config": cfg.public(), "versions": versions(), "seeds": list(cfg.seeds), "runs": runs,
             "wall_seconds": round(time.perf_counter() - started, 2)}
@@ -110,14 +155,18 @@ def main(argv=None) -> int:
     from active_adaptation.simulation.report import summary_markdown, write_outputs
 
     cfg, args = parse_args(argv, __doc__)
+    name = f"{cfg.dataset.replace(':', '_').replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = Path(args.out or ROOT / "runs" / name)
+    if args.resume and not args.out:
+        print("error: --resume needs the --out folder of the run to continue", file=sys.stderr)
+        return 2
     try:
-        results = simulate(cfg)
+        results = simulate(cfg, Journal(out / "runs.jsonl", cfg, args.resume))
     except (ValueError, FileNotFoundError, TimeoutError, RuntimeError, AssertionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    name = f"{cfg.dataset.replace(':', '_').replace('/', '_')}-{time.strftime('%Y%m%d-%H%M%S')}"
-    out = Path(args.out or ROOT / "runs" / name)
     write_outputs(results, out)
+    (out / "runs.jsonl").unlink(missing_ok=True)  # everything is in results.json now
     print(summary_markdown(results))
     print(f"results in {out} (results.json, summary.md, curves.png); wall time {results['wall_seconds']:.0f}s")
     return 0
