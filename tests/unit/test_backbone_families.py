@@ -160,6 +160,9 @@ def test_freeze_moves_the_boundary(caplog):
         model = AdaptedModel(load_backbone("resnet18", "none", freeze="layer3"), ["a", "b"], CPU)
     assert f"{model.trainable} of {model.total} parameters trainable; FREEZE=layer3 freezes 7 of 9 stages" in caplog.text
     assert model.trainable == sum(p.numel() for n, p in model.target.named_parameters() if n.startswith(("layer4", "fc")))
+    base = load_backbone("resnet18", "none", freeze="layer3")  # what the backend logs at start
+    trainable = sum(p.numel() for n, p in base.model.named_parameters() if n.startswith(("layer4", "fc")))
+    assert f"FREEZE=layer3 freezes 7 of 9 stages (up to layer3.1): {trainable} of " in base.freeze_summary()
 
 
 def test_image_size_is_checked_against_the_architecture():

@@ -46,6 +46,7 @@ class Backend:
         self._lock = threading.Lock()
         for state in self.projects.restore_all():
             self.scorer.restore(state)
+        log.info("backbone %s", self.base.freeze_summary())
         log.info("backend ready: backbone=%s weights=%s strategy=%r device=%s projects restored=%d",
                  settings.backbone, self.base.weights, self.strategy, self.device, len(self.projects))
 

@@ -556,6 +556,16 @@ class LoadedBackbone:
     lock: threading.Lock = field(default_factory=threading.Lock)  # M0 is shared: one hooked pass at a time
     _digest: str | None = field(default=None, repr=False)
 
+    def freeze_summary(self) -> str:
+        """'FREEZE=… freezes k of n stages (up to …): N of M parameters trainable', for the log."""
+        spec, params = self.spec, list(self.model.named_parameters())
+        frozen = sum(p.numel() for n, p in params if n.startswith(spec.frozen))
+        total = sum(p.numel() for _, p in params)
+        boundary = f" (up to {spec.stages[spec.n_frozen - 1].name})" if spec.n_frozen else ""
+        return (f"{spec.name}: FREEZE={spec.freeze} freezes {spec.n_frozen} of {len(spec.stages)} stages{boundary}: "
+                f"{total - frozen} of {total} parameters trainable (with the source head; each project's head is "
+                "sized to its labels)")
+
     @property
     def digest(self) -> str:
         """SHA-256 of M0's weights (names, shapes and values): what a landmark file is checked against."""
