@@ -9,7 +9,8 @@ Needs a Docker daemon and ``docker compose`` (on the project's offline machines:
 1. ``docker build --network host --build-arg FLAVOR=<flavor> -t <image> .`` (timed), tagged as the
    image compose runs for ``backend``;
 2. ``docker compose up -d --no-build`` under its own compose project name and free host ports, with
-   ``BACKBONE=smallcnn WEIGHTS=none`` (containers cannot download weights here);
+   the default ``BACKBONE=efficientnet_lite0 WEIGHTS=DEFAULT`` (ImageNet weights inside the image: the
+   containers download nothing) at ``IMAGE_SIZE=64 FREEZE=blocks.5`` (fast on a CPU);
 3. both services healthy (Label Studio's /health, the backend container's HEALTHCHECK);
 4. a project with an image-classification config and 20 tasks, connected to ``http://backend.internal:9090``;
    version 0 published for every task, the project's ``model_version`` switched to it and its queue
@@ -113,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "COMPOSE_PROJECT_NAME": project_name, "LABEL_STUDIO_API_KEY": token,
            "LABEL_STUDIO_PASSWORD": secrets.token_urlsafe(12), "LABEL_STUDIO_PORT": str(ls_port),
            "BACKEND_PORT": str(backend_port), "LABEL_STUDIO_HOST": f"http://localhost:{ls_port}",
-           "BACKBONE": "smallcnn", "WEIGHTS": "none", "TRAIN_STEPS": "20", "TRAIN_DEBOUNCE_S": "2"}
+           # the default backbone with its packaged ImageNet weights (nothing is downloaded), small for a CPU
+           "BACKBONE": "efficientnet_lite0", "WEIGHTS": "DEFAULT", "IMAGE_SIZE": "64", "FREEZE": "blocks.5",
+           "TRAIN_STEPS": "20", "TRAIN_DEBOUNCE_S": "2"}
     compose = ["docker", "compose", "-p", project_name]
     sh("docker", "tag", image, f"{project_name}-backend")  # what compose runs for `backend` without building
     ok = False
