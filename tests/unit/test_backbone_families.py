@@ -118,7 +118,7 @@ def test_every_strategy_scores_or_is_refused_with_the_reason(family, built):
     assert set(refused) == expected_refusals
 
 
-@pytest.mark.parametrize("family", ["resnet", "efficientnet", "vision_transformer", "timm_efficientnet"])
+@pytest.mark.parametrize("family", sorted(REPRESENTATIVES))
 def test_predict_through_the_backend(family, tmp_path, digits64):
     name, side = REPRESENTATIVES[family]
     settings = Settings.from_env({"BACKBONE": name, "WEIGHTS": "none", "IMAGE_SIZE": str(side), "MODEL_DIR": str(tmp_path),
