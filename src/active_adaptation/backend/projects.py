@@ -280,11 +280,12 @@ class Projects(Mapping):
                              strategy=state.strategy)
         version = self.version_of(probe)
         i = self.identity
+        strategy, params = self.strategy_name(state)
         meta = {
             "round": round_, "labels": model.labels, "active": model.active, "labels_used": labels_used,
             "config": state.config.to_dict(), "backbone": i.backbone, "weights": i.weights,
-            "preprocess": model.preprocess.to_dict(), "strategy": self.strategy_name(state)[0],
-            "strategy_params": self.strategy_name(state)[1], "strategy_spec": state.strategy,
+            "preprocess": model.preprocess.to_dict(), "strategy": strategy,
+            "strategy_params": params, "strategy_spec": state.strategy,
             "freeze": i.freeze, "image_size": i.image_size,
             "metrics": metrics, "checkpoint_id": probe.checkpoint,
         }

@@ -64,10 +64,6 @@ class Scorer:
         self._strategy_lock = threading.Lock()  # strategies may keep per-call diagnostics
         self.pool_relative_requests = 0  # subsets given a neutral rank (a pool-relative strategy, nothing kept)
 
-    @property
-    def strategy(self) -> Strategy:
-        return self.book.default
-
     def strategy_of(self, state: ProjectState) -> Strategy:
         return self.book.get(state.strategy)
 

@@ -86,13 +86,12 @@ def log_level(name: str, raw: str) -> str:
 
 
 def backbone(name: str, raw: str) -> str:
-    from active_adaptation.core.backbones import available_backbones  # cheap settings, lazy torch
-
-    from active_adaptation.core.backbones import refused_backbones
+    from active_adaptation.core.backbones import available_backbones, refused_backbones  # cheap settings, lazy torch
 
     value = raw.lower()
-    if value in refused_backbones():
-        raise ConfigError(f"{name}={value} is not supported: {refused_backbones()[value]}")
+    refused = refused_backbones()
+    if value in refused:
+        raise ConfigError(f"{name}={value} is not supported: {refused[value]}")
     if value not in available_backbones():
         raise ConfigError(f"{name}={value!r} is unknown; allowed: {', '.join(available_backbones())} "
                           "(python -m active_adaptation --list shows what each supports)")

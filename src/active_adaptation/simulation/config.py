@@ -17,8 +17,8 @@ TRACK_DEFAULTS = {  # docs/methods.md §8.2
     "imagefolder": dict(initial=10, batch=10, rounds=10, steps=100, lr=1e-3, source_steps=1000),
     "fashion-mnist": dict(initial=10, batch=10, rounds=15, steps=60, lr=1e-3, source_steps=0),
 }
-# The pretrained track (docs/results.md): ImageNet EfficientNet-Lite0 at 64 px with everything up to
-# blocks.5 frozen, so that 20 seeds of every strategy fit a 2-core CPU; on a GPU use 224 px.
+# The pretrained track (docs/methods.md §8.2): ImageNet EfficientNet-Lite0 at 64 px with everything up
+# to blocks.5 frozen, sized for a 2-core CPU (about 70 s per 15-round run); on a GPU use 224 px.
 TRACK_BACKBONE = {
     "fashion-mnist": dict(backbone="efficientnet_lite0", weights="DEFAULT", freeze="blocks.5", image_size=64),
 }
@@ -159,12 +159,10 @@ def _check_dataset(args, parser) -> str:
     defaults = TRACK_BACKBONE.get(track, {})
     if args.backbone is None:  # digits-novel starts from random weights: train every layer (docs/results.md)
         args.backbone = defaults.get("backbone", "smallcnn-unfrozen" if track == "digits-novel" else "smallcnn")
-    if args.weights is None:
-        args.weights = defaults.get("weights", "auto") if args.backbone == defaults.get("backbone") else "auto"
-    if args.freeze is None:
-        args.freeze = defaults.get("freeze", "default") if args.backbone == defaults.get("backbone") else "default"
-    if args.image_size is None:
-        args.image_size = defaults.get("image_size", 0) if args.backbone == defaults.get("backbone") else 0
+    own = defaults if args.backbone == defaults.get("backbone") else {}  # the track's settings go with its backbone
+    for key, fallback in (("weights", "auto"), ("freeze", "default"), ("image_size", 0)):
+        if getattr(args, key) is None:
+            setattr(args, key, own.get(key, fallback))
     if args.image_size < 0:
         parser.error("--image-size must be 0 (the backbone's own) or a positive number of pixels")
     if track == "imagefolder" and not Path(args.dataset.split(":", 1)[1]).is_dir():

@@ -134,22 +134,22 @@ def _setup(cfg: SimConfig, seed: int):
     ds = dataset_of(cfg)
     model = AdaptedModel(base_model(cfg.backbone, cfg.m0, cfg.freeze, cfg.image_size), ds.target.classes,
                          resolve_device(cfg.device), seed)
-    x = resize_for(cfg, ds.target.x)
-    return ds, model, x, _trunk_of_target(cfg, model)
+    return (ds, model, *_target_inputs(cfg, model))
 
 
-_TRUNKS: dict = {}
+_TARGETS: dict = {}
 
 
-def _trunk_of_target(cfg: SimConfig, model: AdaptedModel) -> torch.Tensor:
-    """The frozen trunk's activations of every target item: the same for every seed and strategy of
-    a configuration (M0's frozen layers never change), so computed once per process."""
+def _target_inputs(cfg: SimConfig, model: AdaptedModel) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images at the backbone's input, the frozen trunk's activations) of every target item: the
+    same for every seed and strategy of a configuration (M0's frozen layers never change), so
+    computed once per process."""
     key = (cfg.dataset, cfg.source, cfg.backbone, cfg.m0, cfg.freeze, cfg.image_size, cfg.device)
-    if key not in _TRUNKS:
+    if key not in _TARGETS:
         x = resize_for(cfg, dataset_of(cfg).target.x)
-        _TRUNKS.clear()  # one configuration per process at a time
-        _TRUNKS[key] = torch.cat([model.trunk(x[s:s + BATCH]) for s in range(0, len(x), BATCH)])
-    return _TRUNKS[key]
+        _TARGETS.clear()  # one configuration per process at a time
+        _TARGETS[key] = x, torch.cat([model.trunk(x[s:s + BATCH]) for s in range(0, len(x), BATCH)])
+    return _TARGETS[key]
 
 
 def run_al(cfg: SimConfig, spec: str, seed: int, progress=None) -> dict:

@@ -153,8 +153,8 @@ def reach_interval(entry: dict, base: dict, resamples: int = 2000, seed: int = 0
         return math.nan, math.nan, math.nan
     rng = np.random.default_rng(seed)
     draws = [first(m[idx], b[idx]) for idx in rng.integers(0, len(m), size=(resamples, len(m)))]
-    lo, hi = np.percentile(draws, [2.5, 97.5], method="lower"), np.percentile(draws, [97.5], method="higher")[0]
-    return first(m, b), float(lo[0]), float(hi)
+    lo, hi = np.percentile(draws, 2.5, method="lower"), np.percentile(draws, 97.5, method="higher")
+    return first(m, b), float(lo), float(hi)
 
 
 def _at_label_counts(rows: list[dict], data: dict, base: dict, baseline: str) -> None:
@@ -244,9 +244,8 @@ def _fixed_counts_markdown(rows: list[dict], baseline: str) -> list[str]:
            "share of the budget | below the baseline at any count? |",
            "|---|" + "---|" * (len(picks) + 3)]
     if base_row is not None:
-        curve = {n: v for n, v in zip(counts, _baseline_means(base_row, counts))}
-        out.append(f"| `{baseline}` | " + " | ".join(f"{curve[n]:.3f}" if curve[n] is not None else "—" for n in picks)
-                   + f" | {counts[-1]} | 1.00 | — |")
+        curve = dict(zip(counts, base_row["curve"]))
+        out.append(f"| `{baseline}` | " + " | ".join(f"{curve[n]:.3f}" for n in picks) + f" | {counts[-1]} | 1.00 | — |")
     for r in compared:
         cells = []
         for n in picks:
@@ -261,9 +260,6 @@ def _fixed_counts_markdown(rows: list[dict], baseline: str) -> list[str]:
                    + f" | {'yes: at ' + ', '.join(map(str, below)) if below else 'no'} |")
     return out
 
-
-def _baseline_means(base_row: dict, counts: list) -> list:
-    return base_row.get("curve", [None] * len(counts))
 
 
 def plot_curves(results: dict, path: Path, baseline: str = "random") -> None:
