@@ -211,3 +211,41 @@ def test_label_studio_outage_during_publish_is_retried_and_reported(label_studio
             assert set(versions_of(ls, project)) == {st["model_version"]}  # DELETE_OLD_PREDICTIONS removed v0
     finally:
         proxy.close()
+
+
+def test_auto_switches_from_cold_start_to_badge_after_a_round(label_studio, digits64, tmp_path):
+    """A project that chose `auto` (its connection's extra params; STRATEGY stays margin) starts in
+    the cold-start regime (TypiClust), and the round after its labels pass per_class × classes
+    switches to BADGE: visible in /status and in each prediction's strategy."""
+    ls = label_studio
+    env = {"LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ls.personal_access_token(), "STRATEGY": "margin", **FAST}
+    with BackendProcess(tmp_path, env) as backend:
+        project, ids, truth = digits_project(ls, digits64, "auto regime", 30)
+        ml = ls.connect_backend(project, backend.url, extra_params={"strategy": "auto:per_class=1"})
+        v0 = ml["model_version"]
+        assert v0.startswith("smallcnn-auto-t0-"), v0
+        wait_for(lambda: project_version(ls, project) == v0, 60, "version 0")
+        info = status(backend, project)["strategy_info"]
+        assert (info["regime"], info["serving"], info["labels"], info["switch_at"]) == ("cold-start", "typiclust", 0, 10)
+
+        def predict(task_ids):
+            tasks = [{"id": t["id"], "data": t["data"]} for t in ls.tasks(project) if t["id"] in task_ids]
+            r = requests.post(f"{backend.url}/predict", json={"tasks": tasks, "project": str(project)}, timeout=60)
+            r.raise_for_status()
+            return {t["id"]: x for t, x in zip(tasks, r.json()["results"])}
+
+        first = predict(set(ids))
+        assert {p["strategy"] for p in first.values()} == {"auto/typiclust"}
+        served = sorted(first, key=lambda t: -first[t]["acquisition"])[:10]  # what the cold-start queue serves first
+        for t in served:
+            annotate(ls, t, truth[t])
+        v1 = wait_for(lambda: (v := project_version(ls, project)) != v0 and v, 120, "a trained version")
+        assert "-auto-t1-" in v1
+        st = wait_for(lambda: (s := status(backend, project))["published_version"] == v1 and s, 30, "the publish")
+        info = st["strategy_info"]
+        assert (info["regime"], info["serving"], info["labels"]) == ("warm", "badge", 10)
+        assert (st["strategy"], st["strategy_chosen"]) == ("auto", "auto:per_class=1")
+        rest = set(ids) - set(served)
+        results = predict(rest).values()
+        assert {p["strategy"] for p in results} == {"auto/badge"} and {p["model_version"] for p in results} == {v1}
+        assert versions_of(ls, project)[v1] == rest

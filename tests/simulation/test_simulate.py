@@ -189,8 +189,17 @@ def test_a_stopped_simulation_resumes_from_its_journal(tmp_path, capsys):
     resumed = _json.loads((out / "results.json").read_text())
     key = lambda res: sorted((r["strategy"], r["seed"], tuple(x["accuracy"] for x in r["rounds"])) for r in res["runs"])  # noqa: E731
     assert key(resumed) == key(full)
+    # a finished simulation (no journal, results.json) is extended by another strategy and a seed
+    assert not (out / "runs.jsonl").exists()
+    more = ["--dataset", "digits", "--strategies", "random,margin,auto", "--batch", "3", *TINY[:-3], "--seeds", "3",
+            "--no-progress", "--cache", str(tmp_path / "cache"), "--out", str(out), "--resume"]
+    assert simulate.main(more) == 0
+    assert "resuming: 4 of 9 runs already done" in capsys.readouterr().err
+    extended = _json.loads((out / "results.json").read_text())
+    assert set(key(full)) <= set(key(extended)) and len(extended["runs"]) == 9
     # another configuration's journal is not reused
     Journal(out / "runs.jsonl", cfg, resume=False)
     assert simulate.main(["--dataset", "digits", "--strategies", "random", "--batch", "2", *TINY, "--cache",
                           str(tmp_path / "cache"), "--out", str(out), "--resume"]) == 0
-    assert "starting over" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "starting over" in err and "batch" in err  # says what differs

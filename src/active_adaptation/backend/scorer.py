@@ -191,13 +191,16 @@ class Scorer:
             values = scored.values.numpy()
             scores = self._queue_scores(state, tasks, scored.keys, values, version, reset_pool)
         labels = [model.active[j] for j in scored.probs.argmax(dim=1).tolist()] if scored.keys else []
+        kept_info = pool.strategy_info if pool.scored_version == version else {}
+        serving = (scored.info or kept_info).get("serving")  # auto: the strategy its regime serves
+        served = f"{strategy.name}/{serving}" if serving else strategy.name
         out: list[dict] = []
         j = 0
         for i in range(len(tasks)):
             if i in failed:
                 out.append({"result": [], "score": LEAST_URGENT_SCORE, "model_version": version, "error": str(failed[i])})
                 continue
-            out.append(prediction(state, strategy.name, labels[j], float(scores[j]), values[j], version))
+            out.append(prediction(state, served, labels[j], float(scores[j]), values[j], version))
             j += 1
         return out
 

@@ -82,8 +82,13 @@ def _run_parallel(jobs, workers: int, bar, done=None) -> list[dict]:
 
 class Journal:
     """Completed runs, one JSON line each, appended as they finish (``OUT/runs.jsonl``), so that a
-    long simulation that is stopped can continue with ``--resume`` instead of starting over. Reused
-    only when the configuration is the same; a torn last line is ignored."""
+    long simulation that is stopped can continue with ``--resume`` instead of starting over. Without
+    a journal, ``--resume`` starts from the runs of a finished ``OUT/results.json``, so a finished
+    simulation can be extended with more strategies or seeds. Runs are reused only when everything
+    but the strategy list and the seed set is the same configuration (a run depends on its own
+    strategy and seed alone); a torn last line is ignored."""
+
+    IGNORED = ("strategies", "seeds", "workers", "m0")  # may differ between reusable runs (m0: derived)
 
     def __init__(self, path: Path, cfg: SimConfig, resume: bool) -> None:
         import json
@@ -92,16 +97,31 @@ class Journal:
         header = {"config": cfg.replace(workers=1, progress=False).public()}
         self.done: dict[tuple[str, int], dict] = {}
         lines = path.read_text().splitlines() if resume and path.is_file() else []
-        if lines and self._load(lines[0]) == header:
+        finished = path.with_name("results.json")
+        if resume and not lines and finished.is_file():
+            results = self._load(finished.read_text()) or {}
+            lines = [json.dumps({"config": results.get("config", {})}), *map(json.dumps, results.get("runs", []))]
+        if lines and self._same(self._load(lines[0]), header):
             for line in lines[1:]:
                 run = self._load(line)
                 if isinstance(run, dict) and "strategy" in run:
                     self.done[(run["strategy"], run["seed"])] = run
         elif lines:
-            print(f"[simulate] {path} holds runs of another configuration: starting over", file=sys.stderr)
+            kept = (self._load(lines[0]) or {}).get("config") or {}
+            differ = sorted(k for k in set(kept) | set(header["config"])
+                            if k not in self.IGNORED and kept.get(k) != header["config"].get(k))
+            print(f"[simulate] {path.parent} holds runs of another configuration (differs in: {', '.join(differ)}): "
+                  "starting over", file=sys.stderr)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w") as f:  # rewrite: the header and the runs kept
             f.write(json.dumps(header) + "\n" + "".join(json.dumps(r) + "\n" for r in self.done.values()))
+
+    @classmethod
+    def _same(cls, a, b) -> bool:
+        def strip(h):
+            return {k: v for k, v in h["config"].items() if k not in cls.IGNORED} if isinstance(h, dict) and \
+                isinstance(h.get("config"), dict) else None
+        return strip(a) is not None and strip(a) == strip(b)
 
     def _load(self, line: str):
         try:

@@ -3,7 +3,7 @@
 Importable without Flask or the backend. ``strategies.get(name, **params)`` or
 ``strategies.from_spec("adma:lam=0.2")`` builds one, ``strategies.available()`` lists them.
 """
-from . import adma, aift, coldstart, diversity, emoc, mmd, uncertainty  # noqa: F401  (register the built-in strategies)
+from . import adma, aift, auto, coldstart, diversity, emoc, mmd, uncertainty  # noqa: F401  (register the built-in strategies)
 from .adma import Landmarks, adma_distinctiveness
 from .aift import aift_scores, tta_views
 from .base import Need, ScoringInputs, Strategy
