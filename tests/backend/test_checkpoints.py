@@ -34,6 +34,6 @@ def test_a_corrupt_latest_version_falls_back_to_the_previous_one(tmp_path):
 
 
 def test_meta_is_plain_json(tmp_path):
-    path = Store(tmp_path).save_checkpoint("1", "v0", {"w": torch.zeros(1)}, {"round": 0, "labels": ["a"]})
-    meta = json.loads((path / "meta.json").read_text())
+    assert Store(tmp_path).save_checkpoint("1", "v0", {"w": torch.zeros(1)}, {"round": 0, "labels": ["a"]}) == 1
+    meta = json.loads((tmp_path / "projects" / "1" / "v0" / "meta.json").read_text())
     assert meta["labels"] == ["a"] and meta["version"] == "v0" and "saved_at" in meta

@@ -55,7 +55,7 @@ def test_restart_serves_the_last_complete_version(tmp_path, digits64, caplog):
     examples = [Example(str(t["id"]), digits64[i][2], True, trunk=trunks[i]) for i, t in enumerate(pool)]
     metrics = fine_tune(model, examples, TrainConfig(steps=20))
     used = {e.key: str(e.label) for e in examples}
-    version, checkpoint = service.projects.save_version(state, model, 1, used, metrics)
+    version, checkpoint, _ = service.projects.save_version(state, model, 1, used, metrics)
     assert service.projects.serve(state, model, 1, used, checkpoint) == version != v0
     before = service.predict("3", pool)
     service.close()
@@ -152,7 +152,7 @@ def test_adma_landmarks_from_the_pool_survive_a_restart(tmp_path, digits64, capl
     trunks = service.scorer.trunk_activations(state, model, pool[:10])
     examples = [Example(str(t["id"]), digits64[i][2], True, trunk=trunks[i]) for i, t in enumerate(pool[:10])]
     used = {e.key: str(e.label) for e in examples}
-    version, checkpoint = service.projects.save_version(state, model, 1, used, fine_tune(model, examples, TrainConfig(steps=5)))
+    version, checkpoint, _ = service.projects.save_version(state, model, 1, used, fine_tune(model, examples, TrainConfig(steps=5)))
     service.projects.serve(state, model, 1, used, checkpoint)
     service.scorer.score(state, pool[10:], service.projects.model(state), state.version, reset_pool=True)  # F3 from 30 tasks
     saved = service.strategy.saved_state(state.pool.strategy_state)

@@ -27,6 +27,7 @@ from active_adaptation.backend.worker import Job, WorkerStatus
 from active_adaptation.core import review
 from active_adaptation.core.trainer import Example, fine_tune
 from active_adaptation.errors import ImageError, LabelConfigError
+from active_adaptation.strategies import Need
 
 log = logging.getLogger(__name__)
 
@@ -180,8 +181,8 @@ def run_round(ctx: JobContext, force: bool) -> None:
     metrics.update(labels_used=len(examples), labels_changed=changed, unknown_labels=unknown,
                    dropped_by_influence=len(dropped))
     used = {e.key: model.labels[e.label] for e in examples}
-    version, checkpoint = ctx.projects.save_version(state, model, round_, used, metrics)
-    version = ctx.projects.serve(state, model, round_, used, checkpoint)
+    version, checkpoint, seq = ctx.projects.save_version(state, model, round_, used, metrics)
+    version = ctx.projects.serve(state, model, round_, used, checkpoint, seq)
     ctx.scorer.set_labeled(state, [review.trunk_of(model, e) for e in examples])
     status.info["dropped_by_influence"] = dropped
     if ctx.settings.review_top > 0:
@@ -207,6 +208,20 @@ def unlabeled(state: ProjectState, tasks: list[dict]) -> list[dict]:
     return [t for t in tasks if resolve_label(t["annotations"], state.config.from_name) is None]
 
 
+def ensure_labeled(ctx: JobContext, model, tasks: list[dict]) -> None:
+    """The trunk activations of the served version's labeled tasks, for strategies that compare
+    the pool with the labeled set, when this process has none: after a restart, or when the version
+    was trained by another process sharing MODEL_DIR."""
+    state = ctx.state
+    wanted = {Need.LABELED_EMBEDDINGS, Need.LABELED_PROBS, Need.LABELED_FEATURES}
+    if state.pool.labeled_trunk or not state.labels_used or not ctx.scorer.strategy_of(state).needs & wanted:
+        return
+    labeled = [t for t in tasks if str(t.get("id")) in state.labels_used]
+    trunks = [z for z in ctx.scorer.trunk_activations(state, model, labeled) if not isinstance(z, ImageError)]
+    ctx.scorer.set_labeled(state, trunks)
+    log.info("project %s: trunk activations of %d labeled tasks recomputed for the strategy", state.key, len(trunks))
+
+
 def publish(ctx: JobContext, tasks: list[dict] | None = None) -> None:
     """Score the whole unlabeled pool with the served version, import it, switch the project to it."""
     state, status = ctx.state, ctx.status
@@ -215,6 +230,7 @@ def publish(ctx: JobContext, tasks: list[dict] | None = None) -> None:
         model, version = ctx.projects.model(state), state.version
     status.set("publishing", f"scoring the unlabeled pool for {version}")
     tasks = tasks if tasks is not None else ctx.call(api.tasks, "listing tasks")
+    ensure_labeled(ctx, model, tasks)
     pool = unlabeled(state, tasks)
     progress = {"version": version, "scored": 0, "imported": 0, "total": len(pool)}
     status.info["publish_progress"] = progress
@@ -248,6 +264,7 @@ def rescore(ctx: JobContext) -> None:
         model, version = ctx.projects.model(state), state.version
     ctx.status.set("scoring", f"scoring the unlabeled pool for {version} (nothing is imported)")
     tasks = ctx.call(ctx.api().tasks, "listing tasks")
+    ensure_labeled(ctx, model, tasks)
     pool = unlabeled(state, tasks)
     ctx.scorer.score(state, pool, model, version, reset_pool=True)
     ctx.status.set("idle", f"scored {len(pool)} unlabeled tasks for {version}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import socket
 import threading
 from typing import Callable
 
@@ -17,6 +19,14 @@ from active_adaptation.backend.worker import ProjectWorker, SystemClock
 from active_adaptation.errors import UnknownProject
 
 log = logging.getLogger(__name__)
+
+
+def process_name() -> str:
+    """This process, as /status names it (computed each time: gunicorn forks its workers)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+BUSY = frozenset({"running", "publishing", "scoring", "securing"})
 
 LABEL_EVENTS = frozenset({"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED",
                           "ANNOTATIONS_DELETED", "ANNOTATION_DELETED"})
@@ -44,13 +54,36 @@ class Learner:
             if worker is None:
                 worker = ProjectWorker(state.key, lambda job: None, debounce_s=self.settings.train_debounce_s,
                                        recovery_max_s=self.settings.recovery_max_s,
-                                       wants_publish=functools.partial(self.wants_publish, state), clock=self.clock)
+                                       wants_publish=functools.partial(self.wants_publish, state), clock=self.clock,
+                                       lease_retry_s=self.settings.lease_retry_s)
                 ctx = JobContext(state, self.projects, self.scorer, self.settings, self.api_factory, worker.status,
                                  functools.partial(self.webhook_secret, state.key), self.instance_id,
                                  stopped=lambda: worker.stopped)
-                worker.run_job = functools.partial(jobs.run_job, ctx)
+                worker.run_job = functools.partial(self.run_leased, ctx)
                 self.workers[state.key] = worker.start()
             return worker
+
+    def run_leased(self, ctx: JobContext, job) -> None:
+        """Run one job holding the project's trainer lease (store.LeaseBusy when another process
+        holds it): first serve the newest version on disk and continue the status another process
+        left, then share this job's status with every process until the lease is released."""
+        store, status, state = self.projects.store, ctx.status, ctx.state
+        with store.trainer_lease(state.key, job[0]):
+            status.adopt(store.read_status(state.key))
+            status.info["process"] = process_name()
+            status.sink = functools.partial(store.write_status, state.key)
+            try:
+                self.projects.refresh(state, every_s=0)
+                if job[0] == "publish" and not self.wants_publish(state):
+                    return status.set("idle", f"{state.version} is published (by another process)")
+                jobs.run_job(ctx, job)
+            except Exception as exc:
+                status.info["last_error"] = f"{type(exc).__name__}: {exc}"
+                status.set("failed", f"{job[0]} failed: {type(exc).__name__}: {exc}; the previous model keeps serving")
+                raise
+            finally:
+                status.share()
+                status.sink = None
 
     def connected(self, state: ProjectState, publish: bool = True) -> None:
         """On /setup (from Label Studio, for a confirmed project): make sure the project's webhook is
@@ -70,12 +103,16 @@ class Learner:
 
     def resume(self) -> None:
         """At process start: re-publish every restored project whose served version Label Studio
-        may lack (a crash mid-publish, or Label Studio down at the time)."""
+        may lack (a crash mid-publish, or Label Studio down at the time), and check every trained
+        project for labels that changed while no process was running its rounds (a round starts
+        only if some did: an event that reached only a process killed before its round is not lost)."""
         for key in self.projects:
             state = self.projects[key]
             if self.wants_publish(state):
                 log.info("project %s: %s is not known to be published; publishing it", key, state.version)
                 self.worker(state).request_publish()
+            if self.connection.configured:
+                self.worker(state).labels_changed()
 
     def wants_publish(self, state: ProjectState) -> bool:
         """Label Studio lacks the served version and should get it: a trained version always;
@@ -86,7 +123,7 @@ class Learner:
     def handle(self, action: str, key: str, task_ids: list[int] | None = None) -> str:
         """Route one authenticated webhook event (a hint: project id + action). Returns what was
         done. Events for a project this backend was never set up for create nothing."""
-        state = self.projects.get(key)
+        state = self.projects.lookup(key)
         if state is None:
             raise UnknownProject(f"project {key} is not connected to this backend; event ignored")
         if not self.connection.configured:
@@ -107,10 +144,22 @@ class Learner:
         return "ignored"
 
     def status(self, key: str) -> dict:
+        """The project's worker status, the same whichever process answers: the newer of this
+        process's and the one the last job (in any process) shared, plus who holds the lease."""
         worker = self.workers.get(key)
-        if worker is None:
-            return {"state": "idle", "reason": "", "training_runs": 0, "review": [], "dropped_by_influence": []}
-        return dict(worker.info)
+        local = dict(worker.info) if worker is not None else {
+            "state": "idle", "reason": "", "training_runs": 0, "review": [], "dropped_by_influence": []}
+        store = self.projects.store
+        shared = store.read_status(key)
+        out = shared if shared and shared.get("updated_at", 0) > local.get("updated_at", 0) else local
+        holder = store.lease_holder(key)
+        if (out is shared and holder is None and out.get("state") in BUSY
+                and out.get("process") != process_name()):  # its process stopped mid-job
+            out = {**out, "state": "interrupted",
+                   "reason": f"{out.get('process')} stopped during '{out.get('reason')}'; the next event, retry or "
+                             "restart runs it again"}
+        out["trainer"] = holder
+        return out
 
     def stop(self) -> None:
         for worker in list(self.workers.values()):

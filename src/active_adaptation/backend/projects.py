@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
@@ -73,6 +74,8 @@ class ProjectState:
     published_version: str | None = None
     checkpoint: str | None = None  # id of the served version's checkpoint
     strategy: str | None = None  # the strategy spec this project chose (None: the backend's STRATEGY)
+    seq: int = 0  # the served checkpoint's number in the project's sequence (0: none yet)
+    refreshed: float = 0.0  # when MODEL_DIR was last checked for a newer version (time.monotonic)
     lock: threading.RLock = field(default_factory=threading.RLock)
     pool: PoolState = field(default_factory=PoolState)
 
@@ -112,6 +115,11 @@ def read_registration(store: Store, key: str, strategy_of=None) -> tuple[Classif
         return None, None, None
 
 
+def _seq_of(meta: dict) -> int:
+    seq = meta.get("seq")
+    return seq if isinstance(seq, int) else 0
+
+
 def other_backbone(key: str, meta: dict, identity: "Identity", root) -> str | None:
     """The warning for a checkpoint trained with another backbone or weights than this backend's."""
     trained = (meta.get("backbone"), meta.get("weights"))
@@ -132,6 +140,7 @@ class Projects(Mapping):
         # a project's chosen strategy spec -> (name, params); None: everyone uses the identity's
         self.strategy_of = strategy_of
         self.keep_versions, self.persist = keep_versions, persist
+        self.on_restore: Callable[[ProjectState], None] | None = None  # a project restored on first use
         self._states: dict[str, ProjectState] = {}
         self._lock = threading.Lock()
 
@@ -196,7 +205,7 @@ class Projects(Mapping):
         model.load_target_state(state_dict, meta["labels"], meta["active"])
         state = ProjectState(key, ClassificationConfig.from_dict(meta["config"]), round=meta["round"], model=model,
                              labels_used=dict(meta.get("labels_used") or {}), checkpoint=meta.get("checkpoint_id"),
-                             strategy=chosen)
+                             strategy=chosen, seq=_seq_of(meta), refreshed=time.monotonic())
         state.version = self.version_of(state)
         if meta.get("published_version") == state.version:
             state.published_version = state.version
@@ -210,6 +219,7 @@ class Projects(Mapping):
     # ------------------------------------------------------------------ registration
     def register(self, key: str, config: ClassificationConfig) -> tuple[ProjectState, bool]:
         """The project's state, created (True) if new; an existing one adopts ``config``."""
+        state = self.lookup(key)  # another process may have set it up already
         with self._lock:
             state = self._states.get(key)
             created = state is None
@@ -238,7 +248,7 @@ class Projects(Mapping):
                 state.pool.acquisitions = {}  # values of another version
         return changed
 
-    def set_strategy(self, state: ProjectState, spec: str | None) -> bool:
+    def set_strategy(self, state: ProjectState, spec: str | None, save: bool = True) -> bool:
         """Adopt a project's strategy choice (None: STRATEGY); True if it changed. The model is kept;
         the version changes, so the pool is re-scored and published with the new strategy."""
         with state.lock:
@@ -246,7 +256,8 @@ class Projects(Mapping):
                 return False
             state.strategy, state.pool = spec, PoolState(labeled_trunk=state.pool.labeled_trunk, stats=state.pool.stats)
             state.version = self.version_of(state)
-        self.save_registration(state)
+        if save:
+            self.save_registration(state)
         log.info("project %s: strategy %s; version %s", state.key, spec or "STRATEGY (the default)", state.version)
         return True
 
@@ -258,8 +269,67 @@ class Projects(Mapping):
             elif access_token:
                 state.access_token = access_token
 
-    def get_state(self, key: str) -> ProjectState:
+    def lookup(self, key: str) -> ProjectState | None:
+        """The project's state; one that another process set up (its registration or checkpoints
+        are in MODEL_DIR) is restored from there on first use. None: not set up anywhere."""
         state = self._states.get(key)
+        if state is not None or key not in self.store.project_keys():
+            return state
+        with self._lock:
+            if key in self._states:
+                return self._states[key]
+            state = self._restore(key)
+        if state is not None:
+            log.info("project %s: set up by another process; restored from %s", key, self.store.root)
+            if self.on_restore is not None:
+                self.on_restore(state)
+        return state
+
+    def refresh(self, state: ProjectState, every_s: float = 2.0) -> bool:
+        """Serve what another process sharing MODEL_DIR made since (at most every ``every_s``
+        seconds; 0: now): a newer version (higher sequence number), its publication, and the
+        project's registration (label config, chosen strategy). True when the served version changed."""
+        now = time.monotonic()
+        if every_s and now - state.refreshed < every_s:
+            return False
+        state.refreshed = now
+        registered, published, chosen = read_registration(self.store, state.key, self.strategy_of)
+        if registered is not None and chosen != state.strategy:
+            self.set_strategy(state, chosen, save=False)
+        before = state.version
+        versions = self.store.list_versions(state.key)
+        newest = versions[-1] if versions else None
+        if newest is not None and _seq_of(newest) > state.seq and not other_backbone(state.key, newest, self.identity,
+                                                                                      self.store.root):
+            try:
+                state_dict = torch.load(Path(newest["path"]) / "model.pt", map_location="cpu", weights_only=True)
+                model = AdaptedModel(self.base, newest["labels"], self.device, self.identity.seed)
+                model.load_target_state(state_dict, newest["labels"], newest["active"])
+            except Exception as exc:  # removed by a prune meanwhile, or unreadable: the next check retries
+                log.warning("project %s: cannot load %s saved by another process (%s)", state.key, newest["path"], exc)
+                state.refreshed = 0.0
+            else:
+                with state.lock:
+                    state.model, state.round = model, newest["round"]
+                    state.labels_used = dict(newest.get("labels_used") or {})
+                    state.checkpoint, state.seq = newest.get("checkpoint_id"), _seq_of(newest)
+                    state.version = self.version_of(state)
+                    state.published_version = None
+                    state.pool = PoolState(strategy_state=state.pool.strategy_state, stats=state.pool.stats,
+                                           strategy_saved=state.pool.strategy_saved)
+                log.info("project %s: serving %s (round t=%d), saved by another process", state.key, state.version,
+                         state.round)
+        if registered is not None and registered != state.config:
+            self.update_config(state, registered)
+        if newest is not None and state.published_version != state.version and \
+                newest.get("checkpoint_id") == state.checkpoint and newest.get("published_version") == state.version:
+            state.published_version = state.version  # another process published it
+        if newest is None and published is not None and published == state.version:
+            state.published_version = published  # version 0, published by another process
+        return state.version != before
+
+    def get_state(self, key: str) -> ProjectState:
+        state = self.lookup(key)
         if state is None:
             raise UnknownProject(
                 f"project {key} is not set up: send its 'label_config' with the request or call /setup first")
@@ -289,18 +359,19 @@ class Projects(Mapping):
             "freeze": i.freeze, "image_size": i.image_size,
             "metrics": metrics, "checkpoint_id": probe.checkpoint,
         }
-        self.store.save_checkpoint(state.key, version, model.target.state_dict(), meta)
+        seq = self.store.save_checkpoint(state.key, version, model.target.state_dict(), meta)
         removed = self.store.prune(state.key, self.keep_versions)
         if removed:
             log.info("project %s: pruned old versions %s", state.key, removed)
-        return version, probe.checkpoint
+        return version, probe.checkpoint, seq
 
-    def serve(self, state: ProjectState, model: AdaptedModel, round_: int, labels_used: dict, checkpoint: str) -> str:
+    def serve(self, state: ProjectState, model: AdaptedModel, round_: int, labels_used: dict, checkpoint: str,
+              seq: int = 0) -> str:
         """Switch the served model atomically (under the project lock)."""
         with state.lock:
             model.set_labels(state.config.labels)  # the config may have changed during training
             state.model, state.round, state.labels_used = model, round_, labels_used
-            state.checkpoint = checkpoint
+            state.checkpoint, state.seq = checkpoint, seq
             state.version = self.version_of(state)
             state.pool.acquisitions = {}
             state.published_version = None

@@ -46,6 +46,7 @@ class Backend:
         self._lock = threading.Lock()
         for state in self.projects.restore_all():
             self.scorer.restore(state)
+        self.projects.on_restore = self.scorer.restore  # projects another process set up, on first use
         log.info("backbone %s", self.base.freeze_summary())
         log.info("backend ready: backbone=%s weights=%s strategy=%r device=%s projects restored=%d",
                  settings.backbone, self.base.weights, self.strategy, self.device, len(self.projects))
@@ -112,6 +113,7 @@ class Backend:
         if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
             raise BadRequest("'tasks' must be a list of task objects")
         state = self.project(project, label_config)
+        self.projects.refresh(state)  # another process sharing MODEL_DIR may have trained a newer version
         with state.lock:
             model, version = self.projects.model(state), state.version
         results = self.scorer.predict(state, tasks, model, version)
@@ -132,8 +134,16 @@ class Backend:
             "strategy_params": self.strategy.params(), "device": str(self.device), "events": dict(self.events),
             "feature_cache": self.scorer.features.stats(),
             "neutral_rank_requests": self.scorer.pool_relative_requests,
-            "projects": {key: self._project_metrics(self.projects[key]) for key in sorted(self.projects)},
+            "projects": {key: self._project_metrics(state)
+                         for key in sorted({*self.projects.store.project_keys(), *self.projects}, key=int)
+                         if (state := self._refreshed(key)) is not None},
         }
+
+    def _refreshed(self, key: str) -> ProjectState | None:
+        state = self.projects.lookup(key)
+        if state is not None:
+            self.projects.refresh(state)
+        return state
 
     def _project_metrics(self, s: ProjectState) -> dict:
         return {

@@ -6,9 +6,18 @@ here and hold only entries that can be recomputed.
       projects/<id>/project.json          registration: label config, version published before round 1
       projects/<id>/<version>/            a checkpoint: model.pt (the target's state_dict) + meta.json
       projects/<id>/strategy_state.pt     what a strategy computed once from the pool (ADMA's landmarks)
-      projects/<id>/.lock                 per-project lock across threads and processes
+      projects/<id>/.lock                 per-project lock across threads and processes (short sections)
+      projects/<id>/trainer.lease         the trainer lease: who runs this project's jobs now
+      projects/<id>/status.json           the worker status of the last job, for every process's /status
       secrets/webhook.key                 master secret of the webhook header (mode 0600)
       cache/{images,features,landmarks}/  recomputable caches
+
+Several processes (``WORKERS>1``, or replicas sharing MODEL_DIR) serve one project together: any
+of them answers /predict from the newest complete version on disk, and exactly one at a time runs
+the project's jobs (rounds, publishes), the one holding the **trainer lease**: an exclusive
+``flock`` on ``trainer.lease``, taken without waiting. The kernel releases it when its holder dies,
+even by ``kill -9``, so another process takes over at its next attempt; on NFSv4 the server's lease
+(90 s by default) does the same for a host that disappears.
 
 A checkpoint folder is written complete under a temporary name and renamed into place, so a crash,
 even ``kill -9`` mid-write, leaves the previous versions or a complete new one. Every version gets
@@ -33,6 +42,17 @@ import torch
 from active_adaptation import atomic
 
 log = logging.getLogger(__name__)
+
+
+class LeaseBusy(RuntimeError):
+    """Another process holds a project's trainer lease; ``holder`` says who (host, pid, job, since)."""
+
+    def __init__(self, key: str, holder: dict | None) -> None:
+        self.holder = holder or {}
+        who = (f"{self.holder.get('host', '?')} pid {self.holder.get('pid', '?')} "
+               f"({self.holder.get('job', '?')} since {time.strftime('%H:%M:%S', time.localtime(self.holder['since']))})"
+               if self.holder.get("since") else "another process")
+        super().__init__(f"project {key}: {who} holds the trainer lease")
 
 
 def _seq(meta: dict) -> tuple:
@@ -71,6 +91,64 @@ class Store:
             finally:
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
+    @contextlib.contextmanager
+    def trainer_lease(self, key: str, job: str):
+        """Hold project ``key``'s trainer lease for one job, or raise :class:`LeaseBusy` at once.
+        The holder's host, pid, job and start time are written into the lease file for /status."""
+        import socket
+
+        folder = self.project_dir(key)
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / "trainer.lease", "a+") as f:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise LeaseBusy(key, self.lease_holder(key)) from None
+            try:
+                f.seek(0)
+                f.truncate()
+                f.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "job": job, "since": time.time()}))
+                f.flush()
+                yield
+            finally:
+                f.seek(0)
+                f.truncate()
+                f.flush()
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def lease_holder(self, key: str) -> dict | None:
+        """Who holds project ``key``'s trainer lease now (None: nobody)."""
+        path = self.project_dir(key) / "trainer.lease"
+        try:
+            with open(path) as f:
+                try:  # a shared lock is refused exactly while somebody holds the exclusive one
+                    fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    try:
+                        holder = json.loads(f.read() or "{}")
+                    except ValueError:  # written just now
+                        holder = {}
+                    return holder if isinstance(holder, dict) else {}
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+                return None
+        except FileNotFoundError:
+            return None
+
+    def write_status(self, key: str, info: dict) -> None:
+        """The worker status of this project's last job, for /status in every process."""
+        try:
+            data = json.dumps(info, default=str).encode()
+            atomic.write_with(self.project_dir(key) / "status.json", lambda f: f.write(data), durable=False)
+        except OSError as exc:
+            log.warning("project %s: cannot save its status: %s", key, exc)
+
+    def read_status(self, key: str) -> dict | None:
+        try:
+            data = json.loads((self.project_dir(key) / "status.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
     # ------------------------------------------------------------------ secrets
     def webhook_master_secret(self, fresh: bytes) -> bytes:
         """The shared master secret: ``fresh`` unless another process created it first."""
@@ -107,7 +185,8 @@ class Store:
             log.warning("project %s: cannot save its registration: %s", key, exc)
 
     # ------------------------------------------------------------------ checkpoints
-    def save_checkpoint(self, key: str, version: str, state_dict: dict, meta: dict) -> Path:
+    def save_checkpoint(self, key: str, version: str, state_dict: dict, meta: dict) -> int:
+        """Write a version (complete or not at all); returns its sequence number."""
         folder = self.project_dir(key)
         with self.project_lock(key):
             previous = [m.get("seq") for m in self.list_versions(key)]
@@ -119,7 +198,8 @@ class Store:
                 torch.save(weights, tmp / "model.pt")
                 (tmp / "meta.json").write_text(json.dumps(info, indent=2, sort_keys=True))
 
-            return atomic.write_dir(folder / version, fill)
+            atomic.write_dir(folder / version, fill)
+            return seq
 
     def list_versions(self, key: str) -> list[dict]:
         """Metadata of every complete version, oldest first (by ``seq``)."""

@@ -6,7 +6,8 @@ clock, so that tests drive the machine without threads or sleeps.
 
 States shown in /status: ``idle``, ``waiting`` (debouncing annotation events), ``running`` (a
 round), ``publishing``, ``scoring`` (a re-scoring without import), ``securing``, ``failed`` (with
-the reason and when it is retried).
+the reason and when it is retried). A job that finds the project's trainer lease held by another
+process waits (``waiting``) and tries again every ``lease_retry_s``: never counted as a failure.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import traceback
 from typing import Any, Callable
 
 from active_adaptation.backend.ls_client import api_status
+from active_adaptation.backend.store import LeaseBusy
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +37,26 @@ class WorkerStatus:
                            "last_round": None, "publish_progress": None, "last_error": None,
                            "webhook": "not secured yet", "retry_in_s": None, "review": [], "dropped_by_influence": []}
 
+        self.sink: Callable[[dict], None] | None = None  # while this process holds the lease: shares the info
+
     def set(self, state: str, reason: str = "") -> None:
         self.info["state"], self.info["reason"] = state, reason
+        self.share()
+
+    def share(self) -> None:
+        """Stamp the info and, while this process holds the project's lease, hand it to the sink
+        (the status file every process's /status reads)."""
+        self.info["updated_at"] = time.time()
+        if self.sink is not None:
+            self.sink(dict(self.info))
+
+    def adopt(self, shared: dict | None) -> None:
+        """Continue from what another process's jobs left (counters, last round, review) when it is newer."""
+        if not shared or shared.get("updated_at", 0) <= self.info.get("updated_at", 0):
+            return
+        for key, value in shared.items():
+            if key not in ("state", "reason", "retry_in_s", "updated_at", "process"):
+                self.info[key] = value
 
     @property
     def state(self) -> str:
@@ -46,9 +66,9 @@ class WorkerStatus:
 class ProjectWorker:
     def __init__(self, key: str, run_job: Callable[[Job], None], *, debounce_s: float, recovery_max_s: float,
                  wants_publish: Callable[[], bool] = lambda: False, clock=SystemClock(),
-                 status: WorkerStatus | None = None) -> None:
+                 status: WorkerStatus | None = None, lease_retry_s: float = 2.0) -> None:
         self.key, self.run_job, self.wants_publish, self.clock = key, run_job, wants_publish, clock
-        self.debounce_s, self.recovery_max_s = debounce_s, recovery_max_s
+        self.debounce_s, self.recovery_max_s, self.lease_retry_s = debounce_s, recovery_max_s, lease_retry_s
         self.status = status or WorkerStatus()
         self.cond = threading.Condition()
         self.labels_dirty = self.force = self.publish_requested = False
@@ -59,6 +79,7 @@ class ProjectWorker:
         self.last_event = 0.0
         self.retry: Job | None = None  # a failed job, re-run at retry_at
         self.retry_at = 0.0
+        self.lease_wait_until = 0.0  # no job before this: another process held the lease at the last try
         self.backoff = 0.0
         self.thread: threading.Thread | None = None
 
@@ -125,6 +146,8 @@ class ProjectWorker:
                 now = self.clock.monotonic()
                 if self.stopped:
                     return None, None
+                if self.lease_wait_until > now:  # another process holds the project's lease
+                    return None, self.lease_wait_until - now
                 if self.config_requested:
                     self.config_requested = False
                     return ("config", None), None
@@ -191,6 +214,15 @@ class ProjectWorker:
 
     def _failed(self, job: Job, exc: Exception) -> None:
         kind = job[0]
+        if isinstance(exc, LeaseBusy):  # another process runs this project's jobs: take over when it is done
+            with self.cond:
+                self._flag(job)
+                self.lease_wait_until = self.clock.monotonic() + self.lease_retry_s
+                self.info["retry_in_s"] = self.lease_retry_s
+            first = not self.status.info["reason"].endswith("when it is free")
+            self.status.set("waiting", f"{exc}; this process runs the {kind} when it is free")
+            log.log(logging.INFO if first else logging.DEBUG, "%s; %s deferred", exc, kind)
+            return
         self.info["failed_runs"] += kind == "round"
         self.info["last_error"] = f"{type(exc).__name__}: {exc}"
         status = api_status(exc) or (api_status(exc.__cause__) if exc.__cause__ is not None else None)
@@ -216,7 +248,12 @@ class ProjectWorker:
 
     def _rearm(self) -> None:
         """Under ``cond``: turn the failed job back into the flag that runs it."""
-        kind, argument = self.retry
+        self._flag(self.retry)
+        self.retry_at = float("inf")  # until it fails again (or succeeds and clears it)
+
+    def _flag(self, job: Job) -> None:
+        """Under ``cond``: set the flag that runs ``job`` (at once: no debounce for a round)."""
+        kind, argument = job
         if kind == "round":
             self.labels_dirty, self.force = True, self.force or bool(argument)
             self.last_event = -1e18  # no debounce for a retry
@@ -230,4 +267,3 @@ class ProjectWorker:
             self.rescore_requested = True
         else:
             self.secure_requested = True
-        self.retry_at = float("inf")  # until it fails again (or succeeds and clears it)
