@@ -57,3 +57,30 @@ def test_pretrained_track_runs_end_to_end(tmp_path):
     assert {r["strategy"] for r in results["runs"]} == {"random", "margin"}
     assert all(len(r["rounds"]) == 2 and r["rounds"][-1]["labels"] == 20 for r in results["runs"])
     assert "FREEZE `blocks.5`, 32 px" in (out / "summary.md").read_text()
+
+
+def test_an_imbalanced_image_folder_is_made_from_fashion_mnist(tmp_path):
+    """make_imagefolder: the geometric profile, images drawn without replacement, a track that runs."""
+    from active_adaptation.imagefolder import image_folder_files
+    from active_adaptation.simulation.make_imagefolder import class_counts, main
+
+    counts = class_counts(10, 500, 10)
+    assert counts[0] == 500 and counts[-1] == 50 and counts[4] == 180  # 500 · 10^(-4/9) = 179.6
+    assert all(a > b for a, b in zip(counts, counts[1:]))
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (400, 28, 28))
+    _write_idx(tmp_path / "train-images-idx3-ubyte.gz", images[:300])
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", images[300:])
+    _write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.arange(300) % 10)
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.arange(100) % 10)
+    out = tmp_path / "lt"
+    assert main([str(out), "--largest", "30", "--ratio", "10", "--fashion-mnist", str(tmp_path)]) == 0
+    files, ys, classes = image_folder_files(out)
+    wanted = json.loads((out / "counts.json").read_text())["counts"]
+    assert list(wanted.values()) == class_counts(10, 30, 10)
+    assert np.bincount(ys).tolist() == [wanted[c] for c in classes]
+    assert max(np.bincount(ys)) / min(np.bincount(ys)) == 10 and len({f.name for f in files}) == len(files)
+    assert main([str(out), "--fashion-mnist", str(tmp_path)]) == 2  # never writes into a used folder
+    assert simulate.main(["--dataset", f"imagefolder:{out}", "--strategies", "random,auto", "--seeds", "1", "--rounds",
+                          "1", "--steps", "2", "--no-progress", "--cache", str(tmp_path / "cache"),
+                          "--out", str(tmp_path / "run")]) == 0
