@@ -10,6 +10,7 @@ import time
 import pytest
 import requests
 
+from active_adaptation.demo.sample_data import fashion_available
 from active_adaptation.demo.servers import ADMIN_TOKEN, ROOT, free_port
 
 pytestmark = pytest.mark.labelstudio
@@ -54,6 +55,8 @@ def check_queue(ready):
     base, project = ready["label_studio"], ready["project"]
     info = api.get(f"{base}/api/projects/{project}", timeout=10).json()
     assert info["model_version"] == ready["model_version"] and info["sampling"] == "Uncertainty sampling"
+    if fashion_available():  # real photos when Debian's dataset-fashion-mnist is installed (setup_env.sh)
+        assert info["title"] == "Active Adaptation demo: Fashion-MNIST" and 'value="Ankle boot"' in info["label_config"]
     predictions = api.get(f"{base}/api/predictions/", params={"project": project}, timeout=30).json()
     score = {p["task"]: p["score"] for p in predictions if p["model_version"] == info["model_version"]}
     assert len(score) == info["task_number"]  # every task has a prediction of the published version

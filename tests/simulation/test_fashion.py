@@ -84,3 +84,20 @@ def test_an_imbalanced_image_folder_is_made_from_fashion_mnist(tmp_path):
     assert simulate.main(["--dataset", f"imagefolder:{out}", "--strategies", "random,auto", "--seeds", "1", "--rounds",
                           "1", "--steps", "2", "--no-progress", "--cache", str(tmp_path / "cache"),
                           "--out", str(tmp_path / "run")]) == 0
+
+
+def test_the_demo_images_are_fashion_mnist_photos_when_installed(tmp_path):
+    from PIL import Image
+    import io
+
+    from active_adaptation.demo.sample_data import fashion_available, fashion_pngs
+
+    assert not fashion_available(tmp_path)
+    rng = np.random.default_rng(2)
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (20, 28, 28)))
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.arange(20) % 10)
+    assert fashion_available(tmp_path)
+    images = fashion_pngs(5, size=112, seed=0, folder=tmp_path)
+    assert len({name for name, _, _ in images}) == 5
+    name, png, label = images[0]
+    assert Image.open(io.BytesIO(png)).size == (112, 112) and label.lower().replace("/", "-").replace(" ", "-") in name

@@ -2,7 +2,8 @@
 
     bash scripts/demo.sh            (installs what is missing, then runs this module)
 
-Creates (or reuses) an image-classification project of scikit-learn digits, connects the backend,
+Creates (or reuses) an image-classification project of Fashion-MNIST photos (Debian's
+``dataset-fashion-mnist``; scikit-learn's digits when it is not installed), connects the backend,
 which publishes version 0 and switches the project's queue to uncertainty sampling, and prints the
 URL and the login. Label a few images: after each training round the queue re-orders. Ctrl-C stops
 everything. Running it again reuses the data directory, the project and the trained models.
@@ -25,10 +26,15 @@ ROOT = Path(__file__).resolve().parents[3]
 from active_adaptation.demo.servers import (  # noqa: E402
     ADMIN_EMAIL, ADMIN_PASSWORD, ADMIN_TOKEN, BackendProcess, LabelStudio, free_port,
 )
-from active_adaptation.demo.sample_data import digit_pngs  # noqa: E402
+from active_adaptation.demo.sample_data import digit_pngs, fashion_available, fashion_pngs  # noqa: E402
+from active_adaptation.simulation.datasets import FASHION_CLASSES  # noqa: E402
 
-TITLE = "Active Adaptation demo: digits"
-LABELS = [str(i) for i in range(10)]
+DATA = {  # what the demo project holds: title, labels, (n, seed) -> [(file name, PNG, label)]
+    "fashion-mnist": ("Active Adaptation demo: Fashion-MNIST", list(FASHION_CLASSES),
+                      lambda n, seed: fashion_pngs(n, size=112, seed=seed)),
+    "digits": ("Active Adaptation demo: digits", [str(i) for i in range(10)],
+               lambda n, seed: digit_pngs(n, size=64, seed=seed)),
+}
 
 
 def port_or_free(port: int, what: str) -> int:
@@ -46,21 +52,36 @@ def say(message: str) -> None:
     print(f"[demo] {message}", flush=True)
 
 
-def find_project(ls: LabelStudio) -> int | None:
-    page = ls.api("GET", "/api/projects", params={"page_size": 1000, "title": TITLE})
+def find_project(ls: LabelStudio, title: str) -> int | None:
+    page = ls.api("GET", "/api/projects", params={"page_size": 1000, "title": title})
     items = page["results"] if isinstance(page, dict) else page
     for item in items:
-        if item.get("title") == TITLE:
+        if item.get("title") == title:
             return item["id"]
     return None
 
 
-def ensure_project(ls: LabelStudio, images: int) -> tuple[int, bool]:
-    project = find_project(ls)
+def choose_data(requested: str) -> str:
+    """``auto``: Fashion-MNIST when it is installed, else the digits (saying how to get the photos)."""
+    if requested != "auto":
+        if requested == "fashion-mnist" and not fashion_available():
+            raise RuntimeError("Fashion-MNIST is not installed: `apt-get install dataset-fashion-mnist` "
+                               "(or set FASHION_MNIST_DIR), or run with --data digits")
+        return requested
+    if fashion_available():
+        return "fashion-mnist"
+    say("Fashion-MNIST is not installed, so the demo labels 8x8 digits; for real photos of clothing: "
+        "`apt-get install dataset-fashion-mnist` (bash scripts/setup_env.sh does it as root)")
+    return "digits"
+
+
+def ensure_project(ls: LabelStudio, images: int, data: str = "digits") -> tuple[int, bool]:
+    title, labels, make = DATA[data]
+    project = find_project(ls, title)
     if project is not None:
         return project, False
-    project = ls.create_project(TITLE, LABELS)
-    files = [(name, data) for name, data, _ in digit_pngs(images, size=64, seed=1)]
+    project = ls.create_project(title, labels)
+    files = [(name, png) for name, png, _ in make(images, 1)]
     for start in range(0, len(files), 90):  # LS accepts at most 100 files per request
         ls.upload_files(project, files[start:start + 90])
     return project, True
@@ -112,13 +133,13 @@ def announce(ls, backend, project: int, current: dict, lock) -> None:
  Log in with {ADMIN_EMAIL} / {ADMIN_PASSWORD}
  Click "Label All Tasks": the queue serves the most useful image first
  (queue: {current['sampling']}, model version {current['model_version']}).
- Label a few digits; after each training round the queue re-orders.
+ Label a few images; after each training round the queue re-orders.
  Backend status: {backend.url}/status      Ctrl-C stops everything.
 ==============================================================================""", flush=True)
     print("DEMO READY " + json.dumps(info), flush=True)
 
 
-# a real pretrained network, sized for a CPU: 64 px digits, only the last block and head train
+# a real pretrained network, sized for a CPU: 64 px inputs, only the last block and head train
 DEMO_WEIGHTS = {"efficientnet_lite0": {"WEIGHTS": "DEFAULT", "IMAGE_SIZE": "64", "FREEZE": "blocks.5"}}
 
 
@@ -127,7 +148,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dir", type=Path, default=ROOT / ".cache" / "demo", help="data directory, reused between runs")
     parser.add_argument("--port", type=int, default=8080, help="Label Studio port (a free one if busy)")
     parser.add_argument("--backend-port", type=int, default=9090, help="backend port (a free one if busy)")
-    parser.add_argument("--images", type=int, default=300, help="digits in a new demo project")
+    parser.add_argument("--images", type=int, default=300, help="images in a new demo project")
+    parser.add_argument("--data", choices=["auto", *DATA], default="auto",
+                        help="auto (default): Fashion-MNIST photos when Debian's dataset-fashion-mnist is installed, "
+                             "else scikit-learn's digits")
     parser.add_argument("--strategy", default="margin")
     parser.add_argument("--backbone", default="efficientnet_lite0",
                         help="efficientnet_lite0 (default: ImageNet weights installed with the package, 64 px, "
@@ -167,8 +191,9 @@ def main() -> int:
         }, port=port_or_free(args.backend_port, "the backend"))
         say(f"starting the backend on {backend.url} (log: {backend.log_path})")
         backend.start()
-        project, created = ensure_project(ls, args.images)
-        say(("created" if created else "reusing") + f" project {project}: '{TITLE}'")
+        data = choose_data(args.data)
+        project, created = ensure_project(ls, args.images, data)
+        say(("created" if created else "reusing") + f" project {project}: '{DATA[data][0]}'")
         ensure_connected(ls, project, backend.url)
         say("waiting for the backend to score every task and publish its predictions")
         current = wait_until_published(ls, backend, project, stopping)
