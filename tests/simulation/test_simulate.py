@@ -31,6 +31,12 @@ def test_every_strategy_on_the_digits_track(tmp_path):
     mmd = next(r for r in results["runs"] if r["strategy"] == "mmd")
     assert mmd["strategy_info"]["source"] == "source-data"  # a sample of the source task
     assert (out / "curves.png").stat().st_size > 10_000 and "| `random` |" in (out / "summary.md").read_text()
+    for r in results["runs"]:  # the stopping signal: κ of consecutive rounds on the stop set
+        assert all(-1 <= x["kappa"] <= 1 for x in r["rounds"][1:]) and "kappa" not in r["rounds"][0]
+    auto = next(r for r in results["runs"] if r["strategy"] == "auto")
+    assert [x["strategy_info"]["regime"] for x in auto["rounds"][1:]] == ["cold-start", "cold-start"]
+    summary = (out / "summary.md").read_text()
+    assert "Stopping signal" in summary and "| `margin` | 0.99, 3 | 0/2 |" in summary  # 2 rounds: never 3 windows
 
 
 def test_cluttered_and_novel_tracks_and_determinism(tmp_path):

@@ -13,6 +13,7 @@ from active_adaptation.core import review
 from active_adaptation.core.backbones import resolve_device
 from active_adaptation.core.model import AdaptedModel
 from active_adaptation.core.scoring import forward_batches, score_pool
+from active_adaptation.core.stopping import cohen_kappa, stop_set
 from active_adaptation.core.trainer import Example, TrainConfig, fine_tune
 from active_adaptation.simulation.config import NOVEL_CRITERIA, SimConfig
 from active_adaptation.simulation.pretrain import base_model, dataset_of, resize_for
@@ -84,6 +85,13 @@ def _noise_report(model, fitted: dict, noisy: set[int]) -> dict:
         ranked = review.review(model, fitted["examples"], "loss", k, 5e-4, 0, BATCH)
         out["review_precision_at_noisy"] = sum(int(r["task"]) in noisy for r in ranked) / k
     return out
+
+
+STOP_SET = 1000  # items of the pool in the stopping signal's stop set
+
+
+def _predictions(model: AdaptedModel, z: torch.Tensor) -> list[int]:
+    return forward_batches(model, z, {Need.PROBS}, (), BATCH)["probs"].argmax(1).tolist()
 
 
 def step(model, z, y, labeled: list[int], new, test, cfg: SimConfig, seed: int, round_: int, score_s: float,
@@ -166,6 +174,8 @@ def run_al(cfg: SimConfig, spec: str, seed: int, progress=None) -> dict:
         raise ValueError(error)
     labeled = initial_labels(pool, seed, cfg.initial)
     rounds = [step(model, z, y, labeled, labeled, test, cfg, seed, 0, 0.0, y_oracle)]
+    stop = stop_set([int(i) for i in pool], STOP_SET, seed)  # the stopping signal's fixed sample
+    predicted = _predictions(model, z[stop])
     state: dict = {}
     for r in range(1, cfg.rounds + 1):
         started = time.perf_counter()
@@ -179,6 +189,8 @@ def run_al(cfg: SimConfig, spec: str, seed: int, progress=None) -> dict:
         labeled += new
         rounds.append(step(model, z, y, labeled, new, test, cfg, seed, r, time.perf_counter() - started, y_oracle))
         rounds[-1]["selected"] = new  # dataset indices, in the order they were taken
+        previous, predicted = predicted, _predictions(model, z[stop])
+        rounds[-1]["kappa"] = cohen_kappa(previous, predicted)  # stabilizing predictions (core/stopping.py)
         if info := strategy.info():  # what the strategy decided this round (ADMA: D's mean and spread)
             rounds[-1]["strategy_info"] = jsonable(info)
         if progress is not None:
