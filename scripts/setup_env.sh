@@ -50,7 +50,22 @@ install_system_data() {
     fi
 }
 
+install_browser() {
+    # Debian's chromium + chromium-driver for the dashboard's real-browser test (optional)
+    command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 && return
+    if command -v apt-get >/dev/null 2>&1 && [[ $(id -u) -eq 0 ]]; then
+        echo "[setup] installing Debian's chromium and chromium-driver (the dashboard's browser test)"
+        (DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || {
+            apt-get update -q >/dev/null 2>&1 \
+            && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null 2>&1; }) \
+            || echo "[setup] could not install chromium; the dashboard's browser test will be skipped"
+    else
+        echo "[setup] chromium is not installed (apt-get install chromium chromium-driver); the browser test will be skipped"
+    fi
+}
+
 install_system_data
+install_browser
 make_venv .venv requirements.txt install_backend_venv
 mkdir -p .cache
 make_venv .cache/ls-venv requirements-labelstudio.txt install_ls_venv

@@ -181,7 +181,11 @@ def test_basic_auth(tmp_path):
     event = {"action": "ANNOTATION_CREATED", "project": {"id": 1}}
     assert client.post("/webhook", json=event).status_code == 401
     assert client.post("/webhook", json=event, headers=good).status_code == 404  # authenticated, never set up
-    for route in ("/versions", "/metrics"):
+    browser = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
+    assert client.get("/", headers=browser).status_code == 401  # the dashboard
+    page = client.get("/", headers={**browser, **good})
+    assert page.status_code == 200 and page.mimetype == "text/html" and b"Active Adaptation" in page.data
+    for route in ("/versions", "/metrics", "/dashboard"):
         assert client.get(route).status_code == 401
         assert client.get(route, headers=bad).status_code == 401
         assert client.get(route, headers=good).status_code == 200
@@ -257,3 +261,13 @@ def test_gunicorn_serves_the_wsgi_app(tmp_path):
             pytest.fail("gunicorn did not serve /health")
     finally:
         stop_process_group(process, grace=20)
+
+
+def test_the_root_url_is_the_dashboard_for_a_browser_and_health_for_the_rest(client):
+    assert client.get("/").json["status"] == "UP"  # curl's */*, scripts, probes
+    assert client.get("/", headers={"Accept": "application/json"}).json["status"] == "UP"
+    page = client.get("/", headers={"Accept": "text/html"})
+    assert page.mimetype == "text/html" and b"No project yet" in page.data
+    client.post("/setup", json={"project": "7", "schema": CONFIG})
+    page = client.get("/dashboard").data.decode()
+    assert 'id="project-7"' in page and "no round yet" in page and "<script" not in page

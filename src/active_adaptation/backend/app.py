@@ -196,6 +196,19 @@ def _webhook_route(app: Flask, service: Backend, settings: Settings) -> None:
 
 def _status_routes(app: Flask, service: Backend, settings: Settings) -> None:
     @app.get("/")
+    def root():
+        """The dashboard for a browser; the health answer for everything else (e.g. `curl /`)."""
+        if request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html":
+            return dashboard_page()
+        return health()
+
+    @app.get("/dashboard")
+    def dashboard_page():
+        from active_adaptation.backend.dashboard import render
+
+        page = render(service.metrics(), service.histories(), settings.label_studio_url)
+        return Response(page, 200, {"Content-Type": "text/html; charset=utf-8", "Cache-Control": "no-store"})
+
     @app.get("/health")
     def health():
         return jsonify(

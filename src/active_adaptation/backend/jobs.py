@@ -15,6 +15,7 @@ from typing import Callable
 from urllib.parse import urlsplit
 
 import requests
+import torch
 
 from active_adaptation.backend.label_config import parse_label_config
 from active_adaptation.backend.labels import resolve_label
@@ -25,6 +26,8 @@ from active_adaptation.backend.security import HEADER
 from active_adaptation.backend.settings import Settings
 from active_adaptation.backend.worker import Job, WorkerStatus
 from active_adaptation.core import review
+from active_adaptation.core.scoring import forward_batches
+from active_adaptation.core.stopping import cohen_kappa, stop_set
 from active_adaptation.core.trainer import Example, fine_tune
 from active_adaptation.errors import ImageError, LabelConfigError
 from active_adaptation.strategies import Need
@@ -142,6 +145,18 @@ def examples_for(ctx: JobContext, model, tasks: list[dict], labeled: dict[str, s
     return out
 
 
+def prequential(served, examples: list[Example]) -> dict:
+    """How many of this round's new labels the serving version predicted (test, then train:
+    core/stopping.py); the dashboard's learning curve, which needs no held-out set."""
+    new = [e for e in examples if e.is_new]
+    if not new:
+        return {"n": 0, "agree": 0}
+    z = torch.stack([review.trunk_of(served, e) for e in new])
+    probs = forward_batches(served, z, {Need.PROBS}, (), 64)["probs"]
+    predicted = [served.active[j] for j in probs.argmax(1).tolist()]
+    return {"n": len(new), "agree": sum(p == served.labels[e.label] for p, e in zip(predicted, new))}
+
+
 def train(ctx: JobContext, labeled: dict[str, str], by_id: dict[str, dict], round_: int):
     """Fine-tune a copy of the served model on ``labeled``; returns (model, examples, metrics, dropped)."""
     state, s = ctx.state, ctx.settings
@@ -151,8 +166,10 @@ def train(ctx: JobContext, labeled: dict[str, str], by_id: dict[str, dict], roun
     examples = examples_for(ctx, served, [by_id[k] for k in sorted(labeled, key=int)], labeled, state.labels_used)
     if not examples:
         raise RuntimeError("none of the labeled tasks has a usable image")
+    agreement = prequential(served, examples)  # before training: the version that served these tasks
     model = served.clone() if s.train_drop_harmful else served  # dropout retrains from ``served``
     metrics = fine_tune(model, examples, s.train_config(seed=s.seed + round_))
+    metrics["prequential"] = agreement
     dropped: list[dict] = []
     if s.train_drop_harmful:  # data dropout on the head trained on the new labels, then train without them
         kept, dropped = review.drop_harmful(model, examples, s.train_weight_decay, s.seed, s.batch_size)
@@ -198,8 +215,17 @@ def run_round(ctx: JobContext, force: bool) -> None:
                                  "labels_used": len(examples), "labels_changed": changed, "round_seconds": None}
     log.info("project %s: round t=%d trained on %d labels in %.1fs (loss %.3f -> %.3f): %s", state.key, round_,
              len(examples), metrics["seconds"], metrics["loss_first"], metrics["loss_last"], version)
-    publish(ctx, tasks)
+    kappa = publish(ctx, tasks, stability=True)
     status.info["last_round"]["round_seconds"] = round(time.perf_counter() - started, 3)
+    per_class: dict[str, int] = {}
+    for label in used.values():
+        per_class[label] = per_class.get(label, 0) + 1
+    ctx.projects.store.append_history(state.key, {
+        "round": round_, "version": version, "time": time.time(), "labels": len(examples), "labels_changed": changed,
+        "per_class": per_class, "prequential": metrics["prequential"], "kappa": kappa,
+        "loss_first": metrics["loss_first"], "loss_last": metrics["loss_last"],
+        "train_seconds": round(metrics["seconds"], 3), "round_seconds": status.info["last_round"]["round_seconds"],
+        "strategy": ctx.scorer.strategy_of(state).name, "regime": state.pool.strategy_info.get("regime")})
 
 
 # ---------------------------------------------------------------------------- publishing
@@ -222,8 +248,25 @@ def ensure_labeled(ctx: JobContext, model, tasks: list[dict]) -> None:
     log.info("project %s: trunk activations of %d labeled tasks recomputed for the strategy", state.key, len(trunks))
 
 
-def publish(ctx: JobContext, tasks: list[dict] | None = None) -> None:
-    """Score the whole unlabeled pool with the served version, import it, switch the project to it."""
+def stability_kappa(ctx: JobContext, pool: list[dict], results: list[dict], version: str) -> float | None:
+    """Cohen's κ between the previous trained version's and this one's predictions on the fixed
+    sample of unlabeled tasks (the stopping signal, core/stopping.py); None for the first."""
+    state, store = ctx.state, ctx.projects.store
+    predicted = {str(t["id"]): r["result"][0]["value"]["choices"][0] for t, r in zip(pool, results) if r["result"]}
+    sample = stop_set(list(predicted), ctx.settings.stop_sample, ctx.settings.seed)
+    before = store.read_json(state.key, "stability.json") or {}
+    previous = before.get("predictions") or {}
+    store.write_json(state.key, "stability.json",
+                     {"version": version, "predictions": {k: predicted[k] for k in sample}})
+    common = [k for k in sample if k in previous]
+    if not common or before.get("version") == version:
+        return None
+    return cohen_kappa([previous[k] for k in common], [predicted[k] for k in common])
+
+
+def publish(ctx: JobContext, tasks: list[dict] | None = None, stability: bool = False) -> float | None:
+    """Score the whole unlabeled pool with the served version, import it, switch the project to it.
+    With ``stability`` (after a round) returns the stopping signal's κ to the previous version."""
     state, status = ctx.state, ctx.status
     api = ctx.api()
     with state.lock:
@@ -238,6 +281,7 @@ def publish(ctx: JobContext, tasks: list[dict] | None = None) -> None:
     results = ctx.scorer.score(state, pool, model, version, reset_pool=True,
                                progress=lambda n: progress.__setitem__("scored", n))
     score_seconds = time.perf_counter() - started
+    kappa = stability_kappa(ctx, pool, results, version) if stability else None
     import_predictions(ctx, api, pool, results, version, progress)
     ctx.call(lambda: api.set_model_version(version, ctx.settings.set_uncertainty_sampling), "setting model_version")
     if ctx.settings.delete_old_predictions:
@@ -250,6 +294,7 @@ def publish(ctx: JobContext, tasks: list[dict] | None = None) -> None:
     status.set("idle", f"published {version} for {len(pool)} unlabeled tasks")
     log.info("project %s: published %s for %d tasks in %.1fs (scoring %.1fs)", state.key, version, len(pool),
              progress["seconds"], score_seconds)
+    return kappa
 
 
 def rescore(ctx: JobContext) -> None:

@@ -17,6 +17,7 @@ from active_adaptation.backend.security import WebhookSecrets
 from active_adaptation.backend.settings import Settings
 from active_adaptation.backend.store import Store
 from active_adaptation.core.backbones import load_backbone, resolve_device
+from active_adaptation.core.stopping import StabilityRule
 from active_adaptation.errors import BadRequest, Unavailable, UnknownProject
 
 log = logging.getLogger(__name__)
@@ -145,8 +146,30 @@ class Backend:
             self.projects.refresh(state)
         return state
 
+    def stopping(self, key: str, history: list[dict] | None = None) -> dict:
+        """The stopping signal of a project from its rounds' κ (core/stopping.py)."""
+        rule = StabilityRule(self.settings.stop_kappa, self.settings.stop_window)
+        history = self.store.read_history(key) if history is None else history
+        kappas = [float(h["kappa"]) for h in history if isinstance(h.get("kappa"), (int, float))]
+        stable = rule.fires(kappas)
+        if stable:
+            message = (f"the model has stabilised: more labels barely change its predictions "
+                       f"(mean κ {sum(kappas[-rule.window:]) / rule.window:.3f}); consider stopping or reviewing")
+        elif len(kappas) < rule.window:
+            message = f"learning: {len(kappas)} of the {rule.window} rounds needed to judge"
+        else:
+            message = f"learning: predictions still change (mean κ {sum(kappas[-rule.window:]) / rule.window:.3f})"
+        return {"rule": rule.describe(), "threshold": rule.threshold, "window": rule.window,
+                "kappa": kappas[-10:], "stable": stable, "message": message}
+
+    def histories(self) -> dict[str, list[dict]]:
+        return {key: self.store.read_history(key) for key in self.projects}
+
     def _project_metrics(self, s: ProjectState) -> dict:
+        history = self.store.read_history(s.key)
         return {
+            "stopping": self.stopping(s.key, history),
+            "prequential": [{"round": h.get("round"), **(h.get("prequential") or {})} for h in history[-10:]],
             "model_version": s.version, "published_version": s.published_version, "round": s.round,
             "labels": list(s.config.labels), "labels_used": len(s.labels_used), "model_loaded": s.model is not None,
             "scored_pool_size": len(s.pool.acquisitions), "strategy_info": s.pool.strategy_info,

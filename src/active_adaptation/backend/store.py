@@ -9,6 +9,8 @@ here and hold only entries that can be recomputed.
       projects/<id>/.lock                 per-project lock across threads and processes (short sections)
       projects/<id>/trainer.lease         the trainer lease: who runs this project's jobs now
       projects/<id>/status.json           the worker status of the last job, for every process's /status
+      projects/<id>/history.jsonl         one line per round: labels, prequential agreement, κ (the dashboard)
+      projects/<id>/stability.json        the served version's predictions on the stopping signal's sample
       secrets/webhook.key                 master secret of the webhook header (mode 0600)
       cache/{images,features,landmarks}/  recomputable caches
 
@@ -148,6 +150,47 @@ class Store:
         except (OSError, ValueError):
             return None
         return data if isinstance(data, dict) else None
+
+    def append_history(self, key: str, entry: dict) -> None:
+        """One round's record (one JSON line, appended; a torn last line is skipped on reading)."""
+        try:
+            line = (json.dumps(entry, default=str) + "\n").encode()
+            fd = os.open(self.project_dir(key) / "history.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            try:
+                os.write(fd, line)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.warning("project %s: cannot record the round in its history: %s", key, exc)
+
+    def read_history(self, key: str) -> list[dict]:
+        try:
+            lines = (self.project_dir(key) / "history.jsonl").read_text().splitlines()
+        except OSError:
+            return []
+        out = []
+        for line in lines:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict):
+                out.append(entry)
+        return out
+
+    def read_json(self, key: str, name: str) -> dict | None:
+        """A small per-project JSON file (``stability.json``); None when absent or damaged."""
+        try:
+            data = json.loads((self.project_dir(key) / name).read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def write_json(self, key: str, name: str, data: dict) -> None:
+        try:
+            atomic.write_json(self.project_dir(key) / name, data)
+        except OSError as exc:
+            log.warning("project %s: cannot save %s: %s", key, name, exc)
 
     # ------------------------------------------------------------------ secrets
     def webhook_master_secret(self, fresh: bytes) -> bytes:
