@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import requests
 import torch
 
+from active_adaptation.backend import tabs
 from active_adaptation.backend.label_config import parse_label_config
 from active_adaptation.backend.labels import resolve_label
 from active_adaptation.backend.ls_client import ProjectAPI, api_status
@@ -180,6 +181,65 @@ def train(ctx: JobContext, labeled: dict[str, str], by_id: dict[str, dict], roun
     return model, examples, metrics, dropped
 
 
+def _annotation_stamp(task: dict) -> str:
+    """When the task's annotations were last saved (Label Studio's updated_at of the newest)."""
+    return max((str(a.get("updated_at") or a.get("id") or "") for a in task.get("annotations") or []
+                if isinstance(a, dict) and not a.get("was_cancelled")), default="")
+
+
+def review_labels(ctx: JobContext, model, examples: list[Example], by_id: dict[str, dict]) -> list[dict]:
+    """The annotations to review after a round: the ``REVIEW_TOP`` the trained head finds least
+    plausible among those it gives p(label) < ``REVIEW_MAX_P`` (a few correct labels are not all
+    suspicious), minus those a person saved again since they were flagged (confirmed, while the
+    label stays). Kept in ``review.json``; mirrored to the project's review tab (``tabs.py``)."""
+    s, state, store = ctx.settings, ctx.state, ctx.projects.store
+    ranked = review.review(model, examples, s.review_method, len(examples), s.train_weight_decay, s.seed, s.batch_size)
+    saved = store.read_json(state.key, "review.json") or {}
+    flagged, confirmed = saved.get("flagged") or {}, saved.get("confirmed") or {}
+    label_of = {e.key: model.labels[e.label] for e in examples}
+    for task, flag in flagged.items():
+        if task in by_id and _annotation_stamp(by_id[task]) != flag.get("stamp"):
+            confirmed[task] = label_of.get(task)  # saved again (same or new label) after it was flagged
+    confirmed = {t: label for t, label in confirmed.items() if label is not None and label_of.get(t) == label}
+    items = [r for r in ranked if r.get("p_label", 0.0) < s.review_max_p and confirmed.get(r["task"]) != r["label"]]
+    items = items[: s.review_top]
+    store.write_json(state.key, "review.json", {
+        "flagged": {r["task"]: {"label": r["label"], "stamp": _annotation_stamp(by_id[r["task"]])} for r in items},
+        "confirmed": confirmed})
+    _sync_review_tab(ctx, items)
+    return items
+
+
+def refresh_review(ctx: JobContext, labeled: dict[str, str], by_id: dict[str, dict]) -> None:
+    """Between rounds (labels saved again without a change, which trains nothing): flagged tasks
+    that were saved again, or lost their label, leave the review list and its tab."""
+    store, key = ctx.projects.store, ctx.state.key
+    saved = store.read_json(key, "review.json") or {}
+    flagged, confirmed = saved.get("flagged") or {}, saved.get("confirmed") or {}
+    touched = {t for t, f in flagged.items() if t not in by_id or _annotation_stamp(by_id[t]) != f.get("stamp")}
+    if not touched:
+        return
+    for task in touched:
+        if task in labeled:
+            confirmed[task] = labeled[task]
+    items = [r for r in ctx.status.info.get("review") or [] if r["task"] not in touched]
+    store.write_json(key, "review.json", {"flagged": {t: f for t, f in flagged.items() if t not in touched},
+                                          "confirmed": confirmed})
+    log.info("project %s: %d reviewed annotation(s) confirmed or changed", key, len(touched))
+    _sync_review_tab(ctx, items)
+    ctx.status.info["review"] = items  # after the tab: /status never runs ahead of Label Studio
+
+
+def _sync_review_tab(ctx: JobContext, items: list[dict]) -> None:
+    if not ctx.settings.label_studio_tabs:
+        return
+    try:
+        done = tabs.sync_review_tab(ctx.api(), [r["task"] for r in items])
+        log.info("project %s: review tab %s (%d task(s))", ctx.state.key, done, len(items))
+    except Exception as exc:  # advice: never fails the round
+        log.warning("project %s: cannot update the review tab in Label Studio: %s", ctx.state.key, exc)
+
+
 def run_round(ctx: JobContext, force: bool) -> None:
     state, status = ctx.state, ctx.status
     status.set("running", "reading labels from Label Studio")
@@ -190,6 +250,8 @@ def run_round(ctx: JobContext, force: bool) -> None:
     if not labeled:
         return status.set("idle", "no labeled tasks yet")
     if changed < ctx.settings.train_min_new_labels and not force:
+        if ctx.settings.review_top > 0:
+            refresh_review(ctx, labeled, by_id)
         return status.set("idle", f"{changed} changed label(s), TRAIN_MIN_NEW_LABELS={ctx.settings.train_min_new_labels}")
     started = time.perf_counter()
     status.set("running", f"training on {len(labeled)} labels ({changed} changed)")
@@ -203,10 +265,8 @@ def run_round(ctx: JobContext, force: bool) -> None:
     ctx.scorer.set_labeled(state, [review.trunk_of(model, e) for e in examples])
     status.info["dropped_by_influence"] = dropped
     if ctx.settings.review_top > 0:
-        s = ctx.settings
         try:
-            status.info["review"] = review.review(model, examples, s.review_method, s.review_top, s.train_weight_decay,
-                                                  s.seed, s.batch_size)
+            status.info["review"] = review_labels(ctx, model, examples, by_id)
         except Exception as exc:  # a review is advice: it must never fail a round
             log.warning("project %s: annotation review failed: %s", state.key, exc)
     status.info["training_runs"] += 1
@@ -284,6 +344,12 @@ def publish(ctx: JobContext, tasks: list[dict] | None = None, stability: bool = 
     kappa = stability_kappa(ctx, pool, results, version) if stability else None
     import_predictions(ctx, api, pool, results, version, progress)
     ctx.call(lambda: api.set_model_version(version, ctx.settings.set_uncertainty_sampling), "setting model_version")
+    if ctx.settings.label_studio_tabs:
+        try:
+            if tabs.ensure_queue_tab(api):
+                log.info("project %s: created the Data Manager tab %r", state.key, tabs.QUEUE_TAB)
+        except Exception as exc:  # a convenience: never fails the publish
+            log.warning("project %s: cannot create the queue tab in Label Studio: %s", state.key, exc)
     if ctx.settings.delete_old_predictions:
         for name in api.model_versions():
             if name != version and str(name).startswith(f"{ctx.projects.identity.backbone}-"):

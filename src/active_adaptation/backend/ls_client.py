@@ -151,6 +151,26 @@ class ProjectAPI:
         self._client.webhooks.update(id=int(webhook_id), headers=headers)
 
 
+    # ----------------------------------------------------------------- Data Manager tabs (views)
+    def _http(self, method: str, path: str, **kwargs):
+        response = self._client._client_wrapper.httpx_client.request(path, method=method, **kwargs)
+        response.raise_for_status()
+        return response.json() if response.content else None
+
+    def views(self) -> list[dict]:
+        data = self._http("GET", "api/dm/views/", params={"project": self.project_id})
+        return [v for v in data or [] if int(v.get("project") or -1) == self.project_id]
+
+    def create_view(self, data: dict) -> dict:
+        return self._http("POST", "api/dm/views/", json={"project": self.project_id, "data": data})
+
+    def update_view(self, view_id: int, data: dict) -> dict:
+        return self._http("PATCH", f"api/dm/views/{int(view_id)}/", json={"project": self.project_id, "data": data})
+
+    def delete_view(self, view_id: int) -> None:
+        self._http("DELETE", f"api/dm/views/{int(view_id)}/")
+
+
 def api_status(exc: BaseException) -> int | None:
     """The HTTP status of a Label Studio API error (SDK or httpx), else None."""
     status = getattr(exc, "status_code", None)
