@@ -103,3 +103,27 @@ def test_cloud_uri_goes_through_label_studio_presign(loader, image_server, secon
     assert path == presign and headers.get("Authorization") == "Token secret-token"
     (_, bucket_headers), = second_server.seen
     assert "Authorization" not in bucket_headers
+
+
+def test_uploads_are_fetched_at_their_path_without_a_refused_storage_request(loader, image_server, digits64):
+    """Label Studio's default file storage serves /data/upload/…: asked there first, never at
+    /storage-data/uploaded/ (which answers 400 plus a warning in Label Studio's log per image)."""
+    image_server.RequestHandlerClass.routes["/data/upload/1/a.png"] = ("bytes", digits64[2][1])
+    image_server.RequestHandlerClass.routes["/data/upload/1/b.png"] = ("bytes", digits64[3][1])
+    source = Source(hostname=image_server.url, token=lambda: "secret-token")
+    out = loader.load_many([(1, "/data/upload/1/a.png"), (2, "upload/1/b.png")], source)
+    assert all(isinstance(x, Image.Image) for x in out)
+    paths = [p for p, _ in image_server.seen]
+    assert sorted(paths) == ["/data/upload/1/a.png", "/data/upload/1/b.png"]
+    assert all(h.get("Authorization") == "Token secret-token" for _, h in image_server.seen)
+
+
+def test_a_host_whose_uploads_live_in_cloud_storage_goes_through_the_storage_proxy(loader, image_server, digits64):
+    image_server.RequestHandlerClass.routes["/storage-data/uploaded/"] = ("bytes", digits64[4][1])
+    source = Source(hostname=image_server.url, token=lambda: "secret-token")
+    for i in range(3):
+        (image,) = loader.load_many([(i, f"/data/upload/1/c{i}.png")], source)
+        assert isinstance(image, Image.Image)
+    paths = [p.split("?")[0] for p, _ in image_server.seen]
+    assert paths.count("/data/upload/1/c0.png") == 1 and paths.count("/storage-data/uploaded/") == 3
+    assert not any(p.startswith("/data/upload/1/c1") or p.startswith("/data/upload/1/c2") for p in paths)

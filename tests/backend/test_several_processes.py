@@ -96,9 +96,11 @@ def test_a_process_serves_the_version_another_one_trained(tmp_path, digits64):
         assert other.labels_used == used
         ours = a.predict("5", pool[10:13])
         assert [r["result"] for r in results] == [r["result"] for r in ours]
+        assert a.metrics()["projects"]["5"]["published_version"] is None  # trained, not yet in Label Studio
         a.projects.mark_published(state, version)
         other.refreshed = 0.0
-        assert b.metrics()["projects"]["5"]["published_version"] == version
+        seen = b.metrics()["projects"]["5"]
+        assert seen["published_version"] == seen["queue_version"] == version
     finally:
         a.close()
         b.close()

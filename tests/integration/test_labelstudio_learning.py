@@ -66,7 +66,7 @@ def test_connect_publish_learn_reorder_and_forget_deleted(label_studio, digits64
             annotate(ls, t, truth[t])
         v1 = wait_for(lambda: (v := project_version(ls, project)) != v0 and v, 90, "a trained version")
         assert "-t1-" in v1
-        st = status(backend, project)
+        st = wait_for(lambda: (s := status(backend, project))["queue_version"] == v1 and s, 30, "the publish to be recorded")
         assert st["round"] == 1 and st["labels_used"] == 12 and st["training_runs"] == 1
         assert st["last_round"]["loss_last"] < st["last_round"]["loss_first"]
         # the annotations the trained head disagrees with (p(label) < REVIEW_MAX_P), most doubtful first

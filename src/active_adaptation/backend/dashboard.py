@@ -100,9 +100,9 @@ def project_section(key: str, p: dict, history: list[dict], label_studio_url: st
                       f'<progress max="{progress["total"]}" value="{done}"></progress></p>')
     published = p.get("published_version")
     served = p.get("model_version")
+    queue = p.get("queue_version")
     pub_note = "" if published == served else (
-        " (the new version is being published; Label Studio's queue still follows the previous one)"
-        if state in ("publishing", "running") else " (not published yet)")
+        f" (being published; Label Studio's queue still follows {queue})" if queue else " (not published yet)")
     link = (f' · <a href="{esc(label_studio_url.rstrip("/"))}/projects/{esc(key)}/data">open in Label Studio</a>'
             if label_studio_url else "")
     stop_class = "stable" if stopping.get("stable") else "learning"

@@ -218,6 +218,8 @@ class ImageLoader:
         self.timeout = timeout
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="image-fetch")
         self._local = threading.local()
+        # per Label Studio host: whether it serves uploads at /data/upload/ (None: not known yet)
+        self._direct_uploads: dict[str, bool] = {}
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -315,11 +317,7 @@ class ImageLoader:
                 f"{ref} is served by Label Studio, which needs LABEL_STUDIO_API_KEY (a Personal Access Token or legacy token)"
             )
         try:
-            with http_session(self._session()):
-                path = get_local_path(
-                    ref, cache_dir=str(self.cache_dir), hostname=hostname or None,
-                    access_token=token or None, download_resources=True, task_id=task_id,
-                )
+            path = self._fetch(task_id, ref, hostname, token)
         except ImageError:
             raise
         except requests.HTTPError as exc:
@@ -347,6 +345,31 @@ class ImageLoader:
                 path.unlink(missing_ok=True)
             raise
 
+    def _fetch(self, task_id, ref: str, hostname: str, token: str | None) -> str:
+        """The local path of ``ref`` (label-studio-sdk's resolver and cache). An upload
+        (``/data/upload/…``) is asked for at that path first: the SDK would first try
+        ``/storage-data/uploaded/`` and fall back, which costs Label Studio's default file storage one
+        refused request and a warning per image. A host that does not serve that path (its default
+        storage is in the cloud) is remembered and gets the SDK's way from then on."""
+        upload = _upload_path(ref)
+        direct = bool(upload and hostname and self._direct_uploads.get(hostname.rstrip("/")) is not False)
+        with http_session(self._session()):
+            if direct:
+                try:
+                    path = get_local_path(hostname.rstrip("/") + upload, cache_dir=str(self.cache_dir),
+                                          hostname=hostname, access_token=token or None, download_resources=True,
+                                          task_id=task_id)
+                    self._direct_uploads[hostname.rstrip("/")] = True
+                    return path
+                except requests.HTTPError as exc:
+                    status = exc.response.status_code if exc.response is not None else None
+                    if status not in (400, 403, 404) or self._direct_uploads.get(hostname.rstrip("/")):
+                        raise
+                    log.info("%s does not serve uploads at /data/upload/ (HTTP %s); using /storage-data/", hostname, status)
+                    self._direct_uploads[hostname.rstrip("/")] = False
+            return get_local_path(ref, cache_dir=str(self.cache_dir), hostname=hostname or None,
+                                  access_token=token or None, download_resources=True, task_id=task_id)
+
     def _decode(self, data: bytes, where: str) -> Image.Image:
         if len(data) > self.max_bytes:
             raise ImageError(f"image is {len(data)} bytes, more than IMAGE_MAX_BYTES={self.max_bytes}")
@@ -365,6 +388,15 @@ class ImageLoader:
             raise ImageError(f"{where}: not an image") from None
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             raise ImageError(f"{where}: corrupt image ({exc})") from None
+
+
+def _upload_path(ref: str) -> str | None:
+    """``/data/upload/<project>/<file>`` for an uploaded file's reference in any of its spellings."""
+    path = ref.split("?", 1)[0]
+    for prefix in ("/data/upload/", "data/upload/", "/upload/", "upload/"):
+        if path.startswith(prefix):
+            return "/data/upload/" + ref[len(prefix):]
+    return None
 
 
 def _needs_token(ref: object) -> bool:

@@ -71,7 +71,8 @@ class ProjectState:
     model: AdaptedModel | None = None
     labels_used: dict[str, str] = field(default_factory=dict)  # task id -> label of the last round
     version: str = ""
-    published_version: str | None = None
+    published_version: str | None = None  # the served version, once Label Studio has it (None: not yet)
+    queue_version: str | None = None  # the last version published: what Label Studio's queue follows now
     checkpoint: str | None = None  # id of the served version's checkpoint
     strategy: str | None = None  # the strategy spec this project chose (None: the backend's STRATEGY)
     seq: int = 0  # the served checkpoint's number in the project's sequence (0: none yet)
@@ -198,6 +199,7 @@ class Projects(Mapping):
             state = ProjectState(key, registered, strategy=chosen)
             state.version = self.version_of(state)
             state.published_version = state.version if published == state.version else None
+            state.queue_version = published
             self._states[key] = state
             log.info("project %s: restored its registration (no round yet): %s", key, state.version)
             return state
@@ -209,6 +211,7 @@ class Projects(Mapping):
         state.version = self.version_of(state)
         if meta.get("published_version") == state.version:
             state.published_version = state.version
+        state.queue_version = published or meta.get("published_version")
         if registered is not None:  # the label config may have changed after that round
             self.update_config(state, registered)
         self._states[key] = state
@@ -321,11 +324,13 @@ class Projects(Mapping):
                          state.round)
         if registered is not None and registered != state.config:
             self.update_config(state, registered)
+        if published:
+            state.queue_version = published
         if newest is not None and state.published_version != state.version and \
                 newest.get("checkpoint_id") == state.checkpoint and newest.get("published_version") == state.version:
-            state.published_version = state.version  # another process published it
+            state.published_version = state.queue_version = state.version  # another process published it
         if newest is None and published is not None and published == state.version:
-            state.published_version = published  # version 0, published by another process
+            state.published_version = state.queue_version = published  # version 0, published by another process
         return state.version != before
 
     def get_state(self, key: str) -> ProjectState:
@@ -381,7 +386,7 @@ class Projects(Mapping):
         with state.lock:
             if state.version != version:
                 return
-            state.published_version = version
+            state.published_version = state.queue_version = version
         self.save_registration(state)
         self.store.mark_published(state.key, version, state.checkpoint)
 

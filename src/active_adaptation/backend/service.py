@@ -170,7 +170,8 @@ class Backend:
         return {
             "stopping": self.stopping(s.key, history),
             "prequential": [{"round": h.get("round"), **(h.get("prequential") or {})} for h in history[-10:]],
-            "model_version": s.version, "published_version": s.published_version, "round": s.round,
+            "model_version": s.version, "published_version": s.published_version, "queue_version": s.queue_version,
+            "round": s.round,
             "labels": list(s.config.labels), "labels_used": len(s.labels_used), "model_loaded": s.model is not None,
             "scored_pool_size": len(s.pool.acquisitions), "strategy_info": s.pool.strategy_info,
             "strategy": self.projects.strategy_name(s)[0], "strategy_chosen": s.strategy,
