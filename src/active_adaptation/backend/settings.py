@@ -190,7 +190,7 @@ class Settings:
     set_uncertainty_sampling: bool = setting(True, "When publishing, also switch the project's queue to uncertainty sampling (lowest score first); without it Label Studio ignores the scores.", flag)
     publish_chunk: int = setting(500, "Predictions per bulk import request.", integer(1))
     publish_retries: int = setting(5, "Attempts per Label Studio API call while publishing (exponential back-off).", integer(1))
-    delete_old_predictions: bool = setting(False, "After publishing a version, delete this backend's predictions of older versions.", flag)
+    delete_old_predictions: bool = setting(True, "After publishing a version (and moving the project to it), delete this backend's predictions of older versions, so that they do not pile up in Label Studio's database and Data Manager; `false` keeps every version's predictions.", flag)
     feature_cache_mb: int = setting(1024, "Memory for cached frozen-layer activations; beyond it they spill to disk.", integer(1))
     feature_cache_disk_mb: int = setting(8192, "Disk for spilled activations under `MODEL_DIR/cache/features`.", integer(0))
     feature_cache_dtype: str = setting("float16", "Storage type of cached activations: `float16`, `bfloat16` or `float32`.", choice("float16", "bfloat16", "float32"))
