@@ -24,11 +24,15 @@ make_venv() {  # dir lockfile install-command...
     [[ -x "$dir/bin/python" ]] || "$PYTHON" -m venv "$dir"
     "$@"
     echo "$want" > "$stamp"
+    INSTALLED=1
 }
+INSTALLED=0
 
 install_backend_venv() {
+    export PIP_QUIET=1  # one line per venv, not one per requirement
     # the same install step as the Dockerfile's (FLAVOR=cuda: exactly the lock)
-    quiet bash scripts/install_backend.sh cuda .venv/bin/python
+    # TORCH_FLAVOR=cpu: CPU-only torch wheels from download.pytorch.org (~5 GB smaller; needs that index)
+    quiet bash scripts/install_backend.sh "${TORCH_FLAVOR:-cuda}" .venv/bin/python
     quiet .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
     quiet .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e ".[test]"
 }
@@ -69,5 +73,6 @@ install_browser
 make_venv .venv requirements.txt install_backend_venv
 mkdir -p .cache
 make_venv .cache/ls-venv requirements-labelstudio.txt install_ls_venv
+[[ $INSTALLED -eq 1 ]] || exit 0  # nothing installed: the checks below cost ~20 s (torch, Label Studio's CLI)
 .venv/bin/python -c "import torch, torchvision, flask, label_studio_sdk; print('[setup] backend venv OK: torch', torch.__version__)"
 .cache/ls-venv/bin/label-studio version 2>/dev/null | grep -m1 -i "label studio version" || .cache/ls-venv/bin/python -c "import label_studio; print('[setup] label-studio', label_studio.__version__)"

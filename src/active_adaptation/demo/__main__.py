@@ -27,10 +27,13 @@ from active_adaptation.demo.servers import (  # noqa: E402
     ADMIN_EMAIL, ADMIN_PASSWORD, ADMIN_TOKEN, BackendProcess, LabelStudio, free_port,
 )
 from active_adaptation.demo.sample_data import digit_pngs, fashion_available, fashion_pngs  # noqa: E402
-from active_adaptation.simulation.datasets import FASHION_CLASSES  # noqa: E402
 
-DATA = {  # what the demo project holds: title, labels, (n, seed) -> [(file name, PNG, label)]
-    "fashion-mnist": ("Active Adaptation demo: Fashion-MNIST", list(FASHION_CLASSES),
+# what the demo project holds: title, labels, (n, seed) -> [(file name, PNG, label)]
+# (Fashion-MNIST's class names as in simulation/datasets.py, not imported: that would load torch for --help)
+DATA = {
+    "fashion-mnist": ("Active Adaptation demo: Fashion-MNIST",
+                      ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                       "Ankle boot"],
                       lambda n, seed: fashion_pngs(n, size=112, seed=seed)),
     "digits": ("Active Adaptation demo: digits", [str(i) for i in range(10)],
                lambda n, seed: digit_pngs(n, size=64, seed=seed)),
@@ -134,6 +137,7 @@ def announce(ls, backend, project: int, current: dict, lock) -> None:
  Click "Label All Tasks": the queue serves the most useful image first
  (queue: {current['sampling']}, model version {current['model_version']}).
  Label a few images; after each training round the queue re-orders.
+ Dashboard: {backend.url}/      API token (this demo's admin): {ADMIN_TOKEN}
  Backend status: {backend.url}/status      Ctrl-C stops everything.
 ==============================================================================""", flush=True)
     print("DEMO READY " + json.dumps(info), flush=True)
