@@ -1,7 +1,6 @@
 """The dashboard in a real browser (Debian's chromium through selenium) against a real Label
 Studio project after a few rounds: what it shows must match the backend's /status."""
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -11,26 +10,6 @@ from active_adaptation.demo.servers import BackendProcess, wait_for
 from tests.integration.test_labelstudio_learning import FAST, annotate, digits_project, project_version
 
 pytestmark = pytest.mark.labelstudio
-CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-
-
-@pytest.fixture
-def browser():
-    if not (CHROMIUM and DRIVER):
-        pytest.skip("Debian's chromium and chromium-driver are not installed (scripts/setup_env.sh installs them)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1800"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
-    yield driver
-    driver.quit()
-
-
 def test_the_dashboard_shows_rounds_curves_and_the_stopping_signal(label_studio, digits64, tmp_path, browser):
     from selenium.webdriver.common.by import By
 

@@ -1,11 +1,15 @@
 """The Data Manager tabs the backend keeps in a real Label Studio 1.23.2: the queue ordered by
 score, and the review tab of suspicious labels, which loses a task when a person saves it again."""
+import os
+from pathlib import Path
+
 import pytest
 import requests
 
 from active_adaptation.backend.tabs import QUEUE_TAB, REVIEW_TAB
 from active_adaptation.demo.servers import BackendProcess, wait_for
 from tests.integration.test_labelstudio_learning import FAST, annotate, project_version
+from tests.conftest import CHROMIUM, DRIVER
 from tests.integration.test_labelstudio_queue import LABELS
 
 pytestmark = pytest.mark.labelstudio
@@ -24,7 +28,30 @@ def status(backend, project):
     return requests.get(f"{backend.url}/status", timeout=10).json()["projects"][str(project)]
 
 
-def test_queue_tab_and_review_tab_follow_the_rounds(label_studio, digits64, tmp_path):
+def show_in_browser(browser, ls, project, view, shot):
+    """Log in to Label Studio's UI and open the tab; returns the page's text once the tab shows."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from active_adaptation.demo.servers import ADMIN_EMAIL, ADMIN_PASSWORD
+
+    browser.get(f"{ls.url}/user/login/")
+    browser.find_element(By.NAME, "email").send_keys(ADMIN_EMAIL)
+    browser.find_element(By.NAME, "password").send_keys(ADMIN_PASSWORD)
+    browser.find_element(By.CSS_SELECTOR, "button[type=submit], input[type=submit]").click()
+    WebDriverWait(browser, 30).until(lambda d: "/user/login" not in d.current_url)
+    browser.get(f"{ls.url}/projects/{project}/data?tab={view['id']}")
+    title = view["data"]["title"]
+    WebDriverWait(browser, 60).until(lambda d: title in d.find_element(By.TAG_NAME, "body").text)
+    browser.save_screenshot(str(shot))
+    from PIL import Image
+
+    with Image.open(shot) as full:  # the tab bar and the rows, not the empty page below them
+        full.crop((0, 0, full.width, min(full.height, 420))).save(shot)
+    return browser.find_element(By.TAG_NAME, "body").text
+
+
+def test_queue_tab_and_review_tab_follow_the_rounds(label_studio, digits64, tmp_path, request):
     ls = label_studio
     env = {"LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ls.personal_access_token(), **FAST, "REVIEW_TOP": "5", "TRAIN_STEPS": "300"}
     with BackendProcess(tmp_path, env) as backend:
@@ -52,6 +79,11 @@ def test_queue_tab_and_review_tab_follow_the_rounds(label_studio, digits64, tmp_
         review = next(v for title, v in tabs(ls, project).items() if title.startswith(REVIEW_TAB))
         assert review["data"]["title"] == f"{REVIEW_TAB} ({len(flagged)})"
         assert tab_tasks(ls, project, review) == flagged  # Label Studio's own filter shows exactly them
+        if CHROMIUM and DRIVER:  # and an annotator sees it in Label Studio's Data Manager
+            browser = request.getfixturevalue("browser")
+            shot = Path(os.environ.get("REVIEW_TAB_SCREENSHOT", tmp_path / "review-tab.png"))
+            text = show_in_browser(browser, ls, project, review, shot)
+            assert QUEUE_TAB in text and shot.stat().st_size > 10_000
 
         # a person opens a flagged task and saves its label again: confirmed, it leaves the review
         confirmed = flagged[0]
