@@ -243,7 +243,9 @@ def _sync_review_tab(ctx: JobContext, items: list[dict]) -> None:
 def run_round(ctx: JobContext, force: bool) -> None:
     state, status = ctx.state, ctx.status
     status.set("running", "reading labels from Label Studio")
+    read_started = time.perf_counter()
     tasks = ctx.call(ctx.api().tasks, "listing tasks")
+    read_seconds = round(time.perf_counter() - read_started, 3)
     labeled, by_id, unknown = read_labels(ctx, tasks)
     previous = state.labels_used
     changed = sum(1 for k, v in labeled.items() if previous.get(k) != v) + sum(1 for k in previous if k not in labeled)
@@ -272,11 +274,13 @@ def run_round(ctx: JobContext, force: bool) -> None:
     status.info["training_runs"] += 1
     status.info["last_round"] = {"round": round_, "version": version, "loss_first": metrics["loss_first"],
                                  "loss_last": metrics["loss_last"], "train_seconds": round(metrics["seconds"], 3),
-                                 "labels_used": len(examples), "labels_changed": changed, "round_seconds": None}
+                                 "labels_used": len(examples), "labels_changed": changed, "round_seconds": None,
+                                 "read_seconds": read_seconds}
     log.info("project %s: round t=%d trained on %d labels in %.1fs (loss %.3f -> %.3f): %s", state.key, round_,
              len(examples), metrics["seconds"], metrics["loss_first"], metrics["loss_last"], version)
     kappa = publish(ctx, tasks, stability=True)
     status.info["last_round"]["round_seconds"] = round(time.perf_counter() - started, 3)
+    status.info["last_round"]["publish"] = dict(status.info["publish_progress"].get("timings") or {})
     per_class: dict[str, int] = {}
     for label in used.values():
         per_class[label] = per_class.get(label, 0) + 1
@@ -332,18 +336,31 @@ def publish(ctx: JobContext, tasks: list[dict] | None = None, stability: bool = 
     with state.lock:
         model, version = ctx.projects.model(state), state.version
     status.set("publishing", f"scoring the unlabeled pool for {version}")
-    tasks = tasks if tasks is not None else ctx.call(api.tasks, "listing tasks")
+    started = clock = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def lap(name: str) -> None:  # where a publish spends its time (/status, benchmarks/bench_scale.py)
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round(now - clock, 3)
+        clock = now
+
+    if tasks is None:
+        tasks = ctx.call(api.tasks, "listing tasks")
+        lap("read_seconds")
     ensure_labeled(ctx, model, tasks)
     pool = unlabeled(state, tasks)
-    progress = {"version": version, "scored": 0, "imported": 0, "total": len(pool)}
+    progress = {"version": version, "scored": 0, "imported": 0, "total": len(pool), "timings": timings}
     status.info["publish_progress"] = progress
-    started = time.perf_counter()
     results = ctx.scorer.score(state, pool, model, version, reset_pool=True,
                                progress=lambda n: progress.__setitem__("scored", n))
-    score_seconds = time.perf_counter() - started
+    lap("score_seconds")
+    score_seconds = timings["score_seconds"]
     kappa = stability_kappa(ctx, pool, results, version) if stability else None
     import_predictions(ctx, api, pool, results, version, progress)
+    lap("import_seconds")
     ctx.call(lambda: api.set_model_version(version, ctx.settings.set_uncertainty_sampling), "setting model_version")
+    lap("switch_seconds")
     if ctx.settings.label_studio_tabs:
         try:
             if tabs.ensure_queue_tab(api):
@@ -354,6 +371,7 @@ def publish(ctx: JobContext, tasks: list[dict] | None = None, stability: bool = 
         for name in api.model_versions():
             if name != version and str(name).startswith(f"{ctx.projects.identity.backbone}-"):
                 ctx.call(lambda n=name: api.delete_version(n), f"deleting {name}")
+    lap("prune_seconds")
     ctx.projects.mark_published(state, version)
     status.info["publishes"] += 1
     progress.update(score_seconds=round(score_seconds, 3), seconds=round(time.perf_counter() - started, 3))
