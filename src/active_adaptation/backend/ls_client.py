@@ -1,6 +1,7 @@
 """Talking to Label Studio with label-studio-sdk (the maintained client, PAT-aware)."""
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -69,6 +70,10 @@ class LabelStudioConnection:
 UNCERTAINTY_SAMPLING = "Uncertainty sampling"
 
 
+ANNOTATED = {"conjunction": "and", "items": [  # Data Manager filter: tasks with a (non-skipped) annotation
+    {"filter": "filter:tasks:total_annotations", "operator": "greater", "type": "Number", "value": 0}]}
+
+
 def _as_dict(obj) -> dict:
     return obj if isinstance(obj, dict) else obj.model_dump()
 
@@ -85,16 +90,36 @@ class ProjectAPI:
         return self.connection.client
 
     def tasks(self) -> list[dict]:
-        """Every task with its data and annotations (the source of truth for labels)."""
-        # Pages of 100: larger pages with fields=all make LS 1.23 on SQLite fail with
-        # "Expression tree is too large (maximum depth 1000)" (seen with 1,000 tasks).
-        pager = self._client.tasks.list(project=self.project_id, fields="all", page_size=100)
-        out = []
-        for task in pager:
-            t = _as_dict(task)
-            out.append({"id": t["id"], "data": t.get("data") or {},
-                        "annotations": [_as_dict(a) for a in (t.get("annotations") or [])]})
-        return out
+        """Every task with its data, and its annotations when it has any (the source of truth for
+        labels). Two reads whose cost follows what they return: every task's id and data as a light
+        listing (``fields=task_only``, pages of 1000), then only the annotated tasks in full
+        (``total_annotations > 0``, pages of 100: larger pages with ``fields=all`` make LS 1.23 on
+        SQLite fail with "Expression tree is too large"). A task annotated between the two reads
+        comes with its annotations."""
+        out: dict[int, dict] = {}
+        for t in self._pages({"fields": "task_only", "page_size": 1000}):
+            out[t["id"]] = {"id": t["id"], "data": t.get("data") or {}, "annotations": []}
+        for t in self._pages({"fields": "all", "page_size": 100, "query": json.dumps({"filters": ANNOTATED})}):
+            out[t["id"]] = {"id": t["id"], "data": t.get("data") or {},
+                            "annotations": [_as_dict(a) for a in (t.get("annotations") or [])]}
+        return list(out.values())
+
+    def _pages(self, params: dict):
+        page = 1
+        while True:
+            response = self._client._client_wrapper.httpx_client.request(
+                "api/tasks/", method="GET", params={"project": self.project_id, "page": page, **params})
+            if response.status_code == 404:  # past the last page
+                return
+            response.raise_for_status()
+            data = response.json()
+            batch = data.get("tasks", []) if isinstance(data, dict) else data
+            if not batch:
+                return
+            yield from batch
+            if isinstance(data, dict) and page * int(params["page_size"]) >= int(data.get("total", 0) or 0):
+                return
+            page += 1
 
     def import_predictions(self, predictions: list[dict]) -> int:
         response = self._client.projects.import_predictions(id=self.project_id, request=predictions)
