@@ -18,18 +18,38 @@ CONFIG = classification_config([str(i) for i in range(10)])
 class ProjectAPIStandIn:
     def __init__(self, tasks):
         self.tasks_list, self.imported, self.model_version = tasks, [], None
+        self.calls: list[tuple] = []  # what was done, in order
+        self.view_list: list[dict] = []
 
     def tasks(self):
         return self.tasks_list
 
     def delete_version(self, version):
+        self.calls.append(("delete", version))
         self.imported = [p for p in self.imported if p["model_version"] != version]
 
     def import_predictions(self, predictions):
+        self.calls.append(("import", [p["task"] for p in predictions]))
         self.imported += predictions
 
     def set_model_version(self, version, uncertainty):
+        self.calls.append(("switch", version))
         self.model_version = version
+
+    def model_versions(self):
+        return sorted({p["model_version"] for p in self.imported})
+
+    def views(self):
+        return list(self.view_list)
+
+    def create_view(self, data):
+        self.view_list.append({"id": len(self.view_list) + 1, "data": data})
+
+    def update_view(self, view_id, data):
+        next(v for v in self.view_list if v["id"] == view_id)["data"] = data
+
+    def delete_view(self, view_id):
+        self.view_list = [v for v in self.view_list if v["id"] != view_id]
 
 
 def context(tmp_path, digits64, labeled, **env):
@@ -111,3 +131,29 @@ def test_after_a_restart_a_pool_relative_strategy_rescores_before_valuing_reques
     jobs.rescore(ctx2)  # nothing to do: the pool of this version is scored
     assert len(api.imported) == imported
     again.close()
+
+
+def test_the_top_of_the_new_queue_is_imported_before_the_switch_and_the_rest_after(tmp_path, digits64):
+    """PUBLISH_FIRST: the tasks Label Studio will serve first get the new version's predictions, the
+    project switches, then the rest follows; older versions' predictions go last."""
+    backend, ctx, api = context(tmp_path, digits64, labeled=4, PUBLISH_FIRST="5", PUBLISH_CHUNK="4")
+    try:
+        jobs.run_round(ctx, force=True)
+        v1 = ctx.state.version
+        kinds = [c[0] for c in api.calls]
+        assert kinds == ["delete", "import", "import", "switch", "import", "import", "import"]  # 5 = 4 + 1, 11 = 4 + 4 + 3
+        first = [t for c in api.calls[1:3] for t in c[1]]
+        score = {p["task"]: p["score"] for p in api.imported}
+        assert len(first) == 5 and sorted(score[t] for t in first) == sorted(score.values())[:5]
+        assert sorted(score) == list(range(5, 21)) and api.model_version == v1 == ctx.state.published_version
+        assert ctx.state.queue_version == v1 and ctx.status.info["last_round"]["publish"]["import_rest_seconds"] >= 0
+        # the next round: the new version is served before the old one's predictions are deleted
+        for t in api.tasks_list[4:8]:
+            t["annotations"] = api.tasks_list[0]["annotations"]
+        api.calls.clear()
+        jobs.run_round(ctx, force=True)
+        kinds = [c[0] for c in api.calls]
+        assert kinds.index("switch") < kinds.index("delete", 1) and api.calls[-1] == ("delete", v1)
+        assert {p["model_version"] for p in api.imported} == {ctx.state.version}
+    finally:
+        backend.close()

@@ -170,7 +170,6 @@ def train(ctx: JobContext, labeled: dict[str, str], by_id: dict[str, dict], roun
     agreement = prequential(served, examples)  # before training: the version that served these tasks
     model = served.clone() if s.train_drop_harmful else served  # dropout retrains from ``served``
     metrics = fine_tune(model, examples, s.train_config(seed=s.seed + round_))
-    metrics["prequential"] = agreement
     dropped: list[dict] = []
     if s.train_drop_harmful:  # data dropout on the head trained on the new labels, then train without them
         kept, dropped = review.drop_harmful(model, examples, s.train_weight_decay, s.seed, s.batch_size)
@@ -178,6 +177,7 @@ def train(ctx: JobContext, labeled: dict[str, str], by_id: dict[str, dict], roun
             log.info("project %s: influence-based dropout leaves out %d labels", state.key, len(dropped))
             examples, model = kept, served
             metrics = fine_tune(model, examples, s.train_config(seed=s.seed + round_))
+    metrics["prequential"] = agreement
     return model, examples, metrics, dropped
 
 
@@ -357,10 +357,21 @@ def publish(ctx: JobContext, tasks: list[dict] | None = None, stability: bool = 
     lap("score_seconds")
     score_seconds = timings["score_seconds"]
     kappa = stability_kappa(ctx, pool, results, version) if stability else None
-    import_predictions(ctx, api, pool, results, version, progress)
+    # the top of the new queue first (lowest score = served first), then the switch, then the rest:
+    # what an annotator waits for does not grow with the project (docs/benchmarks.md, bench_scale)
+    order = sorted(range(len(pool)), key=lambda i: results[i]["score"])
+    first = order[: ctx.settings.publish_first] if ctx.settings.publish_first else order
+    rest = order[len(first):]
+    import_predictions(ctx, api, [pool[i] for i in first], [results[i] for i in first], version, progress)
     lap("import_seconds")
     ctx.call(lambda: api.set_model_version(version, ctx.settings.set_uncertainty_sampling), "setting model_version")
+    ctx.projects.mark_switched(state, version)
     lap("switch_seconds")
+    if rest:
+        status.set("publishing", f"{version} serves the queue; importing the other {len(rest)} predictions")
+        import_predictions(ctx, api, [pool[i] for i in rest], [results[i] for i in rest], version, progress,
+                           replace=False, done=len(first))
+        lap("import_rest_seconds")
     if ctx.settings.label_studio_tabs:
         try:
             if tabs.ensure_queue_tab(api):
@@ -400,9 +411,10 @@ def rescore(ctx: JobContext) -> None:
 
 
 def import_predictions(ctx: JobContext, api: ProjectAPI, tasks: list[dict], results: list[dict], version: str,
-                       progress: dict | None = None, replace: bool = True) -> None:
+                       progress: dict | None = None, replace: bool = True, done: int = 0) -> None:
     """Bulk-import predictions in chunks. With ``replace``, the version's existing predictions are
-    cleared first, so that re-publishing never leaves a task two predictions of one version."""
+    cleared first, so that re-publishing never leaves a task two predictions of one version.
+    ``done``: predictions of this publish already imported (for the progress)."""
     if replace:
         ctx.call(lambda: api.delete_version(version), f"clearing {version}")
     predictions = [{"task": t["id"], "result": r["result"], "score": r["score"], "model_version": version}
@@ -412,7 +424,7 @@ def import_predictions(ctx: JobContext, api: ProjectAPI, tasks: list[dict], resu
         part = predictions[start:start + chunk]
         ctx.call(lambda: api.import_predictions(part), "importing predictions")
         if progress is not None:
-            progress["imported"] = start + len(part)
+            progress["imported"] = done + start + len(part)
 
 
 def publish_tasks(ctx: JobContext, task_ids: list[int]) -> None:

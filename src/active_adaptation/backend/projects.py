@@ -382,6 +382,13 @@ class Projects(Mapping):
             state.published_version = None
             return state.version
 
+    def mark_switched(self, state: ProjectState, version: str) -> None:
+        """Label Studio's project follows ``version`` now (its queue serves from it), although the
+        rest of its predictions may still be on their way."""
+        with state.lock:
+            if state.version == version:
+                state.queue_version = version
+
     def mark_published(self, state: ProjectState, version: str) -> None:
         with state.lock:
             if state.version != version:
