@@ -12,6 +12,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from active_adaptation.backend.engine import make_engine
 from active_adaptation.backend.feature_cache import FeatureCache
 from active_adaptation.backend.images import ImageLoader, Source
 from active_adaptation.backend.ls_client import LabelStudioConnection
@@ -56,6 +57,7 @@ class Scorer:
         self.settings, self.base, self.book, self.store, self.connection = settings, base, book, store, connection
         self.loader = ImageLoader(store.cache_dir("images"), settings.fetch_workers, settings.image_max_bytes,
                                   settings.image_max_pixels, settings.image_timeout_s)
+        self.engine = make_engine(settings)  # None: in this process; RayEngine: SCORING_ENGINE=ray
         fingerprint = hashlib.sha1(json.dumps([
             base.spec.name, base.weights, base.preprocess.to_dict(), base.spec.frozen, settings.feature_cache_dtype,
         ], sort_keys=True).encode()).hexdigest()[:12]
@@ -96,6 +98,14 @@ class Scorer:
         keys = list(keys) if keys is not None else [self.fingerprint(r) for r in refs]
         out: list = [self.features.get(k) if k else None for k in keys]
         missing = [i for i, z in enumerate(out) if z is None]
+        if self.engine is not None and missing and deadline is None:  # background work: on Ray
+            source = self.source(state)
+            computed = self.engine.trunk([refs[i] for i in missing], source.hostname, source.token())
+            for i, z in zip(missing, computed):
+                out[i] = z if isinstance(z, ImageError) else self.features.round(z)
+                if keys[i] and not isinstance(z, ImageError):
+                    self.features.put(keys[i], out[i])
+            return out
         futures = self.loader.submit_many([refs[i] for i in missing], self.source(state, deadline),
                                           transform=model.preprocess, deadline=deadline)
         pending: list[tuple[int, torch.Tensor]] = []
@@ -178,7 +188,8 @@ class Scorer:
         scored = score_pool(strategy, model, self._batches(state, model, tasks, fingerprints, deadline, failed, progress),
                             candidates=fingerprints, labeled_trunk=pool.labeled_trunk, images=images,
                             round_=state.round, state=pool.strategy_state, full_pool=reset_pool,
-                            batch_size=self.settings.batch_size, lock=self._strategy_lock, model_version=version)
+                            batch_size=self.settings.batch_size, lock=self._strategy_lock, model_version=version,
+                            forward=self.engine.forward if self.engine is not None and deadline is None else None)
         if reset_pool and scored.keys:
             if scored.info:
                 pool.strategy_info = scored.info
@@ -247,3 +258,5 @@ class Scorer:
 
     def close(self) -> None:
         self.loader.close()
+        if self.engine is not None:
+            self.engine.close()

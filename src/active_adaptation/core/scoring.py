@@ -119,7 +119,7 @@ def score_pool(strategy: Strategy, model: AdaptedModel,
                images: Callable[[], torch.Tensor] | None = None, round_: int = 0,
                planned_rounds: int | None = None, state: dict | None = None, full_pool: bool = True,
                batch_size: int = 64, lock: contextlib.AbstractContextManager | None = None,
-               model_version: str | None = None) -> PoolScores:
+               model_version: str | None = None, forward: Callable | None = None) -> PoolScores:
     """Acquisition values of a pool.
 
     ``batches`` yields ``(keys, fingerprints or None, trunk activations)`` chunks, so that a caller
@@ -130,15 +130,19 @@ def score_pool(strategy: Strategy, model: AdaptedModel,
     the strategy call, for strategies that keep per-call diagnostics. ``model_version`` names the
     model (see :attr:`ScoringInputs.model_version`). A subset that a pool-relative strategy cannot
     value on its own gives ``values=None`` and ``pool_relative=True`` (never values that depend on
-    which tasks share the request)."""
+    which tasks share the request). ``forward(model, z, needs, layers)``: runs the trainable part
+    elsewhere (``backend/engine.py``: Ray) on all the pool's activations at once."""
     needs = scoring_needs(strategy, candidates, state)
     layers = strategy.layers()
     keys: list[str] = []
     fingerprints: list[str | None] | None = []
-    parts = []
+    parts, gathered = [], []
     for batch_keys, batch_fps, z in batches:
-        for s in range(0, len(batch_keys), batch_size):
-            parts.append(model.forward_from_trunk(z[s:s + batch_size], needs, layers))
+        if forward is not None:
+            gathered.append(z)
+        else:
+            for s in range(0, len(batch_keys), batch_size):
+                parts.append(model.forward_from_trunk(z[s:s + batch_size], needs, layers))
         keys.extend(batch_keys)
         if batch_fps is None:
             fingerprints = None
@@ -146,6 +150,8 @@ def score_pool(strategy: Strategy, model: AdaptedModel,
             fingerprints.extend(batch_fps)
     if not keys:
         return PoolScores([], torch.zeros(0, dtype=torch.float64))
+    if forward is not None:
+        parts = [forward(model, torch.cat(gathered), needs, layers)]
     merged = merge_parts(parts)
     inputs = build_inputs(strategy, model, merged, keys, labeled_trunk=labeled_trunk, images=images, round_=round_,
                           planned_rounds=planned_rounds, state=state, full_pool=full_pool,
