@@ -102,9 +102,3 @@ def test_the_demo_images_are_fashion_mnist_photos_when_installed(tmp_path):
     name, png, label = images[0]
     assert Image.open(io.BytesIO(png)).size == (112, 112) and label.lower().replace("/", "-").replace(" ", "-") in name
 
-
-def test_the_demo_names_fashion_mnists_classes_as_the_track_does():
-    from active_adaptation.demo.__main__ import DATA
-    from active_adaptation.simulation.datasets import FASHION_CLASSES
-
-    assert DATA["fashion-mnist"][1] == list(FASHION_CLASSES)

@@ -78,7 +78,7 @@ def bar_chart(title: str, counts: dict[str, int], labels: Sequence[str]) -> str:
     return "".join(parts) + "</svg>"
 
 
-def project_section(key: str, p: dict, history: list[dict], label_studio_url: str) -> str:
+def project_section(key: str, p: dict, history: list[dict], label_studio_url: str) -> str:  # long: one HTML template
     """One project's part of the page."""
     rounds = [h.get("round") for h in history]
     agree = [h.get("prequential") or {} for h in history]

@@ -378,10 +378,7 @@ def publish(ctx: JobContext, tasks: list[dict] | None = None, stability: bool = 
                 log.info("project %s: created the Data Manager tab %r", state.key, tabs.QUEUE_TAB)
         except Exception as exc:  # a convenience: never fails the publish
             log.warning("project %s: cannot create the queue tab in Label Studio: %s", state.key, exc)
-    if ctx.settings.delete_old_predictions:
-        for name in api.model_versions():
-            if name != version and str(name).startswith(f"{ctx.projects.identity.backbone}-"):
-                ctx.call(lambda n=name: api.delete_version(n), f"deleting {name}")
+    prune_old_versions(ctx, api, version)
     lap("prune_seconds")
     ctx.projects.mark_published(state, version)
     status.info["publishes"] += 1
@@ -390,6 +387,15 @@ def publish(ctx: JobContext, tasks: list[dict] | None = None, stability: bool = 
     log.info("project %s: published %s for %d tasks in %.1fs (scoring %.1fs)", state.key, version, len(pool),
              progress["seconds"], score_seconds)
     return kappa
+
+
+def prune_old_versions(ctx: JobContext, api: ProjectAPI, version: str) -> None:
+    """With DELETE_OLD_PREDICTIONS (the default): this backend's predictions of older versions go,
+    once the project follows ``version``."""
+    if ctx.settings.delete_old_predictions:
+        for name in api.model_versions():
+            if name != version and str(name).startswith(f"{ctx.projects.identity.backbone}-"):
+                ctx.call(lambda n=name: api.delete_version(n), f"deleting {name}")
 
 
 def rescore(ctx: JobContext) -> None:

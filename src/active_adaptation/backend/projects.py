@@ -131,7 +131,88 @@ def other_backbone(key: str, meta: dict, identity: "Identity", root) -> str | No
             f"The project starts again from t=0 with a new model (the old checkpoints stay in {root})")
 
 
-class Projects(Mapping):
+class _SharedModelDir:
+    """What a process sees of the others sharing MODEL_DIR (a part of :class:`Projects`): projects
+    they set up, versions they trained or published, registrations they changed."""
+
+    def lookup(self, key: str) -> ProjectState | None:
+        """The project's state; one that another process set up (its registration or checkpoints
+        are in MODEL_DIR) is restored from there on first use. None: not set up anywhere."""
+        state = self._states.get(key)
+        if state is not None or key not in self.store.project_keys():
+            return state
+        with self._lock:
+            if key in self._states:
+                return self._states[key]
+            state = self._restore(key)
+        if state is not None:
+            log.info("project %s: set up by another process; restored from %s", key, self.store.root)
+            if self.on_restore is not None:
+                self.on_restore(state)
+        return state
+
+    def refresh(self, state: ProjectState, every_s: float = 2.0) -> bool:
+        """Serve what another process sharing MODEL_DIR made since (at most every ``every_s``
+        seconds; 0: now): a newer version (higher sequence number), its publication, and the
+        project's registration (label config, chosen strategy). True when the served version changed."""
+        now = time.monotonic()
+        if every_s and now - state.refreshed < every_s:
+            return False
+        state.refreshed = now
+        registered, published, chosen = read_registration(self.store, state.key, self.strategy_of)
+        if registered is not None and chosen != state.strategy:
+            self.set_strategy(state, chosen, save=False)
+        before = state.version
+        versions = self.store.list_versions(state.key)
+        newest = versions[-1] if versions else None
+        if newest is not None and _seq_of(newest) > state.seq and not other_backbone(state.key, newest, self.identity,
+                                                                                      self.store.root):
+            try:
+                state_dict = torch.load(Path(newest["path"]) / "model.pt", map_location="cpu", weights_only=True)
+                model = AdaptedModel(self.base, newest["labels"], self.device, self.identity.seed)
+                model.load_target_state(state_dict, newest["labels"], newest["active"])
+            except Exception as exc:  # removed by a prune meanwhile, or unreadable: the next check retries
+                log.warning("project %s: cannot load %s saved by another process (%s)", state.key, newest["path"], exc)
+                state.refreshed = 0.0
+            else:
+                with state.lock:
+                    state.model, state.round = model, newest["round"]
+                    state.labels_used = dict(newest.get("labels_used") or {})
+                    state.checkpoint, state.seq = newest.get("checkpoint_id"), _seq_of(newest)
+                    state.version = self.version_of(state)
+                    state.published_version = None
+                    state.pool = PoolState(strategy_state=state.pool.strategy_state, stats=state.pool.stats,
+                                           strategy_saved=state.pool.strategy_saved)
+                log.info("project %s: serving %s (round t=%d), saved by another process", state.key, state.version,
+                         state.round)
+        if registered is not None and registered != state.config:
+            self.update_config(state, registered)
+        if published:
+            state.queue_version = published
+        if newest is not None and state.published_version != state.version and \
+                newest.get("checkpoint_id") == state.checkpoint and newest.get("published_version") == state.version:
+            state.published_version = state.queue_version = state.version  # another process published it
+        if newest is None and published is not None and published == state.version:
+            state.published_version = state.queue_version = published  # version 0, published by another process
+        return state.version != before
+
+    def mark_switched(self, state: ProjectState, version: str) -> None:
+        """Label Studio's project follows ``version`` now (its queue serves from it), although the
+        rest of its predictions may still be on their way."""
+        with state.lock:
+            if state.version == version:
+                state.queue_version = version
+
+    def mark_published(self, state: ProjectState, version: str) -> None:
+        with state.lock:
+            if state.version != version:
+                return
+            state.published_version = state.queue_version = version
+        self.save_registration(state)
+        self.store.mark_published(state.key, version, state.checkpoint)
+
+
+class Projects(_SharedModelDir, Mapping):
     """key -> :class:`ProjectState`, restored from the store at start."""
 
     def __init__(self, store: Store, base: LoadedBackbone, identity: Identity, device: torch.device,
@@ -272,67 +353,6 @@ class Projects(Mapping):
             elif access_token:
                 state.access_token = access_token
 
-    def lookup(self, key: str) -> ProjectState | None:
-        """The project's state; one that another process set up (its registration or checkpoints
-        are in MODEL_DIR) is restored from there on first use. None: not set up anywhere."""
-        state = self._states.get(key)
-        if state is not None or key not in self.store.project_keys():
-            return state
-        with self._lock:
-            if key in self._states:
-                return self._states[key]
-            state = self._restore(key)
-        if state is not None:
-            log.info("project %s: set up by another process; restored from %s", key, self.store.root)
-            if self.on_restore is not None:
-                self.on_restore(state)
-        return state
-
-    def refresh(self, state: ProjectState, every_s: float = 2.0) -> bool:
-        """Serve what another process sharing MODEL_DIR made since (at most every ``every_s``
-        seconds; 0: now): a newer version (higher sequence number), its publication, and the
-        project's registration (label config, chosen strategy). True when the served version changed."""
-        now = time.monotonic()
-        if every_s and now - state.refreshed < every_s:
-            return False
-        state.refreshed = now
-        registered, published, chosen = read_registration(self.store, state.key, self.strategy_of)
-        if registered is not None and chosen != state.strategy:
-            self.set_strategy(state, chosen, save=False)
-        before = state.version
-        versions = self.store.list_versions(state.key)
-        newest = versions[-1] if versions else None
-        if newest is not None and _seq_of(newest) > state.seq and not other_backbone(state.key, newest, self.identity,
-                                                                                      self.store.root):
-            try:
-                state_dict = torch.load(Path(newest["path"]) / "model.pt", map_location="cpu", weights_only=True)
-                model = AdaptedModel(self.base, newest["labels"], self.device, self.identity.seed)
-                model.load_target_state(state_dict, newest["labels"], newest["active"])
-            except Exception as exc:  # removed by a prune meanwhile, or unreadable: the next check retries
-                log.warning("project %s: cannot load %s saved by another process (%s)", state.key, newest["path"], exc)
-                state.refreshed = 0.0
-            else:
-                with state.lock:
-                    state.model, state.round = model, newest["round"]
-                    state.labels_used = dict(newest.get("labels_used") or {})
-                    state.checkpoint, state.seq = newest.get("checkpoint_id"), _seq_of(newest)
-                    state.version = self.version_of(state)
-                    state.published_version = None
-                    state.pool = PoolState(strategy_state=state.pool.strategy_state, stats=state.pool.stats,
-                                           strategy_saved=state.pool.strategy_saved)
-                log.info("project %s: serving %s (round t=%d), saved by another process", state.key, state.version,
-                         state.round)
-        if registered is not None and registered != state.config:
-            self.update_config(state, registered)
-        if published:
-            state.queue_version = published
-        if newest is not None and state.published_version != state.version and \
-                newest.get("checkpoint_id") == state.checkpoint and newest.get("published_version") == state.version:
-            state.published_version = state.queue_version = state.version  # another process published it
-        if newest is None and published is not None and published == state.version:
-            state.published_version = state.queue_version = published  # version 0, published by another process
-        return state.version != before
-
     def get_state(self, key: str) -> ProjectState:
         state = self.lookup(key)
         if state is None:
@@ -381,21 +401,6 @@ class Projects(Mapping):
             state.pool.acquisitions = {}
             state.published_version = None
             return state.version
-
-    def mark_switched(self, state: ProjectState, version: str) -> None:
-        """Label Studio's project follows ``version`` now (its queue serves from it), although the
-        rest of its predictions may still be on their way."""
-        with state.lock:
-            if state.version == version:
-                state.queue_version = version
-
-    def mark_published(self, state: ProjectState, version: str) -> None:
-        with state.lock:
-            if state.version != version:
-                return
-            state.published_version = state.queue_version = version
-        self.save_registration(state)
-        self.store.mark_published(state.key, version, state.checkpoint)
 
     def versions(self, key: str | None = None) -> list[str]:
         if key is None:

@@ -50,7 +50,30 @@ def state_ident(base: LoadedBackbone, strategy: Strategy) -> str:
     return hashlib.sha1(ident.encode()).hexdigest()[:12]
 
 
-class Scorer:
+class _StrategyStates:
+    """What a strategy computed once from a project's pool, kept beside its checkpoints (a part of
+    :class:`Scorer`)."""
+
+    def _save_strategy_state(self, state: ProjectState) -> None:
+        """Keep what the strategy computed once from the pool (ADMA's landmarks) beside the
+        checkpoints, once: after a restart the project scores as before."""
+        if state.pool.strategy_saved:
+            return
+        strategy = self.strategy_of(state)
+        saved = strategy.saved_state(state.pool.strategy_state)
+        if saved is not None and self.store.save_strategy_state(state.key, state_ident(self.base, strategy), saved):
+            state.pool.strategy_saved = True
+
+    def restore(self, state: ProjectState) -> None:
+        """Put back a project's saved strategy state (when it was saved for this backbone and strategy)."""
+        strategy = self.strategy_of(state)
+        saved = self.store.load_strategy_state(state.key, state_ident(self.base, strategy))
+        if saved is not None and strategy.restore_state(state.pool.strategy_state, saved):
+            state.pool.strategy_saved = True
+            log.info("project %s: restored the strategy's state", state.key)
+
+
+class Scorer(_StrategyStates):
     def __init__(self, settings: Settings, base: LoadedBackbone, book, store: Store,
                  connection: LabelStudioConnection) -> None:
         """``book``: the StrategyBook (``choice.py``): each project's strategy, STRATEGY by default."""
@@ -236,25 +259,6 @@ class Scorer:
         that compare the pool with the labeled set)."""
         with state.lock:
             state.pool.labeled_trunk = trunks
-
-    # ------------------------------------------------------------------ strategy state
-    def _save_strategy_state(self, state: ProjectState) -> None:
-        """Keep what the strategy computed once from the pool (ADMA's landmarks) beside the
-        checkpoints, once: after a restart the project scores as before."""
-        if state.pool.strategy_saved:
-            return
-        strategy = self.strategy_of(state)
-        saved = strategy.saved_state(state.pool.strategy_state)
-        if saved is not None and self.store.save_strategy_state(state.key, state_ident(self.base, strategy), saved):
-            state.pool.strategy_saved = True
-
-    def restore(self, state: ProjectState) -> None:
-        """Put back a project's saved strategy state (when it was saved for this backbone and strategy)."""
-        strategy = self.strategy_of(state)
-        saved = self.store.load_strategy_state(state.key, state_ident(self.base, strategy))
-        if saved is not None and strategy.restore_state(state.pool.strategy_state, saved):
-            state.pool.strategy_saved = True
-            log.info("project %s: restored the strategy's state", state.key)
 
     def close(self) -> None:
         self.loader.close()

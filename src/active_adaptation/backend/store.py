@@ -62,36 +62,12 @@ def _seq(meta: dict) -> tuple:
     return (1, meta["seq"], 0.0) if isinstance(meta.get("seq"), int) else (0, 0, float(meta.get("saved_at") or 0))
 
 
-class Store:
-    def __init__(self, model_dir: Path) -> None:
-        self.root = Path(model_dir)
+class _SharedFiles:
+    """What processes sharing MODEL_DIR tell each other about a project: the trainer lease, the
+    last job's status, the rounds' history and small JSON records (a part of :class:`Store`)."""
 
-    # ------------------------------------------------------------------ layout
-    def project_dir(self, key: str) -> Path:
-        return self.root / "projects" / key
-
-    def project_keys(self) -> list[str]:
-        """Every project folder whose name is a canonical project id."""
-        folder = self.root / "projects"
-        if not folder.is_dir():
-            return []
-        return [p.name for p in sorted(folder.iterdir())
-                if p.is_dir() and p.name.isdigit() and str(int(p.name)) == p.name]
-
-    def cache_dir(self, name: str) -> Path:
-        return self.root / "cache" / name
-
-    @contextlib.contextmanager
-    def project_lock(self, key: str):
-        """An exclusive lock on a project's folder, across threads and processes (fcntl)."""
-        folder = self.project_dir(key)
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / ".lock", "a+") as f:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    def project_dir(self, key: str) -> Path:  # Store's layout
+        raise NotImplementedError
 
     @contextlib.contextmanager
     def trainer_lease(self, key: str, job: str):
@@ -191,6 +167,39 @@ class Store:
             atomic.write_json(self.project_dir(key) / name, data)
         except OSError as exc:
             log.warning("project %s: cannot save %s: %s", key, name, exc)
+
+
+
+class Store(_SharedFiles):
+    def __init__(self, model_dir: Path) -> None:
+        self.root = Path(model_dir)
+
+    # ------------------------------------------------------------------ layout
+    def project_dir(self, key: str) -> Path:
+        return self.root / "projects" / key
+
+    def project_keys(self) -> list[str]:
+        """Every project folder whose name is a canonical project id."""
+        folder = self.root / "projects"
+        if not folder.is_dir():
+            return []
+        return [p.name for p in sorted(folder.iterdir())
+                if p.is_dir() and p.name.isdigit() and str(int(p.name)) == p.name]
+
+    def cache_dir(self, name: str) -> Path:
+        return self.root / "cache" / name
+
+    @contextlib.contextmanager
+    def project_lock(self, key: str):
+        """An exclusive lock on a project's folder, across threads and processes (fcntl)."""
+        folder = self.project_dir(key)
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / ".lock", "a+") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
     # ------------------------------------------------------------------ secrets
     def webhook_master_secret(self, fresh: bytes) -> bytes:

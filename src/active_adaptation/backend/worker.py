@@ -216,7 +216,7 @@ class ProjectWorker:
         kind = job[0]
         if isinstance(exc, LeaseBusy):  # another process runs this project's jobs: take over when it is done
             with self.cond:
-                self._flag(job)
+                _flag(self, job)
                 self.lease_wait_until = self.clock.monotonic() + self.lease_retry_s
                 self.info["retry_in_s"] = self.lease_retry_s
             first = not self.status.info["reason"].endswith("when it is free")
@@ -248,22 +248,23 @@ class ProjectWorker:
 
     def _rearm(self) -> None:
         """Under ``cond``: turn the failed job back into the flag that runs it."""
-        self._flag(self.retry)
+        _flag(self, self.retry)
         self.retry_at = float("inf")  # until it fails again (or succeeds and clears it)
 
-    def _flag(self, job: Job) -> None:
-        """Under ``cond``: set the flag that runs ``job`` (at once: no debounce for a round)."""
-        kind, argument = job
-        if kind == "round":
-            self.labels_dirty, self.force = True, self.force or bool(argument)
-            self.last_event = -1e18  # no debounce for a retry
-        elif kind == "publish":
-            self.publish_requested = True
-        elif kind == "tasks":
-            self.task_hints.update(argument)
-        elif kind == "config":
-            self.config_requested = True
-        elif kind == "rescore":
-            self.rescore_requested = True
-        else:
-            self.secure_requested = True
+
+def _flag(worker: ProjectWorker, job: Job) -> None:
+    """Under the worker's ``cond``: set the flag that runs ``job`` (at once: no debounce for a round)."""
+    kind, argument = job
+    if kind == "round":
+        worker.labels_dirty, worker.force = True, worker.force or bool(argument)
+        worker.last_event = -1e18  # no debounce for a retry
+    elif kind == "publish":
+        worker.publish_requested = True
+    elif kind == "tasks":
+        worker.task_hints.update(argument)
+    elif kind == "config":
+        worker.config_requested = True
+    elif kind == "rescore":
+        worker.rescore_requested = True
+    else:
+        worker.secure_requested = True

@@ -27,13 +27,10 @@ from active_adaptation.demo.servers import (  # noqa: E402
     ADMIN_EMAIL, ADMIN_PASSWORD, ADMIN_TOKEN, BackendProcess, LabelStudio, free_port,
 )
 from active_adaptation.demo.sample_data import digit_pngs, fashion_available, fashion_pngs  # noqa: E402
+from active_adaptation.fashion_mnist import FASHION_CLASSES  # noqa: E402  (numpy only: --help stays fast)
 
-# what the demo project holds: title, labels, (n, seed) -> [(file name, PNG, label)]
-# (Fashion-MNIST's class names as in simulation/datasets.py, not imported: that would load torch for --help)
-DATA = {
-    "fashion-mnist": ("Active Adaptation demo: Fashion-MNIST",
-                      ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                       "Ankle boot"],
+DATA = {  # what the demo project holds: title, labels, (n, seed) -> [(file name, PNG, label)]
+    "fashion-mnist": ("Active Adaptation demo: Fashion-MNIST", list(FASHION_CLASSES),
                       lambda n, seed: fashion_pngs(n, size=112, seed=seed)),
     "digits": ("Active Adaptation demo: digits", [str(i) for i in range(10)],
                lambda n, seed: digit_pngs(n, size=64, seed=seed)),

@@ -33,7 +33,7 @@ def png_bytes(color=(200, 30, 30), size: int = 64) -> bytes:
 
 def fashion_available(folder=None) -> bool:
     """Whether Fashion-MNIST's IDX files are installed (FASHION_MNIST_DIR, Debian's package)."""
-    from active_adaptation.simulation.datasets import FASHION_MNIST_DIR, _idx_file
+    from active_adaptation.fashion_mnist import FASHION_MNIST_DIR, idx_file as _idx_file
 
     try:
         _idx_file(folder or FASHION_MNIST_DIR, "t10k-images-idx3-ubyte")
@@ -46,7 +46,7 @@ def fashion_available(folder=None) -> bool:
 def fashion_pngs(n: int, size: int = 112, seed: int = 0, folder=None) -> list[tuple[str, bytes, str]]:
     """``n`` Fashion-MNIST test images (balanced by chance) as (filename, PNG bytes, true label),
     upscaled from 28 px to ``size`` px so that an annotator can see them, RGB."""
-    from active_adaptation.simulation.datasets import FASHION_CLASSES, FASHION_MNIST_DIR, _idx_file, read_idx
+    from active_adaptation.fashion_mnist import FASHION_CLASSES, FASHION_MNIST_DIR, idx_file as _idx_file, read_idx
 
     folder = folder or FASHION_MNIST_DIR
     images = read_idx(_idx_file(folder, "t10k-images-idx3-ubyte"))

@@ -27,7 +27,7 @@ def class_counts(classes: int, largest: int, ratio: float) -> list[int]:
 def make(out: Path, ratio: float = 10.0, largest: int = 500, seed: int = 0, folder: Path | None = None) -> dict:
     from PIL import Image
 
-    from active_adaptation.simulation.datasets import FASHION_CLASSES, FASHION_MNIST_DIR, _idx_file, read_idx
+    from active_adaptation.fashion_mnist import FASHION_CLASSES, FASHION_MNIST_DIR, idx_file as _idx_file, read_idx
 
     folder = Path(folder or FASHION_MNIST_DIR)
     images = np.concatenate([read_idx(_idx_file(folder, "train-images-idx3-ubyte")),
