@@ -63,7 +63,7 @@ def test_compose_references_only_existing_variables():
 
 def test_image_installs_what_ci_installs():
     setup = (ROOT / "scripts" / "setup_env.sh").read_text()
-    assert "bash scripts/install_backend.sh cuda .venv/bin/python" in setup  # CI's install step
+    assert 'bash scripts/install_backend.sh "${TORCH_FLAVOR:-cuda}" .venv/bin/python' in setup  # CI's install step
     assert 'RUN bash /app/install_backend.sh "${FLAVOR}" python' in DOCKERFILE  # the image's
     assert "COPY requirements.txt scripts/install_backend.sh /app/" in DOCKERFILE
     # the dependency layer comes before the code, so code changes do not reinstall torch

@@ -196,7 +196,7 @@ class Settings:
     ray_address: str = setting("", "With `SCORING_ENGINE=ray`: the cluster to join (e.g. `ray://head:10001` or `auto`); empty: a local Ray instance started by the backend.")
     ray_actors: int = setting(2, "With `SCORING_ENGINE=ray`: actors in the pool (one model each).", integer(1))
     ray_cpus_per_actor: float = setting(1.0, "With `SCORING_ENGINE=ray`: CPUs each actor reserves.", number(0.0))
-    ray_gpus_per_actor: float = setting(0.0, "With `SCORING_ENGINE=ray`: GPUs per actor (e.g. 1, or 0.5 to share one); 0: CPU actors.", number(0.0))
+    ray_gpus_per_actor: float = setting(0.0, "With `SCORING_ENGINE=ray`: GPUs per actor (e.g. 1, or 0.5 to share one); 0: CPU actors.", number(0.0, inclusive=True))
     feature_cache_mb: int = setting(1024, "Memory for cached frozen-layer activations; beyond it they spill to disk.", integer(1))
     feature_cache_disk_mb: int = setting(8192, "Disk for spilled activations under `MODEL_DIR/cache/features`.", integer(0))
     feature_cache_dtype: str = setting("float16", "Storage type of cached activations: `float16`, `bfloat16` or `float32`.", choice("float16", "bfloat16", "float32"))
