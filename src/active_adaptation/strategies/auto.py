@@ -28,7 +28,7 @@ from .registry import register
 class AutoStrategy(Strategy):
     name = "auto"
     needs = frozenset({Need.PROBS, Need.EMBEDDINGS, Need.LABELED_EMBEDDINGS, Need.KEYS})  # the defaults'; see __init__
-    description = ("Budget-aware default: `cold` (TypiClust) while the project has fewer than `per_class` labels "
+    description = ("Budget-aware: `cold` (TypiClust) while the project has fewer than `per_class` labels "
                    "per class, then `warm` (BADGE); the regime is in /status and each prediction's strategy.")
     def __init__(self, seed: int = 0, cold: str = "typiclust", warm: str = "badge", per_class: float = 5) -> None:
         from .registry import from_spec
