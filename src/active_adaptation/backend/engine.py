@@ -116,6 +116,7 @@ class RayEngine:
         remote = ray.remote(num_cpus=cpus, num_gpus=gpus)(_Worker)
         self.workers = [remote.remote(config) for _ in range(max(1, settings.ray_actors))]
         self.pool = ActorPool(self.workers)
+        self._loaded: str | None = None  # which model's weights the actors hold
         log.info("scoring engine: Ray at %s, %d actor(s), %g CPU and %g GPU each", address or "a local instance",
                  len(self.workers), cpus, gpus)
 
@@ -135,8 +136,10 @@ class RayEngine:
         """``model.forward_from_trunk`` over every row of ``z``, on the actors."""
         state = {k: v.detach().cpu() for k, v in model.target.state_dict().items()}
         key = f"{id(model)}:{sum(float(v.float().sum()) for v in state.values() if v.is_floating_point())}"
-        weights = self.ray.put(state)
-        self.ray.get([w.load.remote(key, weights, list(model.labels), list(model.active)) for w in self.workers])
+        if key != self._loaded:  # the actors hold these weights already: nothing to send
+            weights = self.ray.put(state)
+            self.ray.get([w.load.remote(key, weights, list(model.labels), list(model.active)) for w in self.workers])
+            self._loaded = key
         names = sorted(n.value for n in needs)
         parts = list(self.pool.map(lambda actor, c: actor.forward.remote(c, names, list(layers)),
                                    self._chunks(z.numpy())))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Callable
 from urllib.parse import urlsplit
@@ -187,6 +188,11 @@ def _annotation_stamp(task: dict) -> str:
                 if isinstance(a, dict) and not a.get("was_cancelled")), default="")
 
 
+def _touched(flagged: dict[str, dict], by_id: dict[str, dict]) -> set[str]:
+    """Flagged tasks whose annotations were saved since they were flagged, or that lost them."""
+    return {t for t, f in flagged.items() if t not in by_id or _annotation_stamp(by_id[t]) != f.get("stamp")}
+
+
 def review_labels(ctx: JobContext, model, examples: list[Example], by_id: dict[str, dict]) -> list[dict]:
     """The annotations to review after a round: the ``REVIEW_TOP`` the trained head finds least
     plausible among those it gives p(label) < ``REVIEW_MAX_P`` (a few correct labels are not all
@@ -197,9 +203,8 @@ def review_labels(ctx: JobContext, model, examples: list[Example], by_id: dict[s
     saved = store.read_json(state.key, "review.json") or {}
     flagged, confirmed = saved.get("flagged") or {}, saved.get("confirmed") or {}
     label_of = {e.key: model.labels[e.label] for e in examples}
-    for task, flag in flagged.items():
-        if task in by_id and _annotation_stamp(by_id[task]) != flag.get("stamp"):
-            confirmed[task] = label_of.get(task)  # saved again (same or new label) after it was flagged
+    for task in _touched(flagged, by_id) & set(by_id):
+        confirmed[task] = label_of.get(task)  # saved again (same or new label) after it was flagged
     confirmed = {t: label for t, label in confirmed.items() if label is not None and label_of.get(t) == label}
     items = [r for r in ranked if r.get("p_label", 0.0) < s.review_max_p and confirmed.get(r["task"]) != r["label"]]
     items = items[: s.review_top]
@@ -216,7 +221,7 @@ def refresh_review(ctx: JobContext, labeled: dict[str, str], by_id: dict[str, di
     store, key = ctx.projects.store, ctx.state.key
     saved = store.read_json(key, "review.json") or {}
     flagged, confirmed = saved.get("flagged") or {}, saved.get("confirmed") or {}
-    touched = {t for t, f in flagged.items() if t not in by_id or _annotation_stamp(by_id[t]) != f.get("stamp")}
+    touched = _touched(flagged, by_id)
     if not touched:
         return
     for task in touched:
@@ -281,12 +286,9 @@ def run_round(ctx: JobContext, force: bool) -> None:
     kappa = publish(ctx, tasks, stability=True)
     status.info["last_round"]["round_seconds"] = round(time.perf_counter() - started, 3)
     status.info["last_round"]["publish"] = dict(status.info["publish_progress"].get("timings") or {})
-    per_class: dict[str, int] = {}
-    for label in used.values():
-        per_class[label] = per_class.get(label, 0) + 1
     ctx.projects.store.append_history(state.key, {
         "round": round_, "version": version, "time": time.time(), "labels": len(examples), "labels_changed": changed,
-        "per_class": per_class, "prequential": metrics["prequential"], "kappa": kappa,
+        "per_class": dict(Counter(used.values())), "prequential": metrics["prequential"], "kappa": kappa,
         "loss_first": metrics["loss_first"], "loss_last": metrics["loss_last"],
         "train_seconds": round(metrics["seconds"], 3), "round_seconds": status.info["last_round"]["round_seconds"],
         "strategy": ctx.scorer.strategy_of(state).name, "regime": state.pool.strategy_info.get("regime")})
@@ -355,7 +357,6 @@ def publish(ctx: JobContext, tasks: list[dict] | None = None, stability: bool = 
     results = ctx.scorer.score(state, pool, model, version, reset_pool=True,
                                progress=lambda n: progress.__setitem__("scored", n))
     lap("score_seconds")
-    score_seconds = timings["score_seconds"]
     kappa = stability_kappa(ctx, pool, results, version) if stability else None
     # the top of the new queue first (lowest score = served first), then the switch, then the rest:
     # what an annotator waits for does not grow with the project (docs/benchmarks.md, bench_scale)
@@ -382,10 +383,10 @@ def publish(ctx: JobContext, tasks: list[dict] | None = None, stability: bool = 
     lap("prune_seconds")
     ctx.projects.mark_published(state, version)
     status.info["publishes"] += 1
-    progress.update(score_seconds=round(score_seconds, 3), seconds=round(time.perf_counter() - started, 3))
+    progress.update(score_seconds=timings["score_seconds"], seconds=round(time.perf_counter() - started, 3))
     status.set("idle", f"published {version} for {len(pool)} unlabeled tasks")
     log.info("project %s: published %s for %d tasks in %.1fs (scoring %.1fs)", state.key, version, len(pool),
-             progress["seconds"], score_seconds)
+             progress["seconds"], timings["score_seconds"])
     return kappa
 
 

@@ -11,7 +11,6 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
@@ -135,6 +134,12 @@ class _SharedModelDir:
     """What a process sees of the others sharing MODEL_DIR (a part of :class:`Projects`): projects
     they set up, versions they trained or published, registrations they changed."""
 
+    def _model_of(self, meta: dict, state_dict: dict) -> AdaptedModel:
+        """The trained model a checkpoint holds (its meta and weights)."""
+        model = AdaptedModel(self.base, meta["labels"], self.device, self.identity.seed)
+        model.load_target_state(state_dict, meta["labels"], meta["active"])
+        return model
+
     def lookup(self, key: str) -> ProjectState | None:
         """The project's state; one that another process set up (its registration or checkpoints
         are in MODEL_DIR) is restored from there on first use. None: not set up anywhere."""
@@ -168,9 +173,7 @@ class _SharedModelDir:
         if newest is not None and _seq_of(newest) > state.seq and not other_backbone(state.key, newest, self.identity,
                                                                                       self.store.root):
             try:
-                state_dict = torch.load(Path(newest["path"]) / "model.pt", map_location="cpu", weights_only=True)
-                model = AdaptedModel(self.base, newest["labels"], self.device, self.identity.seed)
-                model.load_target_state(state_dict, newest["labels"], newest["active"])
+                model = self._model_of(newest, self.store.load_weights(newest))
             except Exception as exc:  # removed by a prune meanwhile, or unreadable: the next check retries
                 log.warning("project %s: cannot load %s saved by another process (%s)", state.key, newest["path"], exc)
                 state.refreshed = 0.0
@@ -284,8 +287,7 @@ class Projects(_SharedModelDir, Mapping):
             self._states[key] = state
             log.info("project %s: restored its registration (no round yet): %s", key, state.version)
             return state
-        model = AdaptedModel(self.base, meta["labels"], self.device, self.identity.seed)
-        model.load_target_state(state_dict, meta["labels"], meta["active"])
+        model = self._model_of(meta, state_dict)
         state = ProjectState(key, ClassificationConfig.from_dict(meta["config"]), round=meta["round"], model=model,
                              labels_used=dict(meta.get("labels_used") or {}), checkpoint=meta.get("checkpoint_id"),
                              strategy=chosen, seq=_seq_of(meta), refreshed=time.monotonic())
@@ -303,7 +305,7 @@ class Projects(_SharedModelDir, Mapping):
     # ------------------------------------------------------------------ registration
     def register(self, key: str, config: ClassificationConfig) -> tuple[ProjectState, bool]:
         """The project's state, created (True) if new; an existing one adopts ``config``."""
-        state = self.lookup(key)  # another process may have set it up already
+        self.lookup(key)  # another process may have set it up already: adopt it from MODEL_DIR
         with self._lock:
             state = self._states.get(key)
             created = state is None

@@ -113,19 +113,12 @@ class _SharedFiles:
             return None
 
     def write_status(self, key: str, info: dict) -> None:
-        """The worker status of this project's last job, for /status in every process."""
-        try:
-            data = json.dumps(info, default=str).encode()
-            atomic.write_with(self.project_dir(key) / "status.json", lambda f: f.write(data), durable=False)
-        except OSError as exc:
-            log.warning("project %s: cannot save its status: %s", key, exc)
+        """The worker status of this project's last job, for /status in every process (not
+        fsynced: it is rewritten at every change of state)."""
+        self.write_json(key, "status.json", info, durable=False)
 
     def read_status(self, key: str) -> dict | None:
-        try:
-            data = json.loads((self.project_dir(key) / "status.json").read_text())
-        except (OSError, ValueError):
-            return None
-        return data if isinstance(data, dict) else None
+        return self.read_json(key, "status.json")
 
     def append_history(self, key: str, entry: dict) -> None:
         """One round's record (one JSON line, appended; a torn last line is skipped on reading)."""
@@ -162,12 +155,12 @@ class _SharedFiles:
             return None
         return data if isinstance(data, dict) else None
 
-    def write_json(self, key: str, name: str, data: dict) -> None:
+    def write_json(self, key: str, name: str, data: dict, durable: bool = True) -> None:
         try:
-            atomic.write_json(self.project_dir(key) / name, data)
+            payload = json.dumps(data, indent=2, sort_keys=True, default=str).encode()
+            atomic.write_with(self.project_dir(key) / name, lambda f: f.write(payload), durable=durable)
         except OSError as exc:
             log.warning("project %s: cannot save %s: %s", key, name, exc)
-
 
 
 class Store(_SharedFiles):
@@ -269,13 +262,18 @@ class Store(_SharedFiles):
                 out.append({**meta, "path": str(path)})
         return sorted(out, key=_seq)
 
+    @staticmethod
+    def load_weights(meta: dict) -> dict:
+        """The state_dict of the version ``meta`` (from :meth:`list_versions`) describes."""
+        return torch.load(Path(meta["path"]) / "model.pt", map_location="cpu", weights_only=True)
+
     def load_latest(self, key: str) -> tuple[dict, dict] | None:
         """(meta, state_dict) of the newest version that loads, or None. Cleans up interrupted writes."""
         for leftover in atomic.remove_leftovers(self.project_dir(key)):
             log.warning("removed an interrupted write: %s", leftover)
         for meta in reversed(self.list_versions(key)):
             try:
-                state = torch.load(Path(meta["path"]) / "model.pt", map_location="cpu", weights_only=True)
+                state = self.load_weights(meta)
             except Exception as exc:
                 log.error("checkpoint %s does not load (%s); trying an older one", meta["path"], exc)
                 continue
