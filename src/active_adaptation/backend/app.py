@@ -103,6 +103,8 @@ def _guard(app: Flask, settings: Settings) -> None:
 
     @app.errorhandler(BackendError)
     def _backend_error(exc: BackendError):
+        # Label Studio shows only "400 Client Error ... check the ML backend server console logs"
+        log.warning("%s %s refused (%d): %s", request.method, request.path, exc.status, exc)
         return jsonify(status="error", message=str(exc)), exc.status
 
     @app.errorhandler(HTTPException)

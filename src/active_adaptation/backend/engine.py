@@ -75,15 +75,18 @@ class _Worker:
                 out[i] = z[j].float().cpu().numpy()
         return out
 
-    def load(self, key: str, weights: dict, labels: list, active: list) -> None:
-        """The served model's weights (once per version: ``key``)."""
+    def load(self, key: str, weights: dict, labels: list, active: list, layout: list | None = None) -> None:
+        """The served model's weights (once per version: ``key``); ``layout``: its groups
+        (``Layout.to_dict``; None: one single-choice group)."""
         from active_adaptation.core.model import AdaptedModel
+        from active_adaptation.layout import Layout
 
         if self.loaded == key:
             return
         if self.model is None or list(self.model.labels) != list(labels):
             self.model = AdaptedModel(self.base, labels, self.device, self.config["seed"])
         self.model.load_target_state(weights, labels, active)
+        self.model.layout = None if layout is None else Layout.from_dict(layout)
         self.loaded = key
 
     def forward(self, z, needs: list, layers: list) -> dict:
@@ -135,10 +138,12 @@ class RayEngine:
     def forward(self, model, z: torch.Tensor, needs, layers: Sequence[str] = ()) -> dict:
         """``model.forward_from_trunk`` over every row of ``z``, on the actors."""
         state = {k: v.detach().cpu() for k, v in model.target.state_dict().items()}
-        key = f"{id(model)}:{sum(float(v.float().sum()) for v in state.values() if v.is_floating_point())}"
+        layout = None if model.layout is None else model.layout.to_dict()
+        key = f"{id(model)}:{sum(float(v.float().sum()) for v in state.values() if v.is_floating_point())}:{layout}"
         if key != self._loaded:  # the actors hold these weights already: nothing to send
             weights = self.ray.put(state)
-            self.ray.get([w.load.remote(key, weights, list(model.labels), list(model.active)) for w in self.workers])
+            self.ray.get([w.load.remote(key, weights, list(model.labels), list(model.active), layout)
+                          for w in self.workers])
             self._loaded = key
         names = sorted(n.value for n in needs)
         parts = list(self.pool.map(lambda actor, c: actor.forward.remote(c, names, list(layers)),

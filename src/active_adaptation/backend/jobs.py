@@ -20,7 +20,7 @@ import torch
 
 from active_adaptation.backend import tabs
 from active_adaptation.backend.label_config import parse_label_config
-from active_adaptation.backend.labels import resolve_label
+from active_adaptation.backend.labels import result_answer, task_answer, unknown_labels
 from active_adaptation.backend.ls_client import ProjectAPI, api_status
 from active_adaptation.backend.projects import Projects, ProjectState
 from active_adaptation.backend.scorer import Scorer
@@ -105,17 +105,18 @@ def run_job(ctx: JobContext, job: Job) -> None:
 
 # ---------------------------------------------------------------------------- a training round
 def read_labels(ctx: JobContext, tasks: list[dict]) -> tuple[dict[str, str], dict[str, dict], int]:
-    """(task id -> label, task id -> task, number of labels not in the config) from Label Studio's tasks."""
+    """(task id -> label, task id -> task, number of labels not in the config) from Label Studio's
+    tasks; a label is the canonical answer string of ``layout.py`` for several groups / multi-label."""
     state = ctx.state
     labeled, by_id, unknown = {}, {}, 0
     for task in tasks:
-        label = resolve_label(task["annotations"], state.config.from_name)
+        label = task_answer(task["annotations"], state.config)
         if label is None:
             continue
-        if label not in state.config.labels:
+        if bad := unknown_labels(label, state.config):
             unknown += 1
-            log.warning("project %s, task %s: label %r is not in the label config %s; not used for training",
-                        state.key, task["id"], label, list(state.config.labels))
+            log.warning("project %s, task %s: label(s) %s not in the label config %s; not used for training",
+                        state.key, task["id"], bad, list(state.config.labels))
             continue
         labeled[str(task["id"])] = label
         by_id[str(task["id"])] = task
@@ -138,7 +139,11 @@ def examples_for(ctx: JobContext, model, tasks: list[dict], labeled: dict[str, s
                         state.key, key, item)
             continue
         label = labeled[key]
-        example = Example(key, model.labels.index(label), is_new=previous.get(key) != label)
+        if model.layout is None:
+            example = Example(key, model.labels.index(label), is_new=previous.get(key) != label, answer=label)
+        else:
+            example = Example(key, -1, is_new=previous.get(key) != label, answer=label,
+                              target=model.layout.target(model.layout.parse(label)))
         if augment:
             example.image = item
         else:
@@ -155,8 +160,11 @@ def prequential(served, examples: list[Example]) -> dict:
         return {"n": 0, "agree": 0}
     z = torch.stack([review.trunk_of(served, e) for e in new])
     probs = forward_batches(served, z, {Need.PROBS}, (), 64)["probs"]
-    predicted = [served.active[j] for j in probs.argmax(1).tolist()]
-    return {"n": len(new), "agree": sum(p == served.labels[e.label] for p, e in zip(predicted, new))}
+    predicted = served.decode(probs)
+    if served.layout is None:
+        return {"n": len(new), "agree": sum(p == e.answer for p, e in zip(predicted, new))}
+    layout = served.layout  # every group the annotation answers, each multi-label set exactly
+    return {"n": len(new), "agree": sum(layout.agrees(p, layout.parse(e.answer)) for p, e in zip(predicted, new))}
 
 
 def train(ctx: JobContext, labeled: dict[str, str], by_id: dict[str, dict], round_: int):
@@ -164,7 +172,7 @@ def train(ctx: JobContext, labeled: dict[str, str], by_id: dict[str, dict], roun
     state, s = ctx.state, ctx.settings
     with state.lock:
         served = ctx.projects.model(state).clone()
-    served.set_labels(state.config.labels)
+    served.set_labels(state.config.labels, state.config.layout)
     examples = examples_for(ctx, served, [by_id[k] for k in sorted(labeled, key=int)], labeled, state.labels_used)
     if not examples:
         raise RuntimeError("none of the labeled tasks has a usable image")
@@ -172,7 +180,10 @@ def train(ctx: JobContext, labeled: dict[str, str], by_id: dict[str, dict], roun
     model = served.clone() if s.train_drop_harmful else served  # dropout retrains from ``served``
     metrics = fine_tune(model, examples, s.train_config(seed=s.seed + round_))
     dropped: list[dict] = []
-    if s.train_drop_harmful:  # data dropout on the head trained on the new labels, then train without them
+    if s.train_drop_harmful and model.structured:
+        log.warning("project %s: TRAIN_DROP_HARMFUL needs one single-choice <Choices>; not applied to %s",
+                    state.key, state.config.layout.describe())
+    elif s.train_drop_harmful:  # data dropout on the head trained on the new labels, then train without them
         kept, dropped = review.drop_harmful(model, examples, s.train_weight_decay, s.seed, s.batch_size)
         if dropped:
             log.info("project %s: influence-based dropout leaves out %d labels", state.key, len(dropped))
@@ -202,7 +213,7 @@ def review_labels(ctx: JobContext, model, examples: list[Example], by_id: dict[s
     ranked = review.review(model, examples, s.review_method, len(examples), s.train_weight_decay, s.seed, s.batch_size)
     saved = store.read_json(state.key, "review.json") or {}
     flagged, confirmed = saved.get("flagged") or {}, saved.get("confirmed") or {}
-    label_of = {e.key: model.labels[e.label] for e in examples}
+    label_of = {e.key: e.answer for e in examples}
     for task in _touched(flagged, by_id) & set(by_id):
         confirmed[task] = label_of.get(task)  # saved again (same or new label) after it was flagged
     confirmed = {t: label for t, label in confirmed.items() if label is not None and label_of.get(t) == label}
@@ -266,7 +277,7 @@ def run_round(ctx: JobContext, force: bool) -> None:
     model, examples, metrics, dropped = train(ctx, labeled, by_id, round_)
     metrics.update(labels_used=len(examples), labels_changed=changed, unknown_labels=unknown,
                    dropped_by_influence=len(dropped))
-    used = {e.key: model.labels[e.label] for e in examples}
+    used = {e.key: e.answer for e in examples}
     version, checkpoint, seq = ctx.projects.save_version(state, model, round_, used, metrics)
     version = ctx.projects.serve(state, model, round_, used, checkpoint, seq)
     ctx.scorer.set_labeled(state, [review.trunk_of(model, e) for e in examples])
@@ -288,16 +299,23 @@ def run_round(ctx: JobContext, force: bool) -> None:
     status.info["last_round"]["publish"] = dict(status.info["publish_progress"].get("timings") or {})
     ctx.projects.store.append_history(state.key, {
         "round": round_, "version": version, "time": time.time(), "labels": len(examples), "labels_changed": changed,
-        "per_class": dict(Counter(used.values())), "prequential": metrics["prequential"], "kappa": kappa,
+        "per_class": per_class(state.config, used.values()), "prequential": metrics["prequential"], "kappa": kappa,
         "loss_first": metrics["loss_first"], "loss_last": metrics["loss_last"],
         "train_seconds": round(metrics["seconds"], 3), "round_seconds": status.info["last_round"]["round_seconds"],
         "strategy": ctx.scorer.strategy_of(state).name, "regime": state.pool.strategy_info.get("regime")})
 
 
 # ---------------------------------------------------------------------------- publishing
+def per_class(config, answers) -> dict[str, int]:
+    """Labels per output (``group/label`` for several groups): the dashboard's bar chart."""
+    if config.layout.simple:
+        return dict(Counter(answers))
+    return dict(config.layout.per_class(config.layout.parse(a) for a in answers))
+
+
 def unlabeled(state: ProjectState, tasks: list[dict]) -> list[dict]:
     """The tasks without a usable label for this project's choices (what a publish scores)."""
-    return [t for t in tasks if resolve_label(t["annotations"], state.config.from_name) is None]
+    return [t for t in tasks if task_answer(t["annotations"], state.config) is None]
 
 
 def ensure_labeled(ctx: JobContext, model, tasks: list[dict]) -> None:
@@ -318,7 +336,7 @@ def stability_kappa(ctx: JobContext, pool: list[dict], results: list[dict], vers
     """Cohen's κ between the previous trained version's and this one's predictions on the fixed
     sample of unlabeled tasks (the stopping signal, core/stopping.py); None for the first."""
     state, store = ctx.state, ctx.projects.store
-    predicted = {str(t["id"]): r["result"][0]["value"]["choices"][0] for t, r in zip(pool, results) if r["result"]}
+    predicted = {str(t["id"]): result_answer(r["result"], state.config) for t, r in zip(pool, results) if r["result"]}
     sample = stop_set(list(predicted), ctx.settings.stop_sample, ctx.settings.seed)
     before = store.read_json(state.key, "stability.json") or {}
     previous = before.get("predictions") or {}

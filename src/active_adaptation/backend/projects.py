@@ -92,6 +92,7 @@ class Identity:
     strategy_params: dict
     freeze: str = "default"  # FREEZE and the input size change the model: part of the version when set
     image_size: int = 0
+    threshold: float = 0.5  # MULTILABEL_THRESHOLD: part of a multi-label project's version when set
 
 
 def read_registration(store: Store, key: str, strategy_of=None) -> tuple[ClassificationConfig | None, str | None,
@@ -136,8 +137,11 @@ class _SharedModelDir:
 
     def _model_of(self, meta: dict, state_dict: dict) -> AdaptedModel:
         """The trained model a checkpoint holds (its meta and weights)."""
-        model = AdaptedModel(self.base, meta["labels"], self.device, self.identity.seed)
+        model = AdaptedModel(self.base, meta["labels"], self.device, self.identity.seed,
+                             threshold=self.identity.threshold)
         model.load_target_state(state_dict, meta["labels"], meta["active"])
+        config = ClassificationConfig.from_dict(meta["config"])
+        model.set_labels(config.labels, config.layout)
         return model
 
     def lookup(self, key: str) -> ProjectState | None:
@@ -251,6 +255,8 @@ class Projects(_SharedModelDir, Mapping):
                  state.checkpoint or ""]
         if i.freeze != "default" or i.image_size:  # versions made with the defaults keep their names
             parts += [i.freeze, i.image_size]
+        if state.config.groups and i.threshold != 0.5:
+            parts += [i.threshold]
         ident = json.dumps(parts, sort_keys=True, default=str)
         return f"{i.backbone}-{strategy}-t{state.round}-{hashlib.sha1(ident.encode()).hexdigest()[:6]}"
 
@@ -326,7 +332,7 @@ class Projects(_SharedModelDir, Mapping):
             changed = state.config != config
             if changed:
                 if state.model is not None:
-                    state.model.set_labels(config.labels)
+                    state.model.set_labels(config.labels, config.layout)
                 state.config = config
             version = self.version_of(state)
             if version != state.version:
@@ -365,7 +371,8 @@ class Projects(_SharedModelDir, Mapping):
     def model(self, state: ProjectState) -> AdaptedModel:
         with state.lock:
             if state.model is None:
-                state.model = AdaptedModel(self.base, state.config.labels, self.device, self.identity.seed)
+                state.model = AdaptedModel(self.base, state.config.labels, self.device, self.identity.seed,
+                                           layout=state.config.layout, threshold=self.identity.threshold)
             return state.model
 
     # ------------------------------------------------------------------ versions
@@ -396,7 +403,7 @@ class Projects(_SharedModelDir, Mapping):
               seq: int = 0) -> str:
         """Switch the served model atomically (under the project lock)."""
         with state.lock:
-            model.set_labels(state.config.labels)  # the config may have changed during training
+            model.set_labels(state.config.labels, state.config.layout)  # the config may have changed meanwhile
             state.model, state.round, state.labels_used = model, round_, labels_used
             state.checkpoint, state.seq = checkpoint, seq
             state.version = self.version_of(state)

@@ -15,6 +15,7 @@ import torch
 from active_adaptation.backend.engine import make_engine
 from active_adaptation.backend.feature_cache import FeatureCache
 from active_adaptation.backend.images import ImageLoader, Source
+from active_adaptation.backend.labels import prediction_result
 from active_adaptation.backend.ls_client import LabelStudioConnection
 from active_adaptation.backend.projects import ProjectState
 from active_adaptation.backend.settings import Settings
@@ -29,13 +30,12 @@ from active_adaptation.strategies import Strategy
 log = logging.getLogger(__name__)
 
 
-def prediction(state: ProjectState, strategy: str, label: str, score: float, acquisition, version: str) -> dict:
+def prediction(state: ProjectState, strategy: str, label, score: float, acquisition, version: str) -> dict:
     """Label Studio's prediction, plus why the task sits where it does in the queue: the strategy,
-    its acquisition value (None: not valued without a full-pool scoring, neutral rank) and round t."""
-    config = state.config
+    its acquisition value (None: not valued without a full-pool scoring, neutral rank) and round t.
+    ``label``: the predicted label, or a structured layout's answer dict (one result per group)."""
     out = {
-        "result": [{"from_name": config.from_name, "to_name": config.to_name, "type": "choices",
-                    "value": {"choices": [label]}}],
+        "result": prediction_result(state.config, label),
         "score": score, "model_version": version,
         "acquisition": None if acquisition is None else float(acquisition), "strategy": strategy, "round": state.round,
     }
@@ -224,7 +224,7 @@ class Scorer(_StrategyStates):
         else:
             values = scored.values.numpy()
             scores = self._queue_scores(state, tasks, scored.keys, values, version, reset_pool)
-        labels = [model.active[j] for j in scored.probs.argmax(dim=1).tolist()] if scored.keys else []
+        labels = model.decode(scored.probs) if scored.keys else []
         kept_info = pool.strategy_info if pool.scored_version == version else {}
         serving = (scored.info or kept_info).get("serving")  # auto: the strategy its regime serves
         served = f"{strategy.name}/{serving}" if serving else strategy.name

@@ -7,6 +7,7 @@ import logging
 import threading
 from typing import Any, Sequence
 
+from active_adaptation import strategies
 from active_adaptation.backend.label_config import parse_label_config
 from active_adaptation.backend.choice import StrategyBook, requested_strategy
 from active_adaptation.backend.learner import Learner
@@ -37,7 +38,7 @@ class Backend:
         # tells this backend's own /health apart from another backend's (webhook securing)
         self.instance_id = self.webhook_secrets.for_project("instance")[:16]
         identity = Identity(self.base.spec.name, self.base.weights, settings.seed, self.strategy.name,
-                            self.strategy.params(), settings.freeze, settings.image_size)
+                            self.strategy.params(), settings.freeze, settings.image_size, settings.multilabel_threshold)
         self.projects = Projects(self.store, self.base, identity, self.device, settings.keep_versions,
                                  persist=self.connection.configured, strategy_of=self.book.describe)
         self.scorer = Scorer(settings, self.base, self.book, self.store, self.connection)
@@ -79,6 +80,8 @@ class Backend:
         chosen = requested_strategy(extra_params)
         if chosen is not None:
             self.book.get(chosen)  # a bad choice is refused before anything is registered
+        existing = self.projects.lookup(key)
+        self.check_structured(config, chosen if chosen is not None else existing and existing.strategy)
         if access_token and self.secrets is not None:
             self.secrets.add(access_token)
         if key not in self.projects and self.connection.configured:
@@ -92,11 +95,24 @@ class Backend:
         self.learner.connected(state, publish=self.settings.publish_on_connect)
         return state.version
 
+    def check_structured(self, config, spec: str | None) -> None:
+        """Several <Choices> or a multi-label one need a strategy that values such outputs
+        (docs/methods.md §9.3): refused before anything is registered."""
+        if config.layout.simple:
+            return
+        strategy = self.book.get(spec)
+        if not strategy.structured:
+            who = f"strategy {spec!r}" if spec is not None else f"STRATEGY={self.settings.strategy}"
+            raise BadRequest(f"this label config asks {config.layout.describe()}; {who} values single-choice projects "
+                             f"only. Choose one of {', '.join(strategies.structured_names())} (STRATEGY, or the "
+                             "connection's extra params {\"strategy\": \"margin\"})")
+
     def choose_strategy(self, project: Any, spec: str | None) -> dict:
         """A project's own strategy (None: back to STRATEGY); the pool is re-scored and published."""
         state = self.projects.get_state(project_key(project))
         if spec is not None:
             self.book.get(spec)
+        self.check_structured(state.config, spec)
         if self.projects.set_strategy(state, spec):
             self.scorer.restore(state)
             self.learner.connected(state, publish=True)

@@ -165,6 +165,7 @@ class Settings:
     stop_window: int = setting(3, "Rounds the stopping signal averages κ over.", integer(1))
     stop_sample: int = setting(500, "Unlabeled tasks in the stopping signal's fixed sample (chosen by a seeded hash of the task id).", integer(10))
     review_top: int = setting(20, "After each round, list this many labeled tasks whose annotations look most suspicious (`/status` → `review`); `0` turns it off.", integer(0))
+    multilabel_threshold: float = setting(0.5, "A multi-label `<Choices choice=\"multiple\">` group predicts every label whose sigmoid probability reaches this; margin's multi-label value is the smallest distance to it ([Multi-label](#multi-label-and-several-questions)).", number(0.0, maximum=1.0))
     review_max_p: float = setting(0.5, "Only annotations whose label the trained head gives a probability below this are listed for review.", number(0.0))
     label_studio_tabs: bool = setting(True, "Keep two Data Manager tabs in each project: \"Queue: most useful first\" (ordered by score, with the score and model version columns) and \"Review: suspicious labels (N)\" (the review list; removed when empty). Your own tabs are never touched.", flag)
     review_method: str = setting("loss", "`loss` (the trained head's loss on the given label; cheap, as good as influence in docs/methods.md §6.4) or `influence` (last-layer self-influence, plus cross-fitted influence ψ on validation loss; `flag` marks ψ > 0 with p(label) < 0.5).", choice("loss", "influence"))

@@ -12,6 +12,7 @@ from torch import nn
 
 from active_adaptation.core.backbones import LoadedBackbone
 from active_adaptation.errors import ConfigError
+from active_adaptation.layout import DEFAULT_THRESHOLD, Layout
 from active_adaptation.strategies import Need
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,8 @@ class AdaptedModel:
     (so nothing learned is lost) but are masked out of predictions via ``active``.
     """
 
-    def __init__(self, base: LoadedBackbone, labels: Sequence[str], device: torch.device, seed: int = 0):
+    def __init__(self, base: LoadedBackbone, labels: Sequence[str], device: torch.device, seed: int = 0,
+                 layout: Layout | None = None, threshold: float = DEFAULT_THRESHOLD):
         if not labels:
             raise ValueError("a classifier needs at least one label")
         self.spec = base.spec
@@ -46,6 +48,9 @@ class AdaptedModel:
         self.target = copy.deepcopy(base.model)
         self.labels: list[str] = list(dict.fromkeys(labels))
         self.active: list[str] = list(self.labels)
+        # Several <Choices> or a multi-label one (layout.py); None: one single-choice group
+        self.layout: Layout | None = None if layout is None or layout.simple else layout
+        self.threshold = float(threshold)  # a multi-label group predicts every label with p >= threshold
         in_features = self.head.in_features
         self.target.set_submodule(self.spec.head, self._new_linear(in_features, len(self.labels), seed))
         self.target.to(device)
@@ -92,10 +97,18 @@ class AdaptedModel:
         self.target.train()
         _frozen_bn_eval(self.target, self.spec.frozen)
 
-    def set_labels(self, labels: Sequence[str]) -> list[str]:
+    @property
+    def structured(self) -> bool:
+        """Not the classic single-choice classifier (several groups, or multi-label)."""
+        return self.layout is not None
+
+    def set_labels(self, labels: Sequence[str], layout: Layout | None = None) -> list[str]:
         """Follow a changed label config. New labels grow the head (old rows are kept unchanged);
-        removed labels are masked out. Returns the labels that were added."""
+        removed labels are masked out. Returns the labels that were added. ``layout``: the
+        config's groups (None or simple: one single-choice group)."""
         wanted = list(dict.fromkeys(labels))
+        if layout is not None and not layout.simple and list(layout.flat) != wanted:
+            raise ValueError(f"the layout's outputs {list(layout.flat)} are not the labels {wanted}")
         if not wanted:
             raise ValueError("a classifier needs at least one label")
         added = [label for label in wanted if label not in self.labels]
@@ -111,6 +124,7 @@ class AdaptedModel:
                 self.labels.extend(added)
                 log.info("label config grew by %s; classifier head now has %d outputs", added, len(self.labels))
             self.active = wanted
+            self.layout = None if layout is None or layout.simple else layout
         return added
 
     @torch.no_grad()
@@ -135,41 +149,12 @@ class AdaptedModel:
         name, as_input = (name[:-3], True) if name.endswith(":in") else (name, False)
         return (name[:-5], True, as_input) if name.endswith("+relu") else (name, False, as_input)
 
-    def _hooked(self, net: nn.Module, z: torch.Tensor, layers: Sequence[str]) -> tuple[torch.Tensor, dict]:
-        """rest(net, z) with the outputs of ``layers`` captured (cloned: in-place ReLUs follow)."""
-        captured: dict[str, torch.Tensor] = {}
-        hooks = []
-
-        def keep(layer, relu):
-            def hook(_m, _a, out):
-                if layer in captured:
-                    raise ValueError(f"layer {layer} runs twice per forward pass; hook another module")
-                captured[layer] = (torch.relu(out) if relu else out).detach().float().clone()
-            return hook
-
-        for layer in layers:
-            name, relu, as_input = self.resolve_layer(layer)
-            module = net.get_submodule(name)
-            if as_input:
-                hooks.append(module.register_forward_pre_hook(lambda m, args, _k=keep(layer, relu): _k(m, args, args[0])))
-            else:
-                hooks.append(module.register_forward_hook(keep(layer, relu)))
-        try:
-            out = self.spec.rest(net, z)
-        finally:
-            for h in hooks:
-                h.remove()
-        missing = [layer for layer in layers if layer not in captured]
-        if missing:
-            raise ValueError(f"layers {missing} are inside the frozen trunk of {self.spec.name}; "
-                             "strategies can only hook layers after the freeze boundary")
-        return out, captured
-
     @torch.no_grad()
     def forward_from_trunk(self, z: torch.Tensor, needs: Iterable[Need], layers: Sequence[str] = ()) -> dict:
         """Run only the trainable part on trunk activations, computing every declared input once.
 
-        Returns a dict with 'logits' and 'probs' over ``active`` labels (always), plus
+        Returns a dict with 'logits' and 'probs' over ``active`` labels (always: a softmax, or per
+        group of a structured layout a softmax or sigmoids), plus
         'embeddings', 'features' (current model), 'source_probs' and 'source_features' (M0) when
         asked for.
         """
@@ -184,20 +169,21 @@ class AdaptedModel:
                     lambda _m, args: captured.__setitem__("embeddings", args[0].detach().flatten(1).clone())
                 ))
             try:
-                logits_all, feats = self._hooked(self.target, z, layers if Need.FEATURES in needs else ())
+                logits_all, feats = hooked(self, self.target, z, layers if Need.FEATURES in needs else ())
             finally:
                 for h in hooks:
                     h.remove()
             idx = [self.labels.index(label) for label in self.active]
             logits = logits_all[:, idx].float()
-            out = {"logits": logits.cpu(), "probs": logits.softmax(dim=1).cpu()}
+            probs = logits.softmax(dim=1) if self.layout is None else self.layout.probs(logits)
+            out = {"logits": logits.cpu(), "probs": probs.cpu()}
             if Need.EMBEDDINGS in needs:
                 out["embeddings"] = captured["embeddings"].float().cpu()
             if Need.FEATURES in needs:
                 out["features"] = {k: v.cpu() for k, v in feats.items()}
         if Need.SOURCE_PROBS in needs or Need.SOURCE_FEATURES in needs:
             with self.source_lock:  # M0 is shared by every project: its hooks must not interleave
-                src_logits, src_feats = self._hooked(
+                src_logits, src_feats = hooked(self, 
                     self.source, z, layers if Need.SOURCE_FEATURES in needs else ())
             if Need.SOURCE_PROBS in needs:
                 out["source_probs"] = src_logits.float().softmax(dim=1).cpu()
@@ -209,6 +195,21 @@ class AdaptedModel:
         """Logits over all head rows with autograd, from trunk activations (call train_mode first)."""
         return self.spec.rest(self.target, z)
 
+    def active_index(self) -> list[int]:
+        """The head rows of the active outputs, in order."""
+        return [self.labels.index(label) for label in self.active]
+
+    def decode(self, probs: torch.Tensor) -> list:
+        """What each row of ``probs`` (over the active outputs) predicts: a label, or for a
+        structured layout an answer dict (layout.py)."""
+        if self.layout is None:
+            return [self.active[j] for j in probs.argmax(dim=1).tolist()]
+        return self.layout.decode(probs, self.threshold)
+
+    def canonical(self, predicted) -> str:
+        """A prediction of :meth:`decode` as the canonical answer string."""
+        return predicted if self.layout is None else self.layout.canonical(predicted)
+
     def load_target_state(self, state_dict: dict, labels: Sequence[str], active: Sequence[str]) -> None:
         """Restore a checkpointed target (its head sized to ``labels``)."""
         with self.lock:
@@ -219,3 +220,34 @@ class AdaptedModel:
             self.target.load_state_dict(state_dict)
             self.labels, self.active = list(labels), list(active)
             self.freeze()
+
+
+def hooked(model: "AdaptedModel", net: nn.Module, z: torch.Tensor, layers: Sequence[str]) -> tuple[torch.Tensor, dict]:
+    """``model``'s rest(net, z) with the outputs of ``layers`` captured (cloned: in-place ReLUs follow)."""
+    captured: dict[str, torch.Tensor] = {}
+    hooks = []
+
+    def keep(layer, relu):
+        def hook(_m, _a, out):
+            if layer in captured:
+                raise ValueError(f"layer {layer} runs twice per forward pass; hook another module")
+            captured[layer] = (torch.relu(out) if relu else out).detach().float().clone()
+        return hook
+
+    for layer in layers:
+        name, relu, as_input = model.resolve_layer(layer)
+        module = net.get_submodule(name)
+        if as_input:
+            hooks.append(module.register_forward_pre_hook(lambda m, args, _k=keep(layer, relu): _k(m, args, args[0])))
+        else:
+            hooks.append(module.register_forward_hook(keep(layer, relu)))
+    try:
+        out = model.spec.rest(net, z)
+    finally:
+        for h in hooks:
+            h.remove()
+    missing = [layer for layer in layers if layer not in captured]
+    if missing:
+        raise ValueError(f"layers {missing} are inside the frozen trunk of {model.spec.name}; "
+                         "strategies can only hook layers after the freeze boundary")
+    return out, captured

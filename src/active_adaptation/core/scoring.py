@@ -79,7 +79,7 @@ def build_inputs(strategy: Strategy, model: AdaptedModel, merged: dict, keys: Se
         views = view_probs(model, images(), list(keys), strategy.views(), strategy.seed, round_, batch_size)
     head_weight = None
     if Need.HEAD_WEIGHT in needs:
-        idx = [model.labels.index(label) for label in model.active]
+        idx = model.active_index()
         head_weight = model.head.weight.detach()[idx].float().cpu()
     return ScoringInputs(
         n=len(keys), keys=list(keys), probs=merged.get("probs"), logits=merged.get("logits"),
@@ -88,7 +88,7 @@ def build_inputs(strategy: Strategy, model: AdaptedModel, merged: dict, keys: Se
         labeled_embeddings=labeled.get("embeddings"), labeled_probs=labeled.get("probs"),
         labeled_features=labeled.get("features", {}), view_probs=views, head_weight=head_weight, round=round_, planned_rounds=planned_rounds,
         state=state, full_pool=full_pool, fingerprints=None if fingerprints is None else list(fingerprints),
-        model_version=model_version,
+        model_version=model_version, layout=model.layout, threshold=model.threshold,
     )
 
 

@@ -40,10 +40,13 @@ class TrainConfig:
 @dataclass
 class Example:
     key: str  # task id
-    label: int  # index into model.labels
+    label: int  # index into model.labels (-1 for a structured layout: see ``target``)
     is_new: bool
     trunk: torch.Tensor | None = None  # cached trunk activations (augment == "none")
     image: torch.Tensor | None = None  # preprocessed image (augmentation on)
+    # A structured layout's target over the active outputs (layout.Layout.target: NaN = no answer)
+    target: torch.Tensor | None = None
+    answer: str | None = None  # the canonical answer (layout.py); the label for a simple layout
 
 
 def _augment(batch: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:
@@ -72,6 +75,24 @@ def _sample(n_old: int, n_new: int, config: TrainConfig, generator: torch.Genera
     return size - take_new, take_new
 
 
+def _batch_loss(model: AdaptedModel, batch: list[Example], config: TrainConfig, generator: torch.Generator,
+                device: torch.device, use_amp: bool) -> torch.Tensor:
+    """One mini-batch's loss: cross-entropy over the head's rows, or a structured layout's loss
+    over the active outputs (layout.py)."""
+    if config.augment == "none":
+        z = torch.stack([e.trunk for e in batch]).to(device)
+    else:
+        images = _augment(torch.stack([e.image for e in batch]), config.augment, generator)
+        with torch.no_grad():
+            z = model.spec.trunk(model.target, images.to(device))
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+        logits = model.logits_for_training(z)
+        if model.layout is None:
+            return nn.functional.cross_entropy(logits.float(), torch.tensor([e.label for e in batch], device=device))
+        targets = torch.stack([e.target for e in batch]).to(device)
+        return model.layout.loss(logits.float()[:, model.active_index()], targets)
+
+
 def fine_tune(model: AdaptedModel, examples: Sequence[Example], config: TrainConfig,
               progress: Callable[[int, float], None] | None = None) -> dict:
     """Train the unfrozen layers of ``model`` in place; pass a :meth:`AdaptedModel.clone` so that
@@ -92,7 +113,8 @@ def fine_tune(model: AdaptedModel, examples: Sequence[Example], config: TrainCon
         optimizer = torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
     else:
         raise ValueError(f"optimizer={config.optimizer!r}; allowed: adam, sgd")
-    loss_fn = nn.CrossEntropyLoss()
+    if model.layout is not None and any(e.target is None for e in examples):
+        raise ValueError("a structured layout trains on targets; an example has none")
     use_amp = config.amp and device.type == "cuda"
     losses: list[float] = []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -103,16 +125,7 @@ def fine_tune(model: AdaptedModel, examples: Sequence[Example], config: TrainCon
                 n_old, n_new = _sample(len(old), len(new), config, generator)
                 batch = [old[i] for i in torch.randint(len(old), (n_old,), generator=generator).tolist()] if n_old else []
                 batch += [new[i] for i in torch.randint(len(new), (n_new,), generator=generator).tolist()] if n_new else []
-                labels = torch.tensor([e.label for e in batch], device=device)
-                if config.augment == "none":
-                    z = torch.stack([e.trunk for e in batch]).to(device)
-                else:
-                    images = _augment(torch.stack([e.image for e in batch]), config.augment, generator)
-                    with torch.no_grad():
-                        z = model.spec.trunk(model.target, images.to(device))
-                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    logits = model.logits_for_training(z)
-                    loss = loss_fn(logits.float(), labels)
+                loss = _batch_loss(model, batch, config, generator, device, use_amp)
                 if not math.isfinite(loss.item()):
                     raise FloatingPointError(f"training loss became {loss.item()} at step {step}")
                 optimizer.zero_grad(set_to_none=True)

@@ -27,6 +27,7 @@ from .registry import register
 @register
 class AutoStrategy(Strategy):
     name = "auto"
+    structured = True  # with its default arms; an instance: when both of its arms are
     needs = frozenset({Need.PROBS, Need.EMBEDDINGS, Need.LABELED_EMBEDDINGS, Need.KEYS})  # the defaults'; see __init__
     description = ("Budget-aware: `cold` (TypiClust) while the project has fewer than `per_class` labels "
                    "per class, then `warm` (BADGE); the regime is in /status and each prediction's strategy.")
@@ -43,6 +44,7 @@ class AutoStrategy(Strategy):
         self.cold = from_spec(self.cold_spec.replace("/", ":"), seed=seed)
         self.warm = from_spec(self.warm_spec.replace("/", ":"), seed=seed)
         self.needs = frozenset(self.cold.needs | self.warm.needs | {Need.PROBS, Need.LABELED_EMBEDDINGS})
+        self.structured = self.cold.structured and self.warm.structured  # the defaults' are (docs/methods.md §9.3)
         self._info: dict[str, Any] = {}
 
     def params(self) -> dict:

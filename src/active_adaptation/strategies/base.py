@@ -18,14 +18,14 @@ from typing import Any, ClassVar, Mapping, Protocol, Sequence
 
 import torch
 
-from .errors import MissingInputError, PoolRelativeError, StrategyError
+from .errors import MissingInputError, PoolRelativeError, StrategyError, StructuredLayoutError
 
 
 class Need(str, enum.Enum):
     """Inputs a strategy can ask the scorer for."""
 
     KEYS = "keys"  # stable item identifiers (task ids), for seeded per-item randomness
-    PROBS = "probs"  # softmax of the current target head, (N, C)
+    PROBS = "probs"  # softmax of the current target head, (N, C); per group for a structured layout
     LOGITS = "logits"  # raw target-head outputs, (N, C)
     EMBEDDINGS = "embeddings"  # penultimate features h(x): the input of the target head, (N, D)
     FEATURES = "features"  # activations at the layers named by Strategy.layers(), {name: (N, ...)}
@@ -69,6 +69,12 @@ class ScoringInputs:
     # keeps what its last full-pool scoring computed under this name and scores later subsets of the
     # same model against it (docs/methods.md §0); None: nothing is kept or reused.
     model_version: str | None = None
+    # The outputs' groups (active_adaptation/layout.py) when the project is not one single-choice
+    # question (several <Choices>, or multi-label): ``probs`` then holds each group's softmax or
+    # sigmoids side by side. None: one single-choice group. Only strategies with ``structured``
+    # accept such inputs.
+    layout: Any = None
+    threshold: float = 0.5  # a multi-label output is predicted "on" at p >= threshold
 
     def item_ids(self) -> list[str | None]:
         """Per-item cache keys: the fingerprints, else the keys."""
@@ -152,6 +158,9 @@ class Strategy(ABC):
     # of the same model kept (ScoringInputs.model_version) and raises PoolRelativeError without it;
     # False: every value depends on the item alone (and on kept per-project state).
     pool_relative: ClassVar[bool] = False
+    # True: the strategy also values items of a structured layout (ScoringInputs.layout: several
+    # choice groups, multi-label; docs/methods.md §9), for which it documents its rule.
+    structured: ClassVar[bool] = False
 
     def __init__(self, seed: int = 0) -> None:
         self.seed = int(seed)
@@ -198,6 +207,9 @@ class Strategy(ABC):
 
     def __call__(self, inputs: ScoringInputs) -> torch.Tensor:
         """Run :meth:`acquisition` and enforce the contract on its result."""
+        if inputs.layout is not None and not self.structured:
+            raise StructuredLayoutError(f"strategy '{self.name}' values single-choice projects only; for several "
+                                        f"<Choices> or multi-label use one of: {', '.join(structured_names())}")
         if inputs.n == 0:
             return torch.zeros(0, dtype=torch.float64)
         values = self.acquisition(inputs)
@@ -212,3 +224,11 @@ class Strategy(ABC):
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
         return f"{type(self).__name__}({args})"
+
+
+_STRUCTURED: set[str] = set()  # filled by registry.register
+
+
+def structured_names() -> list[str]:
+    """The registered strategies that accept a structured layout."""
+    return sorted(_STRUCTURED)

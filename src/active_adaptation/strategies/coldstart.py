@@ -169,6 +169,7 @@ def probcover(pool: torch.Tensor, labeled: torch.Tensor | None, b: int, delta: f
 
 @register
 class TypiClustStrategy(BudgetStrategy):
+    structured = True  # embeddings only
     name = "typiclust"
     needs = frozenset({Need.EMBEDDINGS, Need.LABELED_EMBEDDINGS, Need.KEYS})
     description = ("TypiClust (Hacohen et al.): the most typical item of each of the largest clusters that hold no "
@@ -198,6 +199,7 @@ class TypiClustStrategy(BudgetStrategy):
 @register
 class ProbCoverStrategy(BudgetStrategy):
     name = "probcover"
+    structured = True  # embeddings; the purity rule's k-means has one cluster per output
     needs = frozenset({Need.PROBS, Need.EMBEDDINGS, Need.LABELED_EMBEDDINGS, Need.KEYS})
     description = ("ProbCover (Yehuda et al.): greedy coverage of the pool by δ-balls, δ from the purity rule; "
                    "for the first labels of a project (cold start).")

@@ -48,14 +48,32 @@ def badge_distances(a: torch.Tensor, h: torch.Tensor, center: int) -> torch.Tens
     return (na + na[center] - 2 * (a @ a[center]) * (h @ h[center])).clamp_min(0)
 
 
-def badge(probs: torch.Tensor, h: torch.Tensor, b: int, seed: int = 0) -> torch.Tensor:
-    """BADGE selection: k-means++ seeding on g = (p - e_ŷ) ⊗ h; the first pick is the largest ||g||."""
+def residual(p: torch.Tensor, layout=None, threshold: float = 0.5) -> torch.Tensor:
+    """a = p - ŷ, the gradient of the loss at the model's own prediction ŷ with respect to the
+    logits: ŷ = e_argmax for a single-choice group (cross-entropy), ŷ_k = [p_k >= threshold] for a
+    multi-label group (binary cross-entropy), group by group for a structured layout (docs/methods.md §9.3)."""
+    p = p.to(torch.float64)
+    if layout is None:
+        return p - torch.nn.functional.one_hot(p.argmax(dim=1), p.shape[1]).to(torch.float64)
+    a = torch.empty_like(p)
+    for g, lo, hi in layout.slices():
+        q = p[:, lo:hi]
+        if g.multiple:
+            a[:, lo:hi] = q - (q >= threshold).to(torch.float64)
+        else:
+            a[:, lo:hi] = q - torch.nn.functional.one_hot(q.argmax(dim=1), hi - lo).to(torch.float64)
+    return a
+
+
+def badge(probs: torch.Tensor, h: torch.Tensor, b: int, seed: int = 0, layout=None, threshold: float = 0.5) -> torch.Tensor:
+    """BADGE selection: k-means++ seeding on g = (p - ŷ) ⊗ h (:func:`residual`); the first pick is
+    the largest ||g||."""
     p, h = probs.to(torch.float64), h.to(torch.float64).flatten(1)
     n = p.shape[0]
     b = min(b, n)
     if b <= 0:
         return torch.zeros(0, dtype=torch.long)
-    a = p - torch.nn.functional.one_hot(p.argmax(dim=1), p.shape[1]).to(torch.float64)
+    a = residual(p, layout, threshold)
     generator = torch.Generator().manual_seed(seed)
     norms = a.pow(2).sum(dim=1) * h.pow(2).sum(dim=1)
     chosen = [int(torch.argmax(norms))]
@@ -160,6 +178,7 @@ class BudgetStrategy(Strategy):
 
 @register
 class CoreSetStrategy(BudgetStrategy):
+    structured = True  # embeddings only
     name = "coreset"
     needs = frozenset({Need.EMBEDDINGS, Need.LABELED_EMBEDDINGS, Need.KEYS})
     description = ("Core-set (Sener & Savarese): k-center greedy on penultimate features, away from the labeled "
@@ -190,6 +209,7 @@ class CoreSetStrategy(BudgetStrategy):
 @register
 class BadgeStrategy(BudgetStrategy):
     name = "badge"
+    structured = True
     needs = frozenset({Need.PROBS, Need.EMBEDDINGS, Need.KEYS})
     description = ("BADGE (Ash et al.): k-means++ seeding on last-layer gradient embeddings (p - e_y) x h, "
                    "factorised; `budget` picks, then the rest by gradient-space distance to the picks.")
@@ -197,8 +217,8 @@ class BadgeStrategy(BudgetStrategy):
     def ordered_values(self, inputs: ScoringInputs, perm: torch.Tensor) -> tuple[torch.Tensor, dict]:
         p = inputs.require(Need.PROBS).to(torch.float64)[perm]
         h = inputs.require(Need.EMBEDDINGS).to(torch.float64).flatten(1)[perm]
-        picks = badge(p, h, self.budget, self.seed)
-        a = p - torch.nn.functional.one_hot(p.argmax(dim=1), p.shape[1]).to(torch.float64)
+        picks = badge(p, h, self.budget, self.seed, inputs.layout, inputs.threshold)
+        a = residual(p, inputs.layout, inputs.threshold)
         nearest = torch.full((p.shape[0],), torch.inf, dtype=torch.float64)
         for c in picks.tolist():
             nearest = torch.minimum(nearest, badge_distances(a, h, c))
@@ -208,7 +228,7 @@ class BadgeStrategy(BudgetStrategy):
     def new_item_rest(self, inputs: ScoringInputs, idx: list[int], reference: dict) -> torch.Tensor:
         p = inputs.require(Need.PROBS).to(torch.float64)[idx]
         h = inputs.require(Need.EMBEDDINGS).to(torch.float64).flatten(1)[idx]
-        a = p - torch.nn.functional.one_hot(p.argmax(dim=1), p.shape[1]).to(torch.float64)
+        a = residual(p, inputs.layout, inputs.threshold)
         ac, hc = reference["a"], reference["h"]
         na = a.pow(2).sum(dim=1) * h.pow(2).sum(dim=1)
         nc = ac.pow(2).sum(dim=1) * hc.pow(2).sum(dim=1)
@@ -249,6 +269,7 @@ class DiverseQueue(Strategy):
         self.seed = inner.seed
         self.name = inner.name
         self.needs = frozenset(inner.needs | {Need.EMBEDDINGS})
+        self.structured = inner.structured
 
     def params(self) -> dict:
         return {**self.inner.params(), "queue_diversity": f"coreset@{self.top}"}

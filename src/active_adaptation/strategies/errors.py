@@ -17,3 +17,8 @@ class PoolRelativeError(StrategyError):
     """A subset of the pool cannot be scored on its own: the strategy's values are defined relative to
     the whole pool (a reference sample, a greedy selection) and no full-pool scoring of this model
     version has been kept. The scorer gives such tasks a neutral queue rank, never the top."""
+
+
+class StructuredLayoutError(StrategyError):
+    """The project's outputs are structured (several choice groups, or multi-label) and the strategy
+    only knows one single-choice group."""

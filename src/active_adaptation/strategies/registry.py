@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Strategy
+from .base import _STRUCTURED, Strategy
 from .errors import UnknownStrategyError
 
 _REGISTRY: dict[str, type[Strategy]] = {}
@@ -17,6 +17,8 @@ def register(cls: type[Strategy]) -> type[Strategy]:
     if name in _REGISTRY and _REGISTRY[name] is not cls:
         raise ValueError(f"strategy '{name}' is already registered by {_REGISTRY[name].__qualname__}")
     _REGISTRY[name] = cls
+    if cls.structured:
+        _STRUCTURED.add(name)
     return cls
 
 

@@ -59,9 +59,44 @@ def uniform_from_keys(keys: Sequence[str], seed: int) -> torch.Tensor:
     return out
 
 
+def structured(probs: torch.Tensor, layout, threshold: float, kind: str) -> torch.Tensor:
+    """An uncertainty of a structured layout (docs/methods.md §9.3): each group's value on a 0..1
+    scale, averaged over the groups (every group counts the same: an annotation answers them all).
+
+    * single-choice group of K labels: entropy / log K, margin, or (1 - max p) / (1 - 1/K);
+    * multi-label group: the mean binary entropy / log 2 (``entropy``), 1 - (the smallest distance
+      of a label's p to the threshold) / max(t, 1 - t) (``margin``), or the mean of 2 min(p, 1 - p)
+      (``least_confidence``).
+    """
+    p = probs.to(torch.float64)
+    parts = []
+    for g, a, b in layout.slices():
+        q = p[:, a:b]
+        k = b - a
+        if g.multiple:
+            if kind == "entropy":
+                qc = q.clamp(_EPS, 1 - _EPS)
+                parts.append((-(qc * qc.log() + (1 - qc) * (1 - qc).log())).mean(dim=1) / torch.log(torch.tensor(2.0)))
+            elif kind == "margin":
+                t = float(threshold)
+                parts.append(1.0 - (q - t).abs().min(dim=1).values / max(t, 1.0 - t))
+            else:
+                parts.append((2.0 * torch.minimum(q, 1.0 - q)).mean(dim=1))
+        elif k < 2:
+            parts.append(torch.zeros(p.shape[0], dtype=torch.float64))
+        elif kind == "entropy":
+            parts.append(entropy(q) / torch.log(torch.tensor(float(k), dtype=torch.float64)))
+        elif kind == "margin":
+            parts.append(margin(q))
+        else:
+            parts.append(least_confidence(q) / (1.0 - 1.0 / k))
+    return torch.stack(parts, dim=1).mean(dim=1)
+
+
 @register
 class RandomStrategy(Strategy):
     name = "random"
+    structured = True
     needs = frozenset({Need.KEYS})
     description = "Uniform random order, fixed per task by the seed (the baseline to beat)."
 
@@ -72,14 +107,18 @@ class RandomStrategy(Strategy):
 class _ProbsStrategy(Strategy):
     needs = frozenset({Need.PROBS})
     function = staticmethod(entropy)
+    kind: str | None = None  # the structured-layout counterpart (``structured``), when there is one
 
     def acquisition(self, inputs: ScoringInputs) -> torch.Tensor:
+        if inputs.layout is not None:
+            return structured(inputs.require(Need.PROBS), inputs.layout, inputs.threshold, self.kind)
         return type(self).function(inputs.require(Need.PROBS))
 
 
 @register
 class LeastConfidenceStrategy(_ProbsStrategy):
     name = "least_confidence"
+    structured, kind = True, "least_confidence"
     description = "1 - max probability of the current model."
     function = staticmethod(least_confidence)
 
@@ -87,6 +126,7 @@ class LeastConfidenceStrategy(_ProbsStrategy):
 @register
 class MarginStrategy(_ProbsStrategy):
     name = "margin"
+    structured, kind = True, "margin"
     description = "1 - (p1 - p2): the two most likely labels are close."
     function = staticmethod(margin)
 
@@ -94,6 +134,7 @@ class MarginStrategy(_ProbsStrategy):
 @register
 class EntropyStrategy(_ProbsStrategy):
     name = "entropy"
+    structured, kind = True, "entropy"
     description = "Shannon entropy of the current model's predicted distribution."
     function = staticmethod(entropy)
 
