@@ -209,3 +209,20 @@ def test_a_stopped_simulation_resumes_from_its_journal(tmp_path, capsys):
                           str(tmp_path / "cache"), "--out", str(out), "--resume"]) == 0
     err = capsys.readouterr().err
     assert "starting over" in err and "batch" in err  # says what differs
+
+
+def test_the_multi_label_track_trains_sigmoids_and_reports_micro_f1(tmp_path):
+    from active_adaptation.simulation.datasets import multi_digits
+
+    ds = multi_digits()
+    assert ds.target.y.shape == (len(ds.target.x), 5) and set(ds.target.y.unique().tolist()) == {0.0, 1.0}
+    assert (ds.target.y.sum(1) == 0).any() and (ds.target.y.sum(1) >= 2).any()  # empty and several-label images
+    results, out = run(tmp_path, "--dataset", "multi-digits", "--strategies", "random,margin,badge", "--batch", "4")
+    jsonschema.validate(results, RESULTS_SCHEMA)
+    for r in results["runs"]:
+        assert [x["labels"] for x in r["rounds"]] == [20, 24, 28]
+        assert all(0 <= x["accuracy"] <= 1 for x in r["rounds"])
+    assert "micro-F1" in (out / "summary.md").read_text()
+    code = simulate.main(["--dataset", "multi-digits", "--strategies", "adma", *TINY, "--cache", str(tmp_path / "cache"),
+                          "--out", str(tmp_path / "refused")])
+    assert code != 0  # ADMA cannot value multi-label outputs: refused, not replaced by another method

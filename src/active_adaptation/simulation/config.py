@@ -16,6 +16,7 @@ TRACK_DEFAULTS = {  # docs/methods.md §8.2
     "digits-novel": dict(initial=100, batch=5, rounds=10, steps=1000, lr=1e-4, source_steps=0),
     "imagefolder": dict(initial=10, batch=10, rounds=10, steps=100, lr=1e-3, source_steps=1000),
     "fashion-mnist": dict(initial=10, batch=10, rounds=15, steps=60, lr=1e-3, source_steps=0),
+    "multi-digits": dict(initial=20, batch=20, rounds=10, steps=150, lr=1e-3, source_steps=2000),
 }
 # The pretrained track (docs/methods.md §8.2): ImageNet EfficientNet-Lite0 at 64 px with everything up
 # to blocks.5 frozen, sized for a 2-core CPU (about 70 s per 15-round run); on a GPU use 224 px.
@@ -107,7 +108,7 @@ def build_parser(description: str = "") -> argparse.ArgumentParser:
         prog="python -m active_adaptation.simulation", description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog="strategies: " + ", ".join(strategies.available()))
     p.add_argument("--dataset", default="cluttered-digits",
-                   help="digits | cluttered-digits | digits-novel | fashion-mnist | imagefolder:PATH "
+                   help="digits | cluttered-digits | digits-novel | fashion-mnist | multi-digits | imagefolder:PATH "
                         "(default: cluttered-digits)")
     p.add_argument("--source", default=None, help="ImageFolder of the source task (with imagefolder:PATH)")
     p.add_argument("--strategies", default="random,margin,emoc,badge,adma",
@@ -155,7 +156,7 @@ def _check_dataset(args, parser) -> str:
     track = "imagefolder" if args.dataset.startswith("imagefolder:") else args.dataset
     if track not in TRACK_DEFAULTS:
         parser.error(f"unknown dataset {args.dataset!r}; allowed: digits, cluttered-digits, digits-novel, fashion-mnist, "
-                     "imagefolder:PATH")
+                     "multi-digits, imagefolder:PATH")
     defaults = TRACK_BACKBONE.get(track, {})
     if args.backbone is None:  # digits-novel starts from random weights: train every layer (docs/results.md)
         args.backbone = defaults.get("backbone", "smallcnn-unfrozen" if track == "digits-novel" else "smallcnn")

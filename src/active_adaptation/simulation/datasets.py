@@ -20,8 +20,9 @@ TARGET_TEXTURES = ("camera", "moon", "coins", "page")
 @dataclass
 class Task:
     x: torch.Tensor  # (N, 3, H, W)
-    y: torch.Tensor  # (N,)
+    y: torch.Tensor  # (N,); a multi-label task: (N, C) of 0/1
     classes: list[str]
+    layout: object = None  # a multi-label task's ``active_adaptation.layout.Layout``; None: single-label
 
 
 @dataclass
@@ -159,5 +160,41 @@ def fashion_mnist(folder: Path | None = None, size: int = FASHION_SIZE) -> Datas
                    f"Fashion-MNIST ({folder}), {size} of 70,000 images, 28x28 grey, 10 classes")
 
 
+def multi_digits(size: int = 32) -> Dataset:
+    """The multi-label track (docs/methods.md §9.5). Source: one digit 0-4 at a random place on a
+    ``size``² canvas (single-label, to pretrain M0). Target: 2-3 digits of 0-9, each in its own
+    quadrant at a random offset; the labels are which of 5-9 appear (any subset, the empty one too):
+    new classes, several per image, and distractors M0 knows."""
+    from active_adaptation.layout import Group, Layout
+
+    images, labels = _digits()
+    rng = np.random.default_rng(4242)
+    half = size // 2
+    src = np.nonzero(labels < 5)[0]
+    source = np.zeros((len(src), size, size), dtype=np.float32)
+    for i, j in enumerate(src):
+        r, c = rng.integers(size - 8 + 1, size=2)
+        source[i, r:r + 8, c:c + 8] = images[j]
+    n = len(labels)
+    target = np.zeros((n, size, size), dtype=np.float32)
+    y = np.zeros((n, 5), dtype=np.float32)
+    for i in range(n):
+        quadrants = rng.permutation(4)[: rng.integers(2, 4)]
+        for q in quadrants:
+            j = rng.integers(n)
+            r = (q // 2) * half + rng.integers(half - 8 + 1)
+            c = (q % 2) * half + rng.integers(half - 8 + 1)
+            target[i, r:r + 8, c:c + 8] = images[j]
+            if labels[j] >= 5:
+                y[i, labels[j] - 5] = 1.0
+    classes = [str(i) for i in range(5, 10)]
+    return Dataset(
+        "multi-digits",
+        Task(_to_tensor(source), torch.from_numpy(labels[src]), [str(i) for i in range(5)]),
+        Task(_to_tensor(target), torch.from_numpy(y), classes, Layout((Group("digits", tuple(classes), True),))),
+        f"multi-label: 2-3 scikit-learn digits per {size}x{size} image, labels = which of 5-9 appear; source: one digit 0-4",
+    )
+
+
 DATASETS = {"digits": digits, "cluttered-digits": cluttered_digits, "digits-novel": digits_novel,
-            "fashion-mnist": fashion_mnist}
+            "fashion-mnist": fashion_mnist, "multi-digits": multi_digits}

@@ -34,10 +34,17 @@ def initial_labels(pool: np.ndarray, seed: int, size: int) -> list[int]:
 
 
 def evaluate(model: AdaptedModel, z_test: torch.Tensor, y_test: torch.Tensor) -> tuple[float, float | None]:
-    """(accuracy, macro one-vs-rest AUROC or None when a class is missing from the test set)."""
-    from sklearn.metrics import roc_auc_score
+    """(accuracy, macro one-vs-rest AUROC or None when a class is missing from the test set). A
+    multi-label track: (micro-F1 at the model's threshold, macro AUROC over the labels)."""
+    from sklearn.metrics import f1_score, roc_auc_score
 
     probs = forward_batches(model, z_test, {Need.PROBS}, (), BATCH)["probs"].double()
+    if model.layout is not None:
+        y = y_test.numpy().astype(int)
+        f1 = float(f1_score(y, (probs >= model.threshold).numpy().astype(int), average="micro", zero_division=0))
+        if (y.sum(0) == 0).any() or (y.sum(0) == len(y)).any():
+            return f1, None
+        return f1, float(roc_auc_score(y, probs.numpy(), average="macro"))
     acc = float((probs.argmax(1) == y_test).double().mean())
     c = probs.shape[1]
     if len(set(y_test.tolist())) != c or c < 2:
@@ -61,7 +68,10 @@ def _fit(model, z, y_train, labeled, new, cfg: SimConfig, seed: int, round_: int
     """Train on the labels so far; with data dropout, compute ψ on the trained head, leave out the
     harmful labels and train again from the same start (what the backend's round does)."""
     new = set(new)
-    examples = [Example(f"{i:06d}", int(y_train[i]), i in new, trunk=z[i]) for i in labeled]
+    if model.layout is not None:  # multi-label: the oracle's 0/1 row is the target
+        examples = [Example(f"{i:06d}", -1, i in new, trunk=z[i], target=y_train[i].float()) for i in labeled]
+    else:
+        examples = [Example(f"{i:06d}", int(y_train[i]), i in new, trunk=z[i]) for i in labeled]
     config = TrainConfig(steps=cfg.steps, lr=cfg.lr, weight_decay=5e-4, batch_size=cfg.train_batch,
                          new_fraction=cfg.new_fraction, seed=seed * 1000 + round_, optimizer=cfg.optimizer)
     started = time.perf_counter()
@@ -90,8 +100,12 @@ def _noise_report(model, fitted: dict, noisy: set[int]) -> dict:
 STOP_SET = 1000  # items of the pool in the stopping signal's stop set
 
 
-def _predictions(model: AdaptedModel, z: torch.Tensor) -> list[int]:
-    return forward_batches(model, z, {Need.PROBS}, (), BATCH)["probs"].argmax(1).tolist()
+def _predictions(model: AdaptedModel, z: torch.Tensor) -> list:
+    """What the model predicts for each item (a multi-label one: its canonical answer string)."""
+    probs = forward_batches(model, z, {Need.PROBS}, (), BATCH)["probs"]
+    if model.layout is None:
+        return probs.argmax(1).tolist()
+    return [model.canonical(p) for p in model.decode(probs)]
 
 
 def step(model, z, y, labeled: list[int], new, test, cfg: SimConfig, seed: int, round_: int, score_s: float,
@@ -101,10 +115,11 @@ def step(model, z, y, labeled: list[int], new, test, cfg: SimConfig, seed: int, 
     y_train = y if y_train is None else y_train
     train_s, fitted = _fit(model, z, y_train, labeled, new, cfg, seed, round_)
     acc, auc = evaluate(model, z[test], y[test])
-    row = {"labels": len(labeled), "accuracy": acc, "auc": auc, "classes_discovered": len(set(y[labeled].tolist())),
+    discovered = int((y[labeled].sum(0) > 0).sum()) if y.dim() == 2 else len(set(y[labeled].tolist()))
+    row = {"labels": len(labeled), "accuracy": acc, "auc": auc, "classes_discovered": discovered,
            "score_seconds": score_s, "train_seconds": train_s}
     if cfg.label_noise > 0 or cfg.dropout:
-        row.update(_noise_report(model, fitted, {i for i in labeled if int(y_train[i]) != int(y[i])}))
+        row.update(_noise_report(model, fitted, {i for i in labeled if not torch.equal(y_train[i], y[i])}))
     return row
 
 
@@ -141,7 +156,7 @@ def _setup(cfg: SimConfig, seed: int):
     torch.set_num_threads(cfg.threads)
     ds = dataset_of(cfg)
     model = AdaptedModel(base_model(cfg.backbone, cfg.m0, cfg.freeze, cfg.image_size), ds.target.classes,
-                         resolve_device(cfg.device), seed)
+                         resolve_device(cfg.device), seed, layout=ds.target.layout)
     return (ds, model, *_target_inputs(cfg, model))
 
 
@@ -168,6 +183,8 @@ def run_al(cfg: SimConfig, spec: str, seed: int, progress=None) -> dict:
     prepare_strategy(strategy, cfg, model, ds)
     strategy = strategies.with_queue_diversity(strategy, cfg.queue, cfg.queue_diversity_top)
     y = ds.target.y
+    if ds.target.layout is not None and cfg.label_noise > 0:
+        raise ValueError("--label-noise flips single labels; the multi-label track has none to flip")
     y_oracle = noisy_labels(y, len(ds.target.classes), cfg.label_noise, seed)
     pool, test = split_pool(len(y), seed)
     if (error := cfg.budget_error(len(pool))) is not None:

@@ -19,6 +19,6 @@ class PoolRelativeError(StrategyError):
     version has been kept. The scorer gives such tasks a neutral queue rank, never the top."""
 
 
-class StructuredLayoutError(StrategyError):
+class StructuredLayoutError(StrategyError, ValueError):
     """The project's outputs are structured (several choice groups, or multi-label) and the strategy
     only knows one single-choice group."""
