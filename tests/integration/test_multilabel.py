@@ -85,6 +85,8 @@ def test_a_multi_label_and_a_single_choice_question_learn_and_reorder(label_stud
             expected[f"parity/{answer(truth[t])['parity']}"] = expected.get(f"parity/{answer(truth[t])['parity']}", 0) + 1
         assert history[-1]["per_class"] == expected
         assert history[-1]["prequential"]["n"] == 14
+        page = requests.get(f"{backend.url}/dashboard", timeout=30)  # labels per output on the dashboard
+        assert page.status_code == 200 and "traits/big" in page.text and "parity/odd" in page.text
 
 
 def test_structured_configs_refuse_strategies_that_cannot_value_them(label_studio, digits64, tmp_path):
