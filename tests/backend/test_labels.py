@@ -1,6 +1,9 @@
 import pytest
 
-from active_adaptation.backend.labels import resolve_label
+from active_adaptation.backend.label_config import ClassificationConfig
+from active_adaptation.backend.labels import task_answer
+
+CONFIG = ClassificationConfig("label", "image", "image", ("cat", "dog"))
 
 
 def ann(choice, id_, updated, cancelled=False, from_name="label"):
@@ -20,5 +23,5 @@ def ann(choice, id_, updated, cancelled=False, from_name="label"):
     ([ann("cat", 1, "2026-01-01", from_name="other")], None),               # another control
 ])
 def test_resolution_table(annotations, expected):
-    assert resolve_label(annotations, "label") == expected
-    assert resolve_label(list(reversed(annotations)), "label") == expected  # order-independent
+    assert task_answer(annotations, CONFIG) == expected
+    assert task_answer(list(reversed(annotations)), CONFIG) == expected  # order-independent

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from dataclasses import dataclass
 from typing import Callable
 from urllib.parse import urlsplit
@@ -308,8 +307,6 @@ def run_round(ctx: JobContext, force: bool) -> None:
 # ---------------------------------------------------------------------------- publishing
 def per_class(config, answers) -> dict[str, int]:
     """Labels per output (``group/label`` for several groups): the dashboard's bar chart."""
-    if config.layout.simple:
-        return dict(Counter(answers))
     return dict(config.layout.per_class(config.layout.parse(a) for a in answers))
 
 

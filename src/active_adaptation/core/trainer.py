@@ -76,9 +76,9 @@ def _sample(n_old: int, n_new: int, config: TrainConfig, generator: torch.Genera
 
 
 def _batch_loss(model: AdaptedModel, batch: list[Example], config: TrainConfig, generator: torch.Generator,
-                device: torch.device, use_amp: bool) -> torch.Tensor:
+                device: torch.device, use_amp: bool, active: list[int]) -> torch.Tensor:
     """One mini-batch's loss: cross-entropy over the head's rows, or a structured layout's loss
-    over the active outputs (layout.py)."""
+    over the active outputs (layout.py; ``active``: their head rows)."""
     if config.augment == "none":
         z = torch.stack([e.trunk for e in batch]).to(device)
     else:
@@ -90,7 +90,7 @@ def _batch_loss(model: AdaptedModel, batch: list[Example], config: TrainConfig, 
         if model.layout is None:
             return nn.functional.cross_entropy(logits.float(), torch.tensor([e.label for e in batch], device=device))
         targets = torch.stack([e.target for e in batch]).to(device)
-        return model.layout.loss(logits.float()[:, model.active_index()], targets)
+        return model.layout.loss(logits.float()[:, active], targets)
 
 
 def fine_tune(model: AdaptedModel, examples: Sequence[Example], config: TrainConfig,
@@ -113,6 +113,7 @@ def fine_tune(model: AdaptedModel, examples: Sequence[Example], config: TrainCon
         optimizer = torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
     else:
         raise ValueError(f"optimizer={config.optimizer!r}; allowed: adam, sgd")
+    active = model.active_index()
     if model.layout is not None and any(e.target is None for e in examples):
         raise ValueError("a structured layout trains on targets; an example has none")
     use_amp = config.amp and device.type == "cuda"
@@ -125,7 +126,7 @@ def fine_tune(model: AdaptedModel, examples: Sequence[Example], config: TrainCon
                 n_old, n_new = _sample(len(old), len(new), config, generator)
                 batch = [old[i] for i in torch.randint(len(old), (n_old,), generator=generator).tolist()] if n_old else []
                 batch += [new[i] for i in torch.randint(len(new), (n_new,), generator=generator).tolist()] if n_new else []
-                loss = _batch_loss(model, batch, config, generator, device, use_amp)
+                loss = _batch_loss(model, batch, config, generator, device, use_amp, active)
                 if not math.isfinite(loss.item()):
                     raise FloatingPointError(f"training loss became {loss.item()} at step {step}")
                 optimizer.zero_grad(set_to_none=True)

@@ -5,6 +5,7 @@ All functions return acquisition values, larger = label first (docs/methods.md Â
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Sequence
 
 import torch
@@ -76,7 +77,7 @@ def structured(probs: torch.Tensor, layout, threshold: float, kind: str) -> torc
         if g.multiple:
             if kind == "entropy":
                 qc = q.clamp(_EPS, 1 - _EPS)
-                parts.append((-(qc * qc.log() + (1 - qc) * (1 - qc).log())).mean(dim=1) / torch.log(torch.tensor(2.0)))
+                parts.append((-(qc * qc.log() + (1 - qc) * (1 - qc).log())).mean(dim=1) / math.log(2.0))
             elif kind == "margin":
                 t = float(threshold)
                 parts.append(1.0 - (q - t).abs().min(dim=1).values / max(t, 1.0 - t))
@@ -85,7 +86,7 @@ def structured(probs: torch.Tensor, layout, threshold: float, kind: str) -> torc
         elif k < 2:
             parts.append(torch.zeros(p.shape[0], dtype=torch.float64))
         elif kind == "entropy":
-            parts.append(entropy(q) / torch.log(torch.tensor(float(k), dtype=torch.float64)))
+            parts.append(entropy(q) / math.log(k))
         elif kind == "margin":
             parts.append(margin(q))
         else:
