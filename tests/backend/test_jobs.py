@@ -21,7 +21,7 @@ class ProjectAPIStandIn:
         self.calls: list[tuple] = []  # what was done, in order
         self.view_list: list[dict] = []
 
-    def tasks(self):
+    def tasks(self, index=None):
         return self.tasks_list
 
     def delete_version(self, version):
@@ -155,5 +155,38 @@ def test_the_top_of_the_new_queue_is_imported_before_the_switch_and_the_rest_aft
         kinds = [c[0] for c in api.calls]
         assert kinds.index("switch") < kinds.index("delete", 1) and api.calls[-1] == ("delete", v1)
         assert {p["model_version"] for p in api.imported} == {ctx.state.version}
+    finally:
+        backend.close()
+
+
+def test_the_background_import_gives_way_to_a_round_and_the_next_complete_publish_prunes(tmp_path, digits64):
+    """A round that is due stops the rest of a publish between chunks: the project already follows
+    the new version, nothing older is pruned yet (the old predictions still show in the Data
+    Manager), and the next publish that completes deletes every older version."""
+    backend, ctx, api = context(tmp_path, digits64, labeled=4, PUBLISH_FIRST="5", PUBLISH_CHUNK="4")
+    try:
+        jobs.run_round(ctx, force=True)
+        v1 = ctx.state.version
+        for t in api.tasks_list[4:8]:
+            t["annotations"] = api.tasks_list[0]["annotations"]
+        api.calls.clear()
+        due = iter([False, True])  # one chunk of the rest, then a round is due
+        ctx.round_due = lambda: next(due)
+        jobs.run_round(ctx, force=True)
+        v2 = ctx.state.version
+        kinds = [c[0] for c in api.calls]
+        assert kinds == ["delete", "import", "import", "switch", "import"]  # clear v2, top 5, switch, one chunk
+        assert api.model_version == v2 == ctx.state.published_version and ("delete", v1) not in api.calls
+        assert {p["model_version"] for p in api.imported} == {v1, v2}
+        progress = ctx.status.info["publish_progress"]
+        assert progress["interrupted"] and progress["imported"] == 9 and progress["total"] == 12
+        ctx.round_due = lambda: False
+        for t in api.tasks_list[8:11]:
+            t["annotations"] = api.tasks_list[0]["annotations"]
+        api.calls.clear()
+        jobs.run_round(ctx, force=True)
+        assert {c for c in api.calls if c[0] == "delete"} >= {("delete", v1), ("delete", v2)}
+        assert {p["model_version"] for p in api.imported} == {ctx.state.version}
+        assert len(api.imported) == 9  # every unlabeled task: 20 - 11 labeled
     finally:
         backend.close()

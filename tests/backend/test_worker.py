@@ -141,3 +141,17 @@ def test_stop_ends_the_thread():
     worker.stop()
     worker.thread.join(5)
     assert not worker.thread.is_alive()
+
+
+def test_a_round_is_due_for_a_background_import_only_once_its_debounce_has_passed():
+    clock, jobs = FakeClock(), Jobs()
+    worker = make(jobs, clock)
+    assert not worker.round_due()
+    worker.labels_changed()
+    clock.now += 4.9
+    assert not worker.round_due()  # annotators are still at it: the import goes on
+    clock.now += 0.2
+    assert worker.round_due()
+    assert drain(worker) == [("round", False)] and not worker.round_due()
+    worker.stop()
+    assert worker.round_due()  # stopping: give way too

@@ -70,6 +70,7 @@ class JobContext:
     webhook_secret: Callable[[], str]  # this project's webhook header value
     instance_id: str  # this backend's /health "instance" (tells it apart from other backends)
     stopped: Callable[[], bool] = lambda: False
+    round_due: Callable[[], bool] = lambda: False  # a round is waiting: background imports give way to it
 
     def api(self) -> ProjectAPI:
         return self.api_factory(int(self.state.key))
@@ -259,7 +260,8 @@ def run_round(ctx: JobContext, force: bool) -> None:
     state, status = ctx.state, ctx.status
     status.set("running", "reading labels from Label Studio")
     read_started = time.perf_counter()
-    tasks = ctx.call(ctx.api().tasks, "listing tasks")
+    api = ctx.api()
+    tasks = ctx.call(lambda: api.tasks(state.listing), "listing tasks")
     read_seconds = round(time.perf_counter() - read_started, 3)
     labeled, by_id, unknown = read_labels(ctx, tasks)
     previous = state.labels_used
@@ -363,7 +365,7 @@ def publish(ctx: JobContext, tasks: list[dict] | None = None, stability: bool = 
         clock = now
 
     if tasks is None:
-        tasks = ctx.call(api.tasks, "listing tasks")
+        tasks = ctx.call(lambda: api.tasks(state.listing), "listing tasks")
         lap("read_seconds")
     ensure_labeled(ctx, model, tasks)
     pool = unlabeled(state, tasks)
@@ -383,10 +385,11 @@ def publish(ctx: JobContext, tasks: list[dict] | None = None, stability: bool = 
     ctx.call(lambda: api.set_model_version(version, ctx.settings.set_uncertainty_sampling), "setting model_version")
     ctx.projects.mark_switched(state, version)
     lap("switch_seconds")
+    complete = True
     if rest:
         status.set("publishing", f"{version} serves the queue; importing the other {len(rest)} predictions")
-        import_predictions(ctx, api, [pool[i] for i in rest], [results[i] for i in rest], version, progress,
-                           replace=False, done=len(first))
+        complete = import_predictions(ctx, api, [pool[i] for i in rest], [results[i] for i in rest], version,
+                                      progress, replace=False, done=len(first), give_way=ctx.round_due)
         lap("import_rest_seconds")
     if ctx.settings.label_studio_tabs:
         try:
@@ -394,8 +397,14 @@ def publish(ctx: JobContext, tasks: list[dict] | None = None, stability: bool = 
                 log.info("project %s: created the Data Manager tab %r", state.key, tabs.QUEUE_TAB)
         except Exception as exc:  # a convenience: never fails the publish
             log.warning("project %s: cannot create the queue tab in Label Studio: %s", state.key, exc)
-    prune_old_versions(ctx, api, version)
-    lap("prune_seconds")
+    if complete:
+        prune_old_versions(ctx, api, version)
+        lap("prune_seconds")
+    else:  # the next round's version replaces these predictions: it goes first (docs/benchmarks.md)
+        progress["interrupted"] = True
+        log.info("project %s: %s serves the queue; %d of its %d predictions imported, the rest left to the "
+                 "round that is due (older versions are pruned after the next complete publish)", state.key,
+                 version, progress["imported"], len(pool))
     ctx.projects.mark_published(state, version)
     status.info["publishes"] += 1
     progress.update(score_seconds=timings["score_seconds"], seconds=round(time.perf_counter() - started, 3))
@@ -425,7 +434,8 @@ def rescore(ctx: JobContext) -> None:
     with state.lock:
         model, version = ctx.projects.model(state), state.version
     ctx.status.set("scoring", f"scoring the unlabeled pool for {version} (nothing is imported)")
-    tasks = ctx.call(ctx.api().tasks, "listing tasks")
+    api = ctx.api()
+    tasks = ctx.call(lambda: api.tasks(state.listing), "listing tasks")
     ensure_labeled(ctx, model, tasks)
     pool = unlabeled(state, tasks)
     ctx.scorer.score(state, pool, model, version, reset_pool=True)
@@ -433,20 +443,25 @@ def rescore(ctx: JobContext) -> None:
 
 
 def import_predictions(ctx: JobContext, api: ProjectAPI, tasks: list[dict], results: list[dict], version: str,
-                       progress: dict | None = None, replace: bool = True, done: int = 0) -> None:
-    """Bulk-import predictions in chunks. With ``replace``, the version's existing predictions are
-    cleared first, so that re-publishing never leaves a task two predictions of one version.
-    ``done``: predictions of this publish already imported (for the progress)."""
+                       progress: dict | None = None, replace: bool = True, done: int = 0,
+                       give_way: Callable[[], bool] = lambda: False) -> bool:
+    """Bulk-import predictions in chunks, in the given order. With ``replace``, the version's
+    existing predictions are cleared first, so that re-publishing never leaves a task two
+    predictions of one version. ``done``: predictions of this publish already imported (for the
+    progress). Stops between chunks when ``give_way()`` says so; returns whether all were imported."""
     if replace:
         ctx.call(lambda: api.delete_version(version), f"clearing {version}")
     predictions = [{"task": t["id"], "result": r["result"], "score": r["score"], "model_version": version}
                    for t, r in zip(tasks, results)]
     chunk = ctx.settings.publish_chunk
     for start in range(0, len(predictions), chunk):
+        if give_way():
+            return False
         part = predictions[start:start + chunk]
         ctx.call(lambda: api.import_predictions(part), "importing predictions")
         if progress is not None:
             progress["imported"] = done + start + len(part)
+    return True
 
 
 def publish_tasks(ctx: JobContext, task_ids: list[int]) -> None:

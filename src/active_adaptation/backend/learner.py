@@ -58,7 +58,7 @@ class Learner:
                                        lease_retry_s=self.settings.lease_retry_s)
                 ctx = JobContext(state, self.projects, self.scorer, self.settings, self.api_factory, worker.status,
                                  functools.partial(self.webhook_secret, state.key), self.instance_id,
-                                 stopped=lambda: worker.stopped)
+                                 stopped=lambda: worker.stopped, round_due=worker.round_due)
                 worker.run_job = functools.partial(self.run_leased, ctx)
                 self.workers[state.key] = worker.start()
             return worker

@@ -6,6 +6,7 @@ import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,23 @@ ANNOTATED = {"conjunction": "and", "items": [  # Data Manager filter: tasks with
     {"filter": "filter:tasks:total_annotations", "operator": "greater", "type": "Number", "value": 0}]}
 
 
+def newer_than(task_id: int) -> dict:
+    """Data Manager filter: the tasks whose id is greater than ``task_id`` (Label Studio's ids only grow)."""
+    return {"conjunction": "and", "items": [
+        {"filter": "filter:tasks:id", "operator": "greater", "type": "Number", "value": int(task_id)}]}
+
+
+@dataclass
+class TaskIndex:
+    """One project's tasks (id -> data) as last listed, kept between rounds so that a round lists
+    only the tasks created since (``ProjectAPI.tasks``). A task's data edited in place through the
+    API is seen at the next full listing: after a restart, or when tasks were deleted."""
+
+    data: dict[int, dict] = field(default_factory=dict)
+    full: int = 0  # listings of every task
+    incremental: int = 0  # listings of only the new tasks
+
+
 def _as_dict(obj) -> dict:
     return obj if isinstance(obj, dict) else obj.model_dump()
 
@@ -89,16 +107,32 @@ class ProjectAPI:
     def _client(self):
         return self.connection.client
 
-    def tasks(self) -> list[dict]:
+    def tasks(self, index: "TaskIndex | None" = None) -> list[dict]:
         """Every task with its data, and its annotations when it has any (the source of truth for
-        labels). Two reads whose cost follows what they return: every task's id and data as a light
-        listing (``fields=task_only``, pages of 1000), then only the annotated tasks in full
-        (``total_annotations > 0``, pages of 100: larger pages with ``fields=all`` make LS 1.23 on
-        SQLite fail with "Expression tree is too large"). A task annotated between the two reads
-        comes with its annotations."""
-        out: dict[int, dict] = {}
-        for t in self._pages({"fields": "task_only", "page_size": 1000}):
-            out[t["id"]] = {"id": t["id"], "data": t.get("data") or {}, "annotations": []}
+        labels). The reads follow what changed, not the project's size: the project's task count
+        (one request); the tasks newer than the ``index`` of the last listing (``id`` greater than
+        its newest, pages of 1000 of ``fields=task_only``) when the count then adds up, else every
+        task (a light listing of the same kind: the first time, or after tasks were deleted); then
+        only the annotated tasks in full (``total_annotations > 0``, pages of 100: larger pages with
+        ``fields=all`` make LS 1.23 on SQLite fail with "Expression tree is too large"). A task
+        annotated between the reads comes with its annotations. Without ``index``, every task."""
+        index = index if index is not None else TaskIndex()
+        count = int(self.project().get("task_number") or 0)
+        if index.data:
+            query = json.dumps({"filters": newer_than(max(index.data))})
+            new = {t["id"]: t.get("data") or {} for t in self._pages({"fields": "task_only", "page_size": 1000,
+                                                                       "query": query})}
+            if len(index.data) + len(new) == count:
+                index.data.update(new)
+                index.incremental += 1
+            else:
+                log.info("project %s: %d tasks known + %d new != %d in Label Studio (tasks were deleted): "
+                         "listing every task again", self.project_id, len(index.data), len(new), count)
+                index.data = {}
+        if not index.data:
+            index.data = {t["id"]: t.get("data") or {} for t in self._pages({"fields": "task_only", "page_size": 1000})}
+            index.full += 1
+        out = {i: {"id": i, "data": data, "annotations": []} for i, data in index.data.items()}
         for t in self._pages({"fields": "all", "page_size": 100, "query": json.dumps({"filters": ANNOTATED})}):
             out[t["id"]] = {"id": t["id"], "data": t.get("data") or {},
                             "annotations": [_as_dict(a) for a in (t.get("annotations") or [])]}

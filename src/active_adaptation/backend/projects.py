@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from active_adaptation.backend.label_config import ClassificationConfig
+from active_adaptation.backend.ls_client import TaskIndex
 from active_adaptation.backend.store import Store
 from active_adaptation.core.backbones import LoadedBackbone
 from active_adaptation.core.model import AdaptedModel
@@ -78,6 +79,7 @@ class ProjectState:
     refreshed: float = 0.0  # when MODEL_DIR was last checked for a newer version (time.monotonic)
     lock: threading.RLock = field(default_factory=threading.RLock)
     pool: PoolState = field(default_factory=PoolState)
+    listing: TaskIndex = field(default_factory=TaskIndex)  # the tasks as last listed (ProjectAPI.tasks)
 
 
 @dataclass(frozen=True)

@@ -190,7 +190,7 @@ class Settings:
     publish_on_connect: bool = setting(True, "Score the whole pool and publish version 0 when a project first connects.", flag)
     set_uncertainty_sampling: bool = setting(True, "When publishing, also switch the project's queue to uncertainty sampling (lowest score first); without it Label Studio ignores the scores.", flag)
     publish_chunk: int = setting(500, "Predictions per bulk import request.", integer(1))
-    publish_first: int = setting(1000, "A new version's predictions for this many tasks at the top of its queue are imported first; then the project switches to it (the annotators' queue follows it from then on) and the rest is imported in the background. `0`: import everything before switching.", integer(0))
+    publish_first: int = setting(200, "A new version's predictions for this many tasks at the top of its queue are imported first; then the project switches to it (the annotators' queue follows it from then on) and the rest is imported in the background, giving way to the next round when one is due. `0`: import everything before switching.", integer(0))
     publish_retries: int = setting(5, "Attempts per Label Studio API call while publishing (exponential back-off).", integer(1))
     delete_old_predictions: bool = setting(True, "After publishing a version (and moving the project to it), delete this backend's predictions of older versions, so that they do not pile up in Label Studio's database and Data Manager; `false` keeps every version's predictions.", flag)
     scoring_engine: str = setting("local", "Where feature extraction and re-scoring run: `local` (this process) or `ray` (Ray Data actors; `pip install 'active-adaptation[ray]'`; see [Several processes](#several-processes)).", choice("local", "ray"))

@@ -134,6 +134,12 @@ class ProjectWorker:
             self.stopped = True
             self.cond.notify()
 
+    def round_due(self) -> bool:
+        """Labels changed and their debounce has passed (or the worker stops): what a background
+        import checks between chunks to give way to the round."""
+        with self.cond:
+            return self.stopped or (self.labels_dirty and self.clock.monotonic() >= self.last_event + self.debounce_s)
+
     def idle(self) -> bool:
         with self.cond:
             return self.status.state in ("idle", "failed") and not (self.publish_requested or self.labels_dirty)
