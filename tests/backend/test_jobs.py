@@ -37,7 +37,14 @@ class ProjectAPIStandIn:
         self.model_version = version
 
     def model_versions(self):
-        return sorted({p["model_version"] for p in self.imported})
+        versions = [p["model_version"] for p in self.imported]
+        return {v: versions.count(v) for v in sorted(set(versions))}
+
+    def delete_task_predictions(self, task_ids):
+        self.calls.append(("delete_tasks", list(task_ids)))
+        gone = [p for p in self.imported if p["task"] in task_ids]
+        self.imported = [p for p in self.imported if p["task"] not in task_ids]
+        return len(gone)
 
     def views(self):
         return list(self.view_list)
@@ -135,16 +142,19 @@ def test_after_a_restart_a_pool_relative_strategy_rescores_before_valuing_reques
 
 def test_the_top_of_the_new_queue_is_imported_before_the_switch_and_the_rest_after(tmp_path, digits64):
     """PUBLISH_FIRST: the tasks Label Studio will serve first get the new version's predictions, the
-    project switches, then the rest follows; older versions' predictions go last."""
+    project switches, then the rest follows, each chunk's older predictions deleted just before it;
+    what is left of older versions (on the top tasks) is deleted by version last."""
     backend, ctx, api = context(tmp_path, digits64, labeled=4, PUBLISH_FIRST="5", PUBLISH_CHUNK="4")
     try:
         jobs.run_round(ctx, force=True)
         v1 = ctx.state.version
         kinds = [c[0] for c in api.calls]
-        assert kinds == ["delete", "import", "import", "switch", "import", "import", "import"]  # 5 = 4 + 1, 11 = 4 + 4 + 3
-        first = [t for c in api.calls[1:3] for t in c[1]]
+        # 5 = 4 + 1 before the switch; 11 = 4 + 4 + 3 after it, each chunk cleared first
+        assert kinds == ["import", "import", "switch"] + ["delete_tasks", "import"] * 3
+        first = [t for c in api.calls[0:2] for t in c[1]]
         score = {p["task"]: p["score"] for p in api.imported}
         assert len(first) == 5 and sorted(score[t] for t in first) == sorted(score.values())[:5]
+        assert [c[1] for c in api.calls[3::2]] == [c[1] for c in api.calls[4::2]]  # each chunk: its own tasks
         assert sorted(score) == list(range(5, 21)) and api.model_version == v1 == ctx.state.published_version
         assert ctx.state.queue_version == v1 and ctx.status.info["last_round"]["publish"]["import_rest_seconds"] >= 0
         # the next round: the new version is served before the old one's predictions are deleted
@@ -153,16 +163,34 @@ def test_the_top_of_the_new_queue_is_imported_before_the_switch_and_the_rest_aft
         api.calls.clear()
         jobs.run_round(ctx, force=True)
         kinds = [c[0] for c in api.calls]
-        assert kinds.index("switch") < kinds.index("delete", 1) and api.calls[-1] == ("delete", v1)
+        assert kinds.index("switch") < kinds.index("delete_tasks") and api.calls[-1] == ("delete", v1)
         assert {p["model_version"] for p in api.imported} == {ctx.state.version}
+        assert len(api.imported) == 12  # one prediction per unlabeled task
+        # publishing the same version again clears it first: never two predictions of one version on a task
+        api.calls.clear()
+        jobs.publish(ctx)
+        assert api.calls[0] == ("delete", ctx.state.version) and len(api.imported) == 12
+    finally:
+        backend.close()
+
+
+def test_predictions_of_other_sources_are_never_deleted_chunk_by_chunk(tmp_path, digits64):
+    """Another model's (or a person's imported) predictions in the project: the rest is imported
+    without clearing tasks, and only this backend's older versions are deleted, by version."""
+    backend, ctx, api = context(tmp_path, digits64, labeled=4, PUBLISH_FIRST="5", PUBLISH_CHUNK="4")
+    try:
+        api.imported = [{"task": t, "result": [], "score": 0.1, "model_version": "their-model"} for t in range(5, 21)]
+        jobs.run_round(ctx, force=True)
+        assert "delete_tasks" not in [c[0] for c in api.calls]
+        assert sum(p["model_version"] == "their-model" for p in api.imported) == 16
     finally:
         backend.close()
 
 
 def test_the_background_import_gives_way_to_a_round_and_the_next_complete_publish_prunes(tmp_path, digits64):
     """A round that is due stops the rest of a publish between chunks: the project already follows
-    the new version, nothing older is pruned yet (the old predictions still show in the Data
-    Manager), and the next publish that completes deletes every older version."""
+    the new version, nothing older is pruned by version yet (tasks not reached keep their older
+    prediction in the Data Manager), and the next publish that completes deletes every older version."""
     backend, ctx, api = context(tmp_path, digits64, labeled=4, PUBLISH_FIRST="5", PUBLISH_CHUNK="4")
     try:
         jobs.run_round(ctx, force=True)
@@ -175,7 +203,7 @@ def test_the_background_import_gives_way_to_a_round_and_the_next_complete_publis
         jobs.run_round(ctx, force=True)
         v2 = ctx.state.version
         kinds = [c[0] for c in api.calls]
-        assert kinds == ["delete", "import", "import", "switch", "import"]  # clear v2, top 5, switch, one chunk
+        assert kinds == ["import", "import", "switch", "delete_tasks", "import"]  # top 5, switch, one chunk
         assert api.model_version == v2 == ctx.state.published_version and ("delete", v1) not in api.calls
         assert {p["model_version"] for p in api.imported} == {v1, v2}
         progress = ctx.status.info["publish_progress"]

@@ -380,6 +380,9 @@ def publish(ctx: JobContext, tasks: list[dict] | None = None, stability: bool = 
     order = sorted(range(len(pool)), key=lambda i: results[i]["score"])
     first = order[: ctx.settings.publish_first] if ctx.settings.publish_first else order
     rest = order[len(first):]
+    versions = ctx.call(api.model_versions, "listing prediction versions")
+    if version in versions:  # a publish of this version again: clear it, no task gets two of its predictions
+        ctx.call(lambda: api.delete_version(version), f"clearing {version}")
     import_predictions(ctx, api, [pool[i] for i in first], [results[i] for i in first], version, progress)
     lap("import_seconds")
     ctx.call(lambda: api.set_model_version(version, ctx.settings.set_uncertainty_sampling), "setting model_version")
@@ -387,9 +390,13 @@ def publish(ctx: JobContext, tasks: list[dict] | None = None, stability: bool = 
     lap("switch_seconds")
     complete = True
     if rest:
+        # While the rest goes in, the older predictions of the same tasks go out chunk by chunk
+        # (when every prediction in the project is this backend's: nobody else's is touched);
+        # what is left of older versions is then small enough to delete by version.
+        clean = ctx.settings.delete_old_predictions and all(_ours(ctx, v) for v in versions if v != version)
         status.set("publishing", f"{version} serves the queue; importing the other {len(rest)} predictions")
         complete = import_predictions(ctx, api, [pool[i] for i in rest], [results[i] for i in rest], version,
-                                      progress, replace=False, done=len(first), give_way=ctx.round_due)
+                                      progress, done=len(first), give_way=ctx.round_due, clear_tasks=clean)
         lap("import_rest_seconds")
     if ctx.settings.label_studio_tabs:
         try:
@@ -397,14 +404,14 @@ def publish(ctx: JobContext, tasks: list[dict] | None = None, stability: bool = 
                 log.info("project %s: created the Data Manager tab %r", state.key, tabs.QUEUE_TAB)
         except Exception as exc:  # a convenience: never fails the publish
             log.warning("project %s: cannot create the queue tab in Label Studio: %s", state.key, exc)
-    if complete:
+    if complete and not ctx.round_due():  # a deletion cannot be interrupted: it waits for a quiet moment
         prune_old_versions(ctx, api, version)
         lap("prune_seconds")
     else:  # the next round's version replaces these predictions: it goes first (docs/benchmarks.md)
-        progress["interrupted"] = True
-        log.info("project %s: %s serves the queue; %d of its %d predictions imported, the rest left to the "
-                 "round that is due (older versions are pruned after the next complete publish)", state.key,
-                 version, progress["imported"], len(pool))
+        progress["interrupted"] = not complete
+        log.info("project %s: %s serves the queue (%d of its %d predictions imported); a round is due, so older "
+                 "versions are pruned after the next publish that completes", state.key, version,
+                 progress["imported"], len(pool))
     ctx.projects.mark_published(state, version)
     status.info["publishes"] += 1
     progress.update(score_seconds=timings["score_seconds"], seconds=round(time.perf_counter() - started, 3))
@@ -414,12 +421,16 @@ def publish(ctx: JobContext, tasks: list[dict] | None = None, stability: bool = 
     return kappa
 
 
+def _ours(ctx: JobContext, version: str) -> bool:
+    return str(version).startswith(f"{ctx.projects.identity.backbone}-")
+
+
 def prune_old_versions(ctx: JobContext, api: ProjectAPI, version: str) -> None:
     """With DELETE_OLD_PREDICTIONS (the default): this backend's predictions of older versions go,
     once the project follows ``version``."""
     if ctx.settings.delete_old_predictions:
         for name in api.model_versions():
-            if name != version and str(name).startswith(f"{ctx.projects.identity.backbone}-"):
+            if name != version and _ours(ctx, name):
                 ctx.call(lambda n=name: api.delete_version(n), f"deleting {name}")
 
 
@@ -443,14 +454,12 @@ def rescore(ctx: JobContext) -> None:
 
 
 def import_predictions(ctx: JobContext, api: ProjectAPI, tasks: list[dict], results: list[dict], version: str,
-                       progress: dict | None = None, replace: bool = True, done: int = 0,
-                       give_way: Callable[[], bool] = lambda: False) -> bool:
-    """Bulk-import predictions in chunks, in the given order. With ``replace``, the version's
-    existing predictions are cleared first, so that re-publishing never leaves a task two
-    predictions of one version. ``done``: predictions of this publish already imported (for the
-    progress). Stops between chunks when ``give_way()`` says so; returns whether all were imported."""
-    if replace:
-        ctx.call(lambda: api.delete_version(version), f"clearing {version}")
+                       progress: dict | None = None, done: int = 0, give_way: Callable[[], bool] = lambda: False,
+                       clear_tasks: bool = False) -> bool:
+    """Bulk-import predictions in chunks, in the given order. ``done``: predictions of this publish
+    already imported (for the progress). With ``clear_tasks`` each chunk's tasks first lose their
+    existing predictions (older versions). Stops between chunks when ``give_way()`` says so;
+    returns whether all were imported."""
     predictions = [{"task": t["id"], "result": r["result"], "score": r["score"], "model_version": version}
                    for t, r in zip(tasks, results)]
     chunk = ctx.settings.publish_chunk
@@ -458,6 +467,8 @@ def import_predictions(ctx: JobContext, api: ProjectAPI, tasks: list[dict], resu
         if give_way():
             return False
         part = predictions[start:start + chunk]
+        if clear_tasks:
+            ctx.call(lambda: api.delete_task_predictions([p["task"] for p in part]), "deleting older predictions")
         ctx.call(lambda: api.import_predictions(part), "importing predictions")
         if progress is not None:
             progress["imported"] = done + start + len(part)
@@ -491,7 +502,7 @@ def publish_tasks(ctx: JobContext, task_ids: list[int]) -> None:
         return
     ctx.status.set("publishing", f"scoring {len(tasks)} new task(s)")
     results = ctx.scorer.score(state, tasks, model, version)
-    import_predictions(ctx, api, tasks, results, version, replace=False)
+    import_predictions(ctx, api, tasks, results, version)
     ctx.status.set("idle", f"published {version} for {len(tasks)} new task(s)")
 
 

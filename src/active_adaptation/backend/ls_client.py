@@ -177,13 +177,27 @@ class ProjectAPI:
         response.raise_for_status()
         return int(response.json().get("deleted_predictions", 0))
 
-    def model_versions(self) -> list[str]:
+    def model_versions(self) -> dict[str, int]:
+        """The project's prediction versions with their number of predictions."""
         response = self._client._client_wrapper.httpx_client.request(
             f"api/projects/{self.project_id}/model-versions/", method="GET",
         )
         response.raise_for_status()
         data = response.json()
-        return list(data) if isinstance(data, (list, dict)) else []
+        if isinstance(data, dict):
+            return {str(k): int(v or 0) for k, v in data.items()}
+        return {str(k): 0 for k in data} if isinstance(data, list) else {}
+
+    def delete_task_predictions(self, task_ids: list[int]) -> int:
+        """Delete every prediction of these tasks (the Data Manager's "Delete predictions" action):
+        a deletion of a size the caller chooses, where deleting a version is one request whose
+        cost grows with the version (Label Studio runs a signal per deleted prediction)."""
+        response = self._client._client_wrapper.httpx_client.request(
+            "api/dm/actions", method="POST", params={"id": "delete_tasks_predictions", "project": self.project_id},
+            json={"selectedItems": {"all": False, "included": [int(t) for t in task_ids]}},
+        )
+        response.raise_for_status()
+        return int((response.json() or {}).get("processed_items", 0))
 
     # ----------------------------------------------------------------- what the backend re-reads
     def project(self, timeout: float | None = None) -> dict:

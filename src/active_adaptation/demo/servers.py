@@ -40,6 +40,12 @@ IMAGE_CLASSIFICATION_CONFIG = """<View>
 </View>"""
 
 
+# Label Studio's own fix for importing predictions into big projects (its feature flag, off by
+# default in 1.23): without it every import request recounts every task of the project, ~7 s per
+# request at 10k tasks on this VM against 0.2-0.5 s with it (docs/benchmarks.md). docker-compose.yml sets it too.
+LABEL_STUDIO_FLAGS = {"fflag_fix_back_4620_memory_efficient_predictions_import_08012025_short": "true"}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -128,6 +134,7 @@ class LabelStudio:
             SENTRY_DSN="",
             FRONTEND_SENTRY_DSN="",
             COLLECT_ANALYTICS="false",
+            **LABEL_STUDIO_FLAGS,
         )
         env.update(self.extra_env)
         return env
