@@ -158,7 +158,7 @@ def import_tasks(ls, project, images: ImageServer, n: int, chunk: int = 2000) ->
 
 def one_size(n: int, args, root: Path, images: ImageServer) -> dict:
     pg = Postgres(root / f"pg-{n}").start() if args.db == "postgres" else None
-    ls = LabelStudio(root / f"ls-{n}", extra_env=pg.env() if pg else None)
+    ls = LabelStudio(root / f"ls-{n}", extra_env={**(pg.env() if pg else {}), **dict(kv.split("=", 1) for kv in args.ls_env)})
     backend = None
     try:
         ls.start()
@@ -235,6 +235,7 @@ def main(argv=None) -> int:
     p.add_argument("--backbone", default="smallcnn")
     p.add_argument("--timeout", type=float, default=3600)
     p.add_argument("--env", nargs="*", default=[], help="backend settings KEY=VALUE")
+    p.add_argument("--ls-env", nargs="*", default=[], help="Label Studio's environment KEY=VALUE (e.g. its feature flags)")
     p.add_argument("--keep-pace", action="store_true",
                    help="annotate the next round as soon as the project follows the last version (the rest of its "
                         "predictions still importing), as busy annotators do; 'all published' is then not waited for")

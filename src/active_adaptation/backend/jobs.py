@@ -375,29 +375,7 @@ def publish(ctx: JobContext, tasks: list[dict] | None = None, stability: bool = 
                                progress=lambda n: progress.__setitem__("scored", n))
     lap("score_seconds")
     kappa = stability_kappa(ctx, pool, results, version) if stability else None
-    # the top of the new queue first (lowest score = served first), then the switch, then the rest:
-    # what an annotator waits for does not grow with the project (docs/benchmarks.md, bench_scale)
-    order = sorted(range(len(pool)), key=lambda i: results[i]["score"])
-    first = order[: ctx.settings.publish_first] if ctx.settings.publish_first else order
-    rest = order[len(first):]
-    versions = ctx.call(api.model_versions, "listing prediction versions")
-    if version in versions:  # a publish of this version again: clear it, no task gets two of its predictions
-        ctx.call(lambda: api.delete_version(version), f"clearing {version}")
-    import_predictions(ctx, api, [pool[i] for i in first], [results[i] for i in first], version, progress)
-    lap("import_seconds")
-    ctx.call(lambda: api.set_model_version(version, ctx.settings.set_uncertainty_sampling), "setting model_version")
-    ctx.projects.mark_switched(state, version)
-    lap("switch_seconds")
-    complete = True
-    if rest:
-        # While the rest goes in, the older predictions of the same tasks go out chunk by chunk
-        # (when every prediction in the project is this backend's: nobody else's is touched);
-        # what is left of older versions is then small enough to delete by version.
-        clean = ctx.settings.delete_old_predictions and all(_ours(ctx, v) for v in versions if v != version)
-        status.set("publishing", f"{version} serves the queue; importing the other {len(rest)} predictions")
-        complete = import_predictions(ctx, api, [pool[i] for i in rest], [results[i] for i in rest], version,
-                                      progress, done=len(first), give_way=ctx.round_due, clear_tasks=clean)
-        lap("import_rest_seconds")
+    complete = write_queue(ctx, api, pool, results, version, progress, lap)
     if ctx.settings.label_studio_tabs:
         try:
             if tabs.ensure_queue_tab(api):
@@ -419,6 +397,35 @@ def publish(ctx: JobContext, tasks: list[dict] | None = None, stability: bool = 
     log.info("project %s: published %s for %d tasks in %.1fs (scoring %.1fs)", state.key, version, len(pool),
              progress["seconds"], timings["score_seconds"])
     return kappa
+
+
+def write_queue(ctx: JobContext, api: ProjectAPI, pool: list[dict], results: list[dict], version: str,
+                progress: dict, lap: Callable[[str], None]) -> bool:
+    """The top of the new queue first (lowest score = served first), then the switch, then the
+    rest, so that what an annotator waits for does not grow with the project (docs/benchmarks.md,
+    bench_scale). Returns whether the rest was written (False: it gave way to a due round)."""
+    order = sorted(range(len(pool)), key=lambda i: results[i]["score"])
+    first = order[: ctx.settings.publish_first] if ctx.settings.publish_first else order
+    rest = order[len(first):]
+    versions = ctx.call(api.model_versions, "listing prediction versions")
+    if version in versions:  # a publish of this version again: clear it, no task gets two of its predictions
+        ctx.call(lambda: api.delete_version(version), f"clearing {version}")
+    import_predictions(ctx, api, [pool[i] for i in first], [results[i] for i in first], version, progress)
+    lap("import_seconds")
+    ctx.call(lambda: api.set_model_version(version, ctx.settings.set_uncertainty_sampling), "setting model_version")
+    ctx.projects.mark_switched(ctx.state, version)
+    lap("switch_seconds")
+    if not rest:
+        return True
+    # While the rest goes in, the older predictions of the same tasks go out chunk by chunk (only
+    # when every prediction in the project is this backend's: nobody else's is touched); what is
+    # left of older versions is then small enough to delete by version.
+    clean = ctx.settings.delete_old_predictions and all(_ours(ctx, v) for v in versions if v != version)
+    ctx.status.set("publishing", f"{version} serves the queue; importing the other {len(rest)} predictions")
+    complete = import_predictions(ctx, api, [pool[i] for i in rest], [results[i] for i in rest], version,
+                                  progress, done=len(first), give_way=ctx.round_due, clear_tasks=clean)
+    lap("import_rest_seconds")
+    return complete
 
 
 def _ours(ctx: JobContext, version: str) -> bool:
