@@ -167,7 +167,7 @@ def one_size(n: int, args, root: Path, images: ImageServer) -> dict:
         tasks = import_tasks(ls, project, images, n)
         import_s = time.perf_counter() - t
         env = {"LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ADMIN_TOKEN, "BACKBONE": args.backbone,
-               "TRAIN_DEBOUNCE_S": str(args.debounce), "TRAIN_STEPS": "40", "LOG_LEVEL": "WARNING",
+               "STRATEGY": "margin", "TRAIN_DEBOUNCE_S": str(args.debounce), "TRAIN_STEPS": "40", "LOG_LEVEL": "WARNING",
                **dict(kv.split("=", 1) for kv in args.env)}
         backend = BackendProcess(root / f"backend-{n}", env).start()
         db0 = db_bytes(ls, pg)

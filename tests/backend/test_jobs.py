@@ -198,10 +198,17 @@ def test_the_background_import_gives_way_to_a_round_and_the_next_complete_publis
         for t in api.tasks_list[4:8]:
             t["annotations"] = api.tasks_list[0]["annotations"]
         api.calls.clear()
-        due = iter([False, True])  # one chunk of the rest, then a round is due
-        ctx.round_due = lambda: next(due)
+        due, seen = iter([False, True]), []  # one chunk of the rest, then a round is due
+
+        def round_due():  # what /status shows meanwhile, after a look at MODEL_DIR as every process makes
+            ctx.projects.refresh(ctx.state, every_s=0)
+            seen.append((ctx.state.queue_version, ctx.state.published_version))
+            return next(due)
+
+        ctx.round_due = round_due
         jobs.run_round(ctx, force=True)
         v2 = ctx.state.version
+        assert seen[0] == (v2, None)  # the queue follows v2 while its rest is still on its way
         kinds = [c[0] for c in api.calls]
         assert kinds == ["import", "import", "switch", "delete_tasks", "import"]  # top 5, switch, one chunk
         assert api.model_version == v2 == ctx.state.published_version and ("delete", v1) not in api.calls

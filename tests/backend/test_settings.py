@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_defaults():
     s = Settings.from_env({})
-    assert (s.backbone, s.weights, s.strategy, s.device, s.log_level, s.port) == ("efficientnet_lite0", "DEFAULT", "margin", "auto", "INFO", 9090)
+    assert (s.backbone, s.weights, s.strategy, s.device, s.log_level, s.port) == ("efficientnet_lite0", "DEFAULT", "auto", "auto", "INFO", 9090)
     assert not s.basic_auth_enabled
 
 

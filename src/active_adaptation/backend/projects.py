@@ -118,6 +118,9 @@ def read_registration(store: Store, key: str, strategy_of=None) -> tuple[Classif
         return None, None, None
 
 
+QUEUE_FILE = "queue.json"  # the version Label Studio's queue follows (written at each switch)
+
+
 def _seq_of(meta: dict) -> int:
     seq = meta.get("seq")
     return seq if isinstance(seq, int) else 0
@@ -196,8 +199,9 @@ class _SharedModelDir:
                          state.round)
         if registered is not None and registered != state.config:
             self.update_config(state, registered)
-        if published:
-            state.queue_version = published
+        queue = (self.store.read_json(state.key, QUEUE_FILE) or {}).get("version") if self.persist else None
+        if queue or published:  # what Label Studio's queue follows, whichever process moved it there
+            state.queue_version = queue or published
         if newest is not None and state.published_version != state.version and \
                 newest.get("checkpoint_id") == state.checkpoint and newest.get("published_version") == state.version:
             state.published_version = state.queue_version = state.version  # another process published it
@@ -209,14 +213,22 @@ class _SharedModelDir:
         """Label Studio's project follows ``version`` now (its queue serves from it), although the
         rest of its predictions may still be on their way."""
         with state.lock:
-            if state.version == version:
-                state.queue_version = version
+            if state.version != version:
+                return
+            state.queue_version = version
+        self._save_queue(state.key, version)
+
+    def _save_queue(self, key: str, version: str) -> None:
+        """The version Label Studio's queue follows, for every process's /status (``refresh``)."""
+        if self.persist:
+            self.store.write_json(key, QUEUE_FILE, {"version": version}, durable=False)
 
     def mark_published(self, state: ProjectState, version: str) -> None:
         with state.lock:
             if state.version != version:
                 return
             state.published_version = state.queue_version = version
+        self._save_queue(state.key, version)
         self.save_registration(state)
         self.store.mark_published(state.key, version, state.checkpoint)
 

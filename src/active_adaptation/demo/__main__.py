@@ -153,7 +153,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--data", choices=["auto", *DATA], default="auto",
                         help="auto (default): Fashion-MNIST photos when Debian's dataset-fashion-mnist is installed, "
                              "else scikit-learn's digits")
-    parser.add_argument("--strategy", default="margin")
+    parser.add_argument("--strategy", default="auto")
     parser.add_argument("--backbone", default="efficientnet_lite0",
                         help="efficientnet_lite0 (default: ImageNet weights installed with the package, 64 px, "
                              "frozen up to blocks.5) or smallcnn (random weights)")
