@@ -1,6 +1,7 @@
 """Parse a Label Studio label config into what an image classifier needs."""
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 
@@ -39,8 +40,8 @@ class ClassificationConfig:
         groups = Layout.from_dict(c["groups"]).groups if c.get("groups") else ()
         return cls(c["from_name"], c["to_name"], c["value_key"], tuple(c["labels"]), groups)
 
-    @property
-    def layout(self) -> Layout:
+    @functools.cached_property
+    def layout(self) -> Layout:  # built once per config (every prediction's result goes through it)
         return Layout(self.groups) if self.groups else Layout.single(self.from_name, self.labels)
 
     @property

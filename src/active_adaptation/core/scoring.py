@@ -141,8 +141,9 @@ def score_pool(strategy: Strategy, model: AdaptedModel,
         if forward is not None:
             gathered.append(z)
         else:
-            for s in range(0, len(batch_keys), batch_size):
-                parts.append(model.forward_from_trunk(z[s:s + batch_size], needs, layers))
+            step = max(batch_size, 256)  # only the trainable part runs here: larger batches than for images
+            for s in range(0, len(batch_keys), step):
+                parts.append(model.forward_from_trunk(z[s:s + step], needs, layers))
         keys.extend(batch_keys)
         if batch_fps is None:
             fingerprints = None
