@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from active_adaptation.backend.settings import ENV_VARS
+from active_adaptation.demo.servers import LABEL_STUDIO_FLAGS
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
@@ -20,6 +21,7 @@ COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 LABEL_STUDIO_VARS = {
     "LABEL_STUDIO_USERNAME", "LABEL_STUDIO_PASSWORD", "LABEL_STUDIO_USER_TOKEN", "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN",
     "LABEL_STUDIO_ML_BLOCK_LOCAL_IP", "LABEL_STUDIO_SSRF_PROTECTION_ENABLED", "LABEL_STUDIO_HOST",
+    *LABEL_STUDIO_FLAGS,  # its own feature flags that the demo's Label Studio runs with too
 }
 # compose-only knobs (.env.example): host ports and the image flavor
 COMPOSE_VARS = {"LABEL_STUDIO_PORT", "BACKEND_PORT", "FLAVOR"}
@@ -55,6 +57,7 @@ def test_compose_references_only_existing_variables():
     assert ls["image"] == "heartexlabs/label-studio:1.23.2"
     assert set(ls["environment"]) <= LABEL_STUDIO_VARS
     assert ls["environment"]["LABEL_STUDIO_ML_BLOCK_LOCAL_IP"] == "false"
+    assert {k: ls["environment"][k] for k in LABEL_STUDIO_FLAGS} == LABEL_STUDIO_FLAGS  # the same as the demo's
     text = (ROOT / "docker-compose.yml").read_text()
     for var in set(re.findall(r"\$\{([A-Z_]+)", text)):
         assert var in ENV_VARS or var in LABEL_STUDIO_VARS or var in COMPOSE_VARS, var
