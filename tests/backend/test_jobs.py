@@ -166,10 +166,12 @@ def test_the_top_of_the_new_queue_is_imported_before_the_switch_and_the_rest_aft
         assert kinds.index("switch") < kinds.index("delete_tasks") and api.calls[-1] == ("delete", v1)
         assert {p["model_version"] for p in api.imported} == {ctx.state.version}
         assert len(api.imported) == 12  # one prediction per unlabeled task
-        # publishing the same version again clears it first: never two predictions of one version on a task
+        # publishing the same version again clears each chunk's tasks first (never one request for a whole
+        # version): never two predictions of one version on a task
         api.calls.clear()
         jobs.publish(ctx)
-        assert api.calls[0] == ("delete", ctx.state.version) and len(api.imported) == 12
+        assert api.calls[0][0] == "delete_tasks" and ("delete", ctx.state.version) not in api.calls
+        assert len(api.imported) == 12 and len({p["task"] for p in api.imported}) == 12
     finally:
         backend.close()
 
@@ -182,6 +184,10 @@ def test_predictions_of_other_sources_are_never_deleted_chunk_by_chunk(tmp_path,
         api.imported = [{"task": t, "result": [], "score": 0.1, "model_version": "their-model"} for t in range(5, 21)]
         jobs.run_round(ctx, force=True)
         assert "delete_tasks" not in [c[0] for c in api.calls]
+        assert sum(p["model_version"] == "their-model" for p in api.imported) == 16
+        api.calls.clear()
+        jobs.publish(ctx)  # the same version again, with their predictions there: cleared by version
+        assert api.calls[0] == ("delete", ctx.state.version) and "delete_tasks" not in [c[0] for c in api.calls]
         assert sum(p["model_version"] == "their-model" for p in api.imported) == 16
     finally:
         backend.close()

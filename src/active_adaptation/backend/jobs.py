@@ -408,19 +408,21 @@ def write_queue(ctx: JobContext, api: ProjectAPI, pool: list[dict], results: lis
     first = order[: ctx.settings.publish_first] if ctx.settings.publish_first else order
     rest = order[len(first):]
     versions = ctx.call(api.model_versions, "listing prediction versions")
-    if version in versions:  # a publish of this version again: clear it, no task gets two of its predictions
+    # While the rest goes in, the older predictions of the same tasks go out chunk by chunk (only
+    # when every prediction in the project is this backend's: nobody else's is touched); what is
+    # left of older versions is then small enough to delete by version.
+    clean = ctx.settings.delete_old_predictions and all(_ours(ctx, v) for v in versions if v != version)
+    again = version in versions  # a publish of this version again: no task may get two of its predictions
+    if again and not clean:
         ctx.call(lambda: api.delete_version(version), f"clearing {version}")
-    import_predictions(ctx, api, [pool[i] for i in first], [results[i] for i in first], version, progress)
+    import_predictions(ctx, api, [pool[i] for i in first], [results[i] for i in first], version, progress,
+                       clear_tasks=again and clean)
     lap("import_seconds")
     ctx.call(lambda: api.set_model_version(version, ctx.settings.set_uncertainty_sampling), "setting model_version")
     ctx.projects.mark_switched(ctx.state, version)
     lap("switch_seconds")
     if not rest:
         return True
-    # While the rest goes in, the older predictions of the same tasks go out chunk by chunk (only
-    # when every prediction in the project is this backend's: nobody else's is touched); what is
-    # left of older versions is then small enough to delete by version.
-    clean = ctx.settings.delete_old_predictions and all(_ours(ctx, v) for v in versions if v != version)
     ctx.status.set("publishing", f"{version} serves the queue; importing the other {len(rest)} predictions")
     complete = import_predictions(ctx, api, [pool[i] for i in rest], [results[i] for i in rest], version,
                                   progress, done=len(first), give_way=ctx.round_due, clear_tasks=clean)
