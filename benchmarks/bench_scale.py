@@ -156,9 +156,14 @@ def import_tasks(ls, project, images: ImageServer, n: int, chunk: int = 2000) ->
     return ids
 
 
+def pairs(items: list[str]) -> dict:
+    """``KEY=VALUE`` arguments as an environment."""
+    return dict(kv.split("=", 1) for kv in items)
+
+
 def one_size(n: int, args, root: Path, images: ImageServer) -> dict:
     pg = Postgres(root / f"pg-{n}").start() if args.db == "postgres" else None
-    ls = LabelStudio(root / f"ls-{n}", extra_env={**(pg.env() if pg else {}), **dict(kv.split("=", 1) for kv in args.ls_env)})
+    ls = LabelStudio(root / f"ls-{n}", extra_env={**(pg.env() if pg else {}), **pairs(args.ls_env)})
     backend = None
     try:
         ls.start()
@@ -168,7 +173,7 @@ def one_size(n: int, args, root: Path, images: ImageServer) -> dict:
         import_s = time.perf_counter() - t
         env = {"LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ADMIN_TOKEN, "BACKBONE": args.backbone,
                "STRATEGY": "margin", "TRAIN_DEBOUNCE_S": str(args.debounce), "TRAIN_STEPS": "40", "LOG_LEVEL": "WARNING",
-               **dict(kv.split("=", 1) for kv in args.env)}
+               **pairs(args.env)}
         backend = BackendProcess(root / f"backend-{n}", env).start()
         db0 = db_bytes(ls, pg)
         t = time.perf_counter()

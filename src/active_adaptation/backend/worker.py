@@ -138,7 +138,11 @@ class ProjectWorker:
         """Labels changed and their debounce has passed (or the worker stops): what a background
         import checks between chunks to give way to the round."""
         with self.cond:
-            return self.stopped or (self.labels_dirty and self.clock.monotonic() >= self.last_event + self.debounce_s)
+            return self.stopped or (self.labels_dirty and self._debounce_left(self.clock.monotonic()) <= 0)
+
+    def _debounce_left(self, now: float) -> float:
+        """Under ``cond``: seconds until the annotation events have been quiet for ``debounce_s``."""
+        return self.last_event + self.debounce_s - now
 
     def idle(self) -> bool:
         with self.cond:
@@ -162,7 +166,7 @@ class ProjectWorker:
                     self.last_secure = now
                     return ("secure", None), None
                 if self.labels_dirty:  # debounce: wait for a quiet period
-                    remaining = self.last_event + self.debounce_s - now
+                    remaining = self._debounce_left(now)
                     if remaining > 0:
                         return None, remaining
                     force, self.force, self.labels_dirty = self.force, False, False
