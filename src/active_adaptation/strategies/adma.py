@@ -248,7 +248,8 @@ class ADMAStrategy(Strategy):
 
     def __init__(self, seed: int = 0, lam: float | None = None, landmarks: str = "auto", alpha: str = "auto",
                  normalize: bool = True, layers: str = "A", combine: str = "mean", exemplars: int = 5,
-                 kmeans: int = 25, max_landmarks: int = 1000, consistent: bool = False) -> None:
+                 kmeans: int = 25, max_landmarks: int = 1000, consistent: bool = False,
+                 exact_limit: int = 20_000) -> None:
         super().__init__(seed)
         a_layers = _check_options(layers, alpha, combine, lam, landmarks)
         self.lam = None if lam is None else float(lam)
@@ -256,6 +257,7 @@ class ADMAStrategy(Strategy):
         self.a_layers, self.combine = a_layers, combine
         self.exemplars, self.kmeans, self.max_landmarks = int(exemplars), int(kmeans), int(max_landmarks)
         self.consistent = bool(consistent)  # docs/methods.md §1.10
+        self.exact_limit = int(exact_limit)  # above: float32 distances (docs/methods.md §10)
         self.given: Landmarks | None = None  # set by the caller: source-data or reference-folder landmarks
         self.source_data = None  # the source data, when given (the consistent variant re-reads its landmarks)
         self._info: dict = {}
@@ -264,7 +266,7 @@ class ADMAStrategy(Strategy):
         return {"seed": self.seed, "lam": self.lam, "landmarks": self.landmarks, "alpha": self.alpha,
                 "normalize": self.normalize, "layers": ",".join(self.a_layers), "combine": self.combine,
                 "exemplars": self.exemplars, "kmeans": self.kmeans, "max_landmarks": self.max_landmarks,
-                "consistent": self.consistent}
+                "consistent": self.consistent, "exact_limit": self.exact_limit}
 
     def layers(self) -> tuple[str, ...]:
         return (*self.a_layers, "B")
@@ -417,11 +419,12 @@ class ADMAStrategy(Strategy):
             lm, present = consistent_landmarks(self, inputs, lm)
             alpha = alpha[:, present]
         d, scales = adma_distinctiveness([feats[r] for r in self.a_layers], feats["B"],
-                                         [lm.a[r] for r in self.a_layers], lm.b, alpha, self.normalize, self.combine)
+                                         [lm.a[r] for r in self.a_layers], lm.b, alpha, self.normalize, self.combine,
+                                         dtype=torch.float64 if inputs.n <= self.exact_limit else torch.float32)
         lam = self.lam if self.lam is not None else (1.0 / inputs.planned_rounds if inputs.planned_rounds else 0.1)
         w = min(max(lam * inputs.round, 0.0), 1.0)
         self._info = {"landmark_mode": lm.mode, "landmarks": lm.k, "alpha": alpha_mode, "lambda": lam,
-                      "weight_uncertainty": w, "t": inputs.round, "s_A": scales["s_A"], "s_B": scales["s_B"],
+                      "weight_uncertainty": w, "t": inputs.round, "float32": inputs.n > self.exact_limit, "s_A": scales["s_A"], "s_B": scales["s_B"],
                       "D_mean": float(d.mean()) if d.numel() else None,
                       "D_sd": float(d.std(unbiased=False)) if d.numel() else None}
         if lm.k < 2:

@@ -94,6 +94,25 @@ class ScoringInputs:
         return value
 
 
+def subset_inputs(inputs: ScoringInputs, idx: torch.Tensor) -> ScoringInputs:
+    """``inputs`` restricted to the pool items ``idx`` (the labeled set and the rest stay)."""
+    import dataclasses
+
+    rows = idx.tolist()
+
+    def pick(value, dim=0):
+        return None if value is None else value.index_select(dim, idx)
+
+    def pick_list(value):
+        return None if value is None else [value[i] for i in rows]
+
+    return dataclasses.replace(
+        inputs, n=len(rows), keys=pick_list(inputs.keys), probs=pick(inputs.probs), logits=pick(inputs.logits),
+        embeddings=pick(inputs.embeddings), features={k: pick(v) for k, v in inputs.features.items()},
+        source_probs=pick(inputs.source_probs), source_features={k: pick(v) for k, v in inputs.source_features.items()},
+        view_probs=pick(inputs.view_probs, 1), fingerprints=pick_list(inputs.fingerprints))
+
+
 def remember_pool(inputs: ScoringInputs, key: Any, values: torch.Tensor | None, **reference: Any) -> None:
     """After a full-pool scoring: keep each item's value (None: only the reference) and the
     strategy's ``reference`` (what it needs to value items that were not in the pool) under ``key``

@@ -26,6 +26,7 @@ from .errors import StrategyError
 from .registry import register
 
 CHUNK = 2048
+SAMPLE = 2000  # the kept sample that ranks items outside the scored pool (docs/methods.md §10)
 
 
 def _kmeans(x: torch.Tensor, k: int, seed: int) -> torch.Tensor:
@@ -128,14 +129,31 @@ def choose_delta(x: torch.Tensor, classes: int, alpha: float = 0.95, seed: int =
         upper = float(d[d > 0].median()) if (d > 0).any() else 1.0
         lower = float(knn_mean_distance(sample, 1).median()) if sample.shape[0] > 1 else upper / 10
         candidates = torch.linspace(max(lower, 1e-9), upper, 20).tolist()
-    best = (float(min(candidates)), purity(x, clusters, float(min(candidates))))
+    other = nearest_other_cluster(x, clusters)  # a ball is pure iff it reaches no other cluster
+
+    def pure(delta: float) -> float:
+        return float((other >= delta).to(torch.float64).mean())
+
+    best = (float(min(candidates)), pure(float(min(candidates))))
     for delta in sorted(candidates):
-        p = purity(x, clusters, delta)
+        p = pure(delta)
         if p >= alpha:
             best = (float(delta), p)
         else:
             break
     return best
+
+
+def nearest_other_cluster(x: torch.Tensor, clusters: torch.Tensor) -> torch.Tensor:
+    """Per row, the distance to the nearest row of another cluster (inf when there is none): the
+    δ-ball of a row is pure (:func:`purity`) exactly when this distance is at least δ, so one pass
+    answers every candidate δ."""
+    out = torch.empty(x.shape[0], dtype=torch.float64)
+    for s in range(0, x.shape[0], CHUNK):
+        d = torch.cdist(x[s:s + CHUNK], x)
+        d.masked_fill_(clusters[None, :] == clusters[s:s + CHUNK, None], torch.inf)
+        out[s:s + CHUNK] = d.min(dim=1).values
+    return out
 
 
 def probcover(pool: torch.Tensor, labeled: torch.Tensor | None, b: int, delta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,8 +193,9 @@ class TypiClustStrategy(BudgetStrategy):
     description = ("TypiClust (Hacohen et al.): the most typical item of each of the largest clusters that hold no "
                    "label yet; for the first labels of a project (cold start).")
 
-    def __init__(self, seed: int = 0, budget: int = 50, k: int = 20, max_clusters: int = 500) -> None:
-        super().__init__(seed, budget)
+    def __init__(self, seed: int = 0, budget: int = 50, k: int = 20, max_clusters: int = 500,
+                 candidates: int = 10_000) -> None:
+        super().__init__(seed, budget, candidates)
         if int(k) < 1 or int(max_clusters) < 1:
             raise TypeError("k and max_clusters must be >= 1")
         self.k, self.max_clusters = int(k), int(max_clusters)
@@ -188,12 +207,12 @@ class TypiClustStrategy(BudgetStrategy):
         h = inputs.require(Need.EMBEDDINGS).to(torch.float64).flatten(1)[perm]
         picks, typ = typiclust(h, inputs.labeled_embeddings, self.budget, self.k, self.seed, self.max_clusters)
         values, scale = order_to_values_and_scale(picks, typ)
-        sample = h[torch.randperm(h.shape[0], generator=torch.Generator().manual_seed(self.seed))[:2000]]
+        sample = h[torch.randperm(h.shape[0], generator=torch.Generator().manual_seed(self.seed))[:SAMPLE]]
         return values, {**scale, "sample": sample}
 
     def new_item_rest(self, inputs: ScoringInputs, idx: list[int], reference: dict) -> torch.Tensor:
-        h = inputs.require(Need.EMBEDDINGS).to(torch.float64).flatten(1)[idx]
-        return 1.0 / (knn_mean_distance(h, self.k, among=reference["sample"]) + 1e-12)
+        h = inputs.require(Need.EMBEDDINGS).flatten(1)[idx].to(torch.float32)  # float32: an estimate already
+        return 1.0 / (knn_mean_distance(h, self.k, among=reference["sample"].to(torch.float32)).to(torch.float64) + 1e-12)
 
 
 @register
@@ -204,8 +223,9 @@ class ProbCoverStrategy(BudgetStrategy):
     description = ("ProbCover (Yehuda et al.): greedy coverage of the pool by δ-balls, δ from the purity rule; "
                    "for the first labels of a project (cold start).")
 
-    def __init__(self, seed: int = 0, budget: int = 50, purity: float = 0.95, delta: float | None = None) -> None:
-        super().__init__(seed, budget)
+    def __init__(self, seed: int = 0, budget: int = 50, purity: float = 0.95, delta: float | None = None,
+                 candidates: int = 10_000) -> None:
+        super().__init__(seed, budget, candidates)
         if not 0 < float(purity) <= 1 or (delta is not None and float(delta) <= 0):
             raise TypeError("purity must be in (0, 1] and delta > 0")
         self.purity, self.delta = float(purity), None if delta is None else float(delta)
@@ -215,7 +235,7 @@ class ProbCoverStrategy(BudgetStrategy):
         return {**super().params(), "purity": self.purity, "delta": self.delta}
 
     def info(self) -> dict:
-        return dict(self._info)
+        return {**self._info, **self._sampled}
 
     def ordered_values(self, inputs: ScoringInputs, perm: torch.Tensor) -> tuple[torch.Tensor, dict]:
         h = inputs.require(Need.EMBEDDINGS).to(torch.float64).flatten(1)[perm]
@@ -227,14 +247,16 @@ class ProbCoverStrategy(BudgetStrategy):
         picks, degree = probcover(h, inputs.labeled_embeddings, self.budget, delta)
         self._info = {"delta": delta, "delta_purity": pure, "picks": int(picks.numel())}
         values, scale = order_to_values_and_scale(picks, degree)
-        sample = h[torch.randperm(h.shape[0], generator=torch.Generator().manual_seed(self.seed))[:5000]]
+        sample = h[torch.randperm(h.shape[0], generator=torch.Generator().manual_seed(self.seed))[:SAMPLE]]
         return values, {**scale, "delta": delta, "sample": sample, "pool_size": h.shape[0]}
 
     def new_item_rest(self, inputs: ScoringInputs, idx: list[int], reference: dict) -> torch.Tensor:
-        """A new item's ball size in the kept pool, estimated from a sample of it (exact up to 5000)."""
-        h = inputs.require(Need.EMBEDDINGS).to(torch.float64).flatten(1)[idx]
-        sample = reference["sample"]
-        inside = (torch.cdist(h, sample) < reference["delta"]).sum(dim=1).to(torch.float64)
+        """A new item's ball size in the kept pool, estimated from a sample of it (exact up to 2000)."""
+        h = inputs.require(Need.EMBEDDINGS).flatten(1)[idx].to(torch.float32)  # float32: an estimate already
+        sample = reference["sample"].to(torch.float32)
+        inside = torch.empty(h.shape[0], dtype=torch.float64)
+        for s in range(0, h.shape[0], CHUNK):
+            inside[s:s + CHUNK] = (torch.cdist(h[s:s + CHUNK], sample) < reference["delta"]).sum(dim=1).to(torch.float64)
         return inside * reference["pool_size"] / sample.shape[0] + 1.0
 
 

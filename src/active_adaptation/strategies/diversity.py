@@ -9,7 +9,7 @@ from typing import Sequence
 
 import torch
 
-from .base import Need, ScoringInputs, Strategy, recall_pool, remember_pool, values_from_pool
+from .base import Need, ScoringInputs, Strategy, recall_pool, remember_pool, subset_inputs, values_from_pool
 from .errors import PoolRelativeError, StrategyError
 from .registry import register
 from .uncertainty import uniform_from_keys
@@ -18,33 +18,40 @@ from .uncertainty import uniform_from_keys
 def k_center_greedy(pool: torch.Tensor, labeled: torch.Tensor | None, b: int, seed: int = 0) -> torch.Tensor:
     """Greedily pick ``b`` pool items, each the farthest (squared L2) from everything chosen or
     labeled so far. With nothing labeled, the first pick is a seeded random pool item. Ties go to
-    the lowest index."""
+    the lowest index. Each pick costs one matrix-vector product over the pool
+    (||x - c||² = ||x||² + ||c||² - 2 x·c), not an N x D temporary."""
     pool = pool.to(torch.float64).flatten(1)
     n = pool.shape[0]
     b = min(b, n)
     if b <= 0:
         return torch.zeros(0, dtype=torch.long)
     chosen: list[int] = []
+    norms = pool.pow(2).sum(dim=1)
     if labeled is not None and labeled.shape[0] > 0:
         nearest = _nearest_sq(pool, labeled.to(torch.float64).flatten(1))  # chunked: bounded memory
     else:
         first = int(torch.randint(n, (1,), generator=torch.Generator().manual_seed(seed)))
         chosen.append(first)
-        nearest = (pool - pool[first]).pow(2).sum(dim=1)
+        nearest = _sq_to(pool, norms, first)
+    taken = torch.zeros(n, dtype=torch.bool)
+    taken[chosen] = True
     while len(chosen) < b:
-        masked = nearest.clone()
-        if chosen:
-            masked[chosen] = -1.0
-        pick = int(torch.argmax(masked))
+        pick = int(torch.argmax(nearest.masked_fill(taken, -1.0)))
         chosen.append(pick)
-        nearest = torch.minimum(nearest, (pool - pool[pick]).pow(2).sum(dim=1))
+        taken[pick] = True
+        torch.minimum(nearest, _sq_to(pool, norms, pick), out=nearest)
     return torch.tensor(chosen, dtype=torch.long)
 
 
-def badge_distances(a: torch.Tensor, h: torch.Tensor, center: int) -> torch.Tensor:
+def _sq_to(x: torch.Tensor, norms: torch.Tensor, c: int) -> torch.Tensor:
+    """||x_i - x_c||² for every row, from the rows' squared norms (clamped at 0 against rounding)."""
+    return (norms + norms[c] - 2 * (x @ x[c])).clamp_min_(0)
+
+
+def badge_distances(a: torch.Tensor, h: torch.Tensor, center: int, norms: torch.Tensor | None = None) -> torch.Tensor:
     """||g_i - g_c||² for gradient embeddings g = a ⊗ h (a = p - e_ŷ), without forming g:
-    ||a_i||²||h_i||² + ||a_c||²||h_c||² - 2 (a_i·a_c)(h_i·h_c)."""
-    na = a.pow(2).sum(dim=1) * h.pow(2).sum(dim=1)
+    ||a_i||²||h_i||² + ||a_c||²||h_c||² - 2 (a_i·a_c)(h_i·h_c). ``norms``: the ||g_i||², when known."""
+    na = a.pow(2).sum(dim=1) * h.pow(2).sum(dim=1) if norms is None else norms
     return (na + na[center] - 2 * (a @ a[center]) * (h @ h[center])).clamp_min(0)
 
 
@@ -68,28 +75,39 @@ def residual(p: torch.Tensor, layout=None, threshold: float = 0.5) -> torch.Tens
 def badge(probs: torch.Tensor, h: torch.Tensor, b: int, seed: int = 0, layout=None, threshold: float = 0.5) -> torch.Tensor:
     """BADGE selection: k-means++ seeding on g = (p - ŷ) ⊗ h (:func:`residual`); the first pick is
     the largest ||g||."""
+    return badge_seeding(probs, h, b, seed, layout, threshold)[0]
+
+
+def badge_seeding(probs: torch.Tensor, h: torch.Tensor, b: int, seed: int = 0, layout=None,
+                  threshold: float = 0.5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`badge`'s picks, every item's squared gradient-space distance to the nearest pick,
+    and the residuals a (what the rest of the queue is ranked by)."""
     p, h = probs.to(torch.float64), h.to(torch.float64).flatten(1)
     n = p.shape[0]
     b = min(b, n)
-    if b <= 0:
-        return torch.zeros(0, dtype=torch.long)
     a = residual(p, layout, threshold)
+    if b <= 0:
+        return torch.zeros(0, dtype=torch.long), torch.full((n,), torch.inf, dtype=torch.float64), a
     generator = torch.Generator().manual_seed(seed)
     norms = a.pow(2).sum(dim=1) * h.pow(2).sum(dim=1)
     chosen = [int(torch.argmax(norms))]
-    nearest = badge_distances(a, h, chosen[0])
+    nearest = badge_distances(a, h, chosen[0], norms)
+    taken = torch.zeros(n, dtype=torch.bool)
+    taken[chosen[0]] = True
     while len(chosen) < b:
-        weights = nearest.clone()
-        weights[chosen] = 0.0
+        weights = nearest.masked_fill(taken, 0.0)
         total = weights.sum()
         if total <= 0:  # every remaining item coincides with a chosen one: take them in index order
-            rest = [i for i in range(n) if i not in set(chosen)]
-            chosen.extend(rest[: b - len(chosen)])
+            rest = torch.nonzero(~taken).flatten()[: b - len(chosen)].tolist()
+            chosen.extend(rest)
+            for c in rest:
+                torch.minimum(nearest, badge_distances(a, h, c, norms), out=nearest)
             break
         pick = int(torch.multinomial(weights / total, 1, generator=generator))
         chosen.append(pick)
-        nearest = torch.minimum(nearest, badge_distances(a, h, pick))
-    return torch.tensor(chosen, dtype=torch.long)
+        taken[pick] = True
+        torch.minimum(nearest, badge_distances(a, h, pick, norms), out=nearest)
+    return torch.tensor(chosen, dtype=torch.long), nearest, a
 
 
 # ------------------------------------------------------------------------------------------------
@@ -140,18 +158,38 @@ def _nearest_sq(x: torch.Tensor, centres: torch.Tensor, chunk: int = 4096) -> to
 class BudgetStrategy(Strategy):
     """A batch method turned into a queue order: ``budget`` greedy picks first (see above). Its
     values are relative to the whole pool: a subset is valued from the last full-pool scoring of the
-    same model (kept items keep their value; new items are ranked against the kept picks)."""
+    same model (kept items keep their value; new items are ranked against the kept picks).
+
+    Pools larger than ``candidates`` (0: never) run the method on a candidate sample of that many
+    items, drawn by a hash of each task's key (docs/methods.md §10): the picks come from the sample,
+    and every other item is ranked with the picks' reference exactly as a task that was not in the
+    pool (:meth:`new_item_rest`), behind every pick."""
 
     pool_relative = True
 
-    def __init__(self, seed: int = 0, budget: int = 256) -> None:
+    def __init__(self, seed: int = 0, budget: int = 256, candidates: int = 20_000) -> None:
         super().__init__(seed)
         if int(budget) < 1:
             raise TypeError("budget must be >= 1")
-        self.budget = int(budget)
+        candidates = int(candidates)
+        if candidates < 0 or 0 < candidates < 2 * int(budget):
+            raise TypeError(f"candidates must be 0 (no sample) or at least twice the budget ({2 * int(budget)})")
+        self.budget, self.candidates = int(budget), candidates
+        self._sampled: dict = {}
 
     def params(self) -> dict:
-        return {"seed": self.seed, "budget": self.budget}
+        return {"seed": self.seed, "budget": self.budget, "candidates": self.candidates}
+
+    def info(self) -> dict:
+        return dict(self._sampled)
+
+    def candidate_sample(self, keys) -> torch.Tensor | None:
+        """Indices of the candidate sample (the ``candidates`` smallest key hashes), or None when the
+        pool is not larger than ``candidates``."""
+        if not self.candidates or len(keys) <= self.candidates:
+            return None
+        draw = uniform_from_keys([str(k) for k in keys], self.seed + 104_729)
+        return torch.sort(torch.topk(draw, self.candidates, largest=False).indices).values
 
     def acquisition(self, inputs: ScoringInputs) -> torch.Tensor:
         key = (self.name, tuple(sorted(self.params().items())))
@@ -159,10 +197,21 @@ class BudgetStrategy(Strategy):
             entry = recall_pool(inputs, key, self.name)
             return values_from_pool(inputs, entry, lambda idx: rest_values(
                 self.new_item_rest(inputs, idx, entry["reference"]), entry["reference"]))
-        perm = canonical_order(inputs.require(Need.KEYS))
-        values, reference = self.ordered_values(inputs, perm)
-        out = torch.empty_like(values)
-        out[perm] = values
+        keys = inputs.require(Need.KEYS)
+        sample = self.candidate_sample(keys)
+        self._sampled = {} if sample is None else {"candidates": int(sample.numel()), "pool": inputs.n}
+        pool = inputs if sample is None else subset_inputs(inputs, sample)
+        perm = canonical_order(pool.require(Need.KEYS))
+        values, reference = self.ordered_values(pool, perm)
+        out = torch.empty(inputs.n, dtype=torch.float64)
+        if sample is None:
+            out[perm] = values
+        else:
+            out[sample[perm]] = values
+            others = torch.ones(inputs.n, dtype=torch.bool)
+            others[sample] = False
+            rest = torch.nonzero(others).flatten().tolist()
+            out[rest] = rest_values(self.new_item_rest(inputs, rest, reference), reference)
         remember_pool(inputs, key, out, **reference)
         return out
 
@@ -217,11 +266,7 @@ class BadgeStrategy(BudgetStrategy):
     def ordered_values(self, inputs: ScoringInputs, perm: torch.Tensor) -> tuple[torch.Tensor, dict]:
         p = inputs.require(Need.PROBS).to(torch.float64)[perm]
         h = inputs.require(Need.EMBEDDINGS).to(torch.float64).flatten(1)[perm]
-        picks = badge(p, h, self.budget, self.seed, inputs.layout, inputs.threshold)
-        a = residual(p, inputs.layout, inputs.threshold)
-        nearest = torch.full((p.shape[0],), torch.inf, dtype=torch.float64)
-        for c in picks.tolist():
-            nearest = torch.minimum(nearest, badge_distances(a, h, c))
+        picks, nearest, a = badge_seeding(p, h, self.budget, self.seed, inputs.layout, inputs.threshold)
         values, scale = order_to_values_and_scale(picks, nearest)
         return values, {**scale, "a": a[picks], "h": h[picks]}
 

@@ -55,9 +55,9 @@ def emoc_last_layer(h_cand: torch.Tensor, p_cand: torch.Tensor, h_ref: torch.Ten
             if output == "logit":
                 change = g.abs().sum(dim=1)[None, :].expand_as(k)
             elif output == "prob":
+                # ||J_s(x) g'||_1 = Σ_c p_c |g'_c - p·g'| (p_c >= 0): one (M, b, C) temporary
                 pg = p_ref @ g.T  # (M, b)
-                js = p_ref[:, None, :] * g[None, :, :] - p_ref[:, None, :] * pg[:, :, None]  # (M, b, C)
-                change = js.abs().sum(dim=2)
+                change = torch.einsum("mbc,mc->mb", (g[None, :, :] - pg[:, :, None]).abs_(), p_ref)
             else:
                 raise ValueError(f"output={output!r}; allowed: prob, logit")
             total += w.squeeze(1) * (k * change).mean(dim=0)
@@ -107,6 +107,9 @@ def emoc_two_layer(a_cand: torch.Tensor, u_cand: torch.Tensor, p_cand: torch.Ten
     return out
 
 
+MIN_REFERENCES = 100
+
+
 @register
 class EMOCStrategy(Strategy):
     name = "emoc"
@@ -116,16 +119,17 @@ class EMOCStrategy(Strategy):
     pool_relative = True  # the reference sample is drawn from the whole pool (and the labeled set)
 
     def __init__(self, seed: int = 0, references: int = 2000, output: str = "prob", label: str = "map",
-                 bias: bool = True, head_layers: int = 1, reference_set: str = "all") -> None:
+                 bias: bool = True, head_layers: int = 1, reference_set: str = "all", pairs: int = 40_000_000) -> None:
         super().__init__(seed)
-        if output not in ("prob", "logit") or label not in ("map", "marginal") or references < 1:
-            raise TypeError("output must be prob|logit, label map|marginal, references >= 1")
+        if output not in ("prob", "logit") or label not in ("map", "marginal") or references < 1 or pairs < 0:
+            raise TypeError("output must be prob|logit, label map|marginal, references >= 1, pairs >= 0")
         if head_layers not in (1, 2) or (head_layers == 2 and (output != "prob" or not bias)):
             raise TypeError("head_layers must be 1 or 2 (2: the two-layer closed form, softmax output with bias)")
         if reference_set not in ("all", "unlabeled"):
             raise TypeError("reference_set must be all (labeled and unlabeled, the paper) or unlabeled")
         self.references, self.output, self.label, self.bias = int(references), output, label, bool(bias)
         self.head_layers, self.reference_set = int(head_layers), reference_set
+        self.pairs = int(pairs)
         extra = {Need.FEATURES, Need.HEAD_WEIGHT} if head_layers == 2 else set()
         if head_layers == 2 and reference_set == "all":
             extra.add(Need.LABELED_FEATURES)
@@ -133,7 +137,15 @@ class EMOCStrategy(Strategy):
 
     def params(self) -> dict:
         return {"seed": self.seed, "references": self.references, "output": self.output, "label": self.label,
-                "bias": self.bias, "head_layers": self.head_layers, "reference_set": self.reference_set}
+                "bias": self.bias, "head_layers": self.head_layers, "reference_set": self.reference_set,
+                "pairs": self.pairs}
+
+    def reference_count(self, n: int) -> int:
+        """How many references value a pool of ``n`` candidates: ``references``, fewer when
+        n x references would exceed ``pairs`` (0: never), but never fewer than 100 (docs/methods.md §10)."""
+        if not self.pairs or n * self.references <= self.pairs:
+            return self.references
+        return min(self.references, max(MIN_REFERENCES, self.pairs // max(n, 1)))
 
     def layers(self) -> tuple[str, ...]:
         # the input of the penultimate Linear and its pre-activation (roles of each backbone)
@@ -164,7 +176,7 @@ class EMOCStrategy(Strategy):
                 parts["u"].append(feats["HEAD_PRE"].flatten(1))
             g = torch.Generator().manual_seed(self.seed * 7907 + inputs.round)
             draw = torch.cat([draw, torch.rand(n_l, generator=g, dtype=torch.float64)])
-        pick = torch.argsort(draw, stable=True)[: self.references]
+        pick = torch.argsort(draw, stable=True)[: self.reference_count(inputs.n)]
         ref = {k: torch.cat([t.to(torch.float64) for t in v])[pick] for k, v in parts.items()}
         ref["labeled"] = int((pick >= len(keys)).sum())
         return ref
@@ -186,6 +198,8 @@ class EMOCStrategy(Strategy):
         ref = self._reference(inputs, cand)
         values = self._values(cand, ref, weight)
         self._info = {"references": int(ref["h"].shape[0]), "labeled_references": ref["labeled"]}
+        if self.reference_count(inputs.n) < self.references:
+            self._info["references_capped"] = f"{self.references} -> {self.reference_count(inputs.n)} (pairs={self.pairs})"
         remember_pool(inputs, key, values, **ref, **({"weight": weight.to(torch.float64)} if weight is not None else {}))
         return values
 

@@ -96,21 +96,20 @@ class MMDStrategy(BudgetStrategy):
                    "layer B (source sample: source data when given, else source-head exemplars of the pool).")
 
     def __init__(self, seed: int = 0, budget: int = 256, exact_limit: int = 20000, rff: int = 2048,
-                 exemplars: int = 5) -> None:
-        super().__init__(seed, budget)
+                 exemplars: int = 5, candidates: int = 10_000) -> None:
+        super().__init__(seed, budget, candidates)
         self.exact_limit, self.rff, self.exemplars = int(exact_limit), int(rff), int(exemplars)
         self.source: torch.Tensor | None = None  # set by the caller when source data exists
         self._info: dict = {}
 
     def params(self) -> dict:
-        return {"seed": self.seed, "budget": self.budget, "exact_limit": self.exact_limit, "rff": self.rff,
-                "exemplars": self.exemplars}
+        return {**super().params(), "exact_limit": self.exact_limit, "rff": self.rff, "exemplars": self.exemplars}
 
     def layers(self) -> tuple[str, ...]:
         return ("B",)
 
     def info(self) -> dict:
-        return dict(self._info)
+        return {**self._info, **self._sampled}
 
     def set_source(self, features: torch.Tensor) -> None:
         self.source = features.flatten(1)
