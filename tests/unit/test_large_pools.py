@@ -71,7 +71,7 @@ def test_candidate_sample_equals_the_method_on_the_sample():
 
 def test_candidates_must_exceed_the_budget():
     with pytest.raises(strategies.UnknownStrategyError, match="candidates"):
-        strategies.from_spec("badge:budget=50:candidates=60")
+        strategies.from_spec("badge:budget=50:candidates=40")
 
 
 def test_emoc_caps_its_references_by_pairs():

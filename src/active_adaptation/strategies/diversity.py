@@ -172,8 +172,8 @@ class BudgetStrategy(Strategy):
         if int(budget) < 1:
             raise TypeError("budget must be >= 1")
         candidates = int(candidates)
-        if candidates < 0 or 0 < candidates < 2 * int(budget):
-            raise TypeError(f"candidates must be 0 (no sample) or at least twice the budget ({2 * int(budget)})")
+        if candidates < 0 or 0 < candidates < int(budget):
+            raise TypeError(f"candidates must be 0 (no sample) or at least the budget ({int(budget)})")
         self.budget, self.candidates = int(budget), candidates
         self._sampled: dict = {}
 
