@@ -43,13 +43,15 @@ def test_candidate_sample_above_its_size(spec):
     inputs = pool(400)
     strategy = strategies.from_spec(spec + ":candidates=100")
     values = strategy(dataclasses.replace(inputs, state={}))
-    assert strategy.info()["candidates"] == 100 and strategy.info()["pool"] == 400
-    sample = strategy.candidate_sample(inputs.keys)
-    assert sample.shape == (100,)
+    size = strategy.info()["candidates"]
+    assert size == (100 if not spec.startswith("typiclust") else 20 * (8 + 10)) and strategy.info()["pool"] == 400
+    sample = strategy.candidate_sample(inputs.keys, size)
+    assert sample.shape == (size,)
     inside = torch.zeros(400, dtype=torch.bool)
     inside[sample] = True
     picks = values >= 2.0  # greedy picks are worth at least 2, the rest at most 1.5
     assert 0 < int(picks.sum()) <= 10 and bool(inside[picks].all()), "picks come from the sample only"
+    assert int((~inside).sum()) == 400 - size
     assert float(values[~inside].max()) <= 1.5
     # the sample is fixed by the keys: the same pool in another order gives every task the same value
     order = torch.randperm(400, generator=torch.Generator().manual_seed(3))
@@ -63,7 +65,7 @@ def test_candidate_sample_equals_the_method_on_the_sample():
     inputs = pool(400)
     strategy = strategies.from_spec("coreset:budget=10:candidates=100")
     values = strategy(dataclasses.replace(inputs, state={}))
-    sample = strategy.candidate_sample(inputs.keys)
+    sample = strategy.candidate_sample(inputs.keys, 100)
     alone = strategies.from_spec("coreset:budget=10:candidates=0")(subset_inputs(dataclasses.replace(inputs, state={}), sample))
     assert torch.equal(values[sample] >= 2.0, alone >= 2.0)
     torch.testing.assert_close(values[sample][alone >= 2.0], alone[alone >= 2.0], rtol=0, atol=0)
@@ -104,3 +106,11 @@ def test_one_pass_purity_equals_the_definition():
     other = nearest_other_cluster(x, clusters)
     for delta in (0.3, 0.8, 1.5, 3.0):
         assert float((other >= delta).double().mean()) == pytest.approx(purity(x, clusters, delta), abs=0)
+
+
+def test_typiclust_keeps_twenty_candidates_per_cluster():
+    inputs = pool(2000)
+    strategy = strategies.from_spec("typiclust:budget=10:candidates=50")  # 8 labeled + 10 picks: 18 clusters
+    strategy(dataclasses.replace(inputs, state={}))
+    assert strategy.info()["candidates"] == 360
+    assert strategies.from_spec("typiclust:candidates=0").sample_size(inputs) == 0

@@ -26,6 +26,7 @@ from .errors import StrategyError
 from .registry import register
 
 CHUNK = 2048
+PER_CLUSTER = 20  # TypiClust's candidate sample holds at least this many items per cluster
 SAMPLE = 2000  # the kept sample that ranks items outside the scored pool (docs/methods.md §10)
 
 
@@ -202,6 +203,14 @@ class TypiClustStrategy(BudgetStrategy):
 
     def params(self) -> dict:
         return {**super().params(), "k": self.k, "max_clusters": self.max_clusters}
+
+    def sample_size(self, inputs: ScoringInputs) -> int:
+        """At least ``PER_CLUSTER`` candidates per cluster: a sample of about one item per cluster
+        leaves nothing to be typical of (measured: docs/results.md, large-pool approximations)."""
+        if not self.candidates:
+            return 0
+        n_l = 0 if inputs.labeled_embeddings is None else int(inputs.labeled_embeddings.shape[0])
+        return max(self.candidates, PER_CLUSTER * min(n_l + self.budget, self.max_clusters))
 
     def ordered_values(self, inputs: ScoringInputs, perm: torch.Tensor) -> tuple[torch.Tensor, dict]:
         h = inputs.require(Need.EMBEDDINGS).to(torch.float64).flatten(1)[perm]

@@ -183,13 +183,18 @@ class BudgetStrategy(Strategy):
     def info(self) -> dict:
         return dict(self._sampled)
 
-    def candidate_sample(self, keys) -> torch.Tensor | None:
-        """Indices of the candidate sample (the ``candidates`` smallest key hashes), or None when the
-        pool is not larger than ``candidates``."""
-        if not self.candidates or len(keys) <= self.candidates:
+    def sample_size(self, inputs: ScoringInputs) -> int:
+        """How many candidates the sample holds for these inputs (0: no sample)."""
+        return self.candidates
+
+    def candidate_sample(self, keys, size: int | None = None) -> torch.Tensor | None:
+        """Indices of the candidate sample (the ``size`` smallest key hashes; default ``candidates``),
+        or None when the pool is not larger than that."""
+        size = self.candidates if size is None else size
+        if not size or len(keys) <= size:
             return None
         draw = uniform_from_keys([str(k) for k in keys], self.seed + 104_729)
-        return torch.sort(torch.topk(draw, self.candidates, largest=False).indices).values
+        return torch.sort(torch.topk(draw, size, largest=False).indices).values
 
     def acquisition(self, inputs: ScoringInputs) -> torch.Tensor:
         key = (self.name, tuple(sorted(self.params().items())))
@@ -198,7 +203,7 @@ class BudgetStrategy(Strategy):
             return values_from_pool(inputs, entry, lambda idx: rest_values(
                 self.new_item_rest(inputs, idx, entry["reference"]), entry["reference"]))
         keys = inputs.require(Need.KEYS)
-        sample = self.candidate_sample(keys)
+        sample = self.candidate_sample(keys, self.sample_size(inputs))
         self._sampled = {} if sample is None else {"candidates": int(sample.numel()), "pool": inputs.n}
         pool = inputs if sample is None else subset_inputs(inputs, sample)
         perm = canonical_order(pool.require(Need.KEYS))
