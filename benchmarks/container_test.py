@@ -21,6 +21,10 @@ Needs a Docker daemon and ``docker compose`` (on the project's offline machines:
    /data and /opt/torch and the tmpfs /tmp fails);
 8. ``docker compose down -v``.
 
+With ``--replicas N``: N backend containers on one ``models`` volume (``--scale backend=N``, host ports
+BACKEND_PORT=P-(P+N-1), as the README says); after the annotations exactly one round, and every replica
+serves it.
+
 Prints one line per check and a JSON summary; exit status 0 when every check passed.
 """
 from __future__ import annotations
@@ -85,6 +89,48 @@ def wait(what: str, probe, timeout: float, every: float = 2.0):
     raise TimeoutError(f"{what}: not within {timeout:.0f} s (last: {last!r})")
 
 
+def free_ports(n: int) -> int:
+    """The first of ``n`` consecutive free local ports."""
+    for _ in range(50):
+        base = free_port()
+        if base + n - 1 < 65536 and all(_free(base + i) for i in range(1, n)):
+            return base
+    raise RuntimeError(f"no {n} consecutive free ports")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def replica_status(container: str, project: int) -> dict:
+    """``/status`` of one replica for ``project``, asked inside its container (every replica, whatever
+    host port it got)."""
+    code = ("import json, urllib.request; print(json.dumps(json.load(urllib.request.urlopen("
+            f"'http://127.0.0.1:9090/status', timeout=30))['projects'].get('{project}')))")
+    return json.loads(sh("docker", "exec", container, "python", "-c", code))
+
+
+def check_replicas(ids: list[str], project: int, version: str, versions_in_ls, timeout: float) -> None:
+    """Several replicas on one MODEL_DIR: the annotations gave exactly one round (one ``-t1-``
+    version in Label Studio), and every replica serves it and names the same trainer."""
+    def serving(i):  # a replica looks at MODEL_DIR at most every 2 s
+        s = replica_status(i, project) or {}
+        return s.get("model_version") == version and s.get("published_version") == version
+
+    wait(f"every one of {len(ids)} replicas serves {version} and reports it published", lambda: all(map(serving, ids)),
+         timeout)
+    statuses = [replica_status(i, project) for i in ids]
+    rounds = sorted(v for v in versions_in_ls() if "-t1-" in v)
+    assert rounds == [version], f"one round expected, Label Studio holds {rounds}"
+    log(f"ok: {len(ids)} replicas on one MODEL_DIR: one round ({version}), served by all; trainer "
+        f"{sorted({str(s.get('trainer')) for s in statuses})}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--flavor", default="cuda", choices=("cuda", "cpu"),
@@ -93,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-build", action="store_true", help="use the image as it is")
     parser.add_argument("--timeout", type=float, default=600, help="seconds for each wait")
     parser.add_argument("--keep", action="store_true", help="leave the stack running")
+    parser.add_argument("--replicas", type=int, default=1,
+                        help="backend replicas (docker compose --scale backend=N on a host port range, one MODEL_DIR volume)")
     args = parser.parse_args(argv)
     image = args.image or f"active-adaptation:{args.flavor}"
     if not daemon_answers():
@@ -110,10 +158,11 @@ def main(argv: list[str] | None = None) -> int:
 
     project_name = f"aa-test-{secrets.token_hex(3)}"
     token = secrets.token_hex(20)
-    ls_port, backend_port = free_port(), free_port()
+    ls_port, backend_port = free_port(), free_ports(args.replicas)
+    port_spec = str(backend_port) if args.replicas == 1 else f"{backend_port}-{backend_port + args.replicas - 1}"
     env = {**os.environ, "COMPOSE_PROJECT_NAME": project_name, "LABEL_STUDIO_API_KEY": token,
            "LABEL_STUDIO_PASSWORD": secrets.token_urlsafe(12), "LABEL_STUDIO_PORT": str(ls_port),
-           "BACKEND_PORT": str(backend_port), "LABEL_STUDIO_HOST": f"http://localhost:{ls_port}",
+           "BACKEND_PORT": port_spec, "LABEL_STUDIO_HOST": f"http://localhost:{ls_port}",
            # the default backbone with its packaged ImageNet weights (nothing is downloaded), small for a CPU
            "BACKBONE": "efficientnet_lite0", "WEIGHTS": "DEFAULT", "IMAGE_SIZE": "64", "FREEZE": "blocks.5",
            "TRAIN_STEPS": "20", "TRAIN_DEBOUNCE_S": "2"}
@@ -122,8 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     ok = False
     try:
         started = time.monotonic()
-        log(f"docker compose -p {project_name} up -d --no-build (Label Studio :{ls_port}, backend :{backend_port})")
-        sh(*compose, "up", "-d", "--no-build", "label-studio", "backend", env=env)
+        log(f"docker compose -p {project_name} up -d --no-build --scale backend={args.replicas} "
+            f"(Label Studio :{ls_port}, backend :{port_spec})")
+        sh(*compose, "up", "-d", "--no-build", "--scale", f"backend={args.replicas}", "label-studio", "backend", env=env)
         ls_url, backend_url = f"http://127.0.0.1:{ls_port}", f"http://127.0.0.1:{backend_port}"
         api = requests.Session()
         api.headers["Authorization"] = f"Token {token}"
@@ -136,12 +186,14 @@ def main(argv: list[str] | None = None) -> int:
 
         wait("Label Studio /health is UP", lambda: requests.get(f"{ls_url}/health", timeout=5).json()["status"] == "UP",
              args.timeout)
-        backend_id = sh(*compose, "ps", "-q", "backend", env=env)
+        backend_ids = sh(*compose, "ps", "-q", "backend", env=env).split()
+        assert len(backend_ids) == args.replicas, backend_ids
+        backend_id = backend_ids[0]
 
-        def healthy():
-            return sh("docker", "inspect", "-f", "{{.State.Health.Status}}", backend_id) == "healthy"
+        def healthy(ids=(backend_id,)):
+            return all(sh("docker", "inspect", "-f", "{{.State.Health.Status}}", i) == "healthy" for i in ids)
 
-        wait("backend container healthy (its HEALTHCHECK)", healthy, args.timeout, every=5)
+        wait(f"{len(backend_ids)} backend container(s) healthy (HEALTHCHECK)", lambda: healthy(backend_ids), args.timeout, every=5)
         results["healthy_after_s"] = round(time.monotonic() - started)
         wait("the legacy token is accepted", lambda: call("GET", "/api/current-user/whoami")["email"], 120)
 
@@ -175,6 +227,10 @@ def main(argv: list[str] | None = None) -> int:
         v1 = wait("a trained version published after 4 annotations",
                   lambda: (v := project_info()["model_version"]) != v0 and "-t1-" in v and v, args.timeout)
         results["versions"] = [v0, v1]
+        if args.replicas > 1:
+            check_replicas(backend_ids, project, v1, lambda: {p["model_version"] for p in call(
+                "GET", "/api/predictions/", params={"project": project})}, args.timeout)
+            results["replicas"] = args.replicas
 
         log("docker restart the backend")
         sh("docker", "restart", backend_id)
