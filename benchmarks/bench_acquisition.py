@@ -57,7 +57,6 @@ def _run(spec: str, n: int, threads: int, queue) -> None:
     torch.set_num_threads(threads)
     inputs = synthetic_inputs(n)
     strategy = strategies.from_spec(spec)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
     strategy(inputs)
     first = time.perf_counter() - started
@@ -67,7 +66,7 @@ def _run(spec: str, n: int, threads: int, queue) -> None:
     strategy(nxt)
     again = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    queue.put(("done", again, {"peak_mb": peak / 1024, "inputs_mb": before / 1024, **strategy.info()}))
+    queue.put(("done", again, {"peak_mb": peak / 1024, **strategy.info()}))
 
 
 def measure(spec: str, n: int, threads: int, timeout: float) -> dict:

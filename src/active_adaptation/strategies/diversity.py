@@ -200,8 +200,7 @@ class BudgetStrategy(Strategy):
         key = (self.name, tuple(sorted(self.params().items())))
         if not inputs.full_pool:
             entry = recall_pool(inputs, key, self.name)
-            return values_from_pool(inputs, entry, lambda idx: rest_values(
-                self.new_item_rest(inputs, idx, entry["reference"]), entry["reference"]))
+            return values_from_pool(inputs, entry, lambda idx: self._behind_picks(inputs, idx, entry["reference"]))
         keys = inputs.require(Need.KEYS)
         sample = self.candidate_sample(keys, self.sample_size(inputs))
         self._sampled = {} if sample is None else {"candidates": int(sample.numel()), "pool": inputs.n}
@@ -216,9 +215,14 @@ class BudgetStrategy(Strategy):
             others = torch.ones(inputs.n, dtype=torch.bool)
             others[sample] = False
             rest = torch.nonzero(others).flatten().tolist()
-            out[rest] = rest_values(self.new_item_rest(inputs, rest, reference), reference)
+            out[rest] = self._behind_picks(inputs, rest, reference)
         remember_pool(inputs, key, out, **reference)
         return out
+
+    def _behind_picks(self, inputs: ScoringInputs, idx: list[int], reference: dict) -> torch.Tensor:
+        """Values of items that the scored pool (or its candidate sample) did not hold: ranked by
+        :meth:`new_item_rest` against the kept reference, behind every pick."""
+        return rest_values(self.new_item_rest(inputs, idx, reference), reference)
 
     def ordered_values(self, inputs: ScoringInputs, perm: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """(acquisition values for the pool taken in the order ``perm`` (sorted by task key), what
