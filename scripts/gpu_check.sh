@@ -27,5 +27,5 @@ for backbone in efficientnet_lite0 resnet50; do
         --device cuda 2>&1 | tee "$OUT/bench_strategies_$backbone.txt"
 done
 python3 -m active_adaptation.simulation --dataset fashion-mnist --image-size 224 --device cuda --workers 1 \
-    --seeds "$SEEDS" --strategies random,margin,typiclust,probcover --no-progress --out "$OUT/fashion-224" \
+    --seeds "$SEEDS" --strategies random,auto,badge,margin,typiclust --no-progress --out "$OUT/fashion-224" \
     2>&1 | tail -40 | tee "$OUT/fashion-224.txt"
