@@ -17,6 +17,7 @@ if [[ "${1:-}" == "--prepare" ]]; then
 fi
 OUT=${OUT:-runs/gpu}
 SEEDS=${SEEDS:-20}
+STRATEGIES=${STRATEGIES:-random,auto,badge,margin,typiclust}   # e.g. add aift: 16 views are ~40 h of CPU here
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/*.whl
 export PYTHONPATH=/tmp/site:$PWD/src:$PWD FASHION_MNIST_DIR=$PWD/.gpu/fashion-mnist PYTHONUNBUFFERED=1
@@ -27,5 +28,5 @@ for backbone in efficientnet_lite0 resnet50; do
         --device cuda 2>&1 | tee "$OUT/bench_strategies_$backbone.txt"
 done
 python3 -m active_adaptation.simulation --dataset fashion-mnist --image-size 224 --device cuda --workers 1 \
-    --seeds "$SEEDS" --strategies random,auto,badge,margin,typiclust --no-progress --out "$OUT/fashion-224" \
+    --seeds "$SEEDS" --strategies "$STRATEGIES" --no-progress --out "$OUT/fashion-224" \
     2>&1 | tail -40 | tee "$OUT/fashion-224.txt"
