@@ -341,11 +341,12 @@ def plot_curves(results: dict, path: Path, baseline: str = "random") -> None:
     palette = plt.get_cmap("tab10" if len(others) <= 10 else "tab20")
     for k, name in enumerate(others):
         colors[name] = palette(k % palette.N)
-    for name in sorted(data, key=lambda n: (n != baseline, n)):
+    alc = {n: float(e["matrix"][:, 1:].mean() if e["matrix"].shape[1] > 1 else e["matrix"].mean()) for n, e in data.items()}
+    for name in sorted(data, key=lambda n: -alc[n]):  # the legend reads as a ranking by ALC
         entry = data[name]
         m, x = entry["matrix"], np.array(entry["labels"])
         mean = m.mean(axis=0)
-        line, = ax.plot(x, mean, label=f"{name} (n={m.shape[0]})", lw=2.2 if name == baseline else 1.4,
+        line, = ax.plot(x, mean, label=f"{name}: ALC {alc[name]:.3f} (n={m.shape[0]})", lw=2.2 if name == baseline else 1.4,
                         color="black" if name == baseline else colors[name])
         if m.shape[0] > 1:
             half = stats.t.ppf(0.975, m.shape[0] - 1) * m.std(axis=0, ddof=1) / math.sqrt(m.shape[0])
