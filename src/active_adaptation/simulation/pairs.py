@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .report import _paired, _t_interval, _wilcoxon, curves, holm
+from .report import _paired, _t_interval, _wilcoxon, curves, holm, seed_alc
 
 
 def same_selections(results: dict, a: str, b: str) -> tuple[int, int]:
@@ -41,7 +41,7 @@ def compare(results: dict, pairs: list[tuple[str, str]]) -> list[dict]:
         if missing:
             raise SystemExit(f"not in these results: {', '.join(missing)}; they hold {', '.join(data)}")
         v, r = _paired(data[variant], data[ref])
-        alc_v, alc_r = v[:, 1:].mean(axis=1), r[:, 1:].mean(axis=1)
+        alc_v, alc_r = seed_alc(v), seed_alc(r)
         row = {"reference": ref, "variant": variant, "seeds": len(v), "alc": float(alc_r.mean()),
                "final": float(r[:, -1].mean())}
         for key, diffs in (("alc", alc_v - alc_r), ("final", v[:, -1] - r[:, -1])):

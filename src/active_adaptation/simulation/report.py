@@ -83,6 +83,12 @@ def curves(results: dict) -> dict[str, dict]:
     return out
 
 
+def seed_alc(m: np.ndarray) -> np.ndarray:
+    """ALC of each seed from a (seeds, rounds) accuracy matrix: the mean over rounds 1..T (round 0 is
+    the seed set, the same for every strategy); a single round is its own ALC."""
+    return m[:, 1:].mean(axis=1) if m.shape[1] > 1 else m[:, 0]
+
+
 MULTI_LABEL_TRACKS = ("multi-digits",)
 
 
@@ -100,7 +106,7 @@ def summarise(results: dict, baseline: str = "random") -> list[dict]:
     rows = []
     for name, entry in data.items():
         m = entry["matrix"]
-        alc = m[:, 1:].mean(axis=1) if m.shape[1] > 1 else m[:, 0]
+        alc = seed_alc(m)
         final = m[:, -1]
         mean_curve = m.mean(axis=0)
         row = {"strategy": name, "seeds": len(entry["seeds"]), "alc": float(alc.mean()), "final": float(final.mean()),
@@ -117,7 +123,7 @@ def summarise(results: dict, baseline: str = "random") -> list[dict]:
                 idx = [entry["seeds"].index(s) for s in common]
                 bidx = [base["seeds"].index(s) for s in common]
                 bm = base["matrix"]
-                b_alc = bm[:, 1:].mean(axis=1) if bm.shape[1] > 1 else bm[:, 0]
+                b_alc = seed_alc(bm)
                 d_alc, d_final = alc[idx] - b_alc[bidx], final[idx] - bm[bidx, -1]
                 row["d_alc"], row["d_alc_lo"], row["d_alc_hi"] = _t_interval(d_alc)
                 row["d_alc_p"] = _wilcoxon(d_alc)
@@ -341,7 +347,7 @@ def plot_curves(results: dict, path: Path, baseline: str = "random") -> None:
     palette = plt.get_cmap("tab10" if len(others) <= 10 else "tab20")
     for k, name in enumerate(others):
         colors[name] = palette(k % palette.N)
-    alc = {n: float(e["matrix"][:, 1:].mean() if e["matrix"].shape[1] > 1 else e["matrix"].mean()) for n, e in data.items()}
+    alc = {n: float(seed_alc(e["matrix"]).mean()) for n, e in data.items()}
     for name in sorted(data, key=lambda n: -alc[n]):  # the legend reads as a ranking by ALC
         entry = data[name]
         m, x = entry["matrix"], np.array(entry["labels"])
