@@ -15,7 +15,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     MODEL_DIR=/data/models \
     HOST=0.0.0.0 \
     PORT=9090 \
-    PYTHONPATH=/app/src
+    PYTHONPATH=/app
 
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin app \
     && mkdir -p /data/models /opt/torch /app \
@@ -28,7 +28,8 @@ COPY requirements.txt scripts/install_backend.sh /app/
 RUN bash /app/install_backend.sh "${FLAVOR}" python
 
 COPY pyproject.toml README.md /app/
-COPY src /app/src
+COPY ml_backend /app/ml_backend
+COPY strategies /app/strategies
 COPY scripts/docker-start.sh /app/docker-start.sh
 
 # Optional: download the chosen torchvision weights into the image, so that it works offline.
@@ -36,7 +37,7 @@ ARG BAKE_WEIGHTS=""
 ARG BACKBONE=resnet50
 ARG WEIGHTS=DEFAULT
 RUN if [ -n "${BAKE_WEIGHTS}" ]; then \
-        BACKBONE="${BACKBONE}" WEIGHTS="${WEIGHTS}" python -m active_adaptation --check; \
+        BACKBONE="${BACKBONE}" WEIGHTS="${WEIGHTS}" python -m ml_backend --check; \
     fi \
     && chown -R app:app /opt/torch /data
 

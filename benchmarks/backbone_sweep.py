@@ -8,6 +8,7 @@ for every refusal. Prints a markdown table (docs/backbones.md keeps the last one
 Large architectures take minutes each on a CPU (vit_h_14 and regnet_y_128gf hold over 600M
 parameters); the default input is 64 px except where an architecture fixes its size.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,9 +18,15 @@ from pathlib import Path
 
 import torch
 
-from active_adaptation.core.backbones import (architecture, available_backbones, get_backbone, load_backbone,
-                                              refused_backbones, strategies_refused_by_family)
-from active_adaptation.core.model import AdaptedModel
+from ml_backend.core.adapted import AdaptedModel
+from ml_backend.core.backbones import (
+    architecture,
+    available_backbones,
+    get_backbone,
+    load_backbone,
+    refused_backbones,
+    strategies_refused_by_family,
+)
 
 
 def check(name: str, side: int) -> dict:
@@ -33,11 +40,20 @@ def check(name: str, side: int) -> dict:
         split = spec.rest(base.model, spec.trunk(base.model, x))
     error = float((whole - split).abs().max())
     model = AdaptedModel(base, ["a", "b"], torch.device("cpu"))
-    row = {"name": name, "family": spec.family, "side": side, "stages": len(spec.stages), "frozen": spec.n_frozen,
-           "boundary": spec.stages[spec.n_frozen - 1].name if spec.n_frozen else "—",
-           "trainable": model.trainable / model.total, "params_m": model.total / 1e6, "max_abs_error": error,
-           "exact": error <= 1e-4 * max(1.0, float(whole.abs().max())),
-           "refused": strategies_refused_by_family(spec.family), "seconds": time.perf_counter() - started}
+    row = {
+        "name": name,
+        "family": spec.family,
+        "side": side,
+        "stages": len(spec.stages),
+        "frozen": spec.n_frozen,
+        "boundary": spec.stages[spec.n_frozen - 1].name if spec.n_frozen else "—",
+        "trainable": model.trainable / model.total,
+        "params_m": model.total / 1e6,
+        "max_abs_error": error,
+        "exact": error <= 1e-4 * max(1.0, float(whole.abs().max())),
+        "refused": strategies_refused_by_family(spec.family),
+        "seconds": time.perf_counter() - started,
+    }
     del base, model
     gc.collect()
     return row
@@ -56,21 +72,30 @@ def main() -> None:
     for name in tqdm(names, desc="architectures"):
         architecture(name)  # unknown names fail here, clearly
         rows.append(check(name, args.size))
-    lines = ["| architecture | family | params (M) | stages frozen (boundary) | trainable | split exact "
-             "(max abs error) | strategies refused (the role missing) |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| architecture | family | params (M) | stages frozen (boundary) | trainable | split exact "
+        "(max abs error) | strategies refused (the role missing) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in sorted(rows, key=lambda r: (r["family"], r["name"])):
-        refused = ", ".join(f"`{k}` ({v.split(':')[0].removeprefix('needs layer role ')})"
-                            for k, v in r["refused"].items()) or "none"
-        lines.append(f"| `{r['name']}` | {r['family']} | {r['params_m']:.1f} | {r['frozen']}/{r['stages']} "
-                     f"(`{r['boundary']}`) | {r['trainable']:.0%} | {'yes' if r['exact'] else 'NO'} "
-                     f"({r['max_abs_error']:.1e}) | {refused} |")
+        refused = (
+            ", ".join(f"`{k}` ({v.split(':')[0].removeprefix('needs layer role ')})" for k, v in r["refused"].items())
+            or "none"
+        )
+        lines.append(
+            f"| `{r['name']}` | {r['family']} | {r['params_m']:.1f} | {r['frozen']}/{r['stages']} "
+            f"(`{r['boundary']}`) | {r['trainable']:.0%} | {'yes' if r['exact'] else 'NO'} "
+            f"({r['max_abs_error']:.1e}) | {refused} |"
+        )
     for name, reason in refused_backbones().items():
         lines.append(f"| `{name}` | refused | — | — | — | — | the whole architecture: {reason} |")
     table = "\n".join(lines)
     print(table)
     bad = [r["name"] for r in rows if not r["exact"]]
-    print(f"\n{len(rows)} architectures checked in {sum(r['seconds'] for r in rows):.0f} s; "
-          f"{len(refused_backbones())} refused; split not exact: {', '.join(bad) or 'none'}")
+    print(
+        f"\n{len(rows)} architectures checked in {sum(r['seconds'] for r in rows):.0f} s; "
+        f"{len(refused_backbones())} refused; split not exact: {', '.join(bad) or 'none'}"
+    )
     if args.out:
         args.out.write_text(table + "\n")
     if bad:

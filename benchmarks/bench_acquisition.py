@@ -13,6 +13,7 @@ Each (strategy, N) runs in its own process (so that its peak memory is its own, 
 Strategy specs take options, so an exact run can be compared with the default side by side, e.g.
 ``--strategies badge,badge:candidates=0`` (``candidates=0``: no candidate sample, the exact method).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,30 +22,50 @@ import resource
 import time
 
 
-def synthetic_inputs(n: int, seed: int = 0, dim: int = 512, classes: int = 10, labeled: int = 100,
-                     source_classes: int = 1000, views: int = 16):
+def synthetic_inputs(
+    n: int,
+    seed: int = 0,
+    dim: int = 512,
+    classes: int = 10,
+    labeled: int = 100,
+    source_classes: int = 1000,
+    views: int = 16,
+):
     import torch
 
-    from active_adaptation.strategies import ScoringInputs
+    from strategies import ScoringInputs
 
     g = torch.Generator().manual_seed(seed)
     centres = torch.randn(classes, dim, generator=g) * 2.0
     total = n + labeled
     cls = torch.randint(classes, (total,), generator=g)
     h = (centres[cls] + torch.randn(total, dim, generator=g)).relu()
-    head = torch.randn(dim, classes, generator=g) / dim ** 0.5
+    head = torch.randn(dim, classes, generator=g) / dim**0.5
     probs = torch.softmax(h @ head, dim=1)
-    act = (h @ torch.randn(dim, dim, generator=g) / dim ** 0.5).tanh()  # an earlier layer: another view
-    source_head = torch.randn(dim, source_classes, generator=g) / dim ** 0.5
+    act = (h @ torch.randn(dim, dim, generator=g) / dim**0.5).tanh()  # an earlier layer: another view
+    source_head = torch.randn(dim, source_classes, generator=g) / dim**0.5
     source_probs = torch.softmax(h[:n] @ source_head, dim=1)
     noise = torch.randn(views, n, classes, generator=g) * 0.3
     view_probs = torch.softmax(torch.log(probs[:n])[None] + noise, dim=2)
     view_probs[0] = probs[:n]
     return ScoringInputs(
-        n=n, keys=[str(i) for i in range(n)], probs=probs[:n], logits=torch.log(probs[:n]), embeddings=h[:n],
-        features={"A": act[:n], "B": h[:n]}, source_probs=source_probs, source_features={"A": act[:n], "B": h[:n]},
-        labeled_embeddings=h[n:], labeled_probs=probs[n:], view_probs=view_probs, round=3, planned_rounds=10,
-        state={}, full_pool=True, model_version="v1")
+        n=n,
+        keys=[str(i) for i in range(n)],
+        probs=probs[:n],
+        logits=torch.log(probs[:n]),
+        embeddings=h[:n],
+        features={"A": act[:n], "B": h[:n]},
+        source_probs=source_probs,
+        source_features={"A": act[:n], "B": h[:n]},
+        labeled_embeddings=h[n:],
+        labeled_probs=probs[n:],
+        view_probs=view_probs,
+        round=3,
+        planned_rounds=10,
+        state={},
+        full_pool=True,
+        model_version="v1",
+    )
 
 
 def _run(spec: str, n: int, threads: int, queue) -> None:
@@ -52,7 +73,7 @@ def _run(spec: str, n: int, threads: int, queue) -> None:
 
     import torch
 
-    from active_adaptation import strategies
+    import strategies
 
     torch.set_num_threads(threads)
     inputs = synthetic_inputs(n)
@@ -103,7 +124,7 @@ def _fmt(seconds) -> str:
 
 
 def main(argv=None) -> int:
-    from active_adaptation import strategies
+    import strategies
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pool", default="10000,100000", help="comma list of pool sizes")
@@ -114,7 +135,7 @@ def main(argv=None) -> int:
     specs = [s for s in args.strategies.split(",") if s] or strategies.available()
     sizes = [int(s) for s in args.pool.split(",")]
     print(f"acquisition alone, 512-d embeddings, 10 classes, 100 labeled, torch threads {args.threads}")
-    print(f"| strategy | N | first scoring | next round | peak RSS | notes |\n|---|---|---|---|---|---|", flush=True)
+    print("| strategy | N | first scoring | next round | peak RSS | notes |\n|---|---|---|---|---|---|", flush=True)
     for n in sizes:
         for spec in specs:
             r = measure(spec, n, args.threads, args.timeout)
@@ -124,11 +145,15 @@ def main(argv=None) -> int:
             elif r.get("error"):
                 note = r["error"]
             else:
-                note = ", ".join(f"{k}={v}" for k, v in info.items()
-                                 if k in ("candidates", "references", "exact", "landmarks", "delta", "regime"))
+                note = ", ".join(
+                    f"{k}={v}"
+                    for k, v in info.items()
+                    if k in ("candidates", "references", "exact", "landmarks", "delta", "regime")
+                )
             peak = f"{info['peak_mb']:.0f} MB" if "peak_mb" in info else "—"
-            print(f"| `{spec}` | {n:,} | {_fmt(r.get('first'))} | {_fmt(r.get('again'))} | {peak} | {note} |",
-                  flush=True)
+            print(
+                f"| `{spec}` | {n:,} | {_fmt(r.get('first'))} | {_fmt(r.get('again'))} | {peak} | {note} |", flush=True
+            )
     return 0
 
 

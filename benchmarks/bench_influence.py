@@ -6,6 +6,7 @@ AUROC of ψ, averaged over seeds, per weight decay λ.
 
     .venv/bin/python -m benchmarks.bench_influence [--seeds 4] [--n 200] [--noise 0.1]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from active_adaptation.strategies.influence import HeadInfluence, cross_fitted_psi, fit_head, in_fold_psi
+from strategies.influence import HeadInfluence, cross_fitted_psi, fit_head, in_fold_psi
 
 
 def problem(seed: int, n: int, d: int, c: int, noise: float):
@@ -38,8 +39,10 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=0.1)
     parser.add_argument("--folds", type=int, default=5)
     args = parser.parse_args()
-    print(f"{args.c} Gaussian classes in {args.d} dimensions, {args.n} items, {args.noise:.0%} flipped labels, "
-          f"{args.seeds} seeds, K = {args.folds}")
+    print(
+        f"{args.c} Gaussian classes in {args.d} dimensions, {args.n} items, {args.noise:.0%} flipped labels, "
+        f"{args.seeds} seeds, K = {args.folds}"
+    )
     print("| λ | held-out: ψ>0 | AUROC | cross-fitted: ψ>0 | AUROC | in-fold: ψ>0 | AUROC |")
     print("|---|---|---|---|---|---|---|")
     for lam in (1e-3, 1e-2, 1e-1):
@@ -50,8 +53,13 @@ def main() -> None:
             held = HeadInfluence.fit(h, y, w, b, lam).psi(h, y, h_held, y_held)
             cross = cross_fitted_psi(h, y, w, b, lam, folds=args.folds)
             fold = in_fold_psi(h, y, w, b, lam, folds=args.folds)
-            rows.append([v for psi in (held, cross, fold)
-                         for v in (float((psi > 0).double().mean()), roc_auc_score(flip.numpy(), psi.numpy()))])
+            rows.append(
+                [
+                    v
+                    for psi in (held, cross, fold)
+                    for v in (float((psi > 0).double().mean()), roc_auc_score(flip.numpy(), psi.numpy()))
+                ]
+            )
         m = np.mean(rows, axis=0)
         print(f"| {lam:g} | {m[0]:.0%} | {m[1]:.2f} | {m[2]:.0%} | {m[3]:.2f} | {m[4]:.0%} | {m[5]:.2f} |")
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m benchmarks.bench_latency [--seconds 20] [--predictors 50] [--env KEY=VALUE ...]
 
-A real Label Studio 1.23.2 and the backend as a real gunicorn server (``python -m active_adaptation``,
+A real Label Studio 1.23.2 and the backend as a real gunicorn server (``python -m ml_backend``,
 smallcnn on the CPU) on 127.0.0.1. A project of generated digits is connected; then two probes, one
 request at a time each, time authenticated ``/webhook`` events (an action the backend ignores, so
 that the probe itself starts nothing) and ``/setup`` calls (what Label Studio sends) in three
@@ -16,6 +16,7 @@ Label Studio's own limits: 1 s for /webhook events, 3 s for /setup. Targets of t
 /webhook p99 < 50 ms and /setup p99 < 300 ms in phase 3. ``--env`` passes backend settings (e.g.
 THREADS=8 to compare with the previous default); the figures go to docs/benchmarks.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,8 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from active_adaptation.demo.servers import ADMIN_TOKEN, BackendProcess, LabelStudio, wait_for
-from active_adaptation.demo.sample_data import digit_pngs
+from ml_backend.demo.sample_data import digit_pngs
+from ml_backend.demo.servers import ADMIN_TOKEN, BackendProcess, LabelStudio, wait_for
 
 LABELS = [str(i) for i in range(10)]
 
@@ -75,28 +76,56 @@ def main() -> None:
         ls = LabelStudio(tmp / "ls").start()
         backend = None
         try:
-            env = {"LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ADMIN_TOKEN, "TRAIN_DEBOUNCE_S": "0.5",
-                   "TRAIN_STEPS": "1000000", "LOG_LEVEL": "WARNING", **extra}
+            env = {
+                "LABEL_STUDIO_URL": ls.url,
+                "LABEL_STUDIO_API_KEY": ADMIN_TOKEN,
+                "TRAIN_DEBOUNCE_S": "0.5",
+                "TRAIN_STEPS": "1000000",
+                "LOG_LEVEL": "WARNING",
+                **extra,
+            }
             backend = BackendProcess(tmp / "backend", env).start()
             project = ls.create_project("latency", LABELS)
             digits = digit_pngs(args.tasks, size=32)
             ids = []
             for start in range(0, len(digits), 50):  # LS accepts at most 100 files per upload
-                ids += ls.upload_files(project, [(name, data) for name, data, _ in digits[start:start + 50]])
+                ids += ls.upload_files(project, [(name, data) for name, data, _ in digits[start : start + 50]])
             v0 = ls.connect_backend(project, backend.url)["model_version"]
             wait_for(lambda: ls.api("GET", f"/api/projects/{project}")["model_version"] == v0, 120, "version 0")
             headers = wait_for(lambda: ls.webhook_headers(project, backend.url), 30, "the webhook header")
             config = ls.api("GET", f"/api/projects/{project}")["label_config"]
             for t in ids[:10]:
-                ls.api("POST", f"/api/tasks/{t}/annotations", json={"result": [
-                    {"from_name": "label", "to_name": "image", "type": "choices",
-                     "value": {"choices": [str(digits[ids.index(t)][2])]}}]})
+                ls.api(
+                    "POST",
+                    f"/api/tasks/{t}/annotations",
+                    json={
+                        "result": [
+                            {
+                                "from_name": "label",
+                                "to_name": "image",
+                                "type": "choices",
+                                "value": {"choices": [str(digits[ids.index(t)][2])]},
+                            }
+                        ]
+                    },
+                )
             tasks = [{"id": t["id"], "data": t["data"]} for t in ls.tasks(project)[: args.predict_tasks]]
 
-            webhook = Probe(lambda s: s.post(f"{backend.url}/webhook", headers=headers, timeout=30,
-                                             json={"action": "PROJECT_VIEWED", "project": {"id": project}}))
-            setup = Probe(lambda s: s.post(f"{backend.url}/setup", timeout=30, json={
-                "project": f"{project}.1", "schema": config, "hostname": ls.url, "access_token": ""}))
+            webhook = Probe(
+                lambda s: s.post(
+                    f"{backend.url}/webhook",
+                    headers=headers,
+                    timeout=30,
+                    json={"action": "PROJECT_VIEWED", "project": {"id": project}},
+                )
+            )
+            setup = Probe(
+                lambda s: s.post(
+                    f"{backend.url}/setup",
+                    timeout=30,
+                    json={"project": f"{project}.1", "schema": config, "hostname": ls.url, "access_token": ""},
+                )
+            )
             probes = (webhook, setup)
             for p in probes:
                 p.start()
@@ -105,8 +134,12 @@ def main() -> None:
             def status():
                 return requests.get(f"{backend.url}/status", timeout=30).json()["projects"][str(project)]
 
-            requests.post(f"{backend.url}/webhook", headers=headers, timeout=10,
-                          json={"action": "START_TRAINING", "project": {"id": project}})
+            requests.post(
+                f"{backend.url}/webhook",
+                headers=headers,
+                timeout=10,
+                json={"action": "START_TRAINING", "project": {"id": project}},
+            )
             wait_for(lambda: status()["state"] == "running" and "training" in status()["reason"], 60, "training")
             for p in probes:
                 p.phase = "training"
@@ -120,7 +153,9 @@ def main() -> None:
                 session = requests.Session()
                 while not stop.is_set():
                     started = time.perf_counter()
-                    r = session.post(f"{backend.url}/predict", json={"project": str(project), "tasks": tasks}, timeout=300)
+                    r = session.post(
+                        f"{backend.url}/predict", json={"project": str(project), "tasks": tasks}, timeout=300
+                    )
                     if r.status_code == 503:  # busy: THREADS - 8 predictions already running
                         predict_refused.append(1)
                         time.sleep(float(r.headers.get("Retry-After", "1")))
@@ -143,18 +178,22 @@ def main() -> None:
                 p.join(timeout=60)
 
             settings = ", ".join(f"{k}={v}" for k, v in extra.items()) or "defaults"
-            print(f"\nbackend settings: {settings}; phases of {args.seconds:g} s; "
-                  f"{len(predict_times)} /predict requests of {len(tasks)} tasks in the last phase "
-                  f"(median {statistics.median(predict_times) if predict_times else float('nan'):.2f} s), "
-                  f"{len(predict_refused)} refused as busy (503)")
-            print(f"| route | phase | n | p50 ms | p99 ms | max ms | non-200 |")
+            print(
+                f"\nbackend settings: {settings}; phases of {args.seconds:g} s; "
+                f"{len(predict_times)} /predict requests of {len(tasks)} tasks in the last phase "
+                f"(median {statistics.median(predict_times) if predict_times else float('nan'):.2f} s), "
+                f"{len(predict_refused)} refused as busy (503)"
+            )
+            print("| route | phase | n | p50 ms | p99 ms | max ms | non-200 |")
             print("|---|---|---|---|---|---|---|")
             for name, probe in (("/webhook", webhook), ("/setup", setup)):
                 for phase in dict.fromkeys(s[0] for s in probe.samples):
                     values = [ms for ph, ms, _ in probe.samples if ph == phase]
                     bad = sum(1 for ph, _, code in probe.samples if ph == phase and code != 200)
-                    print(f"| {name} | {phase} | {len(values)} | {percentile(values, 50):.1f} | "
-                          f"{percentile(values, 99):.1f} | {max(values):.1f} | {bad} |")
+                    print(
+                        f"| {name} | {phase} | {len(values)} | {percentile(values, 50):.1f} | "
+                        f"{percentile(values, 99):.1f} | {max(values):.1f} | {bad} |"
+                    )
         finally:
             if backend is not None:
                 backend.stop()

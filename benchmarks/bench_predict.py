@@ -3,10 +3,11 @@ by the bare model forward pass on the same decoded images, measured side by side
 
     .venv/bin/python -m benchmarks.bench_predict [--backbone resnet18] [--images 256] [--size 64]
 
-The backend runs as a real gunicorn server (``python -m active_adaptation``); images are served over HTTP
+The backend runs as a real gunicorn server (``python -m ml_backend``); images are served over HTTP
 by a local server; every repetition uses fresh URLs, so the image cache never hides a download.
 The ratio is printed last.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,22 +17,20 @@ import statistics
 import tempfile
 import threading
 import time
+from io import BytesIO
 from pathlib import Path
 
 import requests
 import torch
-from io import BytesIO
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from active_adaptation.core.backbones import load_backbone
-
-from active_adaptation.core.model import AdaptedModel
-from active_adaptation.strategies import Need
-from active_adaptation.demo.servers import BackendProcess
-from active_adaptation.demo.sample_data import digit_pngs
-from active_adaptation.demo.servers import classification_config
+from ml_backend.core.adapted import AdaptedModel
+from ml_backend.core.backbones import load_backbone
+from ml_backend.demo.sample_data import digit_pngs
+from ml_backend.demo.servers import BackendProcess, classification_config
+from strategies import Need
 
 
 def serve(files: dict[str, bytes]):
@@ -77,17 +76,26 @@ def main() -> None:
     def forward_once() -> float:
         started = time.perf_counter()
         for s in range(0, len(tensors), args.batch_size):
-            model.forward(torch.stack(tensors[s:s + args.batch_size]), {Need.PROBS})
+            model.forward(torch.stack(tensors[s : s + args.batch_size]), {Need.PROBS})
         return len(tensors) / (time.perf_counter() - started)
 
     with tempfile.TemporaryDirectory() as tmp:
-        env = {"BACKBONE": args.backbone, "WEIGHTS": "none", "STRATEGY": args.strategy, "DEVICE": "cpu",
-               "BATCH_SIZE": str(args.batch_size), "LOG_LEVEL": "WARNING"}
+        env = {
+            "BACKBONE": args.backbone,
+            "WEIGHTS": "none",
+            "STRATEGY": args.strategy,
+            "DEVICE": "cpu",
+            "BATCH_SIZE": str(args.batch_size),
+            "LOG_LEVEL": "WARNING",
+        }
         with BackendProcess(Path(tmp), env) as backend:
+
             def predict_once(tag: str) -> float:
                 tasks = [{"id": i, "data": {"image": f"{url}/img/{i}.png?r={tag}"}} for i in range(args.images)]
                 started = time.perf_counter()
-                r = requests.post(f"{backend.url}/predict", json={"tasks": tasks, "project": "1", "label_config": config}, timeout=600)
+                r = requests.post(
+                    f"{backend.url}/predict", json={"tasks": tasks, "project": "1", "label_config": config}, timeout=600
+                )
                 elapsed = time.perf_counter() - started
                 r.raise_for_status()
                 results = r.json()["results"]
@@ -103,10 +111,16 @@ def main() -> None:
     server.shutdown()
 
     p, f = statistics.median(predict_tps), statistics.median(forward_tps)
-    print(f"backbone={args.backbone} strategy={args.strategy} images={args.images} size={args.size}px "
-          f"input={model.preprocess.crop}px batch={args.batch_size} torch_threads={torch.get_num_threads()} cpus={os.cpu_count()}")
-    print(f"/predict over HTTP (download+decode+preprocess+forward+score): {p:8.1f} images/s  (runs: {', '.join(f'{x:.1f}' for x in predict_tps)})")
-    print(f"bare forward pass on decoded images:                          {f:8.1f} images/s  (runs: {', '.join(f'{x:.1f}' for x in forward_tps)})")
+    print(
+        f"backbone={args.backbone} strategy={args.strategy} images={args.images} size={args.size}px "
+        f"input={model.preprocess.crop}px batch={args.batch_size} torch_threads={torch.get_num_threads()} cpus={os.cpu_count()}"
+    )
+    print(
+        f"/predict over HTTP (download+decode+preprocess+forward+score): {p:8.1f} images/s  (runs: {', '.join(f'{x:.1f}' for x in predict_tps)})"
+    )
+    print(
+        f"bare forward pass on decoded images:                          {f:8.1f} images/s  (runs: {', '.join(f'{x:.1f}' for x in forward_tps)})"
+    )
     print(f"ratio /predict / forward = {p / f:.2f}")
 
 

@@ -14,6 +14,7 @@ from Label Studio, training, re-scoring, importing the predictions, the project 
 older versions. Also: the backend's RSS, MODEL_DIR on disk and Label Studio's database growth (and
 prediction count) per round. Figures go to docs/benchmarks.md; nothing here is a test.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,8 @@ from pathlib import Path
 
 import requests
 
-from active_adaptation.demo.sample_data import digit_pngs
-from active_adaptation.demo.servers import ADMIN_TOKEN, BackendProcess, LabelStudio, free_port, wait_for
+from ml_backend.demo.sample_data import digit_pngs
+from ml_backend.demo.servers import ADMIN_TOKEN, BackendProcess, LabelStudio, free_port, wait_for
 
 LABELS = [str(i) for i in range(10)]
 
@@ -96,18 +97,44 @@ class Postgres:
             shutil.chown(self.dir, self.user, self.user)
             os.chmod(self.dir.parent, 0o755)
         self._run(self.bin / "initdb", "-D", self.dir, "-U", "postgres", "--auth=trust")
-        self._run(self.bin / "pg_ctl", "-D", self.dir, "-o", f"-p {self.port} -k /tmp -c listen_addresses=127.0.0.1",
-                  "-l", self.dir / "server.log", "-w", "start")
+        self._run(
+            self.bin / "pg_ctl",
+            "-D",
+            self.dir,
+            "-o",
+            f"-p {self.port} -k /tmp -c listen_addresses=127.0.0.1",
+            "-l",
+            self.dir / "server.log",
+            "-w",
+            "start",
+        )
         self._run(self.bin / "createdb", "-h", "127.0.0.1", "-p", self.port, "-U", "postgres", "labelstudio")
         return self
 
     def env(self) -> dict:
-        return {"DJANGO_DB": "default", "POSTGRE_NAME": "labelstudio", "POSTGRE_USER": "postgres",
-                "POSTGRE_PASSWORD": "", "POSTGRE_HOST": "127.0.0.1", "POSTGRE_PORT": str(self.port)}
+        return {
+            "DJANGO_DB": "default",
+            "POSTGRE_NAME": "labelstudio",
+            "POSTGRE_USER": "postgres",
+            "POSTGRE_PASSWORD": "",
+            "POSTGRE_HOST": "127.0.0.1",
+            "POSTGRE_PORT": str(self.port),
+        }
 
     def size(self) -> int:
-        out = self._run(self.bin / "psql", "-h", "127.0.0.1", "-p", self.port, "-U", "postgres", "-d", "labelstudio",
-                        "-tAc", "SELECT pg_database_size('labelstudio')")
+        out = self._run(
+            self.bin / "psql",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            self.port,
+            "-U",
+            "postgres",
+            "-d",
+            "labelstudio",
+            "-tAc",
+            "SELECT pg_database_size('labelstudio')",
+        )
         return int(out.stdout.strip())
 
     def stop(self):
@@ -142,8 +169,11 @@ def import_tasks(ls, project, images: ImageServer, n: int, chunk: int = 2000) ->
     ids = []
     page = 1
     while True:
-        r = ls.session.get(f"{ls.url}/api/tasks", params={"project": project, "page": page, "page_size": 1000,
-                                                          "fields": "task_only"}, timeout=600)
+        r = ls.session.get(
+            f"{ls.url}/api/tasks",
+            params={"project": project, "page": page, "page_size": 1000, "fields": "task_only"},
+            timeout=600,
+        )
         if r.status_code == 404:
             break
         r.raise_for_status()
@@ -171,9 +201,16 @@ def one_size(n: int, args, root: Path, images: ImageServer) -> dict:
         t = time.perf_counter()
         tasks = import_tasks(ls, project, images, n)
         import_s = time.perf_counter() - t
-        env = {"LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ADMIN_TOKEN, "BACKBONE": args.backbone,
-               "STRATEGY": "margin", "TRAIN_DEBOUNCE_S": str(args.debounce), "TRAIN_STEPS": "40", "LOG_LEVEL": "WARNING",
-               **pairs(args.env)}
+        env = {
+            "LABEL_STUDIO_URL": ls.url,
+            "LABEL_STUDIO_API_KEY": ADMIN_TOKEN,
+            "BACKBONE": args.backbone,
+            "STRATEGY": "margin",
+            "TRAIN_DEBOUNCE_S": str(args.debounce),
+            "TRAIN_STEPS": "40",
+            "LOG_LEVEL": "WARNING",
+            **pairs(args.env),
+        }
         backend = BackendProcess(root / f"backend-{n}", env).start()
         db0 = db_bytes(ls, pg)
         t = time.perf_counter()
@@ -187,41 +224,82 @@ def one_size(n: int, args, root: Path, images: ImageServer) -> dict:
         for r in range(1, args.rounds + 1):
             if not args.keep_pace:
                 wait_for(lambda: status()["state"] == "idle", args.timeout, "idle")
-            batch = tasks[(r - 1) * args.labels: r * args.labels]
+            batch = tasks[(r - 1) * args.labels : r * args.labels]
             for task_id, index in batch:
-                ls.api("POST", f"/api/tasks/{task_id}/annotations", json={"result": [
-                    {"from_name": "label", "to_name": "image", "type": "choices",
-                     "value": {"choices": [str(images.label(index))]}}]})
+                ls.api(
+                    "POST",
+                    f"/api/tasks/{task_id}/annotations",
+                    json={
+                        "result": [
+                            {
+                                "from_name": "label",
+                                "to_name": "image",
+                                "type": "choices",
+                                "value": {"choices": [str(images.label(index))]},
+                            }
+                        ]
+                    },
+                )
             t = time.perf_counter()
-            version = wait_for(lambda: f"-t{r}-" in (v := project_state(ls, project)[0]) and v, args.timeout,
-                               f"round {r} in Label Studio")
+            version = wait_for(
+                lambda: f"-t{r}-" in (v := project_state(ls, project)[0]) and v,
+                args.timeout,
+                f"round {r} in Label Studio",
+            )
             wall = time.perf_counter() - t
             if args.keep_pace:  # the next labels come at once: the rest of this publish gives way to them
-                st = wait_for(lambda: (s := status())["queue_version"] == version
-                              and (s.get("last_round") or {}).get("version") == version
-                              and "switch_seconds" in ((s.get("publish_progress") or {}).get("timings") or {}) and s,
-                              args.timeout, "the backend's record of the round")
+                st = wait_for(
+                    lambda: (
+                        (s := status())["queue_version"] == version
+                        and (s.get("last_round") or {}).get("version") == version
+                        and "switch_seconds" in ((s.get("publish_progress") or {}).get("timings") or {})
+                        and s
+                    ),
+                    args.timeout,
+                    "the backend's record of the round",
+                )
                 st["last_round"]["publish"] = (st.get("publish_progress") or {}).get("timings") or {}
                 settled = None
             else:
-                st = wait_for(lambda: (s := status())["published_version"] == version
-                              and (s.get("last_round") or {}).get("publish") and s, args.timeout,
-                              "the backend's record (the rest of the publish and the pruning)")
+                st = wait_for(
+                    lambda: (
+                        (s := status())["published_version"] == version
+                        and (s.get("last_round") or {}).get("publish")
+                        and s
+                    ),
+                    args.timeout,
+                    "the backend's record (the rest of the publish and the pruning)",
+                )
                 settled = round(time.perf_counter() - t, 2)
             last = st["last_round"]
             db_after, preds_after = db_bytes(ls, pg), project_state(ls, project)[1]
-            rows.append({"round": r, "label_to_queue_s": round(wall, 2), "until_all_published_s": settled,
-                         "without_debounce_s": round(wall - args.debounce, 2), "read_s": last.get("read_seconds"),
-                         "train_s": last.get("train_seconds"), **{k.replace("_seconds", "_s"): v for k, v in
-                                                                 (last.get("publish") or {}).items()},
-                         "db_growth_mb": round((db_after - db_before) / 2**20, 2),
-                         "predictions": preds_after, "predictions_before": preds_before})
+            rows.append(
+                {
+                    "round": r,
+                    "label_to_queue_s": round(wall, 2),
+                    "until_all_published_s": settled,
+                    "without_debounce_s": round(wall - args.debounce, 2),
+                    "read_s": last.get("read_seconds"),
+                    "train_s": last.get("train_seconds"),
+                    **{k.replace("_seconds", "_s"): v for k, v in (last.get("publish") or {}).items()},
+                    "db_growth_mb": round((db_after - db_before) / 2**20, 2),
+                    "predictions": preds_after,
+                    "predictions_before": preds_before,
+                }
+            )
             db_before, preds_before = db_after, preds_after
-        return {"tasks": n, "db": args.db, "backbone": args.backbone, "import_tasks_s": round(import_s, 1),
-                "first_connect_s": round(connect_s, 2), "first_publish": (first.get("publish_progress") or {}).get("timings"),
-                "db_growth_connect_mb": round((db_bytes(ls, pg) - db0) / 2**20, 2) if not rows else None,
-                "rounds": rows, "backend_rss_mb": round(rss_mb(backend.process.pid), 1),
-                "model_dir_mb": round(du_mb(backend.workdir / "models"), 1)}
+        return {
+            "tasks": n,
+            "db": args.db,
+            "backbone": args.backbone,
+            "import_tasks_s": round(import_s, 1),
+            "first_connect_s": round(connect_s, 2),
+            "first_publish": (first.get("publish_progress") or {}).get("timings"),
+            "db_growth_connect_mb": round((db_bytes(ls, pg) - db0) / 2**20, 2) if not rows else None,
+            "rounds": rows,
+            "backend_rss_mb": round(rss_mb(backend.process.pid), 1),
+            "model_dir_mb": round(du_mb(backend.workdir / "models"), 1),
+        }
     finally:
         if backend is not None:
             backend.stop()
@@ -240,10 +318,15 @@ def main(argv=None) -> int:
     p.add_argument("--backbone", default="smallcnn")
     p.add_argument("--timeout", type=float, default=3600)
     p.add_argument("--env", nargs="*", default=[], help="backend settings KEY=VALUE")
-    p.add_argument("--ls-env", nargs="*", default=[], help="Label Studio's environment KEY=VALUE (e.g. its feature flags)")
-    p.add_argument("--keep-pace", action="store_true",
-                   help="annotate the next round as soon as the project follows the last version (the rest of its "
-                        "predictions still importing), as busy annotators do; 'all published' is then not waited for")
+    p.add_argument(
+        "--ls-env", nargs="*", default=[], help="Label Studio's environment KEY=VALUE (e.g. its feature flags)"
+    )
+    p.add_argument(
+        "--keep-pace",
+        action="store_true",
+        help="annotate the next round as soon as the project follows the last version (the rest of its "
+        "predictions still importing), as busy annotators do; 'all published' is then not waited for",
+    )
     p.add_argument("--out", type=Path, default=None, help="also write the figures as JSON")
     args = p.parse_args(argv)
     images = ImageServer()
@@ -258,17 +341,23 @@ def main(argv=None) -> int:
                 print(json.dumps(results[-1]), flush=True)
     finally:
         images.close()
-    print("\n| tasks | db | first connect s | round | label→queue s (without debounce) | read | train | score | import first "
-          "| switch | import rest | prune | all published s | DB growth MB | predictions in LS | backend RSS MB | MODEL_DIR MB |")
+    print(
+        "\n| tasks | db | first connect s | round | label→queue s (without debounce) | read | train | score | import first "
+        "| switch | import rest | prune | all published s | DB growth MB | predictions in LS | backend RSS MB | MODEL_DIR MB |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for res in results:
         for row in res["rounds"]:
-            print(f"| {res['tasks']} | {res['db']} | {res['first_connect_s']} | {row['round']} | "
-                  f"{row['label_to_queue_s']} ({row['without_debounce_s']}) | {row.get('read_s')} | {row.get('train_s')} | "
-                  f"{row.get('score_s')} | {row.get('import_s')} | {row.get('switch_s')} | {row.get('import_rest_s', 0)} | "
-                  f"{row.get('prune_s')} | {row['until_all_published_s']} | {row['db_growth_mb']} | {row['predictions']} | {res['backend_rss_mb']} | {res['model_dir_mb']} |")
+            print(
+                f"| {res['tasks']} | {res['db']} | {res['first_connect_s']} | {row['round']} | "
+                f"{row['label_to_queue_s']} ({row['without_debounce_s']}) | {row.get('read_s')} | {row.get('train_s')} | "
+                f"{row.get('score_s')} | {row.get('import_s')} | {row.get('switch_s')} | {row.get('import_rest_s', 0)} | "
+                f"{row.get('prune_s')} | {row['until_all_published_s']} | {row['db_growth_mb']} | {row['predictions']} | {res['backend_rss_mb']} | {res['model_dir_mb']} |"
+            )
     if args.out:
-        args.out.write_text(json.dumps({"argv": sys.argv[1:], "host": socket.gethostname(), "results": results}, indent=1))
+        args.out.write_text(
+            json.dumps({"argv": sys.argv[1:], "host": socket.gethostname(), "results": results}, indent=1)
+        )
     return 0
 
 

@@ -6,6 +6,7 @@ Label Studio's prediction JSON), without images, Label Studio or a network.
 
 smallcnn frozen up to ``features.6`` (1 KB per task in the cache), random weights, 10 labels.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,10 +17,10 @@ import time
 
 import torch
 
-from active_adaptation.backend.label_config import parse_label_config
-from active_adaptation.backend.service import Backend
-from active_adaptation.backend.settings import Settings
-from active_adaptation.demo.servers import classification_config
+from ml_backend.demo.servers import classification_config
+from ml_backend.service.backend import Backend
+from ml_backend.service.label_config import parse_label_config
+from ml_backend.service.settings import Settings
 
 
 def main(argv=None) -> int:
@@ -30,18 +31,32 @@ def main(argv=None) -> int:
     p.add_argument("--profile", action="store_true", help="print the 25 most expensive calls")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        settings = Settings.from_env({"BACKBONE": "smallcnn", "WEIGHTS": "none", "MODEL_DIR": tmp, "DEVICE": "cpu",
-                                      "FREEZE": args.freeze, "STRATEGY": args.strategy})
+        settings = Settings.from_env(
+            {
+                "BACKBONE": "smallcnn",
+                "WEIGHTS": "none",
+                "MODEL_DIR": tmp,
+                "DEVICE": "cpu",
+                "FREEZE": args.freeze,
+                "STRATEGY": args.strategy,
+            }
+        )
         backend = Backend(settings)
         try:
-            state, _ = backend.projects.register("1", parse_label_config(classification_config([str(i) for i in range(10)])))
+            state, _ = backend.projects.register(
+                "1", parse_label_config(classification_config([str(i) for i in range(10)]))
+            )
             scorer, model = backend.scorer, backend.projects.model(state)
-            tasks = [{"id": i, "data": {"image": f"http://127.0.0.1:9/{i}.png"}, "annotations": []}
-                     for i in range(1, args.tasks + 1)]
+            tasks = [
+                {"id": i, "data": {"image": f"http://127.0.0.1:9/{i}.png"}, "annotations": []}
+                for i in range(1, args.tasks + 1)
+            ]
             g = torch.Generator().manual_seed(0)
             shape = model.trunk(torch.zeros(1, 3, 64, 64)).shape[1:]  # smallcnn's 64 px input
             for t in tasks:
-                scorer.features.put(scorer.fingerprint(scorer.reference(state, t)), torch.randn(*shape, generator=g).relu())
+                scorer.features.put(
+                    scorer.fingerprint(scorer.reference(state, t)), torch.randn(*shape, generator=g).relu()
+                )
             profile = cProfile.Profile() if args.profile else None
             started = time.perf_counter()
             if profile:
@@ -50,9 +65,11 @@ def main(argv=None) -> int:
             if profile:
                 profile.disable()
             seconds = time.perf_counter() - started
-            print(f"{args.tasks} tasks, {args.strategy}, FREEZE={args.freeze}: scored in {seconds:.2f} s "
-                  f"({seconds / args.tasks * 1e6:.0f} µs per task), {len(out)} predictions; "
-                  f"cache {scorer.features.stats()}")
+            print(
+                f"{args.tasks} tasks, {args.strategy}, FREEZE={args.freeze}: scored in {seconds:.2f} s "
+                f"({seconds / args.tasks * 1e6:.0f} µs per task), {len(out)} predictions; "
+                f"cache {scorer.features.stats()}"
+            )
             if profile:
                 pstats.Stats(profile).sort_stats("cumulative").print_stats(25)
         finally:

@@ -8,6 +8,7 @@ also timed on a first scoring (a fresh project state each time), reported on its
 
     .venv/bin/python -m benchmarks.bench_strategies [--backbone resnet18] [--pool 512] [--device auto]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,11 +20,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from active_adaptation import strategies
-from active_adaptation.core.backbones import load_backbone, resolve_device
-from active_adaptation.core.model import AdaptedModel
-from active_adaptation.core.scoring import score_pool, scoring_needs
-from active_adaptation.strategies import Need
+import strategies
+from ml_backend.core.adapted import AdaptedModel
+from ml_backend.core.backbones import load_backbone, resolve_device
+from ml_backend.core.scoring import score_pool, scoring_needs
+from strategies import Need
 
 
 def timed(fn, repeats):
@@ -63,7 +64,7 @@ def main() -> None:
     def plain():
         # the plain forward pass from images: what scoring with the cheapest strategy costs at least
         for s in range(0, args.pool, args.batch_size):
-            model.forward(x[s:s + args.batch_size], {Need.PROBS})
+            model.forward(x[s : s + args.batch_size], {Need.PROBS})
 
     rows = []
     plain()
@@ -72,19 +73,37 @@ def main() -> None:
         state: dict = {}
 
         def run(state=state):
-            batches = ((keys[s:s + args.batch_size], None, model.trunk(x[s:s + args.batch_size]))
-                       for s in range(0, args.pool, args.batch_size))
-            score_pool(strategy, model, batches, candidates=keys, labeled_trunk=labeled_trunk, images=lambda: x,
-                       round_=1, state=state, batch_size=args.batch_size)
+            batches = (
+                (keys[s : s + args.batch_size], None, model.trunk(x[s : s + args.batch_size]))
+                for s in range(0, args.pool, args.batch_size)
+            )
+            score_pool(
+                strategy,
+                model,
+                batches,
+                candidates=keys,
+                labeled_trunk=labeled_trunk,
+                images=lambda: x,
+                round_=1,
+                state=state,
+                batch_size=args.batch_size,
+            )
 
         run()  # warm-up; this is the project's first full-pool scoring (ADMA computes its landmarks here)
         pairs = [(timed(plain, 1), timed(run, 1)) for _ in range(args.repeats)]  # interleaved, paired
-        rows.append((spec, statistics.median(p for p, _ in pairs), statistics.median(r for _, r in pairs),
-                     strategy.info()))
+        rows.append(
+            (spec, statistics.median(p for p, _ in pairs), statistics.median(r for _, r in pairs), strategy.info())
+        )
         if scoring_needs(strategy, fingerprints=keys, state=state) != scoring_needs(strategy):
             cold = [(timed(plain, 1), timed(lambda: run({}), 1)) for _ in range(args.repeats)]
-            rows.append((f"{spec} (first scoring)", statistics.median(p for p, _ in cold),
-                         statistics.median(r for _, r in cold), strategy.info()))
+            rows.append(
+                (
+                    f"{spec} (first scoring)",
+                    statistics.median(p for p, _ in cold),
+                    statistics.median(r for _, r in cold),
+                    strategy.info(),
+                )
+            )
 
     from scipy.stats import kendalltau
 
@@ -95,7 +114,7 @@ def main() -> None:
     sample = min(200, args.tau_rows)
     compiled = device.type != "cuda"
     if compiled:
-        from active_adaptation.strategies._tau_numba import tau_rows
+        from strategies._tau_numba import tau_rows
     tau_runs = []  # interleaved repetitions (this shared VM's speed drifts): batched, one thread, scipy
     for _ in range(args.tau_repeats):
         t_batched = timed(lambda: strategies.kendall_tau_b(a.to(device), b.to(device)), 1) / args.tau_rows
@@ -105,17 +124,23 @@ def main() -> None:
     t_batched, t_one, t_scipy = (statistics.median(r[i] for r in tau_runs) for i in range(3))
     ratios = [r[2] / r[0] for r in tau_runs]
 
-    print(f"backbone={args.backbone} pool={args.pool} input={args.size}px classes={args.classes} device={device} "
-          f"batch={args.batch_size} torch_threads={torch.get_num_threads()}")
+    print(
+        f"backbone={args.backbone} pool={args.pool} input={args.size}px classes={args.classes} device={device} "
+        f"batch={args.batch_size} torch_threads={torch.get_num_threads()}"
+    )
     width = max((len(name) for name, *_ in rows), default=16)
     for name, t_plain, t, info in rows:
         extra = f"  [{info.get('landmark_mode')} K={info.get('landmarks')}]" if "landmarks" in info else ""
-        print(f"  {name:<{width}} {args.pool / t:8.1f} images/s  (plain forward {args.pool / t_plain:8.1f})  "
-              f"ratio to forward = {t_plain / t:.2f}{extra}")
+        print(
+            f"  {name:<{width}} {args.pool / t:8.1f} images/s  (plain forward {args.pool / t_plain:8.1f})  "
+            f"ratio to forward = {t_plain / t:.2f}{extra}"
+        )
     method = "pairwise" if device.type == "cuda" else "compiled"
-    print(f"Kendall tau-b at K=1000 (medians of {args.tau_repeats} interleaved runs): batched ({method}) "
-          f"{t_batched * 1e6:.0f} us/row, scipy {t_scipy * 1e6:.0f} us/row, speed-up = {t_scipy / t_batched:.2f}x "
-          f"(per run {min(ratios):.1f}x to {max(ratios):.1f}x; torch threads {torch.get_num_threads()})")
+    print(
+        f"Kendall tau-b at K=1000 (medians of {args.tau_repeats} interleaved runs): batched ({method}) "
+        f"{t_batched * 1e6:.0f} us/row, scipy {t_scipy * 1e6:.0f} us/row, speed-up = {t_scipy / t_batched:.2f}x "
+        f"(per run {min(ratios):.1f}x to {max(ratios):.1f}x; torch threads {torch.get_num_threads()})"
+    )
     if t_one:
         print(f"Kendall tau-b, compiled on one thread: {t_one * 1e6:.0f} us/row, speed-up = {t_scipy / t_one:.2f}x")
 

@@ -11,6 +11,7 @@ queue score (rank among the full pool's values) puts them in the top 5 %, and th
 
     .venv/bin/python -m benchmarks.bench_subset [--n 500] [--d 64] [--c 5]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,26 +19,43 @@ import argparse
 import numpy as np
 import torch
 
-from active_adaptation import strategies
-from active_adaptation.core.queue_score import acquisition_to_score
-from active_adaptation.strategies import ScoringInputs
+import strategies
+from ml_backend.core.queue_score import acquisition_to_score
+from strategies import ScoringInputs
 
 
 def pool(n: int, d: int, c: int, seed: int = 0) -> ScoringInputs:
     g = torch.Generator().manual_seed(seed)
     h = torch.randn(n, d, generator=g, dtype=torch.float64).relu()
-    w = torch.randn(d, c, generator=g, dtype=torch.float64) / d ** 0.5
+    w = torch.randn(d, c, generator=g, dtype=torch.float64) / d**0.5
     logits = h @ w * 3
     lab = torch.randn(20, d, generator=g, dtype=torch.float64).relu()
-    return ScoringInputs(n=n, keys=[f"t{i}" for i in range(n)], probs=logits.softmax(1), logits=logits, embeddings=h,
-                         labeled_embeddings=lab, labeled_probs=(lab @ w * 3).softmax(1), round=1)
+    return ScoringInputs(
+        n=n,
+        keys=[f"t{i}" for i in range(n)],
+        probs=logits.softmax(1),
+        logits=logits,
+        embeddings=h,
+        labeled_embeddings=lab,
+        labeled_probs=(lab @ w * 3).softmax(1),
+        round=1,
+    )
 
 
 def subset(inputs: ScoringInputs, i: int, state, version, full_pool) -> ScoringInputs:
-    return ScoringInputs(n=1, keys=[inputs.keys[i]], probs=inputs.probs[i:i + 1], logits=inputs.logits[i:i + 1],
-                         embeddings=inputs.embeddings[i:i + 1], labeled_embeddings=inputs.labeled_embeddings,
-                         labeled_probs=inputs.labeled_probs, round=inputs.round, state=state, model_version=version,
-                         full_pool=full_pool)
+    return ScoringInputs(
+        n=1,
+        keys=[inputs.keys[i]],
+        probs=inputs.probs[i : i + 1],
+        logits=inputs.logits[i : i + 1],
+        embeddings=inputs.embeddings[i : i + 1],
+        labeled_embeddings=inputs.labeled_embeddings,
+        labeled_probs=inputs.labeled_probs,
+        round=inputs.round,
+        state=state,
+        model_version=version,
+        full_pool=full_pool,
+    )
 
 
 def main() -> None:
@@ -54,8 +72,16 @@ def main() -> None:
         strategy, state = strategies.from_spec(spec), {}
         full = strategy(ScoringInputs(**{**inputs.__dict__, "state": state, "model_version": "v1"})).numpy()
         for mode in ("request as reference", "kept pool"):
-            alone = np.array([float(strategy(subset(inputs, i, None if mode != "kept pool" else state, "v1",
-                                                     mode != "kept pool"))[0]) for i in range(args.n)])
+            alone = np.array(
+                [
+                    float(
+                        strategy(subset(inputs, i, None if mode != "kept pool" else state, "v1", mode != "kept pool"))[
+                            0
+                        ]
+                    )
+                    for i in range(args.n)
+                ]
+            )
             ratio = np.median(alone / np.where(full == 0, np.nan, full))
             scores = acquisition_to_score(alone, full)
             print(f"| {spec} | {mode} | {ratio:.2f} | {np.mean(scores < 0.05):.0%} | {np.median(scores):.2f} |")

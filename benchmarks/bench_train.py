@@ -1,15 +1,16 @@
 """Benchmarks of the learning loop, each measured side by side in one run:
 
-  rescore   full-pool re-scoring from the frozen-feature cache vs a full forward pass
-            (and vs uncached scoring, which also downloads and decodes every image)
-  round     one training round (TRAIN_STEPS steps on cached features) on the chosen backbone
-  publish   publishing 1,000 tasks (score + bulk import + move the project) vs Label Studio's
-            own "Retrieve Predictions" path on the same 1,000 images (needs the LS venv)
+rescore   full-pool re-scoring from the frozen-feature cache vs a full forward pass
+          (and vs uncached scoring, which also downloads and decodes every image)
+round     one training round (TRAIN_STEPS steps on cached features) on the chosen backbone
+publish   publishing 1,000 tasks (score + bulk import + move the project) vs Label Studio's
+          own "Retrieve Predictions" path on the same 1,000 images (needs the LS venv)
 
-    .venv/bin/python -m benchmarks.bench_train rescore --backbone resnet18 --images 256
-    .venv/bin/python -m benchmarks.bench_train round --backbone resnet18 --labels 100 --steps 100
-    .venv/bin/python -m benchmarks.bench_train publish --tasks 1000
+  .venv/bin/python -m benchmarks.bench_train rescore --backbone resnet18 --images 256
+  .venv/bin/python -m benchmarks.bench_train round --backbone resnet18 --labels 100 --steps 100
+  .venv/bin/python -m benchmarks.bench_train publish --tasks 1000
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,12 +26,12 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from active_adaptation.backend.service import Backend
-from active_adaptation.backend.settings import Settings
-from active_adaptation.core.trainer import Example, TrainConfig, fine_tune
-from active_adaptation.strategies import Need
-from active_adaptation.demo.sample_data import digit_pngs
-from active_adaptation.demo.servers import classification_config
+from ml_backend.core.trainer import Example, TrainConfig, fine_tune
+from ml_backend.demo.sample_data import digit_pngs
+from ml_backend.demo.servers import classification_config
+from ml_backend.service.backend import Backend
+from ml_backend.service.settings import Settings
+from strategies import Need
 
 LABELS = [str(i) for i in range(10)]
 CONFIG = classification_config(LABELS)
@@ -56,8 +57,18 @@ def serve(files: dict[str, bytes]) -> str:
 
 
 def make_service(tmp: str, backbone: str, **env) -> Backend:
-    return Backend(Settings.from_env({"BACKBONE": backbone, "WEIGHTS": "none", "MODEL_DIR": tmp,
-                                           "DEVICE": env.pop("device", "auto"), "LOG_LEVEL": "WARNING", **env}))
+    return Backend(
+        Settings.from_env(
+            {
+                "BACKBONE": backbone,
+                "WEIGHTS": "none",
+                "MODEL_DIR": tmp,
+                "DEVICE": env.pop("device", "auto"),
+                "LOG_LEVEL": "WARNING",
+                **env,
+            }
+        )
+    )
 
 
 def median_time(fn, repeats: int) -> float:
@@ -90,7 +101,7 @@ def bench_rescore(args) -> None:
 
         def full_forward():  # the bare full forward pass on already preprocessed images
             for s in range(0, len(x), 32):
-                model.forward(x[s:s + 32], {Need.PROBS})
+                model.forward(x[s : s + 32], {Need.PROBS})
 
         def cached():
             service.scorer.score(state, pool, model, state.version, reset_pool=True)
@@ -101,8 +112,10 @@ def bench_rescore(args) -> None:
         t_uncached = median_time(uncached, args.repeats)
         service.close()
     n = args.images
-    print(f"backbone={args.backbone} images={n} ({args.size}px) device={service.device} cache dtype={args.dtype} "
-          f"torch_threads={torch.get_num_threads()}")
+    print(
+        f"backbone={args.backbone} images={n} ({args.size}px) device={service.device} cache dtype={args.dtype} "
+        f"torch_threads={torch.get_num_threads()}"
+    )
     print(f"re-scoring from the frozen-feature cache:          {n / t_cached:9.1f} images/s")
     print(f"bare full forward pass (preprocessed tensors):     {n / t_full:9.1f} images/s")
     print(f"uncached scoring (download+decode+full forward):   {n / t_uncached:9.1f} images/s")
@@ -117,8 +130,10 @@ def bench_round(args) -> None:
         service.setup("1", CONFIG)
         state = service.projects["1"]
         model = service.projects.model(state)
-        tasks = [{"id": i, "data": {"image": "data:image/png;base64," + base64.b64encode(d).decode()}}
-                 for i, (_, d, _) in enumerate(digits)]
+        tasks = [
+            {"id": i, "data": {"image": "data:image/png;base64," + base64.b64encode(d).decode()}}
+            for i, (_, d, _) in enumerate(digits)
+        ]
         started = time.perf_counter()
         trunks = service.scorer.trunk_activations(state, model, tasks)
         t_features = time.perf_counter() - started
@@ -129,9 +144,13 @@ def bench_round(args) -> None:
         service.projects.save_version(state, twin, 1, {e.key: str(e.label) for e in examples}, metrics)
         t_save = time.perf_counter() - started
         service.close()
-    print(f"backbone={args.backbone} labels={args.labels} steps={args.steps} batch=32 device={metrics['device']} amp={metrics['amp']}")
-    print(f"trunk features for the labels: {t_features:.2f}s; training: {metrics['seconds']:.2f}s "
-          f"({metrics['seconds'] / args.steps * 1000:.1f} ms/step); checkpoint: {t_save:.2f}s")
+    print(
+        f"backbone={args.backbone} labels={args.labels} steps={args.steps} batch=32 device={metrics['device']} amp={metrics['amp']}"
+    )
+    print(
+        f"trunk features for the labels: {t_features:.2f}s; training: {metrics['seconds']:.2f}s "
+        f"({metrics['seconds'] / args.steps * 1000:.1f} ms/step); checkpoint: {t_save:.2f}s"
+    )
     print(f"loss {metrics['loss_first']:.3f} -> {metrics['loss_last']:.3f}")
     print(f"round duration (features + training + checkpoint) = {t_features + metrics['seconds'] + t_save:.2f}s")
 
@@ -141,8 +160,7 @@ def bench_publish(args) -> None:
     two measured paths is how predictions reach Label Studio."""
     import requests
 
-    from active_adaptation.demo.servers import BackendProcess
-    from active_adaptation.demo.servers import ADMIN_TOKEN, LabelStudio
+    from ml_backend.demo.servers import ADMIN_TOKEN, BackendProcess, LabelStudio
 
     digits = digit_pngs(min(args.tasks, 1797), size=args.size)
     digits = (digits * (args.tasks // len(digits) + 1))[: args.tasks]
@@ -156,13 +174,20 @@ def bench_publish(args) -> None:
             time.sleep(0.1)
 
     with tempfile.TemporaryDirectory() as tmp, LabelStudio(Path(tmp) / "ls") as ls:
-        env = {"LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ADMIN_TOKEN, "BACKBONE": args.backbone,
-               "LOG_LEVEL": "WARNING", "TRAIN_DEBOUNCE_S": "0.5", "TRAIN_STEPS": "20"}
+        env = {
+            "LABEL_STUDIO_URL": ls.url,
+            "LABEL_STUDIO_API_KEY": ADMIN_TOKEN,
+            "BACKBONE": args.backbone,
+            "LOG_LEVEL": "WARNING",
+            "TRAIN_DEBOUNCE_S": "0.5",
+            "TRAIN_STEPS": "20",
+        }
         project = ls.create_project("publish benchmark", LABELS)
         ids = []
         for s in range(0, len(files), 90):  # LS accepts at most 100 files per request
-            ids += ls.upload_files(project, files[s:s + 90])
+            ids += ls.upload_files(project, files[s : s + 90])
         with BackendProcess(Path(tmp) / "backend", env) as backend:
+
             def st():
                 return requests.get(f"{backend.url}/status", timeout=10).json()["projects"].get(str(project), {})
 
@@ -176,8 +201,20 @@ def bench_publish(args) -> None:
             wait(lambda: st().get("state") == "idle", "the end of the first publish")
             cold = st()["publish_progress"]
 
-            ls.api("POST", f"/api/tasks/{ids[0]}/annotations", json={"result": [
-                {"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": [str(digits[0][2])]}}]})
+            ls.api(
+                "POST",
+                f"/api/tasks/{ids[0]}/annotations",
+                json={
+                    "result": [
+                        {
+                            "from_name": "label",
+                            "to_name": "image",
+                            "type": "choices",
+                            "value": {"choices": [str(digits[0][2])]},
+                        }
+                    ]
+                },
+            )
             wait(lambda: version() != v0 and st().get("state") == "idle", "round 1")
             v1, warm = version(), st()["publish_progress"]
 
@@ -189,12 +226,18 @@ def bench_publish(args) -> None:
             n_retrieved = sum(1 for p in ls.predictions(project) if p["model_version"] == v1)
     n = warm["total"]
     print(f"tasks={args.tasks} backbone={args.backbone} images={args.size}px (Label Studio {ls.url}, SQLite, 2 CPUs)")
-    print(f"cold publish on connect (download {cold['total']} images from LS, score, import, move): {t_cold:6.2f}s "
-          f"(scoring {cold['score_seconds']:.2f}s)")
-    print(f"warm publish after a round (list tasks, score from cache, import {n}, move):   {warm['seconds']:6.2f}s "
-          f"({warm['seconds'] / n * 1000:.1f} ms/task; scoring {warm['score_seconds']:.2f}s)")
-    print(f"LS 'Retrieve Predictions', same {n_retrieved} tasks, same warm caches:          {t_retrieve:6.2f}s "
-          f"({t_retrieve / n_retrieved * 1000:.1f} ms/task)")
+    print(
+        f"cold publish on connect (download {cold['total']} images from LS, score, import, move): {t_cold:6.2f}s "
+        f"(scoring {cold['score_seconds']:.2f}s)"
+    )
+    print(
+        f"warm publish after a round (list tasks, score from cache, import {n}, move):   {warm['seconds']:6.2f}s "
+        f"({warm['seconds'] / n * 1000:.1f} ms/task; scoring {warm['score_seconds']:.2f}s)"
+    )
+    print(
+        f"LS 'Retrieve Predictions', same {n_retrieved} tasks, same warm caches:          {t_retrieve:6.2f}s "
+        f"({t_retrieve / n_retrieved * 1000:.1f} ms/task)"
+    )
     print(f"ratio retrieve / publish = {t_retrieve / warm['seconds']:.2f}x")
 
 

@@ -20,13 +20,13 @@ SEEDS=${SEEDS:-20}
 STRATEGIES=${STRATEGIES:-random,auto,badge,margin,typiclust}   # e.g. add aift: 16 views are ~40 h of CPU here
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/*.whl
-export PYTHONPATH=/tmp/site:$PWD/src:$PWD FASHION_MNIST_DIR=$PWD/.gpu/fashion-mnist PYTHONUNBUFFERED=1
+export PYTHONPATH=/tmp/site:$PWD FASHION_MNIST_DIR=$PWD/.gpu/fashion-mnist PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, torchvision, timm; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'timm', timm.__version__)" | tee -a "$OUT/gpu.txt"
 for backbone in efficientnet_lite0 resnet50; do
     python3 -m benchmarks.bench_strategies --backbone "$backbone" --size 224 --pool 2048 --batch-size 256 \
         --device cuda 2>&1 | tee "$OUT/bench_strategies_$backbone.txt"
 done
-python3 -m active_adaptation.simulation --dataset fashion-mnist --image-size 224 --device cuda --workers 1 \
+python3 -m ml_backend.simulation --dataset fashion-mnist --image-size 224 --device cuda --workers 1 \
     --seeds "$SEEDS" --strategies "$STRATEGIES" --no-progress --out "$OUT/fashion-224" \
     2>&1 | tail -40 | tee "$OUT/fashion-224.txt"

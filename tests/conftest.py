@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from active_adaptation.demo.sample_data import digit_pngs, png_bytes
+from ml_backend.demo.sample_data import digit_pngs, png_bytes
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -103,7 +103,7 @@ def second_server(digits64):
 @pytest.fixture(scope="session")
 def label_studio(tmp_path_factory):
     """One real Label Studio 1.23.2 for the whole test session (started and stopped here)."""
-    from active_adaptation.demo.servers import LabelStudio
+    from ml_backend.demo.servers import LabelStudio
 
     server = LabelStudio(tmp_path_factory.mktemp("label-studio"))
     server.start()

@@ -1,4 +1,5 @@
 """A small HTTP reverse proxy in front of Label Studio that can simulate an outage."""
+
 from __future__ import annotations
 
 import http.server
@@ -34,8 +35,14 @@ class OutageProxy:
                     self.wfile.write(payload)
                     return
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP}
-                r = requests.request(self.command, proxy.target + self.path, headers=headers, data=body,
-                                     allow_redirects=False, timeout=120)
+                r = requests.request(
+                    self.command,
+                    proxy.target + self.path,
+                    headers=headers,
+                    data=body,
+                    allow_redirects=False,
+                    timeout=120,
+                )
                 self.send_response(r.status_code)
                 for k, v in r.headers.items():
                     if k.lower() not in HOP:

@@ -1,31 +1,48 @@
 """The dashboard in a real browser (Debian's chromium through selenium) against a real Label
 Studio project after a few rounds: what it shows must match the backend's /status."""
+
 import os
 from pathlib import Path
 
 import pytest
 import requests
 
-from active_adaptation.demo.servers import BackendProcess, wait_for
+from ml_backend.demo.servers import BackendProcess, wait_for
 from tests.integration.test_labelstudio_learning import FAST, annotate, digits_project, project_version
 
 pytestmark = pytest.mark.labelstudio
+
+
 def test_the_dashboard_shows_rounds_curves_and_the_stopping_signal(label_studio, digits64, tmp_path, browser):
     from selenium.webdriver.common.by import By
 
     ls = label_studio
-    env = {"LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ls.personal_access_token(), **FAST,
-           "STRATEGY": "auto:per_class=2", "STOP_KAPPA": "0.5", "STOP_WINDOW": "2"}
+    env = {
+        "LABEL_STUDIO_URL": ls.url,
+        "LABEL_STUDIO_API_KEY": ls.personal_access_token(),
+        **FAST,
+        "STRATEGY": "auto:per_class=2",
+        "STOP_KAPPA": "0.5",
+        "STOP_WINDOW": "2",
+    }
     with BackendProcess(tmp_path, env) as backend:
         project, ids, truth = digits_project(ls, digits64, "dashboard", 60)
         v = ls.connect_backend(project, backend.url)["model_version"]
         wait_for(lambda: project_version(ls, project) == v, 60, "version 0")
         for r in range(1, 4):  # three rounds of 8 labels
-            for t in ids[8 * (r - 1):8 * r]:
+            for t in ids[8 * (r - 1) : 8 * r]:
                 annotate(ls, t, truth[t])
             v = wait_for(lambda: f"-t{r}-" in (x := project_version(ls, project)) and x, 120, f"round {r}")
-            wait_for(lambda: requests.get(f"{backend.url}/status", timeout=10).json()["projects"][str(project)]
-                     ["published_version"] == v, 60, "the publish")
+            wait_for(
+                lambda: (
+                    requests.get(f"{backend.url}/status", timeout=10).json()["projects"][str(project)][
+                        "published_version"
+                    ]
+                    == v
+                ),
+                60,
+                "the publish",
+            )
         status = requests.get(f"{backend.url}/status", timeout=10).json()["projects"][str(project)]
 
         browser.get(backend.url + "/")
@@ -41,7 +58,10 @@ def test_the_dashboard_shows_rounds_curves_and_the_stopping_signal(label_studio,
         assert len(section.find_elements(By.CSS_SELECTOR, "svg.kappa circle.point")) == 2
         rows = section.find_elements(By.CSS_SELECTOR, "table.versions tr")[1:]
         assert [row.find_elements(By.TAG_NAME, "td")[0].text for row in rows] == ["3", "2", "1"]
-        counts = {e.get_attribute("data-label"): int(e.text) for e in section.find_elements(By.CSS_SELECTOR, "svg.bars text[data-label]")}
+        counts = {
+            e.get_attribute("data-label"): int(e.text)
+            for e in section.find_elements(By.CSS_SELECTOR, "svg.bars text[data-label]")
+        }
         expected = {str(i): 0 for i in range(10)}
         for t in ids[:24]:
             expected[str(truth[t])] += 1

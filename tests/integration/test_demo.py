@@ -1,4 +1,5 @@
 """The README's first command, for real: the demo on a busy port, run twice, stopped with Ctrl-C."""
+
 import json
 import os
 import signal
@@ -10,17 +11,31 @@ import time
 import pytest
 import requests
 
-from active_adaptation.demo.sample_data import fashion_available
-from active_adaptation.demo.servers import ADMIN_TOKEN, ROOT, free_port
+from ml_backend.demo.sample_data import fashion_available
+from ml_backend.demo.servers import ADMIN_TOKEN, ROOT, free_port
 
 pytestmark = pytest.mark.labelstudio
 
 
 def start_demo(tmp_path, port, backend_port, images=40):
     process = subprocess.Popen(
-        ["bash", "scripts/demo.sh", "--dir", str(tmp_path / "demo"), "--port", str(port),
-         "--backend-port", str(backend_port), "--images", str(images)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        [
+            "bash",
+            "scripts/demo.sh",
+            "--dir",
+            str(tmp_path / "demo"),
+            "--port",
+            str(port),
+            "--backend-port",
+            str(backend_port),
+            "--images",
+            str(images),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
     lines: list[str] = []
     ready: dict = {}
@@ -29,7 +44,7 @@ def start_demo(tmp_path, port, backend_port, images=40):
         for line in process.stdout:
             lines.append(line)
             if line.startswith("DEMO READY "):
-                ready.update(json.loads(line[len("DEMO READY "):]))
+                ready.update(json.loads(line[len("DEMO READY ") :]))
 
     threading.Thread(target=reader, daemon=True).start()
     deadline = time.monotonic() + 600

@@ -1,6 +1,7 @@
 """Deployment files, without a Docker engine (CI has none; tests/integration/test_container.py builds and runs the
 stack where one answers): lint the Dockerfile and check that the image, compose file and docs use only
 settings that exist and the same install steps as CI."""
+
 import fnmatch
 import re
 import shutil
@@ -11,21 +12,33 @@ from pathlib import Path
 import pytest
 import yaml
 
-from active_adaptation.backend.settings import ENV_VARS
-from active_adaptation.demo.servers import LABEL_STUDIO_FLAGS
+from ml_backend.demo.servers import LABEL_STUDIO_FLAGS
+from ml_backend.service.settings import ENV_VARS
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 # Label Studio's own settings used by the compose file (LABEL_STUDIO.md §2)
 LABEL_STUDIO_VARS = {
-    "LABEL_STUDIO_USERNAME", "LABEL_STUDIO_PASSWORD", "LABEL_STUDIO_USER_TOKEN", "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN",
-    "LABEL_STUDIO_ML_BLOCK_LOCAL_IP", "LABEL_STUDIO_SSRF_PROTECTION_ENABLED", "LABEL_STUDIO_HOST",
+    "LABEL_STUDIO_USERNAME",
+    "LABEL_STUDIO_PASSWORD",
+    "LABEL_STUDIO_USER_TOKEN",
+    "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN",
+    "LABEL_STUDIO_ML_BLOCK_LOCAL_IP",
+    "LABEL_STUDIO_SSRF_PROTECTION_ENABLED",
+    "LABEL_STUDIO_HOST",
     *LABEL_STUDIO_FLAGS,  # its own feature flags that the demo's Label Studio runs with too
 }
 # compose-only knobs (.env.example): host ports and the image flavor
 COMPOSE_VARS = {"LABEL_STUDIO_PORT", "BACKEND_PORT", "FLAVOR"}
-RUNTIME_VARS = {"PYTHONPATH", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "PIP_NO_CACHE_DIR", "PIP_DISABLE_PIP_VERSION_CHECK", "TORCH_HOME"}
+RUNTIME_VARS = {
+    "PYTHONPATH",
+    "PYTHONDONTWRITEBYTECODE",
+    "PYTHONUNBUFFERED",
+    "PIP_NO_CACHE_DIR",
+    "PIP_DISABLE_PIP_VERSION_CHECK",
+    "TORCH_HOME",
+}
 
 
 def test_hadolint_passes():
@@ -61,7 +74,9 @@ def test_compose_references_only_existing_variables():
     text = (ROOT / "docker-compose.yml").read_text()
     for var in set(re.findall(r"\$\{([A-Z_]+)", text)):
         assert var in ENV_VARS or var in LABEL_STUDIO_VARS or var in COMPOSE_VARS, var
-    assert services["backend"]["volumes"] == services["backend-gpu"]["volumes"] == ["models:/data", "torch-hub:/opt/torch"]
+    assert (
+        services["backend"]["volumes"] == services["backend-gpu"]["volumes"] == ["models:/data", "torch-hub:/opt/torch"]
+    )
 
 
 def test_image_installs_what_ci_installs():
@@ -70,7 +85,7 @@ def test_image_installs_what_ci_installs():
     assert 'RUN bash /app/install_backend.sh "${FLAVOR}" python' in DOCKERFILE  # the image's
     assert "COPY requirements.txt scripts/install_backend.sh /app/" in DOCKERFILE
     # the dependency layer comes before the code, so code changes do not reinstall torch
-    assert DOCKERFILE.index("install_backend.sh \"${FLAVOR}\"") < DOCKERFILE.index("COPY src")
+    assert DOCKERFILE.index('install_backend.sh "${FLAVOR}"') < DOCKERFILE.index("COPY ml_backend")
 
 
 def test_cpu_flavor_swaps_only_torch_and_cuda_libraries():
@@ -83,7 +98,9 @@ def test_cpu_flavor_swaps_only_torch_and_cuda_libraries():
 
 
 def test_dockerignore_is_an_allow_list_that_admits_every_copied_file():
-    rules = [l.strip() for l in (ROOT / ".dockerignore").read_text().splitlines() if l.strip() and not l.startswith("#")]
+    rules = [
+        l.strip() for l in (ROOT / ".dockerignore").read_text().splitlines() if l.strip() and not l.startswith("#")
+    ]
     assert rules[0] == "*"
 
     def included(path: str) -> bool:
@@ -102,12 +119,15 @@ def test_dockerignore_is_an_allow_list_that_admits_every_copied_file():
         assert path.exists(), source
         files = [str(p.relative_to(ROOT)) for p in path.rglob("*.py")] if path.is_dir() else [source]
         assert files and all(included(f) for f in files), source
-    assert not included("tests/backend/test_app.py") and not included(".venv/bin/python")
+    assert not included("tests/service/test_app.py") and not included(".venv/bin/python")
 
 
 def _lock(name: str) -> dict[str, str]:
-    return {l.split("==")[0].lower(): l.split("==")[1] for l in (ROOT / name).read_text().splitlines()
-            if "==" in l and not l.startswith("#")}
+    return {
+        l.split("==")[0].lower(): l.split("==")[1]
+        for l in (ROOT / name).read_text().splitlines()
+        if "==" in l and not l.startswith("#")
+    }
 
 
 def test_pyproject_pins_match_the_locks():
@@ -126,11 +146,22 @@ def test_pyproject_pins_match_the_locks():
     assert "-r requirements.txt" in (ROOT / "requirements-dev.txt").read_text().splitlines()
 
 
-@pytest.mark.parametrize("topic", ["legacy", "Personal Access Token", "SSRF", "model_version", "Uncertainty sampling",
-                                   "IMAGENET1K_V1", "state_dict", "webhook"])
+@pytest.mark.parametrize(
+    "topic",
+    [
+        "legacy",
+        "Personal Access Token",
+        "SSRF",
+        "model_version",
+        "Uncertainty sampling",
+        "IMAGENET1K_V1",
+        "state_dict",
+        "webhook",
+    ],
+)
 def test_troubleshooting_and_weights_are_documented(topic):
     readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Troubleshooting"):]
+    section = readme[readme.index("## Troubleshooting") :]
     assert topic in section
 
 
@@ -153,8 +184,12 @@ def test_every_methods_citation_points_into_docs_methods():
     """Code and docs cite the project's own methods document, and every section they cite exists."""
     text = (ROOT / "docs" / "methods.md").read_text()
     sections = set(re.findall(r"^#{2,3} (\d+(?:\.\d+)?)\.? ", text, re.M))
-    files = [p for d in ("src", "benchmarks", "scripts", "tests", "docs") for p in (ROOT / d).rglob("*")
-             if p.suffix in (".py", ".md")] + [ROOT / "README.md"]
+    files = [
+        p
+        for d in ("ml_backend", "strategies", "benchmarks", "scripts", "tests", "docs")
+        for p in (ROOT / d).rglob("*")
+        if p.suffix in (".py", ".md")
+    ] + [ROOT / "README.md"]
     cited = set()
     for path in files:
         for line in path.read_text().splitlines():

@@ -1,15 +1,16 @@
 """The Data Manager tabs the backend keeps in a real Label Studio 1.23.2: the queue ordered by
 score, and the review tab of suspicious labels, which loses a task when a person saves it again."""
+
 import os
 from pathlib import Path
 
 import pytest
 import requests
 
-from active_adaptation.backend.tabs import QUEUE_TAB, REVIEW_TAB
-from active_adaptation.demo.servers import BackendProcess, wait_for
-from tests.integration.test_labelstudio_learning import FAST, annotate, project_version
+from ml_backend.demo.servers import BackendProcess, wait_for
+from ml_backend.service.tabs import QUEUE_TAB, REVIEW_TAB
 from tests.conftest import CHROMIUM, DRIVER
+from tests.integration.test_labelstudio_learning import FAST, annotate, project_version
 from tests.integration.test_labelstudio_queue import LABELS
 
 pytestmark = pytest.mark.labelstudio
@@ -33,7 +34,7 @@ def show_in_browser(browser, ls, project, view, shot):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from active_adaptation.demo.servers import ADMIN_EMAIL, ADMIN_PASSWORD
+    from ml_backend.demo.servers import ADMIN_EMAIL, ADMIN_PASSWORD
 
     browser.get(f"{ls.url}/user/login/")
     browser.find_element(By.NAME, "email").send_keys(ADMIN_EMAIL)
@@ -53,7 +54,13 @@ def show_in_browser(browser, ls, project, view, shot):
 
 def test_queue_tab_and_review_tab_follow_the_rounds(label_studio, digits64, tmp_path, request):
     ls = label_studio
-    env = {"LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ls.personal_access_token(), **FAST, "REVIEW_TOP": "5", "TRAIN_STEPS": "300"}
+    env = {
+        "LABEL_STUDIO_URL": ls.url,
+        "LABEL_STUDIO_API_KEY": ls.personal_access_token(),
+        **FAST,
+        "REVIEW_TOP": "5",
+        "TRAIN_STEPS": "300",
+    }
     with BackendProcess(tmp_path, env) as backend:
         project = ls.create_project("tabs", LABELS)
         distinct = ls.upload_files(project, [(n, d) for n, d, _ in digits64[:16]])
@@ -90,8 +97,11 @@ def test_queue_tab_and_review_tab_follow_the_rounds(label_studio, digits64, tmp_
         (annotation,) = ls.api("GET", f"/api/tasks/{confirmed}/annotations")
         ls.api("PATCH", f"/api/annotations/{annotation['id']}", json={"result": annotation["result"]})
         left = [t for t in flagged if t != confirmed]
-        wait_for(lambda: sorted(int(r["task"]) for r in status(backend, project)["review"]) == left, 60,
-                 "the confirmed task to leave the review")
+        wait_for(
+            lambda: sorted(int(r["task"]) for r in status(backend, project)["review"]) == left,
+            60,
+            "the confirmed task to leave the review",
+        )
         views = tabs(ls, project)
         mine = [v for title, v in views.items() if title.startswith(REVIEW_TAB)]
         if left:

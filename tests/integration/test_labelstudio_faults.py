@@ -1,5 +1,6 @@
 """Faults and hostile events against a real Label Studio 1.23.2 and the backend as a real gunicorn
 process: a killed worker process, forged and replayed webhook events."""
+
 import os
 import signal
 import subprocess
@@ -8,10 +9,17 @@ import time
 import pytest
 import requests
 
-from active_adaptation.backend.security import HEADER
-from active_adaptation.demo.servers import ADMIN_TOKEN, BackendProcess, classification_config, wait_for
-from tests.integration.test_labelstudio_learning import (FAST, annotate, connect_and_wait_for_version_0, digits_project,
-                                            project_version, status, versions_of)
+from ml_backend.demo.servers import ADMIN_TOKEN, BackendProcess, classification_config, wait_for
+from ml_backend.service.security import HEADER
+from tests.integration.test_labelstudio_learning import (
+    FAST,
+    annotate,
+    connect_and_wait_for_version_0,
+    digits_project,
+    project_version,
+    status,
+    versions_of,
+)
 from tests.integration.test_labelstudio_queue import LABELS
 
 pytestmark = pytest.mark.labelstudio
@@ -33,7 +41,9 @@ def test_a_killed_worker_process_forgets_nothing(label_studio, digits64, tmp_pat
 
         def kill_worker():
             # (the backend records a publish just after Label Studio has moved the project)
-            wait_for(lambda: (s := status(backend, project))["published_version"] == s["model_version"], 30, "the publish")
+            wait_for(
+                lambda: (s := status(backend, project))["published_version"] == s["model_version"], 30, "the publish"
+            )
             (pid,) = worker_pids(backend)
             os.kill(pid, signal.SIGKILL)
             wait_for(lambda: (p := worker_pids(backend)) and p != [pid], 60, "a new worker process")
@@ -42,8 +52,14 @@ def test_a_killed_worker_process_forgets_nothing(label_studio, digits64, tmp_pat
         kill_worker()  # before the first round: the project is known from its registration
         st = status(backend, project)
         assert st["model_version"] == v0 and st["published_version"] == v0
-        r = requests.post(f"{backend.url}/predict", timeout=60, json={
-            "project": str(project), "tasks": [{"id": t["id"], "data": t["data"]} for t in ls.tasks(project)[:3]]})
+        r = requests.post(
+            f"{backend.url}/predict",
+            timeout=60,
+            json={
+                "project": str(project),
+                "tasks": [{"id": t["id"], "data": t["data"]} for t in ls.tasks(project)[:3]],
+            },
+        )
         assert r.status_code == 200 and {x["model_version"] for x in r.json()["results"]} == {v0}
 
         for t in ids[:4]:  # LS's own (authenticated) webhook reaches the new worker
@@ -77,22 +93,45 @@ def test_forged_and_replayed_events_against_label_studio(label_studio, digits64,
         hacked = classification_config(["HACKED"])
         url = f"{backend.url}/webhook"
         # without the header: refused, whatever the event
-        for event in ({"action": "PROJECT_UPDATED", "project": {"id": project, "label_config": hacked}},
-                      {"action": "ANNOTATION_CREATED", "project": {"id": project}},
-                      {"action": "ANNOTATION_CREATED", "project": {"id": 999}}):
+        for event in (
+            {"action": "PROJECT_UPDATED", "project": {"id": project, "label_config": hacked}},
+            {"action": "ANNOTATION_CREATED", "project": {"id": project}},
+            {"action": "ANNOTATION_CREATED", "project": {"id": 999}},
+        ):
             assert requests.post(url, json=event, timeout=5).status_code == 401
         # (LS sends "Start Training" with no credentials when the connection has no basic auth)
         r = requests.post(url, json={"action": "START_TRAINING", "project": {"id": project}}, timeout=5)
         assert r.status_code == 200 and "cannot force" in r.json()["outcome"]
         # with the project's header (a replay of a real event): the payload is only a hint
-        assert requests.post(url, headers=headers, timeout=5, json={
-            "action": "PROJECT_UPDATED", "project": {"id": project, "label_config": hacked}}).status_code == 200
-        assert requests.post(url, headers=headers, timeout=5, json={
-            "action": "TASKS_CREATED", "project": {"id": project},
-            "tasks": [{"id": t, "data": {"image": f"{image_server.url}/good.png?evil"}} for t in other_ids]}).status_code == 200
+        assert (
+            requests.post(
+                url,
+                headers=headers,
+                timeout=5,
+                json={"action": "PROJECT_UPDATED", "project": {"id": project, "label_config": hacked}},
+            ).status_code
+            == 200
+        )
+        assert (
+            requests.post(
+                url,
+                headers=headers,
+                timeout=5,
+                json={
+                    "action": "TASKS_CREATED",
+                    "project": {"id": project},
+                    "tasks": [{"id": t, "data": {"image": f"{image_server.url}/good.png?evil"}} for t in other_ids],
+                },
+            ).status_code
+            == 200
+        )
         # the project's header does not work for another project
-        assert requests.post(url, headers=headers, timeout=5, json={
-            "action": "PROJECT_UPDATED", "project": {"id": other}}).status_code == 401
+        assert (
+            requests.post(
+                url, headers=headers, timeout=5, json={"action": "PROJECT_UPDATED", "project": {"id": other}}
+            ).status_code
+            == 401
+        )
         time.sleep(3)  # the worker re-reads the config and the tasks from Label Studio
         st = status(backend, project)
         assert st["labels"] == LABELS and st["model_version"] == v0 == project_version(ls, project)

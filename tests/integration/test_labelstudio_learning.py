@@ -1,6 +1,7 @@
 """The learning loop end to end against a real Label Studio 1.23.2 and the backend as a real
 gunicorn process: publish on connect, train on annotations, move the queue, survive storms,
 kill -9 and Label Studio outages."""
+
 import json
 import os
 import signal
@@ -10,8 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from active_adaptation.demo.servers import BackendProcess, wait_for
-from active_adaptation.demo.servers import ADMIN_TOKEN
+from ml_backend.demo.servers import ADMIN_TOKEN, BackendProcess, wait_for
 from tests.integration.proxy import OutageProxy
 from tests.integration.test_labelstudio_queue import LABELS, served_in_acquisition_order
 
@@ -28,8 +28,15 @@ def status(backend, project):
 
 
 def annotate(ls, task, label):
-    return ls.api("POST", f"/api/tasks/{task}/annotations", json={"result": [
-        {"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": [str(label)]}}]})
+    return ls.api(
+        "POST",
+        f"/api/tasks/{task}/annotations",
+        json={
+            "result": [
+                {"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": [str(label)]}}
+            ]
+        },
+    )
 
 
 def digits_project(ls, digits, title, n):
@@ -54,7 +61,9 @@ def versions_of(ls, project):
 
 def test_connect_publish_learn_reorder_and_forget_deleted(label_studio, digits64, tmp_path):
     ls = label_studio
-    with BackendProcess(tmp_path, {"LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ls.personal_access_token(), **FAST}) as backend:
+    with BackendProcess(
+        tmp_path, {"LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ls.personal_access_token(), **FAST}
+    ) as backend:
         project, ids, truth = digits_project(ls, digits64, "learning loop", 40)
         v0 = ls.connect_backend(project, backend.url)["model_version"]
         # version 0 is published for every task and the project moves to it by itself
@@ -66,7 +75,9 @@ def test_connect_publish_learn_reorder_and_forget_deleted(label_studio, digits64
             annotate(ls, t, truth[t])
         v1 = wait_for(lambda: (v := project_version(ls, project)) != v0 and v, 90, "a trained version")
         assert "-t1-" in v1
-        st = wait_for(lambda: (s := status(backend, project))["queue_version"] == v1 and s, 30, "the publish to be recorded")
+        st = wait_for(
+            lambda: (s := status(backend, project))["queue_version"] == v1 and s, 30, "the publish to be recorded"
+        )
         assert st["round"] == 1 and st["labels_used"] == 12 and st["training_runs"] == 1
         assert st["last_round"]["loss_last"] < st["last_round"]["loss_first"]
         # the annotations the trained head disagrees with (p(label) < REVIEW_MAX_P), most doubtful first
@@ -104,12 +115,22 @@ def test_connect_publish_learn_reorder_and_forget_deleted(label_studio, digits64
 
         # a label added to the config grows the head: a new version is published, nothing retrained
         config = ls.api("GET", f"/api/projects/{project}")["label_config"]
-        ls.api("PATCH", f"/api/projects/{project}", json={"label_config": config.replace(
-            '<Choice value="9"/>', '<Choice value="9"/>\n    <Choice value="none of these"/>')})
+        ls.api(
+            "PATCH",
+            f"/api/projects/{project}",
+            json={
+                "label_config": config.replace(
+                    '<Choice value="9"/>', '<Choice value="9"/>\n    <Choice value="none of these"/>'
+                )
+            },
+        )
         v3 = wait_for(lambda: (v := project_version(ls, project)) != v2 and v, 60, "a version for the grown config")
         # the backend records the publish just after Label Studio has moved the project
-        st = wait_for(lambda: (s := status(backend, project))["published_version"] == v3 and s, 30,
-                      "the backend to record the publish")
+        st = wait_for(
+            lambda: (s := status(backend, project))["published_version"] == v3 and s,
+            30,
+            "the backend to record the publish",
+        )
         assert "-t2-" in v3 and st["round"] == 2 and st["labels"][-1] == "none of these"
         assert st["published_version"] == v3 and st["training_runs"] == 2
 
@@ -128,8 +149,10 @@ def test_storm_concurrent_predictions_and_kill_9(label_studio, digits64, tmp_pat
         headers = ls.webhook_headers(project, backend.url)  # what LS itself sends: the backend's secret header
         assert headers
         with ThreadPoolExecutor(8) as pool:
-            futures = [pool.submit(requests.post, f"{backend.url}/webhook", json=payload, headers=headers, timeout=5)
-                       for _ in range(195)]
+            futures = [
+                pool.submit(requests.post, f"{backend.url}/webhook", json=payload, headers=headers, timeout=5)
+                for _ in range(195)
+            ]
             for t in ids[:5]:
                 annotate(ls, t, truth[t])
             assert all(f.result().status_code == 200 for f in futures)
@@ -148,13 +171,25 @@ def test_storm_concurrent_predictions_and_kill_9(label_studio, digits64, tmp_pat
         assert status(backend, project)["model_version"] == served_before  # restored from its checkpoint
         for t in ids[5:8]:
             annotate(ls, t, truth[t])
-        wait_for(lambda: status(backend, project).get("state") == "running"
-                 and "training" in status(backend, project).get("reason", ""), 60, "training to start")
+        wait_for(
+            lambda: (
+                status(backend, project).get("state") == "running"
+                and "training" in status(backend, project).get("reason", "")
+            ),
+            60,
+            "training to start",
+        )
 
         tasks = [{"id": t["id"], "data": t["data"]} for t in ls.tasks(project)][:10]
         with ThreadPoolExecutor(20) as pool:
-            answers = list(pool.map(lambda _: requests.post(
-                f"{backend.url}/predict", json={"tasks": tasks, "project": str(project)}, timeout=120), range(20)))
+            answers = list(
+                pool.map(
+                    lambda _: requests.post(
+                        f"{backend.url}/predict", json={"tasks": tasks, "project": str(project)}, timeout=120
+                    ),
+                    range(20),
+                )
+            )
         assert all(a.status_code == 200 and len(a.json()["results"]) == 10 for a in answers)
         assert {x["model_version"] for a in answers for x in a.json()["results"]} == {served_before}
         assert status(backend, project)["state"] == "running"  # still training: served from the old model
@@ -171,8 +206,13 @@ def test_storm_concurrent_predictions_and_kill_9(label_studio, digits64, tmp_pat
         # "Start Training" in Label Studio: the next round uses all 8 labels
         ml_id = ls.api("GET", "/api/ml", params={"project": project})[0]["id"]
         ls.api("POST", f"/api/ml/{ml_id}/train")
-        wait_for(lambda: status(backend, project).get("labels_used") == 8
-                 and status(backend, project).get("state") == "idle", 90, "a round with all labels")
+        wait_for(
+            lambda: (
+                status(backend, project).get("labels_used") == 8 and status(backend, project).get("state") == "idle"
+            ),
+            90,
+            "a round with all labels",
+        )
         assert project_version(ls, project) == status(backend, project)["model_version"] != served_before
     finally:
         backend.stop()
@@ -182,7 +222,12 @@ def test_label_studio_outage_during_publish_is_retried_and_reported(label_studio
     ls = label_studio
     proxy = OutageProxy(ls.url)
     try:
-        env = {"LABEL_STUDIO_URL": proxy.url, "LABEL_STUDIO_API_KEY": ADMIN_TOKEN, "DELETE_OLD_PREDICTIONS": "true", **FAST}
+        env = {
+            "LABEL_STUDIO_URL": proxy.url,
+            "LABEL_STUDIO_API_KEY": ADMIN_TOKEN,
+            "DELETE_OLD_PREDICTIONS": "true",
+            **FAST,
+        }
         with BackendProcess(tmp_path, env) as backend:
             project, ids, truth = digits_project(ls, digits64, "outage", 20)
             v0 = connect_and_wait_for_version_0(ls, backend, project)
@@ -195,15 +240,22 @@ def test_label_studio_outage_during_publish_is_retried_and_reported(label_studio
             assert "previous model keeps serving" in st["reason"]
             assert len(proxy.failed) == 3  # retried, then reported
             assert project_version(ls, project) == v0  # Label Studio still points at published predictions
-            r = requests.post(f"{backend.url}/predict", json={"tasks": [{"id": ids[5], "data": {}}], "project": str(project)}, timeout=30)
+            r = requests.post(
+                f"{backend.url}/predict",
+                json={"tasks": [{"id": ids[5], "data": {}}], "project": str(project)},
+                timeout=30,
+            )
             assert r.status_code == 200  # the backend keeps answering
 
             assert st["retry_in_s"] and "retrying in" in st["reason"]
             # Label Studio is back: the backend retries by itself, with no event and no /setup
             events = requests.get(f"{backend.url}/status", timeout=10).json()["events"]
             proxy.fail_when = None
-            st = wait_for(lambda: (s := status(backend, project))["published_version"] and s["state"] == "idle" and s, 60,
-                          "the background retry to publish")
+            st = wait_for(
+                lambda: (s := status(backend, project))["published_version"] and s["state"] == "idle" and s,
+                60,
+                "the background retry to publish",
+            )
             after = requests.get(f"{backend.url}/status", timeout=10).json()["events"]
             # the only new events are LS's echo of the backend's own project switch
             assert {k for k in after if after[k] != events.get(k)} <= {"PROJECT_UPDATED"}
@@ -226,7 +278,12 @@ def test_auto_switches_from_cold_start_to_badge_after_a_round(label_studio, digi
         assert v0.startswith("smallcnn-auto-t0-"), v0
         wait_for(lambda: project_version(ls, project) == v0, 60, "version 0")
         info = status(backend, project)["strategy_info"]
-        assert (info["regime"], info["serving"], info["labels"], info["switch_at"]) == ("cold-start", "typiclust", 0, 10)
+        assert (info["regime"], info["serving"], info["labels"], info["switch_at"]) == (
+            "cold-start",
+            "typiclust",
+            0,
+            10,
+        )
 
         def predict(task_ids):
             tasks = [{"id": t["id"], "data": t["data"]} for t in ls.tasks(project) if t["id"] in task_ids]

@@ -1,11 +1,11 @@
 """End to end with a real Label Studio 1.23.2: the queue serves tasks in acquisition order."""
+
 import random
 
 import pytest
 import requests
 
-from active_adaptation.demo.servers import BackendProcess
-from active_adaptation.demo.servers import ADMIN_TOKEN
+from ml_backend.demo.servers import ADMIN_TOKEN, BackendProcess
 
 pytestmark = pytest.mark.labelstudio
 LABELS = [str(i) for i in range(10)]
@@ -24,12 +24,17 @@ def pat(label_studio):
 
 @pytest.fixture(scope="module")
 def backend(label_studio, pat, tmp_path_factory):
-    proc = BackendProcess(tmp_path_factory.mktemp("backend"), {
-        "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": pat, "STRATEGY": "margin",
-        # this module checks Label Studio's own "Retrieve Predictions" path; the learning loop's
-        # automatic publishing is covered in test_labelstudio_learning.py
-        "PUBLISH_ON_CONNECT": "false",
-    })
+    proc = BackendProcess(
+        tmp_path_factory.mktemp("backend"),
+        {
+            "LABEL_STUDIO_URL": label_studio.url,
+            "LABEL_STUDIO_API_KEY": pat,
+            "STRATEGY": "margin",
+            # this module checks Label Studio's own "Retrieve Predictions" path; the learning loop's
+            # automatic publishing is covered in test_labelstudio_learning.py
+            "PUBLISH_ON_CONNECT": "false",
+        },
+    )
     proc.start()
     yield proc
     proc.stop()
@@ -39,7 +44,9 @@ def make_project(ls, digits, title):
     project = ls.create_project(title, LABELS)
     good = ls.upload_files(project, [(name, data) for name, data, _ in digits[:36]])
     png = digits[0][1]
-    bad = ls.upload_files(project, [("not-an-image.png", b"plain text, not a PNG"), ("truncated.png", png[: len(png) // 3])])
+    bad = ls.upload_files(
+        project, [("not-an-image.png", b"plain text, not a PNG"), ("truncated.png", png[: len(png) // 3])]
+    )
     bad += ls.import_tasks(project, [{"image": f"/data/upload/{project}/never-uploaded.png"}])
     return project, good, bad
 
@@ -74,7 +81,7 @@ def test_queue_serves_tasks_in_decreasing_acquisition(label_studio, backend, dig
     ls.use_uncertainty_queue(project, version)
     served = ls.walk_queue(project)
     assert sorted(served) == sorted(good + bad)
-    assert set(served[-len(bad):]) == set(bad)
+    assert set(served[-len(bad) :]) == set(bad)
 
     acquisition = backend_acquisitions(ls, backend, project)
     assert served_in_acquisition_order(served[: len(good)], acquisition)
@@ -105,22 +112,36 @@ def test_queue_serves_tasks_in_decreasing_acquisition(label_studio, backend, dig
 def test_legacy_token_and_basic_auth(label_studio, digits64, tmp_path):
     """A legacy API token works too, and LS connects with basic auth and still delivers webhooks."""
     ls = label_studio
-    with BackendProcess(tmp_path, {"LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ADMIN_TOKEN,
-                                   "BASIC_AUTH_USER": "ls", "BASIC_AUTH_PASS": "basic-pass-123",
-                                   "STRATEGY": "entropy", "PUBLISH_ON_CONNECT": "false"}) as backend:
+    with BackendProcess(
+        tmp_path,
+        {
+            "LABEL_STUDIO_URL": ls.url,
+            "LABEL_STUDIO_API_KEY": ADMIN_TOKEN,
+            "BASIC_AUTH_USER": "ls",
+            "BASIC_AUTH_PASS": "basic-pass-123",
+            "STRATEGY": "entropy",
+            "PUBLISH_ON_CONNECT": "false",
+        },
+    ) as backend:
         project = ls.create_project("legacy token", LABELS)
         ls.upload_files(project, [(n, d) for n, d, _ in digits64[:5]])
         assert requests.get(f"{backend.url}/metrics", timeout=5).status_code == 401
-        ml = ls.connect_backend(project, backend.url, auth_method="BASIC_AUTH",
-                                basic_auth_user="ls", basic_auth_pass="basic-pass-123")
+        ml = ls.connect_backend(
+            project, backend.url, auth_method="BASIC_AUTH", basic_auth_user="ls", basic_auth_pass="basic-pass-123"
+        )
         assert ml["state"] == "CO" and ml["model_version"].startswith("smallcnn-entropy-t0-")
         ls.retrieve_predictions(project)
         predictions = ls.predictions(project)
         assert len(predictions) == 5 and all(p["result"] for p in predictions)
         # an annotation fires LS's auto-created webhook, which carries no credentials
         task = predictions[0]["task"]
-        ls.api("POST", f"/api/tasks/{task}/annotations", json={"result": [
-            {"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": ["3"]}}]})
+        ls.api(
+            "POST",
+            f"/api/tasks/{task}/annotations",
+            json={
+                "result": [{"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": ["3"]}}]
+            },
+        )
         metrics = requests.get(f"{backend.url}/metrics", auth=("ls", "basic-pass-123"), timeout=5).json()
         assert metrics["events"].get("ANNOTATION_CREATED") == 1
         log = backend.log()
@@ -141,7 +162,10 @@ def test_the_connections_extra_params_choose_the_projects_strategy(label_studio,
     assert all(p["model_version"] == ml["model_version"] for p in predictions)
     # edited in Label Studio later: the next /setup switches the project to the new choice
     # (Label Studio 1.23 answers a PATCH without the url with a 500: "healthcheck_() missing ... 'url'")
-    ls.api("PATCH", f"/api/ml/{ml['id']}", json={"url": backend.url, "project": project,
-                                                   "extra_params": {"strategy": "least_confidence"}})
+    ls.api(
+        "PATCH",
+        f"/api/ml/{ml['id']}",
+        json={"url": backend.url, "project": project, "extra_params": {"strategy": "least_confidence"}},
+    )
     status = requests.get(f"{backend.url}/status", timeout=10).json()["projects"][str(project)]
     assert (status["strategy"], status["strategy_chosen"]) == ("least_confidence", "least_confidence")

@@ -2,13 +2,20 @@
 Studio 1.23.2 and the backend as a real gunicorn process: connect, predictions with one result per
 group and several labels, annotations (some saying "none of these labels"), a training round, a new
 version published, the queue re-ordered; a config it cannot serve refused with the tag named."""
+
 import json
 
 import pytest
 import requests
 
-from active_adaptation.demo.servers import BackendProcess, wait_for
-from tests.integration.test_labelstudio_learning import FAST, connect_and_wait_for_version_0, project_version, status, versions_of
+from ml_backend.demo.servers import BackendProcess, wait_for
+from tests.integration.test_labelstudio_learning import (
+    FAST,
+    connect_and_wait_for_version_0,
+    project_version,
+    status,
+    versions_of,
+)
 from tests.integration.test_labelstudio_queue import served_in_acquisition_order
 
 pytestmark = pytest.mark.labelstudio
@@ -76,13 +83,17 @@ def test_a_multi_label_and_a_single_choice_question_learn_and_reorder(label_stud
         assert {x["model_version"] for x in r["results"]} == {v1}
         assert all(0.0 <= x["acquisition"] <= 1.0 for x in r["results"])
         assert served_in_acquisition_order(served, {t["id"]: x["acquisition"] for t, x in zip(tasks, r["results"])})
-        history = [json.loads(line) for line in
-                   (tmp_path / "models" / "projects" / str(project) / "history.jsonl").read_text().splitlines()]
+        history = [
+            json.loads(line)
+            for line in (tmp_path / "models" / "projects" / str(project) / "history.jsonl").read_text().splitlines()
+        ]
         expected = {}
         for t in labeled:
             for label in answer(truth[t])["traits"]:
                 expected[f"traits/{label}"] = expected.get(f"traits/{label}", 0) + 1
-            expected[f"parity/{answer(truth[t])['parity']}"] = expected.get(f"parity/{answer(truth[t])['parity']}", 0) + 1
+            expected[f"parity/{answer(truth[t])['parity']}"] = (
+                expected.get(f"parity/{answer(truth[t])['parity']}", 0) + 1
+            )
         assert history[-1]["per_class"] == expected
         assert history[-1]["prequential"]["n"] == 14
         page = requests.get(f"{backend.url}/dashboard", timeout=30)  # labels per output on the dashboard
@@ -95,19 +106,27 @@ def test_structured_configs_refuse_strategies_that_cannot_value_them(label_studi
     with BackendProcess(tmp_path, env) as backend:
         project = ls.api("POST", "/api/projects", json={"title": "refused", "label_config": CONFIG})["id"]
         ls.upload_files(project, [(name, data) for name, data, _ in digits64[:3]])
-        refused = ls.session.post(f"{ls.url}/api/ml", json={"project": project, "url": backend.url, "title": "x",
-                                                             "extra_params": {"strategy": "gini"}}, timeout=60)
+        refused = ls.session.post(
+            f"{ls.url}/api/ml",
+            json={"project": project, "url": backend.url, "title": "x", "extra_params": {"strategy": "gini"}},
+            timeout=60,
+        )
         # Label Studio says only "400 ... check the ML backend server console logs": the reason is there
         assert refused.status_code == 400 and "incompatible with the current labeling configuration" in refused.text
         assert "POST /setup refused (400): this label config asks traits (multi-label" in backend.log()
-        r = requests.post(f"{backend.url}/setup", json={"project": str(project), "label_config": CONFIG,
-                                                         "extra_params": {"strategy": "gini"}}, timeout=30)
+        r = requests.post(
+            f"{backend.url}/setup",
+            json={"project": str(project), "label_config": CONFIG, "extra_params": {"strategy": "gini"}},
+            timeout=30,
+        )
         assert r.status_code == 400
         message = r.json()["message"]
         assert "traits (multi-label, 2 labels), parity (single-choice, 2 labels)" in message
         assert "strategy 'gini' values single-choice projects only" in message and "margin" in message
         # a region tag is still refused, naming it
-        boxes = ('<View><Image name="image" value="$image"/><RectangleLabels name="box" toName="image">'
-                 '<Label value="a"/></RectangleLabels></View>')
+        boxes = (
+            '<View><Image name="image" value="$image"/><RectangleLabels name="box" toName="image">'
+            '<Label value="a"/></RectangleLabels></View>'
+        )
         r = requests.post(f"{backend.url}/setup", json={"project": str(project), "label_config": boxes}, timeout=30)
         assert r.status_code == 422 and "no <Choices> tag found (control tags: RectangleLabels)" in r.json()["message"]

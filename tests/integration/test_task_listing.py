@@ -1,10 +1,11 @@
 """Reading a project from a real Label Studio 1.23.2 in proportion to what changed: the task
 listing kept between rounds (``TaskIndex``) lists only the tasks created since, and every task
 again when some were deleted; annotated tasks always come in full."""
+
 import pytest
 
-from active_adaptation.backend.ls_client import LabelStudioConnection, ProjectAPI, TaskIndex
-from active_adaptation.demo.servers import ADMIN_TOKEN
+from ml_backend.demo.servers import ADMIN_TOKEN
+from ml_backend.service.ls_client import LabelStudioConnection, ProjectAPI, TaskIndex
 from tests.integration.test_labelstudio_queue import LABELS
 
 pytestmark = pytest.mark.labelstudio
@@ -23,8 +24,13 @@ def test_the_listing_reads_only_new_tasks_until_tasks_are_deleted(label_studio):
     assert sorted(t["id"] for t in tasks) == sorted(first) and (index.full, index.incremental) == (1, 0)
     assert all(t["annotations"] == [] and t["data"]["image"].endswith(".png") for t in tasks)
 
-    ls.api("POST", f"/api/tasks/{first[3]}/annotations", json={"result": [{
-        "from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": [LABELS[1]]}}]})
+    ls.api(
+        "POST",
+        f"/api/tasks/{first[3]}/annotations",
+        json={
+            "result": [{"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": [LABELS[1]]}}]
+        },
+    )
     added = ls.import_tasks(project, [{"image": f"http://127.0.0.1:9/new{i}.png"} for i in range(5)])
     pages.clear()
     tasks = api.tasks(index)

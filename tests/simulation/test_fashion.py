@@ -1,13 +1,14 @@
 """The fashion-mnist track: Debian's IDX files read exactly, a clear message when they are absent,
 and a short run of the pretrained track end to end."""
+
 import gzip
 import json
 
 import numpy as np
 import pytest
 
-from active_adaptation.simulation import runner as simulate
-from active_adaptation.simulation.datasets import FASHION_MNIST_DIR, fashion_mnist, read_idx
+from ml_backend.simulation import runner as simulate
+from ml_backend.simulation.datasets import FASHION_MNIST_DIR, fashion_mnist, read_idx
 
 
 def _write_idx(path, array, compress=True):
@@ -38,22 +39,62 @@ def test_absent_dataset_says_how_to_install_it(tmp_path, monkeypatch, capsys):
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
         fashion_mnist(tmp_path)
     monkeypatch.setenv("FASHION_MNIST_DIR", str(tmp_path))
-    monkeypatch.setattr("active_adaptation.simulation.datasets.FASHION_MNIST_DIR", tmp_path)
-    assert simulate.main(["--dataset", "fashion-mnist", "--seeds", "1", "--rounds", "1", "--no-progress",
-                          "--out", str(tmp_path / "o")]) == 2
+    monkeypatch.setattr("ml_backend.simulation.datasets.FASHION_MNIST_DIR", tmp_path)
+    assert (
+        simulate.main(
+            [
+                "--dataset",
+                "fashion-mnist",
+                "--seeds",
+                "1",
+                "--rounds",
+                "1",
+                "--no-progress",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not (FASHION_MNIST_DIR / "t10k-labels-idx1-ubyte.gz").is_file(),
-                    reason="Debian's dataset-fashion-mnist is not installed (scripts/setup_env.sh installs it)")
+@pytest.mark.skipif(
+    not (FASHION_MNIST_DIR / "t10k-labels-idx1-ubyte.gz").is_file(),
+    reason="Debian's dataset-fashion-mnist is not installed (scripts/setup_env.sh installs it)",
+)
 def test_pretrained_track_runs_end_to_end(tmp_path):
     out = tmp_path / "o"
-    assert simulate.main(["--dataset", "fashion-mnist", "--strategies", "random,margin", "--seeds", "1", "--rounds", "1",
-                          "--image-size", "32", "--steps", "5", "--no-progress", "--out", str(out)]) == 0
+    assert (
+        simulate.main(
+            [
+                "--dataset",
+                "fashion-mnist",
+                "--strategies",
+                "random,margin",
+                "--seeds",
+                "1",
+                "--rounds",
+                "1",
+                "--image-size",
+                "32",
+                "--steps",
+                "5",
+                "--no-progress",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     results = json.loads((out / "results.json").read_text())
     cfg = results["config"]
-    assert (cfg["backbone"], cfg["weights"], cfg["freeze"], cfg["image_size"]) == ("efficientnet_lite0", "DEFAULT",
-                                                                                   "blocks.5", 32)
+    assert (cfg["backbone"], cfg["weights"], cfg["freeze"], cfg["image_size"]) == (
+        "efficientnet_lite0",
+        "DEFAULT",
+        "blocks.5",
+        32,
+    )
     assert {r["strategy"] for r in results["runs"]} == {"random", "margin"}
     assert all(len(r["rounds"]) == 2 and r["rounds"][-1]["labels"] == 20 for r in results["runs"])
     assert "FREEZE `blocks.5`, 32 px" in (out / "summary.md").read_text()
@@ -61,8 +102,8 @@ def test_pretrained_track_runs_end_to_end(tmp_path):
 
 def test_an_imbalanced_image_folder_is_made_from_fashion_mnist(tmp_path):
     """make_imagefolder: the geometric profile, images drawn without replacement, a track that runs."""
-    from active_adaptation.imagefolder import image_folder_files
-    from active_adaptation.simulation.make_imagefolder import class_counts, main
+    from ml_backend.imagefolder import image_folder_files
+    from ml_backend.simulation.make_imagefolder import class_counts, main
 
     counts = class_counts(10, 500, 10)
     assert counts[0] == 500 and counts[-1] == 50 and counts[4] == 180  # 500 · 10^(-4/9) = 179.6
@@ -81,16 +122,36 @@ def test_an_imbalanced_image_folder_is_made_from_fashion_mnist(tmp_path):
     assert np.bincount(ys).tolist() == [wanted[c] for c in classes]
     assert max(np.bincount(ys)) / min(np.bincount(ys)) == 10 and len({f.name for f in files}) == len(files)
     assert main([str(out), "--fashion-mnist", str(tmp_path)]) == 2  # never writes into a used folder
-    assert simulate.main(["--dataset", f"imagefolder:{out}", "--strategies", "random,auto", "--seeds", "1", "--rounds",
-                          "1", "--steps", "2", "--no-progress", "--cache", str(tmp_path / "cache"),
-                          "--out", str(tmp_path / "run")]) == 0
+    assert (
+        simulate.main(
+            [
+                "--dataset",
+                f"imagefolder:{out}",
+                "--strategies",
+                "random,auto",
+                "--seeds",
+                "1",
+                "--rounds",
+                "1",
+                "--steps",
+                "2",
+                "--no-progress",
+                "--cache",
+                str(tmp_path / "cache"),
+                "--out",
+                str(tmp_path / "run"),
+            ]
+        )
+        == 0
+    )
 
 
 def test_the_demo_images_are_fashion_mnist_photos_when_installed(tmp_path):
-    from PIL import Image
     import io
 
-    from active_adaptation.demo.sample_data import fashion_available, fashion_pngs
+    from PIL import Image
+
+    from ml_backend.demo.sample_data import fashion_available, fashion_pngs
 
     assert not fashion_available(tmp_path)
     rng = np.random.default_rng(2)
@@ -101,4 +162,3 @@ def test_the_demo_images_are_fashion_mnist_photos_when_installed(tmp_path):
     assert len({name for name, _, _ in images}) == 5
     name, png, label = images[0]
     assert Image.open(io.BytesIO(png)).size == (112, 112) and label.lower().replace("/", "-").replace(" ", "-") in name
-

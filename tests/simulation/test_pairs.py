@@ -1,14 +1,24 @@
-"""The paired variant report (python -m active_adaptation.simulation.pairs)."""
+"""The paired variant report (python -m ml_backend.simulation.pairs)."""
+
 import json
 
 import pytest
 
-from active_adaptation.simulation import pairs
+from ml_backend.simulation import pairs
 
 
 def run(strategy, seed, accs, selected):
-    rounds = [{"labels": 10 + 5 * i, "accuracy": a, "classes_discovered": 2, "score_seconds": 0.0, "train_seconds": 0.0,
-               **({"selected": s} if i else {})} for i, (a, s) in enumerate(zip(accs, selected))]
+    rounds = [
+        {
+            "labels": 10 + 5 * i,
+            "accuracy": a,
+            "classes_discovered": 2,
+            "score_seconds": 0.0,
+            "train_seconds": 0.0,
+            **({"selected": s} if i else {}),
+        }
+        for i, (a, s) in enumerate(zip(accs, selected))
+    ]
     return {"strategy": strategy, "seed": seed, "rounds": rounds}
 
 

@@ -1,25 +1,30 @@
 """``auto``: TypiClust while the project is in its cold start, BADGE after; the regime is the
 version's, whichever request a task comes in."""
+
 import dataclasses
 
 import pytest
 import torch
 
-from active_adaptation import strategies
+import strategies
 from tests.unit.test_batch_independence import with_state
 from tests.unit.test_strategies import _inputs
 
 
 def labeled(inputs, n):
     g = torch.Generator().manual_seed(n)
-    return dataclasses.replace(inputs, labeled_embeddings=torch.randn(n, inputs.embeddings.shape[1], generator=g,
-                                                                      dtype=torch.float64))
+    return dataclasses.replace(
+        inputs, labeled_embeddings=torch.randn(n, inputs.embeddings.shape[1], generator=g, dtype=torch.float64)
+    )
 
 
 @pytest.mark.parametrize("n_labels, serving", [(0, "typiclust"), (7, "typiclust"), (8, "badge"), (30, "badge")])
 def test_the_regime_follows_labels_per_class_and_the_values_are_the_served_strategys(n_labels, serving):
-    base = labeled(_inputs(40, seed=2), n_labels) if n_labels else dataclasses.replace(
-        _inputs(40, seed=2), labeled_embeddings=None)  # 4 classes × 2 per class: the switch is at 8 labels
+    base = (
+        labeled(_inputs(40, seed=2), n_labels)
+        if n_labels
+        else dataclasses.replace(_inputs(40, seed=2), labeled_embeddings=None)
+    )  # 4 classes × 2 per class: the switch is at 8 labels
     auto = strategies.from_spec("auto:per_class=2:cold=typiclust/budget=6:warm=badge/budget=6", seed=3)
     got = auto(with_state(base, list(range(40)), {}, "v1", True))
     inner = strategies.from_spec(f"{serving}:budget=6", seed=3)

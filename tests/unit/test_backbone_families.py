@@ -2,32 +2,51 @@
 exact, the freeze boundary is what FREEZE says, /predict answers, a training round changes exactly
 the trainable part, and every strategy either scores or is refused with its reason.
 (`python -m benchmarks.backbone_sweep` runs the same checks over every listed architecture.)"""
+
 import copy
 import math
 
 import pytest
 import torch
 
-from active_adaptation import strategies
-from active_adaptation.backend.app import create_app
-from active_adaptation.backend.settings import Settings
-from active_adaptation.core.backbones import (FAMILIES, available_backbones, describe_backbones, freeze_boundary,
-                                              get_backbone, load_backbone, refused_backbones)
-from active_adaptation.core.model import AdaptedModel
-from active_adaptation.core.scoring import score_pool
-from active_adaptation.core.trainer import Example, TrainConfig, fine_tune
-from active_adaptation.demo.servers import classification_config
-from active_adaptation.errors import ConfigError
-from tests.backend.test_app import tasks_from
+import strategies
+from ml_backend.app import create_app
+from ml_backend.core.adapted import AdaptedModel
+from ml_backend.core.backbones import (
+    FAMILIES,
+    available_backbones,
+    describe_backbones,
+    freeze_boundary,
+    get_backbone,
+    load_backbone,
+    refused_backbones,
+)
+from ml_backend.core.scoring import score_pool
+from ml_backend.core.trainer import Example, TrainConfig, fine_tune
+from ml_backend.demo.servers import classification_config
+from ml_backend.errors import ConfigError
+from ml_backend.service.settings import Settings
+from tests.service.test_app import tasks_from
 
 # family -> (its smallest architecture, the input side used here)
 REPRESENTATIVES = {
-    "resnet": ("resnet18", 64), "vgg": ("vgg11", 64), "alexnet": ("alexnet", 64),
-    "efficientnet": ("efficientnet_b0", 64), "mobilenetv2": ("mobilenet_v2", 64),
-    "mobilenetv3": ("mobilenet_v3_small", 64), "convnext": ("convnext_tiny", 64), "regnet": ("regnet_x_400mf", 64),
-    "densenet": ("densenet121", 64), "mnasnet": ("mnasnet0_5", 64), "shufflenetv2": ("shufflenet_v2_x0_5", 64),
-    "googlenet": ("googlenet", 64), "inception": ("inception_v3", 75), "vision_transformer": ("vit_b_32", 224),
-    "swin_transformer": ("swin_t", 64), "maxvit": ("maxvit_t", 224), "smallcnn": ("smallcnn", 32),
+    "resnet": ("resnet18", 64),
+    "vgg": ("vgg11", 64),
+    "alexnet": ("alexnet", 64),
+    "efficientnet": ("efficientnet_b0", 64),
+    "mobilenetv2": ("mobilenet_v2", 64),
+    "mobilenetv3": ("mobilenet_v3_small", 64),
+    "convnext": ("convnext_tiny", 64),
+    "regnet": ("regnet_x_400mf", 64),
+    "densenet": ("densenet121", 64),
+    "mnasnet": ("mnasnet0_5", 64),
+    "shufflenetv2": ("shufflenet_v2_x0_5", 64),
+    "googlenet": ("googlenet", 64),
+    "inception": ("inception_v3", 75),
+    "vision_transformer": ("vit_b_32", 224),
+    "swin_transformer": ("swin_t", 64),
+    "maxvit": ("maxvit_t", 224),
+    "smallcnn": ("smallcnn", 32),
     "timm_efficientnet": ("efficientnet_lite0", 64),
 }
 CPU = torch.device("cpu")
@@ -39,8 +58,11 @@ def test_every_family_has_a_representative_and_every_torchvision_architecture_a_
     served = {row["family"] for row in describe_backbones() if not row["refused"]}
     assert served == set(REPRESENTATIVES)
     listed = set(torchvision.models.list_models(module=torchvision.models))
-    assert listed == (set(available_backbones()) | set(refused_backbones())) - {"smallcnn", "smallcnn-unfrozen",
-                                                                                 "efficientnet_lite0"}
+    assert listed == (set(available_backbones()) | set(refused_backbones())) - {
+        "smallcnn",
+        "smallcnn-unfrozen",
+        "efficientnet_lite0",
+    }
     assert set(refused_backbones()) == {"squeezenet1_0", "squeezenet1_1"}
 
 
@@ -61,6 +83,7 @@ def built():
             cache.clear()  # one big model in memory at a time
             cache[family] = (load_backbone(name, "none"), side)
         return cache[family]
+
     return get
 
 
@@ -78,8 +101,9 @@ def test_family_splits_exactly_and_trains_only_what_is_not_frozen(family, built)
     for p in net.parameters():
         p.requires_grad_(True)
     spec.trunk(net, x).float().sum().backward()
-    assert {n for n, p in net.named_parameters() if p.grad is not None} == \
-        {n for n, p in model.target.named_parameters() if not p.requires_grad}
+    assert {n for n, p in net.named_parameters() if p.grad is not None} == {
+        n for n, p in model.target.named_parameters() if not p.requires_grad
+    }
     with torch.no_grad():
         z = spec.trunk(model.target, x)
     # one training round moves every trainable parameter that gets a gradient, and no frozen one
@@ -109,8 +133,17 @@ def test_every_strategy_scores_or_is_refused_with_the_reason(family, built):
             assert dict(base.spec.missing)[role] in message  # the family's own reason
             refused.append(name)
             continue
-        out = score_pool(strategy, model, [(keys, None, z[:6])], candidates=keys, labeled_trunk=z[6:],
-                         images=lambda: x[:6], round_=0, state={}, batch_size=4)
+        out = score_pool(
+            strategy,
+            model,
+            [(keys, None, z[:6])],
+            candidates=keys,
+            labeled_trunk=z[6:],
+            images=lambda: x[:6],
+            round_=0,
+            state={},
+            batch_size=4,
+        )
         assert out.values.shape == (6,) and all(math.isfinite(v) for v in out.values.tolist()), name
         scored.append(name)
     assert {"margin", "emoc", "badge", "coreset", "typiclust", "probcover"} <= set(scored)
@@ -121,8 +154,16 @@ def test_every_strategy_scores_or_is_refused_with_the_reason(family, built):
 @pytest.mark.parametrize("family", sorted(REPRESENTATIVES))
 def test_predict_through_the_backend(family, tmp_path, digits64):
     name, side = REPRESENTATIVES[family]
-    settings = Settings.from_env({"BACKBONE": name, "WEIGHTS": "none", "IMAGE_SIZE": str(side), "MODEL_DIR": str(tmp_path),
-                                  "DEVICE": "cpu", "STRATEGY": "margin"})
+    settings = Settings.from_env(
+        {
+            "BACKBONE": name,
+            "WEIGHTS": "none",
+            "IMAGE_SIZE": str(side),
+            "MODEL_DIR": str(tmp_path),
+            "DEVICE": "cpu",
+            "STRATEGY": "margin",
+        }
+    )
     app = create_app(settings)
     try:
         client = app.test_client()
@@ -136,10 +177,14 @@ def test_predict_through_the_backend(family, tmp_path, digits64):
 
 
 def test_a_strategy_the_backbone_cannot_serve_is_refused_at_startup(tmp_path):
-    settings = Settings.from_env({"BACKBONE": "vit_b_32", "WEIGHTS": "none", "MODEL_DIR": str(tmp_path), "DEVICE": "cpu",
-                                  "STRATEGY": "adma"})
-    with pytest.raises(ConfigError, match="STRATEGY=adma needs layer role A, which vit_b_32 does not declare: ADMA's "
-                                          "layer A is a convolutional feature map"):
+    settings = Settings.from_env(
+        {"BACKBONE": "vit_b_32", "WEIGHTS": "none", "MODEL_DIR": str(tmp_path), "DEVICE": "cpu", "STRATEGY": "adma"}
+    )
+    with pytest.raises(
+        ConfigError,
+        match="STRATEGY=adma needs layer role A, which vit_b_32 does not declare: ADMA's "
+        "layer A is a convolutional feature map",
+    ):
         create_app(settings)
 
 
@@ -154,12 +199,18 @@ def test_freeze_moves_the_boundary(caplog):
     with pytest.raises(ConfigError, match="FREEZE='layer9' names no stage; .* one of: maxpool, layer1.0"):
         get_backbone("resnet18", "layer9")
     # a boundary past ADMA's layers refuses ADMA, naming the setting
-    with pytest.raises(ConfigError, match="needs layer A \\(layer4.0\\), which FREEZE=all puts inside the frozen trunk"):
+    with pytest.raises(
+        ConfigError, match="needs layer A \\(layer4.0\\), which FREEZE=all puts inside the frozen trunk"
+    ):
         get_backbone("resnet18", "all").require_layers(["A"], "adma")
     with caplog.at_level("INFO"):
         model = AdaptedModel(load_backbone("resnet18", "none", freeze="layer3"), ["a", "b"], CPU)
-    assert f"{model.trainable} of {model.total} parameters trainable; FREEZE=layer3 freezes 7 of 9 stages" in caplog.text
-    assert model.trainable == sum(p.numel() for n, p in model.target.named_parameters() if n.startswith(("layer4", "fc")))
+    assert (
+        f"{model.trainable} of {model.total} parameters trainable; FREEZE=layer3 freezes 7 of 9 stages" in caplog.text
+    )
+    assert model.trainable == sum(
+        p.numel() for n, p in model.target.named_parameters() if n.startswith(("layer4", "fc"))
+    )
     base = load_backbone("resnet18", "none", freeze="layer3")  # what the backend logs at start
     trainable = sum(p.numel() for n, p in base.model.named_parameters() if n.startswith(("layer4", "fc")))
     assert f"FREEZE=layer3 freezes 7 of 9 stages (up to layer3.1): {trainable} of " in base.freeze_summary()

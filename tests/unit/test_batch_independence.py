@@ -1,22 +1,38 @@
 """A task's acquisition value must not depend on which other tasks share its request: scored alone,
 or with any other subset, it has its value from the full-pool scoring of the same model version;
 a strategy that cannot value a subset without the pool says so (PoolRelativeError), never guesses."""
+
 import pytest
 import torch
 
-from active_adaptation import strategies
-from active_adaptation.strategies import PoolRelativeError, ScoringInputs
+import strategies
+from strategies import PoolRelativeError, ScoringInputs
 from tests.unit.test_strategies import _inputs, _map
 
-SPECS = [*(s for s in strategies.available() if s not in ("coreset", "badge", "mmd", "emoc")),
-         "coreset:budget=6", "badge:budget=6", "mmd:budget=6", "emoc:references=12",
-         "emoc:references=12:reference_set=unlabeled", "emoc:label=marginal:output=logit", "adma:consistent=true"]
+SPECS = [
+    *(s for s in strategies.available() if s not in ("coreset", "badge", "mmd", "emoc")),
+    "coreset:budget=6",
+    "badge:budget=6",
+    "mmd:budget=6",
+    "emoc:references=12",
+    "emoc:references=12:reference_set=unlabeled",
+    "emoc:label=marginal:output=logit",
+    "adma:consistent=true",
+]
 
 
 def with_state(inputs: ScoringInputs, idx, state, version, full_pool) -> ScoringInputs:
     sub = _map(inputs, lambda t: t[idx], lambda v: v[:, idx])
-    return ScoringInputs(**{**sub.__dict__, "n": len(idx), "keys": [inputs.keys[i] for i in idx], "state": state,
-                            "model_version": version, "full_pool": full_pool})
+    return ScoringInputs(
+        **{
+            **sub.__dict__,
+            "n": len(idx),
+            "keys": [inputs.keys[i] for i in idx],
+            "state": state,
+            "model_version": version,
+            "full_pool": full_pool,
+        }
+    )
 
 
 def subsets(n):
@@ -50,8 +66,12 @@ def test_without_a_kept_pool_a_subset_is_refused_or_exact(spec):
             with pytest.raises(PoolRelativeError):
                 strategy(with_state(base, idx, {}, "v1", False))
         else:  # per-item strategies: the same value with nothing kept
-            assert torch.allclose(strategy(with_state(base, idx, {}, "v1", False)), reference[idx] if spec != "queue"
-                                  else strategies.get("margin", seed=3)(with_state(base, idx, {}, None, False)))
+            assert torch.allclose(
+                strategy(with_state(base, idx, {}, "v1", False)),
+                reference[idx]
+                if spec != "queue"
+                else strategies.get("margin", seed=3)(with_state(base, idx, {}, None, False)),
+            )
 
 
 @pytest.mark.parametrize("spec", ["coreset:budget=6", "badge:budget=6", "mmd:budget=6", "emoc:references=12"])

@@ -1,11 +1,12 @@
 """TypiClust and ProbCover against brute-force implementations on tiny inputs, and chunking."""
+
 import itertools
 
 import pytest
 import torch
 
-from active_adaptation import strategies
-from active_adaptation.strategies import coldstart
+import strategies
+from strategies import coldstart
 
 
 def blobs(n=30, d=3, seed=0):
@@ -79,8 +80,13 @@ def test_purity_and_the_delta_rule():
     x = blobs(30, seed=5)
     clusters = coldstart._kmeans(x, 3, 0)
     for delta in (0.5, 3.0, 30.0):
-        pure = sum(all(int(clusters[j]) == int(clusters[i]) for j in range(30) if float((x[i] - x[j]).norm()) < delta)
-                   for i in range(30)) / 30
+        pure = (
+            sum(
+                all(int(clusters[j]) == int(clusters[i]) for j in range(30) if float((x[i] - x[j]).norm()) < delta)
+                for i in range(30)
+            )
+            / 30
+        )
         assert coldstart.purity(x, clusters, delta) == pytest.approx(pure)
     delta, p = coldstart.choose_delta(x, 3, alpha=0.95, candidates=[0.5, 1.0, 2.0, 4.0, 30.0])
     assert p >= 0.95 and coldstart.purity(x, clusters, 30.0) < 0.95 and delta < 30.0

@@ -1,4 +1,5 @@
 """Exactness in float64 against independent references (docs/methods.md §1.6, §2.2)."""
+
 import math
 
 import numpy as np
@@ -6,11 +7,13 @@ import pytest
 import torch
 from scipy.stats import kendalltau
 
-from active_adaptation.strategies import emoc_last_layer, kendall_tau_b
+from strategies import emoc_last_layer, kendall_tau_b
 
 
 @pytest.mark.parametrize("method", ["compiled", "sort", "pairwise"])
-@pytest.mark.parametrize("k, ties", [(2, False), (5, False), (7, True), (50, True), (64, False), (333, True), (1000, False)])
+@pytest.mark.parametrize(
+    "k, ties", [(2, False), (5, False), (7, True), (50, True), (64, False), (333, True), (1000, False)]
+)
 def test_batched_tau_b_equals_scipy(method, k, ties):
     g = torch.Generator().manual_seed(k)
     if ties:
@@ -36,7 +39,7 @@ def test_compiled_tau_large_k_equals_scipy(k):
 def test_compiled_tau_packed_sort_falls_back_exactly():
     """Rows the packed sort cannot order (values equal in their top bits, non-finite values, NaN) go
     to the exact argsort path; -0.0 ties with 0.0 as in scipy."""
-    from active_adaptation.strategies._tau_numba import _CHUNK, tau_rows
+    from strategies._tau_numba import _CHUNK, tau_rows
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2 * _CHUNK + 5, 50))
@@ -115,21 +118,28 @@ def test_emoc_logit_identities():
     p_r = torch.randn(6, 5, generator=g, dtype=torch.float64).softmax(1)
     rep = (h_r @ h_c.T + 1).abs().mean(0)
     torch.testing.assert_close(emoc_last_layer(h_c, p_c, h_r, p_r, "logit", "map"), 2 * (1 - p_c.max(1).values) * rep)
-    torch.testing.assert_close(emoc_last_layer(h_c, p_c, h_r, p_r, "logit", "marginal"), 2 * (1 - (p_c ** 2).sum(1)) * rep)
+    torch.testing.assert_close(
+        emoc_last_layer(h_c, p_c, h_r, p_r, "logit", "marginal"), 2 * (1 - (p_c**2).sum(1)) * rep
+    )
 
 
 def test_k_center_greedy_equals_brute_force():
     """Greedy k-center picks, step by step, the point maximising the distance to the chosen set."""
-    from active_adaptation.strategies.diversity import k_center_greedy
+    from strategies.diversity import k_center_greedy
 
     g = torch.Generator().manual_seed(3)
-    pool, labeled = torch.randn(12, 3, generator=g, dtype=torch.float64), torch.randn(2, 3, generator=g, dtype=torch.float64)
+    pool, labeled = (
+        torch.randn(12, 3, generator=g, dtype=torch.float64),
+        torch.randn(2, 3, generator=g, dtype=torch.float64),
+    )
     picks = k_center_greedy(pool, labeled, 5).tolist()
     centers = [*labeled]
     expected = []
     for _ in range(5):
-        best = max((i for i in range(12) if i not in expected),
-                   key=lambda i: (min(float(((pool[i] - c) ** 2).sum()) for c in centers), -i))
+        best = max(
+            (i for i in range(12) if i not in expected),
+            key=lambda i: (min(float(((pool[i] - c) ** 2).sum()) for c in centers), -i),
+        )
         expected.append(best)
         centers.append(pool[best])
     assert picks == expected
@@ -138,7 +148,7 @@ def test_k_center_greedy_equals_brute_force():
 
 
 def test_badge_factorised_distances_equal_explicit_gradient_embeddings():
-    from active_adaptation.strategies.diversity import badge, badge_distances
+    from strategies.diversity import badge, badge_distances
 
     g = torch.Generator().manual_seed(4)
     p = torch.randn(20, 5, generator=g, dtype=torch.float64).softmax(1)
@@ -148,13 +158,13 @@ def test_badge_factorised_distances_equal_explicit_gradient_embeddings():
     for c in (0, 7, 19):
         torch.testing.assert_close(badge_distances(a, h, c), ((emb - emb[c]) ** 2).sum(1), rtol=0, atol=1e-12)
     picks = badge(p, h, 6, seed=2)
-    assert picks[0] == int((emb ** 2).sum(1).argmax()) and len(set(picks.tolist())) == 6
+    assert picks[0] == int((emb**2).sum(1).argmax()) and len(set(picks.tolist())) == 6
     assert torch.equal(picks, badge(p, h, 6, seed=2))
 
 
 @pytest.mark.parametrize("label", ["map", "marginal"])
 def test_two_layer_emoc_closed_form_equals_grad_and_jvp(label):
-    from active_adaptation.strategies.emoc import emoc_two_layer
+    from strategies.emoc import emoc_two_layer
 
     torch.manual_seed(1)
     head = torch.nn.Sequential(torch.nn.Linear(5, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3)).double()

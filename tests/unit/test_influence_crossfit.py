@@ -1,9 +1,10 @@
 """Influence data dropout's ψ by cross-fitting, checked against brute force: for every fold, refit
 the head without it, up-weight one training item by ε, refit, and difference the held-out fold's loss."""
+
 import torch
 
-from active_adaptation.strategies import review_annotations
-from active_adaptation.strategies.influence import cross_fitted_psi, fit_head
+from strategies import review_annotations
+from strategies.influence import cross_fitted_psi, fit_head
 
 LAM = 0.05
 
@@ -11,7 +12,9 @@ LAM = 0.05
 def toy(n=24, d=3, c=2, seed=0):
     g = torch.Generator().manual_seed(seed)
     y = torch.randint(c, (n,), generator=g)
-    h = torch.randn(c, d, generator=g, dtype=torch.float64)[y] * 1.5 + torch.randn(n, d, generator=g, dtype=torch.float64)
+    h = torch.randn(c, d, generator=g, dtype=torch.float64)[y] * 1.5 + torch.randn(
+        n, d, generator=g, dtype=torch.float64
+    )
     y[:3] = (y[:3] + 1) % c  # three flipped labels
     return h, y
 
@@ -34,8 +37,9 @@ def brute_force_psi(h, y, i, folds, assign, eps=1e-4):
         def fit(e):
             ha = torch.cat([h[train], torch.ones(len(train), 1, dtype=torch.float64)], 1)
             w = torch.zeros(c, d + 1, dtype=torch.float64, requires_grad=True)
-            opt = torch.optim.LBFGS([w], max_iter=500, tolerance_grad=1e-13, tolerance_change=1e-16,
-                                    line_search_fn="strong_wolfe")
+            opt = torch.optim.LBFGS(
+                [w], max_iter=500, tolerance_grad=1e-13, tolerance_change=1e-16, line_search_fn="strong_wolfe"
+            )
 
             def closure():
                 opt.zero_grad()

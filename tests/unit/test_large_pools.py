@@ -1,15 +1,16 @@
 """The approximations that keep every strategy within its time budget on large pools
 (docs/methods.md §10): each is off below its threshold (the exact method, bit for bit), and above
 it does what the docs say."""
+
 import dataclasses
 
 import pytest
 import torch
 
-from active_adaptation import strategies
-from active_adaptation.strategies import Need, ScoringInputs
-from active_adaptation.strategies.base import subset_inputs
-from active_adaptation.strategies.coldstart import nearest_other_cluster, purity
+import strategies
+from strategies import ScoringInputs
+from strategies.base import subset_inputs
+from strategies.coldstart import nearest_other_cluster, purity
 
 
 def pool(n: int, seed: int = 0, labeled: int = 8) -> ScoringInputs:
@@ -20,10 +21,21 @@ def pool(n: int, seed: int = 0, labeled: int = 8) -> ScoringInputs:
     probs = torch.softmax(h @ torch.randn(16, 4, generator=g) / 4, dim=1)
     source = torch.softmax(torch.randn(n, 12, generator=g), dim=1)
     a = (h[:n] @ torch.randn(16, 24, generator=g)).tanh()  # an earlier layer: another view of the items
-    return ScoringInputs(n=n, keys=[f"t{i}" for i in range(n)], probs=probs[:n], embeddings=h[:n],
-                         labeled_embeddings=h[n:], labeled_probs=probs[n:], source_probs=source,
-                         source_features={"A": a, "B": h[:n]}, features={"A": a, "B": h[:n]},
-                         state={}, model_version="v1", round=2, planned_rounds=10)
+    return ScoringInputs(
+        n=n,
+        keys=[f"t{i}" for i in range(n)],
+        probs=probs[:n],
+        embeddings=h[:n],
+        labeled_embeddings=h[n:],
+        labeled_probs=probs[n:],
+        source_probs=source,
+        source_features={"A": a, "B": h[:n]},
+        features={"A": a, "B": h[:n]},
+        state={},
+        model_version="v1",
+        round=2,
+        planned_rounds=10,
+    )
 
 
 SAMPLED = ["coreset:budget=10", "badge:budget=10", "typiclust:budget=10", "probcover:budget=10", "mmd:budget=10"]
@@ -66,7 +78,9 @@ def test_candidate_sample_equals_the_method_on_the_sample():
     strategy = strategies.from_spec("coreset:budget=10:candidates=100")
     values = strategy(dataclasses.replace(inputs, state={}))
     sample = strategy.candidate_sample(inputs.keys, 100)
-    alone = strategies.from_spec("coreset:budget=10:candidates=0")(subset_inputs(dataclasses.replace(inputs, state={}), sample))
+    alone = strategies.from_spec("coreset:budget=10:candidates=0")(
+        subset_inputs(dataclasses.replace(inputs, state={}), sample)
+    )
     assert torch.equal(values[sample] >= 2.0, alone >= 2.0)
     torch.testing.assert_close(values[sample][alone >= 2.0], alone[alone >= 2.0], rtol=0, atol=0)
 

@@ -1,19 +1,20 @@
 """Structured outputs (several <Choices>, multi-label): the layout, its loss, decoding, answers from
 annotations, the model's probabilities, training, and the strategies that accept it."""
+
 import math
 
 import pytest
 import torch
 
-from active_adaptation import strategies
-from active_adaptation.core.backbones import load_backbone
-from active_adaptation.core.model import AdaptedModel
-from active_adaptation.core.scoring import score_pool
-from active_adaptation.core.trainer import Example, TrainConfig, fine_tune
-from active_adaptation.layout import Group, Layout, answer_from_results, resolve_answer
-from active_adaptation.strategies import Need, ScoringInputs, StructuredLayoutError
-from active_adaptation.strategies.diversity import residual
-from active_adaptation.strategies.uncertainty import structured
+import strategies
+from ml_backend.core.adapted import AdaptedModel
+from ml_backend.core.backbones import load_backbone
+from ml_backend.core.scoring import score_pool
+from ml_backend.core.trainer import Example, TrainConfig, fine_tune
+from strategies import Need, ScoringInputs, StructuredLayoutError
+from strategies.diversity import residual
+from strategies.layout import Group, Layout, answer_from_results, resolve_answer
+from strategies.uncertainty import structured
 
 CPU = torch.device("cpu")
 TAGS = Group("tags", ("red", "round", "big"), multiple=True)
@@ -46,8 +47,12 @@ def test_answers_canonical_strings_and_targets():
     assert LAYOUT.unknown({"tags": ["blue"], "quality": "good"}) == ["tags=blue"]
     assert LAYOUT.agrees({"tags": ["red"], "quality": "bad"}, {"tags": ["red"]})
     assert not LAYOUT.agrees({"tags": ["red", "big"], "quality": "bad"}, {"tags": ["red"]})
-    assert LAYOUT.per_class([answer, {"quality": "good"}]) == {"tags/red": 1, "tags/round": 1, "quality/bad": 1,
-                                                                "quality/good": 1}
+    assert LAYOUT.per_class([answer, {"quality": "good"}]) == {
+        "tags/red": 1,
+        "tags/round": 1,
+        "quality/bad": 1,
+        "quality/good": 1,
+    }
     simple = Layout.single("c", ("a", "b"))
     assert simple.simple and simple.canonical({"c": "a"}) == "a" and simple.parse("b") == {"c": "b"}
 
@@ -90,10 +95,15 @@ def test_the_model_predicts_per_group_and_training_learns_both_kinds_of_group():
         x = torch.rand(1, 3, 32, 32, generator=g) * 0.3 + 0.6 * bright
         if striped:
             x[..., ::4, :] = 1.0
-        answer = {"tags": (["red"] if bright else []) + (["round"] if striped else []),
-                  "quality": "good" if striped else "bad"}
-        examples.append(Example(str(i), -1, True, trunk=model.trunk(x)[0], target=LAYOUT.target(answer),
-                                answer=LAYOUT.canonical(answer)))
+        answer = {
+            "tags": (["red"] if bright else []) + (["round"] if striped else []),
+            "quality": "good" if striped else "bad",
+        }
+        examples.append(
+            Example(
+                str(i), -1, True, trunk=model.trunk(x)[0], target=LAYOUT.target(answer), answer=LAYOUT.canonical(answer)
+            )
+        )
     metrics = fine_tune(model, examples, TrainConfig(steps=150, lr=3e-3, seed=0))
     assert metrics["loss_last"] < 0.5 * metrics["loss_first"]
     out = model.forward_from_trunk(torch.stack([e.trunk for e in examples]), {Need.PROBS})
@@ -135,9 +145,16 @@ def test_badge_residual_is_the_gradient_at_the_predicted_answer():
 def inputs_for(n=30, seed=0):
     g = torch.Generator().manual_seed(seed)
     logits = torch.randn(n, 5, generator=g)
-    return ScoringInputs(n=n, keys=[str(i) for i in range(n)], probs=LAYOUT.probs(logits),
-                         embeddings=torch.randn(n, 8, generator=g), labeled_embeddings=torch.randn(4, 8, generator=g),
-                         layout=LAYOUT, state={}, model_version="v1")
+    return ScoringInputs(
+        n=n,
+        keys=[str(i) for i in range(n)],
+        probs=LAYOUT.probs(logits),
+        embeddings=torch.randn(n, 8, generator=g),
+        labeled_embeddings=torch.randn(4, 8, generator=g),
+        layout=LAYOUT,
+        state={},
+        model_version="v1",
+    )
 
 
 @pytest.mark.parametrize("name", strategies.structured_names())
@@ -150,8 +167,11 @@ def test_the_other_strategies_refuse_clearly():
     refused = sorted(set(strategies.available()) - set(strategies.structured_names()))
     assert {"adma", "emoc", "gini"} <= set(refused)
     for name in refused:
-        with pytest.raises(StructuredLayoutError, match=f"strategy '{name}' values single-choice projects only; "
-                                                        "for several <Choices> or multi-label use one of: .*entropy"):
+        with pytest.raises(
+            StructuredLayoutError,
+            match=f"strategy '{name}' values single-choice projects only; "
+            "for several <Choices> or multi-label use one of: .*entropy",
+        ):
             strategies.get(name)(inputs_for())
     assert not strategies.get("auto", warm="adma").structured
 

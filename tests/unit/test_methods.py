@@ -1,5 +1,6 @@
 """ADMA, AIFT, set criteria, core-set/BADGE/MMD strategies and influence: exactness against direct,
 independent references in float64 (docs/methods.md §1-§6)."""
+
 import itertools
 import math
 
@@ -8,14 +9,21 @@ import pytest
 import torch
 from scipy.stats import kendalltau, spearmanr
 
-from active_adaptation import strategies
-from active_adaptation.strategies import ScoringInputs
-from active_adaptation.strategies.adma import (Landmarks, adma_distinctiveness, adma_tradeoff, alpha_distance, alpha_source,
-                             exemplar_landmarks, medoid_landmarks)
-from active_adaptation.strategies.aift import aift_scores
-from active_adaptation.strategies.influence import HeadInfluence, review_annotations
-from active_adaptation.strategies.mmd import mmd2, mmd_greedy_exact, mmd_greedy_rff
-from active_adaptation.strategies.sets import set_criterion
+import strategies
+from strategies import ScoringInputs
+from strategies.adma import (
+    Landmarks,
+    adma_distinctiveness,
+    adma_tradeoff,
+    alpha_distance,
+    alpha_source,
+    exemplar_landmarks,
+    medoid_landmarks,
+)
+from strategies.aift import aift_scores
+from strategies.influence import HeadInfluence, review_annotations
+from strategies.mmd import mmd2, mmd_greedy_exact, mmd_greedy_rff
+from strategies.sets import set_criterion
 
 
 # ----------------------------------------------------------------------------- ADMA
@@ -42,7 +50,10 @@ def test_adma_distinctiveness_equals_per_instance_reference(normalize):
     g = torch.Generator().manual_seed(0)
     n, k = 40, 12
     xa, ca = torch.randn(n, 30, generator=g, dtype=torch.float64), torch.randn(k, 30, generator=g, dtype=torch.float64)
-    xb, cb = torch.randn(n, 7, generator=g, dtype=torch.float64) * 5, torch.randn(k, 7, generator=g, dtype=torch.float64) * 5
+    xb, cb = (
+        torch.randn(n, 7, generator=g, dtype=torch.float64) * 5,
+        torch.randn(k, 7, generator=g, dtype=torch.float64) * 5,
+    )
     alpha = torch.rand(n, k, generator=g, dtype=torch.float64)
     d, info = adma_distinctiveness([xa], xb, [ca], cb, alpha, normalize=normalize, chunk=7)
     ref = _reference_adma(xa.numpy(), xb.numpy(), ca.numpy(), cb.numpy(), alpha.numpy(), normalize)
@@ -72,7 +83,9 @@ def test_adma_tradeoff_is_clipped_and_alphas_follow_eq8():
     assert torch.equal(adma_tradeoff(d, u, 9, 0.5), u)  # λt > 1 is clipped: never a negative weight
     p = torch.tensor([[0.5, 0.3, 0.2]], dtype=torch.float64)
     # two sub-centers of class 0 share its probability; class 2 has one landmark
-    torch.testing.assert_close(alpha_source(p, torch.tensor([0, 0, 2])), torch.tensor([[0.25, 0.25, 0.2]], dtype=torch.float64))
+    torch.testing.assert_close(
+        alpha_source(p, torch.tensor([0, 0, 2])), torch.tensor([[0.25, 0.25, 0.2]], dtype=torch.float64)
+    )
     a = alpha_distance(torch.tensor([[0.0, 0.0]]), torch.tensor([[3.0, 4.0], [0.0, 1.0]]), eps=0.0)
     torch.testing.assert_close(a, torch.tensor([[0.2, 1.0]], dtype=torch.float64))  # reciprocal, non-squared L2
 
@@ -105,7 +118,7 @@ def test_adma_strategy_keeps_landmarks_and_reports_mode(tmp_path):
     assert len(landmark_keys) == 1  # computed once, reused
     # a landmark file gives the same numbers as the same landmarks computed in place
     lm = state[landmark_keys[0]]
-    lm.save(tmp_path / "lm.pt")
+    torch.save(lm.to_dict(), tmp_path / "lm.pt")
     from_file = strategies.get("adma", lam=0.5, landmarks=str(tmp_path / "lm.pt"))
     torch.testing.assert_close(from_file(ScoringInputs(**{**inputs.__dict__, "round": 0})), first)
     assert from_file.info()["landmark_mode"] == "pool-exemplars"  # as saved
@@ -125,7 +138,7 @@ def test_adma_strategy_keeps_landmarks_and_reports_mode(tmp_path):
 def test_adma_keeps_alpha_per_item_and_skips_m0_after_the_first_scoring(spec):
     """α (Eq. 8, or ADMA-distance) depends only on M0 and the landmarks: once every item's α is kept,
     the scorer may skip M0, and the values are bit-identical to a fresh computation."""
-    from active_adaptation.strategies import Need
+    from strategies import Need
     from tests.unit.test_strategies import _inputs, _permute
 
     inputs = _inputs(30)
@@ -174,7 +187,7 @@ def test_aift_matches_hand_computation():
 
 
 def test_tta_views_are_seeded_per_item():
-    from active_adaptation.strategies.aift import tta_views
+    from strategies.aift import tta_views
 
     x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     v = tta_views(x, 4, ["a", "b", "c"], seed=1)
@@ -220,15 +233,20 @@ def test_diverse_queue_reorders_only_the_top():
 def test_mmd_greedy_equals_exhaustive_and_rff_agrees():
     g = torch.Generator().manual_seed(0)
     source = torch.randn(40, 2, generator=g, dtype=torch.float64)
-    pool = torch.cat([torch.randn(14, 2, generator=g, dtype=torch.float64),
-                      torch.randn(3, 2, generator=g, dtype=torch.float64) * 0.3 + 6])  # a target-only cluster
+    pool = torch.cat(
+        [
+            torch.randn(14, 2, generator=g, dtype=torch.float64),
+            torch.randn(3, 2, generator=g, dtype=torch.float64) * 0.3 + 6,
+        ]
+    )  # a target-only cluster
     bw = 1.5
     greedy = mmd_greedy_exact(source, pool, 3, bandwidth=bw).tolist()
     rest = lambda q: pool[[i for i in range(len(pool)) if i not in q]]  # noqa: E731
     direct = []  # the greedy recomputing MMD² from scratch at every step
     for _ in range(3):
-        direct.append(min((i for i in range(len(pool)) if i not in direct),
-                          key=lambda i: mmd2(source, rest(direct + [i]), bw)))
+        direct.append(
+            min((i for i in range(len(pool)) if i not in direct), key=lambda i: mmd2(source, rest(direct + [i]), bw))
+        )
     assert greedy == direct
     best = min(itertools.combinations(range(len(pool)), 3), key=lambda q: mmd2(source, rest(q), bw))
     assert {14, 16} <= set(greedy) and {14, 15, 16} & set(best)  # the target-only cluster goes first
@@ -244,8 +262,9 @@ def _fit_head(h, y, c, wd, weights=None):
     w = torch.zeros(c, d + 1, dtype=torch.float64, requires_grad=True)
     ha = torch.cat([h, torch.ones(n, 1, dtype=torch.float64)], 1)
     weights = torch.ones(n, dtype=torch.float64) if weights is None else weights
-    opt = torch.optim.LBFGS([w], lr=1, max_iter=500, tolerance_grad=1e-13, tolerance_change=1e-15,
-                            line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [w], lr=1, max_iter=500, tolerance_grad=1e-13, tolerance_change=1e-15, line_search_fn="strong_wolfe"
+    )
 
     def closure():
         opt.zero_grad()

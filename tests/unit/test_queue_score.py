@@ -1,6 +1,6 @@
 import numpy as np
 
-from active_adaptation.core.queue_score import LEAST_URGENT_SCORE, acquisition_to_score
+from ml_backend.core.queue_score import LEAST_URGENT_SCORE, acquisition_to_score
 
 
 def test_highest_acquisition_gets_lowest_score():

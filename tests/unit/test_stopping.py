@@ -1,9 +1,10 @@
 """The stopping signal's parts against hand computations."""
+
 import math
 
 import pytest
 
-from active_adaptation.core.stopping import StabilityRule, cohen_kappa, stop_set, wilson
+from ml_backend.core.stopping import StabilityRule, cohen_kappa, stop_set, wilson
 
 
 def test_kappa_by_hand():

@@ -1,11 +1,12 @@
 """Strategies: hand-computed tables, and contract tests every registered strategy inherits."""
+
 import math
 
 import pytest
 import torch
 
-from active_adaptation import strategies
-from active_adaptation.strategies import Need, ScoringInputs
+import strategies
+from strategies import Need, ScoringInputs
 
 
 def _probs(rows):
@@ -48,7 +49,9 @@ def test_margin_with_one_class_is_zero():
 
 # ----------------------------------------------------------------------------- registry
 def test_registry_lists_and_refuses():
-    assert {"random", "least_confidence", "margin", "entropy", "gini", "max_confidence", "emoc"} <= set(strategies.available())
+    assert {"random", "least_confidence", "margin", "entropy", "gini", "max_confidence", "emoc"} <= set(
+        strategies.available()
+    )
     with pytest.raises(strategies.UnknownStrategyError, match="available: .*entropy"):
         strategies.get("nope")
     with pytest.raises(strategies.UnknownStrategyError, match="bad parameters"):
@@ -70,7 +73,7 @@ def test_strategies_import_without_flask():
     import subprocess
     import sys
 
-    code = "import sys, active_adaptation.strategies; assert not [m for m in sys.modules if m.startswith(('flask', 'active_adaptation.backend', 'active_adaptation.core', 'active_adaptation.simulation'))]"
+    code = "import sys, strategies; assert not [m for m in sys.modules if m.startswith(('flask', 'ml_backend.service', 'ml_backend.core', 'ml_backend.simulation'))]"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -80,14 +83,18 @@ def _inputs(n, seed=0, c=4, d=8, m=4):
     logits = torch.randn(n, c, generator=g, dtype=torch.float64)
     layer = lambda *shape: torch.randn(n, *shape, generator=g, dtype=torch.float64).relu()  # noqa: E731
     return ScoringInputs(
-        n=n, keys=[f"task-{i}" for i in range(n)], probs=logits.softmax(1), logits=logits,
+        n=n,
+        keys=[f"task-{i}" for i in range(n)],
+        probs=logits.softmax(1),
+        logits=logits,
         embeddings=torch.randn(n, d, generator=g, dtype=torch.float64),
         features={"A": layer(3, 2, 2), "B": layer(6)},
         source_probs=torch.randn(n, 5, generator=g, dtype=torch.float64).mul(3).softmax(1),
         source_features={"A": layer(3, 2, 2), "B": layer(6)},
         labeled_embeddings=torch.randn(3, d, generator=g, dtype=torch.float64),
         labeled_probs=torch.randn(3, c, generator=g, dtype=torch.float64).softmax(1),
-        view_probs=torch.randn(m, n, c, generator=g, dtype=torch.float64).softmax(2), round=1,
+        view_probs=torch.randn(m, n, c, generator=g, dtype=torch.float64).softmax(2),
+        round=1,
     )
 
 
@@ -95,12 +102,18 @@ def _map(inputs, fn, views):
     """Apply fn to every per-item tensor of inputs (views: along dim 1)."""
     take = lambda t: None if t is None else fn(t)  # noqa: E731
     return ScoringInputs(
-        n=inputs.n, keys=inputs.keys, probs=take(inputs.probs), logits=take(inputs.logits),
-        embeddings=take(inputs.embeddings), features={k: fn(v) for k, v in inputs.features.items()},
+        n=inputs.n,
+        keys=inputs.keys,
+        probs=take(inputs.probs),
+        logits=take(inputs.logits),
+        embeddings=take(inputs.embeddings),
+        features={k: fn(v) for k, v in inputs.features.items()},
         source_probs=take(inputs.source_probs),
         source_features={k: fn(v) for k, v in inputs.source_features.items()},
-        labeled_embeddings=inputs.labeled_embeddings, labeled_probs=inputs.labeled_probs,
-        view_probs=None if inputs.view_probs is None else views(inputs.view_probs), round=inputs.round,
+        labeled_embeddings=inputs.labeled_embeddings,
+        labeled_probs=inputs.labeled_probs,
+        view_probs=None if inputs.view_probs is None else views(inputs.view_probs),
+        round=inputs.round,
     )
 
 
@@ -110,8 +123,10 @@ def _permute(inputs, perm):
 
 
 def _tensors(inputs):
-    flat = {k: getattr(inputs, k) for k in ("probs", "logits", "embeddings", "source_probs", "labeled_embeddings",
-                                            "view_probs")}
+    flat = {
+        k: getattr(inputs, k)
+        for k in ("probs", "logits", "embeddings", "source_probs", "labeled_embeddings", "view_probs")
+    }
     flat.update({f"features.{k}": v for k, v in inputs.features.items()})
     flat.update({f"source_features.{k}": v for k, v in inputs.source_features.items()})
     return flat
@@ -194,6 +209,6 @@ def test_readme_documents_every_strategy():
     from pathlib import Path
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    section = readme[readme.index("## Strategies"):readme.index("## Backbones")]
+    section = readme[readme.index("## Strategies") : readme.index("## Backbones")]
     missing = [name for name in strategies.available() if f"| `{name}`" not in section]
     assert not missing, f"strategies missing from the README table: {missing}"

@@ -1,10 +1,9 @@
 import pytest
 import torch
 
-from active_adaptation.core.backbones import load_backbone
-
-from active_adaptation.core.model import AdaptedModel
-from active_adaptation.core.trainer import Example, TrainConfig, _sample, fine_tune
+from ml_backend.core.adapted import AdaptedModel
+from ml_backend.core.backbones import load_backbone
+from ml_backend.core.trainer import Example, TrainConfig, _sample, fine_tune
 
 CPU = torch.device("cpu")
 
@@ -53,13 +52,16 @@ def test_only_unfrozen_layers_change_and_the_served_model_is_untouched(model):
         assert torch.equal(value, before[name]), name
 
 
-@pytest.mark.parametrize("n_old, n_new, expected", [
-    (100, 20, (29, 3)),   # 0.9 / 0.1 of 32, at least one new
-    (100, 0, (32, 0)),
-    (0, 10, (0, 10)),     # first round: everything is new
-    (5, 1, (5, 1)),
-    (200, 2, (30, 2)),    # 3 new wanted, only 2 exist
-])
+@pytest.mark.parametrize(
+    "n_old, n_new, expected",
+    [
+        (100, 20, (29, 3)),  # 0.9 / 0.1 of 32, at least one new
+        (100, 0, (32, 0)),
+        (0, 10, (0, 10)),  # first round: everything is new
+        (5, 1, (5, 1)),
+        (200, 2, (30, 2)),  # 3 new wanted, only 2 exist
+    ],
+)
 def test_old_new_mix_per_batch(n_old, n_new, expected):
     assert _sample(n_old, n_new, TrainConfig(batch_size=32, new_fraction=0.1), torch.Generator()) == expected
 

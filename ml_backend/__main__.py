@@ -1,0 +1,7 @@
+"""``python -m ml_backend``: the Label Studio ML backend (see ``backend/cli.py``)."""
+
+import sys
+
+from ml_backend.cli import main
+
+sys.exit(main())

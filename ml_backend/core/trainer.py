@@ -1,0 +1,167 @@
+"""Incremental fine-tuning of the unfrozen layers (the ADMA paper's frozen-layer adaptation).
+
+Each round continues from the current weights. Mini-batches mix labels that earlier rounds have
+already seen ("old") with labels new in this round, 0.9 old / 0.1 new by default, as in the EMOC
+paper's incremental update. Training runs on trunk activations (the frozen-feature cache), or on
+augmented images passed through the frozen trunk when augmentation is on. Deterministic under a
+seed; mixed precision (bfloat16 autocast) on CUDA.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from ml_backend.core.adapted import AdaptedModel
+
+AUGMENTATIONS = ("none", "flip", "crop", "flip+crop")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 100
+    lr: float = 1e-3
+    weight_decay: float = 5e-4
+    batch_size: int = 32
+    new_fraction: float = 0.1  # share of each mini-batch drawn from labels new in this round
+    augment: str = "none"
+    amp: bool = True  # used only on CUDA
+    seed: int = 0
+    optimizer: str = "adam"  # or "sgd" (momentum 0.9, the EMOC paper's update)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Example:
+    key: str  # task id
+    label: int  # index into model.labels (-1 for a structured layout: see ``target``)
+    is_new: bool
+    trunk: torch.Tensor | None = None  # cached trunk activations (augment == "none")
+    image: torch.Tensor | None = None  # preprocessed image (augmentation on)
+    # A structured layout's target over the active outputs (layout.Layout.target: NaN = no answer)
+    target: torch.Tensor | None = None
+    answer: str | None = None  # the canonical answer (layout.py); the label for a simple layout
+
+
+def _augment(batch: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:
+    if "flip" in kind:
+        flip = torch.rand(batch.shape[0], generator=generator) < 0.5
+        batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch)
+    if "crop" in kind:  # random shift by up to 1/8 of the side, reflect-padded
+        pad = max(1, batch.shape[-1] // 8)
+        padded = torch.nn.functional.pad(batch, (pad, pad, pad, pad), mode="reflect")
+        out = torch.empty_like(batch)
+        offsets = torch.randint(0, 2 * pad + 1, (batch.shape[0], 2), generator=generator)
+        for i, (dy, dx) in enumerate(offsets.tolist()):
+            out[i] = padded[i, :, dy : dy + batch.shape[-2], dx : dx + batch.shape[-1]]
+        batch = out
+    return batch
+
+
+def _sample(n_old: int, n_new: int, config: TrainConfig, generator: torch.Generator) -> tuple[int, int]:
+    """How many old and new examples go into one mini-batch."""
+    size = min(config.batch_size, n_old + n_new)
+    if n_old == 0:
+        return 0, size
+    if n_new == 0:
+        return size, 0
+    take_new = min(n_new, max(1, round(config.new_fraction * size)))
+    return size - take_new, take_new
+
+
+def _batch_loss(
+    model: AdaptedModel,
+    batch: list[Example],
+    config: TrainConfig,
+    generator: torch.Generator,
+    device: torch.device,
+    use_amp: bool,
+    active: list[int],
+) -> torch.Tensor:
+    """One mini-batch's loss: cross-entropy over the head's rows, or a structured layout's loss
+    over the active outputs (layout.py; ``active``: their head rows)."""
+    if config.augment == "none":
+        z = torch.stack([e.trunk for e in batch]).to(device)
+    else:
+        images = _augment(torch.stack([e.image for e in batch]), config.augment, generator)
+        with torch.no_grad():
+            z = model.spec.trunk(model.target, images.to(device))
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+        logits = model.logits_for_training(z)
+        if model.layout is None:
+            return nn.functional.cross_entropy(logits.float(), torch.tensor([e.label for e in batch], device=device))
+        targets = torch.stack([e.target for e in batch]).to(device)
+        return model.layout.loss(logits.float()[:, active], targets)
+
+
+def fine_tune(
+    model: AdaptedModel,
+    examples: Sequence[Example],
+    config: TrainConfig,
+    progress: Callable[[int, float], None] | None = None,
+) -> dict:
+    """Train the unfrozen layers of ``model`` in place; pass a :meth:`AdaptedModel.clone` so that
+    the served model is untouched until the round succeeds. Returns metrics."""
+    if not examples:
+        raise ValueError("no labeled examples to train on")
+    if config.augment not in AUGMENTATIONS:
+        raise ValueError(f"augment={config.augment!r}; allowed: {', '.join(AUGMENTATIONS)}")
+    device = model.device
+    started = time.perf_counter()
+    old = [e for e in examples if not e.is_new]
+    new = [e for e in examples if e.is_new]
+    generator = torch.Generator().manual_seed(config.seed)
+    params = [p for p in model.target.parameters() if p.requires_grad]
+    if config.optimizer == "adam":
+        optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    elif config.optimizer == "sgd":
+        optimizer = torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+    else:
+        raise ValueError(f"optimizer={config.optimizer!r}; allowed: adam, sgd")
+    active = model.active_index()
+    if model.layout is not None and any(e.target is None for e in examples):
+        raise ValueError("a structured layout trains on targets; an example has none")
+    use_amp = config.amp and device.type == "cuda"
+    losses: list[float] = []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(config.seed)  # dropout masks
+        model.train_mode()
+        try:
+            for step in range(config.steps):
+                n_old, n_new = _sample(len(old), len(new), config, generator)
+                batch = (
+                    [old[i] for i in torch.randint(len(old), (n_old,), generator=generator).tolist()] if n_old else []
+                )
+                batch += (
+                    [new[i] for i in torch.randint(len(new), (n_new,), generator=generator).tolist()] if n_new else []
+                )
+                loss = _batch_loss(model, batch, config, generator, device, use_amp, active)
+                if not math.isfinite(loss.item()):
+                    raise FloatingPointError(f"training loss became {loss.item()} at step {step}")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.item())
+                if progress is not None:
+                    progress(step + 1, losses[-1])
+        finally:
+            model.target.eval()
+    tail = losses[-max(1, len(losses) // 10) :]
+    return {
+        "steps": config.steps,
+        "loss_first": losses[0],
+        "loss_last": sum(tail) / len(tail),
+        "labels_old": len(old),
+        "labels_new": len(new),
+        "seconds": time.perf_counter() - started,
+        "device": str(device),
+        "amp": use_amp,
+        "config": config.to_dict(),
+    }

@@ -1,0 +1,278 @@
+"""Talking to Label Studio with label-studio-sdk (the maintained client, PAT-aware)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+log = logging.getLogger(__name__)
+
+
+class LabelStudioConnection:
+    """Lazily creates one SDK client; hands out a currently valid token for image downloads.
+
+    A Personal Access Token (a JWT refresh token) is exchanged for a short-lived access token by
+    the SDK, which refreshes it when it expires; a raw PAT is 401 everywhere. A legacy token is
+    used as it is.
+    """
+
+    def __init__(self, url: str, api_key: str) -> None:
+        self.url = url.rstrip("/")
+        self._api_key = api_key
+        self._client = None
+        self._lock = threading.Lock()
+        self._refresher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="token-refresh")
+        self._refresh: Future | None = None
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.url and self._api_key)
+
+    @property
+    def client(self):
+        if not self.configured:
+            raise RuntimeError("LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY must both be set")
+        with self._lock:
+            if self._client is None:
+                from label_studio_sdk import LabelStudio
+
+                # max_retries=0: the learning loop's own back-off (PUBLISH_RETRIES) is the only retry policy
+                self._client = LabelStudio(base_url=self.url, api_key=self._api_key, timeout=30, max_retries=0)
+            return self._client
+
+    def token(self, wait: float | None = 60.0) -> str | None:
+        """The token to put in an Authorization header now. A legacy token is returned as it is;
+        a PAT's access token comes from the SDK's cache while it is valid. A refresh (a call to
+        Label Studio that can hang for the SDK's 30 s when Label Studio does) runs in a background
+        thread, single-flight, and the caller waits at most ``wait`` seconds for it (request paths
+        pass a few seconds), then gets a RuntimeError that says so."""
+        if not self.configured:
+            return None
+        tokens = self.client._client_wrapper._tokens_client
+        if tokens._use_legacy_token:
+            return self._api_key
+        cached, expires = tokens._access_token, tokens._access_token_expiration
+        if cached and expires is not None and expires > datetime.now(timezone.utc) + timedelta(seconds=5):
+            return cached
+        with self._lock:
+            if self._refresh is None or self._refresh.done():
+                self._refresh = self._refresher.submit(lambda: tokens.api_key)
+            refresh = self._refresh
+        try:
+            return refresh.result(timeout=wait)
+        except FutureTimeout:
+            raise RuntimeError(f"Label Studio did not answer the access-token refresh within {wait:g}s") from None
+
+
+UNCERTAINTY_SAMPLING = "Uncertainty sampling"
+
+
+ANNOTATED = {
+    "conjunction": "and",
+    "items": [  # Data Manager filter: tasks with a (non-skipped) annotation
+        {"filter": "filter:tasks:total_annotations", "operator": "greater", "type": "Number", "value": 0}
+    ],
+}
+
+
+def newer_than(task_id: int) -> dict:
+    """Data Manager filter: the tasks whose id is greater than ``task_id`` (Label Studio's ids only grow)."""
+    return {
+        "conjunction": "and",
+        "items": [{"filter": "filter:tasks:id", "operator": "greater", "type": "Number", "value": int(task_id)}],
+    }
+
+
+@dataclass
+class TaskIndex:
+    """One project's tasks (id -> data) as last listed, kept between rounds so that a round lists
+    only the tasks created since (``ProjectAPI.tasks``). A task's data edited in place through the
+    API is seen at the next full listing: after a restart, or when tasks were deleted."""
+
+    data: dict[int, dict] = field(default_factory=dict)
+    full: int = 0  # listings of every task
+    incremental: int = 0  # listings of only the new tasks
+
+
+def _as_dict(obj) -> dict:
+    return obj if isinstance(obj, dict) else obj.model_dump()
+
+
+class ProjectAPI:
+    """The Label Studio calls the learning loop makes for one project (label-studio-sdk)."""
+
+    def __init__(self, connection: LabelStudioConnection, project_id: int) -> None:
+        self.connection = connection
+        self.project_id = int(project_id)
+
+    @property
+    def _client(self):
+        return self.connection.client
+
+    def tasks(self, index: "TaskIndex | None" = None) -> list[dict]:
+        """Every task with its data, and its annotations when it has any (the source of truth for
+        labels). The reads follow what changed, not the project's size: the project's task count
+        (one request); the tasks newer than the ``index`` of the last listing (``id`` greater than
+        its newest, pages of 1000 of ``fields=task_only``) when the count then adds up, else every
+        task (a light listing of the same kind: the first time, or after tasks were deleted); then
+        only the annotated tasks in full (``total_annotations > 0``, pages of 100: larger pages with
+        ``fields=all`` make LS 1.23 on SQLite fail with "Expression tree is too large"). A task
+        annotated between the reads comes with its annotations. Without ``index``, every task."""
+        index = index if index is not None else TaskIndex()
+        count = int(self.project().get("task_number") or 0)
+        if index.data:
+            query = json.dumps({"filters": newer_than(max(index.data))})
+            new = {
+                t["id"]: t.get("data") or {}
+                for t in self._pages({"fields": "task_only", "page_size": 1000, "query": query})
+            }
+            if len(index.data) + len(new) == count:
+                index.data.update(new)
+                index.incremental += 1
+            else:
+                log.info(
+                    "project %s: %d tasks known + %d new != %d in Label Studio (tasks were deleted): "
+                    "listing every task again",
+                    self.project_id,
+                    len(index.data),
+                    len(new),
+                    count,
+                )
+                index.data = {}
+        if not index.data:
+            index.data = {t["id"]: t.get("data") or {} for t in self._pages({"fields": "task_only", "page_size": 1000})}
+            index.full += 1
+        out = {i: {"id": i, "data": data, "annotations": []} for i, data in index.data.items()}
+        for t in self._pages({"fields": "all", "page_size": 100, "query": json.dumps({"filters": ANNOTATED})}):
+            out[t["id"]] = {
+                "id": t["id"],
+                "data": t.get("data") or {},
+                "annotations": [_as_dict(a) for a in (t.get("annotations") or [])],
+            }
+        return list(out.values())
+
+    def _pages(self, params: dict):
+        page = 1
+        while True:
+            response = self._client._client_wrapper.httpx_client.request(
+                "api/tasks/", method="GET", params={"project": self.project_id, "page": page, **params}
+            )
+            if response.status_code == 404:  # past the last page
+                return
+            response.raise_for_status()
+            data = response.json()
+            batch = data.get("tasks", []) if isinstance(data, dict) else data
+            if not batch:
+                return
+            yield from batch
+            if isinstance(data, dict) and page * int(params["page_size"]) >= int(data.get("total", 0) or 0):
+                return
+            page += 1
+
+    def import_predictions(self, predictions: list[dict]) -> int:
+        response = self._client.projects.import_predictions(id=self.project_id, request=predictions)
+        return int(getattr(response, "created", None) or len(predictions))
+
+    def set_model_version(self, version: str, uncertainty_sampling: bool = False) -> None:
+        """Point the project at ``version`` (its queue follows only that version's scores) and,
+        if asked, switch its queue to uncertainty sampling (lowest score first)."""
+        if uncertainty_sampling:
+            self._client.projects.update(id=self.project_id, model_version=version, sampling=UNCERTAINTY_SAMPLING)
+        else:
+            self._client.projects.update(id=self.project_id, model_version=version)
+
+    def model_version(self) -> str:
+        return self._client.projects.get(id=self.project_id).model_version or ""
+
+    def delete_version(self, version: str) -> int:
+        response = self._client._client_wrapper.httpx_client.request(
+            f"api/projects/{self.project_id}/model-versions/",
+            method="DELETE",
+            json={"model_version": version},
+        )
+        response.raise_for_status()
+        return int(response.json().get("deleted_predictions", 0))
+
+    def model_versions(self) -> dict[str, int]:
+        """The project's prediction versions with their number of predictions."""
+        response = self._client._client_wrapper.httpx_client.request(
+            f"api/projects/{self.project_id}/model-versions/",
+            method="GET",
+        )
+        response.raise_for_status()
+        data = response.json()
+        if isinstance(data, dict):
+            return {str(k): int(v or 0) for k, v in data.items()}
+        return {str(k): 0 for k in data} if isinstance(data, list) else {}
+
+    def delete_task_predictions(self, task_ids: list[int]) -> int:
+        """Delete every prediction of these tasks (the Data Manager's "Delete predictions" action):
+        a deletion of a size the caller chooses, where deleting a version is one request whose
+        cost grows with the version (Label Studio runs a signal per deleted prediction)."""
+        response = self._client._client_wrapper.httpx_client.request(
+            "api/dm/actions",
+            method="POST",
+            params={"id": "delete_tasks_predictions", "project": self.project_id},
+            json={"selectedItems": {"all": False, "included": [int(t) for t in task_ids]}},
+        )
+        response.raise_for_status()
+        return int((response.json() or {}).get("processed_items", 0))
+
+    # ----------------------------------------------------------------- what the backend re-reads
+    def project(self, timeout: float | None = None) -> dict:
+        """The project as Label Studio has it now (id, label_config, model_version); raises the
+        SDK's ApiError (status 404) when it does not exist."""
+        options = {"timeout_in_seconds": timeout} if timeout else None
+        return _as_dict(self._client.projects.get(id=self.project_id, request_options=options))
+
+    def task(self, task_id: int) -> dict | None:
+        """One task with its data and annotations, or None when it is not a task of this project."""
+        t = _as_dict(self._client.tasks.get(id=int(task_id)))
+        if int(t.get("project") or -1) != self.project_id:
+            return None
+        return {
+            "id": t["id"],
+            "data": t.get("data") or {},
+            "annotations": [_as_dict(a) for a in (t.get("annotations") or [])],
+        }
+
+    def ml_backend_urls(self) -> list[str]:
+        return [str(_as_dict(m).get("url") or "") for m in self._client.ml.list(project=self.project_id)]
+
+    def webhooks(self) -> list[dict]:
+        return [_as_dict(w) for w in self._client.webhooks.list(project=str(self.project_id))]
+
+    def set_webhook_headers(self, webhook_id: int, headers: dict) -> None:
+        self._client.webhooks.update(id=int(webhook_id), headers=headers)
+
+    # ----------------------------------------------------------------- Data Manager tabs (views)
+    def _http(self, method: str, path: str, **kwargs):
+        response = self._client._client_wrapper.httpx_client.request(path, method=method, **kwargs)
+        response.raise_for_status()
+        return response.json() if response.content else None
+
+    def views(self) -> list[dict]:
+        data = self._http("GET", "api/dm/views/", params={"project": self.project_id})
+        return [v for v in data or [] if int(v.get("project") or -1) == self.project_id]
+
+    def create_view(self, data: dict) -> dict:
+        return self._http("POST", "api/dm/views/", json={"project": self.project_id, "data": data})
+
+    def update_view(self, view_id: int, data: dict) -> dict:
+        return self._http("PATCH", f"api/dm/views/{int(view_id)}/", json={"project": self.project_id, "data": data})
+
+    def delete_view(self, view_id: int) -> None:
+        self._http("DELETE", f"api/dm/views/{int(view_id)}/")
+
+
+def api_status(exc: BaseException) -> int | None:
+    """The HTTP status of a Label Studio API error (SDK or httpx), else None."""
+    status = getattr(exc, "status_code", None)
+    if status is None and getattr(exc, "response", None) is not None:
+        status = getattr(exc.response, "status_code", None)
+    return int(status) if isinstance(status, int) else None

@@ -1,0 +1,417 @@
+"""Settings, read once from the environment into an immutable object.
+
+Each setting is declared once, as a field of :class:`Settings`: its type, its default, its meaning
+and how its environment variable (the field's name in upper case) is parsed and checked. Everything
+else is derived from those fields: :data:`ENV_VARS` (name -> (default as written in the environment,
+meaning)), the README's configuration table (checked by a test) and :meth:`Settings.from_env`.
+
+Names follow label-studio-ml 2.x where it has one (LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY,
+MODEL_DIR, BASIC_AUTH_USER, BASIC_AUTH_PASS, LOG_LEVEL, PORT).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
+
+from ml_backend.errors import ConfigError
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+DEVICES = ("auto", "cpu", "cuda")
+Parser = Callable[[str, str], Any]  # (variable name, raw value) -> value
+
+
+def text(name: str, raw: str) -> str:
+    return raw
+
+
+def integer(minimum: int) -> Parser:
+    def parse(name: str, raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not an integer") from None
+        if value < minimum:
+            raise ConfigError(f"{name}={value} must be >= {minimum}")
+        return value
+
+    return parse
+
+
+def number(minimum: float, inclusive: bool = False, maximum: float | None = None) -> Parser:
+    def parse(name: str, raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not a number") from None
+        if not (value >= minimum if inclusive else value > minimum) or (maximum is not None and value > maximum):
+            bound = f"{'>=' if inclusive else '>'} {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
+            raise ConfigError(f"{name}={value} must be {bound}")
+        return value
+
+    return parse
+
+
+def flag(name: str, raw: str) -> bool:
+    low = raw.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={low!r} is invalid; allowed: true, false")
+
+
+def choice(*allowed: str) -> Parser:
+    def parse(name: str, raw: str) -> str:
+        low = raw.lower()
+        if low not in allowed:
+            raise ConfigError(f"{name}={low!r} is invalid; allowed: {', '.join(allowed)}")
+        return low
+
+    return parse
+
+
+def url(name: str, raw: str) -> str:
+    value = raw.rstrip("/")
+    if value and urlsplit(value).scheme not in ("http", "https"):
+        raise ConfigError(f"{name}={value!r} must start with http:// or https://")
+    return value
+
+
+def log_level(name: str, raw: str) -> str:
+    level = raw.upper()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"{name}={level!r} is invalid; allowed: {', '.join(LOG_LEVELS)}")
+    return level
+
+
+def backbone(name: str, raw: str) -> str:
+    from ml_backend.core.backbones import available_backbones, refused_backbones  # cheap settings, lazy torch
+
+    value = raw.lower()
+    refused = refused_backbones()
+    if value in refused:
+        raise ConfigError(f"{name}={value} is not supported: {refused[value]}")
+    if value not in available_backbones():
+        raise ConfigError(
+            f"{name}={value!r} is unknown; allowed: {', '.join(available_backbones())} "
+            "(python -m ml_backend --list shows what each supports)"
+        )
+    return value
+
+
+def freeze(name: str, raw: str) -> str:
+    value = raw.strip()
+    if not value:
+        raise ConfigError(f"{name} is empty; use default, none, all, a fraction such as 0.5, or a module name")
+    try:
+        fraction = float(value)
+    except ValueError:
+        return value  # a module name: checked against the backbone's stages when it is built
+    if not 0.0 <= fraction <= 1.0:
+        raise ConfigError(f"{name}={value}: a fraction of the stages must lie in [0, 1]")
+    return value
+
+
+def strategy(name: str, raw: str) -> str:
+    import strategies
+
+    try:
+        strategies.from_spec(raw)
+    except strategies.StrategyError as exc:
+        raise ConfigError(f"{name}={raw!r}: {exc}") from None
+    return raw
+
+
+def device(name: str, raw: str) -> str:
+    value = raw.lower()
+    if value not in DEVICES and not (value.startswith("cuda:") and value[5:].isdigit()):
+        raise ConfigError(f"{name}={value!r} is invalid; allowed: auto, cpu, cuda, cuda:N")
+    return value
+
+
+def path(name: str, raw: str) -> Path:
+    return Path(raw)
+
+
+def setting(default: Any, meaning: str, parse: Parser = text, secret: bool = False) -> Any:
+    """A field of :class:`Settings`: its environment variable is the field's name in upper case."""
+    return dataclasses.field(default=default, repr=not secret, metadata={"meaning": meaning, "parse": parse})
+
+
+@dataclass(frozen=True)
+class Settings:
+    label_studio_url: str = setting(
+        "",
+        "Base URL of Label Studio as this backend reaches it, e.g. `http://label-studio:8080`. Needed to fetch images (otherwise the `hostname` and token sent in `/setup` are used).",
+        url,
+    )
+    label_studio_api_key: str = setting(
+        "",
+        "A Personal Access Token (refreshed automatically) or a legacy API token of a Label Studio user.",
+        secret=True,
+    )
+    model_dir: Path = setting(
+        Path("model_dir"),
+        "Where models, checkpoints and caches are stored (a relative path starts in the working directory).",
+        path,
+    )
+    basic_auth_user: str = setting(
+        "", "If set (with `BASIC_AUTH_PASS`), every route except `/health` and `/webhook` requires HTTP basic auth."
+    )
+    basic_auth_pass: str = setting("", "Password for `BASIC_AUTH_USER`.", secret=True)
+    webhook_secret: str = setting(
+        "",
+        "Master secret for webhook authentication ([Security](#security)); unset: created once in `MODEL_DIR/secrets/webhook.key`.",
+        secret=True,
+    )
+    max_request_mb: int = setting(64, "Largest request body accepted, in MB (413 beyond it).", integer(1))
+    predict_deadline_s: float = setting(
+        80.0,
+        "Deadline for one `/predict` request's image downloads (Label Studio waits 100 s); tasks not fetched by then get no prediction.",
+        number(0.0),
+    )
+    recovery_max_s: float = setting(
+        300.0,
+        "A failed round or publish is retried in the background after 5 s, doubling up to this many seconds.",
+        number(0.0),
+    )
+    lease_retry_s: float = setting(
+        2.0,
+        "While another process (another gunicorn worker or a replica sharing `MODEL_DIR`) runs a project's round or publish, this process tries to take over the project's jobs every this many seconds ([Several processes](#several-processes)).",
+        number(0.0),
+    )
+    log_level: str = setting(
+        "INFO", "One of DEBUG, INFO, WARNING, ERROR, CRITICAL." + ", ".join(LOG_LEVELS) + ".", log_level
+    )
+    port: int = setting(9090, "Port of `python -m ml_backend`.", integer(1))
+    host: str = setting("0.0.0.0", "Interface `python -m ml_backend` listens on.")
+    workers: int = setting(
+        1,
+        "gunicorn worker processes. Each holds its own models (keep 1 per GPU); they share `MODEL_DIR`, one at a time trains and publishes a project ([Several processes](#several-processes)).",
+        integer(1),
+    )
+    threads: int = setting(
+        64,
+        "gunicorn threads per worker. At most `THREADS - 8` `/predict` requests run at once (more get 503 with `Retry-After`), so that `/webhook`, `/setup` and `/health` always find a free thread ([benchmarks](docs/benchmarks.md)).",
+        integer(1),
+    )
+    backbone: str = setting(
+        "efficientnet_lite0",
+        "`efficientnet_lite0` (ImageNet weights that install with the package: nothing is downloaded), any torchvision classification architecture by name (`resnet50`, `convnext_tiny`, `vit_b_16`, …), `smallcnn` or `smallcnn-unfrozen`; `python -m ml_backend --list` shows each family's strategies and refusals ([Backbones](#backbones)).",
+        backbone,
+    )
+    weights: str = setting(
+        "DEFAULT",
+        "A weights name of the backbone (`DEFAULT`, `IMAGENET1K_V1`, …: torchvision's, loaded through its cache; efficientnet_lite0's packaged ImageNet weights), a path to a saved `state_dict`, or `none` for random initialisation.",
+    )
+    freeze: str = setting(
+        "default",
+        "Where the frozen early layers end: `default` (the family's boundary, [Backbones](#backbones)), `none` (train everything), `all` (only the classifier trains), a fraction of the stages such as `0.5`, or a stage's module name (frozen up to and including it, e.g. `layer2`). The log says \"N of M parameters trainable\".",
+        freeze,
+    )
+    image_size: int = setting(
+        0,
+        "Input side in pixels after resize and centre-crop; `0`: the size the weights were trained at (224 for most). Smaller is faster on a CPU.",
+        integer(0),
+    )
+    strategy: str = setting(
+        "auto",
+        "A registered strategy (`python -m ml_backend --list`), with options as `name:key=value:…`, e.g. `adma:lam=0.1:landmarks=kmeans` (see [Strategies](#strategies)).",
+        strategy,
+    )
+    queue_diversity: str = setting(
+        "off",
+        "`coreset`: re-order the `QUEUE_DIVERSITY_TOP` highest-acquisition tasks by k-center greedy on the model's features, so that consecutive tasks in the queue are not near-duplicates.",
+        choice("off", "coreset"),
+    )
+    queue_diversity_top: int = setting(100, "How many top tasks `QUEUE_DIVERSITY` re-orders.", integer(2))
+    stop_kappa: float = setting(
+        0.99,
+        "The stopping signal ([How it learns](#how-it-learns)) fires when the mean Cohen's κ between consecutive versions' predictions on a fixed sample of unlabeled tasks, over the last `STOP_WINDOW` rounds, reaches this (Bloodgood & Vijay-Shanker's rule: 0.99 over 3).",
+        number(0.0),
+    )
+    stop_window: int = setting(3, "Rounds the stopping signal averages κ over.", integer(1))
+    stop_sample: int = setting(
+        500,
+        "Unlabeled tasks in the stopping signal's fixed sample (chosen by a seeded hash of the task id).",
+        integer(10),
+    )
+    review_top: int = setting(
+        20,
+        "After each round, list this many labeled tasks whose annotations look most suspicious (`/status` → `review`); `0` turns it off.",
+        integer(0),
+    )
+    multilabel_threshold: float = setting(
+        0.5,
+        'A multi-label `<Choices choice="multiple">` group predicts every label whose sigmoid probability reaches this; margin\'s multi-label value is the smallest distance to it ([Multi-label](#multi-label-and-several-questions)).',
+        number(0.0, maximum=1.0),
+    )
+    review_max_p: float = setting(
+        0.5,
+        "Only annotations whose label the trained head gives a probability below this are listed for review.",
+        number(0.0),
+    )
+    label_studio_tabs: bool = setting(
+        True,
+        'Keep two Data Manager tabs in each project: "Queue: most useful first" (ordered by score, with the score and model version columns) and "Review: suspicious labels (N)" (the review list; removed when empty). Your own tabs are never touched.',
+        flag,
+    )
+    review_method: str = setting(
+        "loss",
+        "`loss` (the trained head's loss on the given label; cheap, as good as influence in docs/methods.md §6.4) or `influence` (last-layer self-influence, plus cross-fitted influence ψ on validation loss; `flag` marks ψ > 0 with p(label) < 0.5).",
+        choice("loss", "influence"),
+    )
+    train_drop_harmful: bool = setting(
+        False,
+        "Influence-based data dropout: after training on a round's labels, leave out labels whose up-weighting would raise the validation loss (ψ > 0, cross-fitted: each fold's ψ from a head fit without it) and train again without them. Dropped tasks are listed in `/status` → `dropped_by_influence`. Never drops more than half. Measured in docs/results.md before you turn it on.",
+        flag,
+    )
+    device: str = setting("auto", "`auto` (CUDA when present, else CPU), `cpu`, `cuda` or `cuda:N`.", device)
+    seed: int = setting(0, "Seed for head initialisation and seeded strategies.", integer(0))
+    batch_size: int = setting(32, "Images per forward pass when scoring.", integer(1))
+    fetch_workers: int = setting(8, "Concurrent image downloads per request.", integer(1))
+    image_max_bytes: int = setting(20_000_000, "Larger images are refused (that task gets no prediction).", integer(1))
+    image_max_pixels: int = setting(
+        40_000_000, "Images with more pixels are refused (decompression-bomb guard).", integer(1)
+    )
+    image_timeout_s: float = setting(
+        15.0,
+        "Total time in seconds for one image download (connect, headers, body, redirects), however slowly the server sends.",
+        number(0.0),
+    )
+    train_debounce_s: float = setting(
+        5.0,
+        "Seconds without new annotation events before a training round starts (a burst gives one round).",
+        number(0.0, inclusive=True),
+    )
+    train_min_new_labels: int = setting(
+        1,
+        'Changed labels (new, updated or deleted) needed to start a round; "Start Training" always starts one.',
+        integer(1),
+    )
+    train_steps: int = setting(100, "Optimizer steps per round.", integer(1))
+    train_lr: float = setting(1e-3, "Adam learning rate.", number(0.0))
+    train_weight_decay: float = setting(5e-4, "Adam weight decay.", number(0.0, inclusive=True))
+    train_batch_size: int = setting(32, "Mini-batch size.", integer(1))
+    train_new_fraction: float = setting(
+        0.1,
+        "Share of each mini-batch drawn from labels new in this round (the EMOC paper's 0.9 old / 0.1 new).",
+        number(0.0, inclusive=True, maximum=1.0),
+    )
+    train_augment: str = setting(
+        "none",
+        "`none` (trains on cached frozen features, fastest), `flip`, `crop` or `flip+crop`.",
+        choice("none", "flip", "crop", "flip+crop"),
+    )
+    train_amp: bool = setting(True, "Mixed precision (bfloat16 autocast) when training on CUDA.", flag)
+    keep_versions: int = setting(3, "Checkpoints kept per project; older versions are pruned.", integer(1))
+    publish_on_connect: bool = setting(
+        True, "Score the whole pool and publish version 0 when a project first connects.", flag
+    )
+    set_uncertainty_sampling: bool = setting(
+        True,
+        "When publishing, also switch the project's queue to uncertainty sampling (lowest score first); without it Label Studio ignores the scores.",
+        flag,
+    )
+    publish_chunk: int = setting(500, "Predictions per bulk import request.", integer(1))
+    publish_first: int = setting(
+        200,
+        "A new version's predictions for this many tasks at the top of its queue are imported first; then the project switches to it (the annotators' queue follows it from then on) and the rest is imported in the background, giving way to the next round when one is due. `0`: import everything before switching.",
+        integer(0),
+    )
+    publish_retries: int = setting(
+        5, "Attempts per Label Studio API call while publishing (exponential back-off).", integer(1)
+    )
+    delete_old_predictions: bool = setting(
+        True,
+        "After publishing a version (and moving the project to it), delete this backend's predictions of older versions, so that they do not pile up in Label Studio's database and Data Manager; `false` keeps every version's predictions.",
+        flag,
+    )
+    scoring_engine: str = setting(
+        "local",
+        "Where feature extraction and re-scoring run: `local` (this process) or `ray` (Ray Data actors; `pip install 'active-adaptation[ray]'`; see [Several processes](#several-processes)).",
+        choice("local", "ray"),
+    )
+    ray_address: str = setting(
+        "",
+        "With `SCORING_ENGINE=ray`: the cluster to join (e.g. `ray://head:10001` or `auto`); empty: a local Ray instance started by the backend.",
+    )
+    ray_actors: int = setting(2, "With `SCORING_ENGINE=ray`: actors in the pool (one model each).", integer(1))
+    ray_cpus_per_actor: float = setting(1.0, "With `SCORING_ENGINE=ray`: CPUs each actor reserves.", number(0.0))
+    ray_gpus_per_actor: float = setting(
+        0.0,
+        "With `SCORING_ENGINE=ray`: GPUs per actor (e.g. 1, or 0.5 to share one); 0: CPU actors.",
+        number(0.0, inclusive=True),
+    )
+    feature_cache_mb: int = setting(
+        1024, "Memory for cached frozen-layer activations; beyond it they spill to disk.", integer(1)
+    )
+    feature_cache_disk_mb: int = setting(
+        8192, "Disk for spilled activations under `MODEL_DIR/cache/features`.", integer(0)
+    )
+    feature_cache_dtype: str = setting(
+        "float16",
+        "Storage type of cached activations: `float16`, `bfloat16` or `float32`.",
+        choice("float16", "bfloat16", "float32"),
+    )
+
+    @property
+    def basic_auth_enabled(self) -> bool:
+        return bool(self.basic_auth_user)
+
+    def train_config(self, seed: int):
+        """The trainer's configuration from the TRAIN_* settings (``seed``: this round's)."""
+        from ml_backend.core.trainer import TrainConfig
+
+        return TrainConfig(
+            steps=self.train_steps,
+            lr=self.train_lr,
+            weight_decay=self.train_weight_decay,
+            batch_size=self.train_batch_size,
+            new_fraction=self.train_new_fraction,
+            augment=self.train_augment,
+            amp=self.train_amp,
+            seed=seed,
+        )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":
+        """Read and validate every variable. Raises ConfigError naming the variable."""
+        env = os.environ if env is None else env
+        values = {}
+        for f in dataclasses.fields(cls):
+            name, raw = f.name.upper(), env.get(f.name.upper())
+            if raw is not None and raw.strip() != "":
+                values[f.name] = f.metadata["parse"](name, raw.strip())
+        values.update(overrides)
+        settings = cls(**values)
+        if bool(settings.basic_auth_user) != bool(settings.basic_auth_pass):
+            raise ConfigError("BASIC_AUTH_USER and BASIC_AUTH_PASS must be set together")
+        return settings
+
+
+def shown(value: Any) -> str:
+    """A default as it would be written in the environment."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+ENV_VARS: dict[str, tuple[str, str]] = {
+    f.name.upper(): (shown(f.default), f.metadata["meaning"]) for f in dataclasses.fields(Settings)
+}
+
+
+def settings_table() -> str:
+    """The README's configuration table, from the declarations above."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, (default, meaning) in ENV_VARS.items():
+        rows.append(f"| `{name}` | {f'`{default}`' if default else '(empty)'} | {meaning} |")
+    return "\n".join(rows)

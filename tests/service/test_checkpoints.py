@@ -1,0 +1,39 @@
+import json
+
+import torch
+
+from ml_backend.service.store import Store
+
+
+def test_save_load_prune(tmp_path):
+    for r in range(4):
+        Store(tmp_path).save_checkpoint("1", f"v{r}", {"w": torch.full((2,), float(r))}, {"round": r})
+    meta, state = Store(tmp_path).load_latest("1")
+    assert meta["version"] == "v3" and torch.equal(state["w"], torch.full((2,), 3.0))
+    assert Store(tmp_path).prune("1", keep=2) == ["v0", "v1"]
+    assert [m["version"] for m in Store(tmp_path).list_versions("1")] == ["v2", "v3"]
+
+
+def test_interrupted_write_is_ignored_and_cleaned(tmp_path):
+    Store(tmp_path).save_checkpoint("1", "v1", {"w": torch.ones(1)}, {"round": 1})
+    partial = tmp_path / "projects" / "1" / ".tmp-v2-123-456"  # what a kill -9 mid-write leaves behind
+    partial.mkdir()
+    (partial / "model.pt").write_bytes(b"half a file")
+    meta, _ = Store(tmp_path).load_latest("1")
+    assert meta["version"] == "v1" and not partial.exists()
+
+
+def test_a_corrupt_latest_version_falls_back_to_the_previous_one(tmp_path):
+    Store(tmp_path).save_checkpoint("1", "v1", {"w": torch.ones(1)}, {"round": 1})
+    Store(tmp_path).save_checkpoint("1", "v2", {"w": torch.ones(1) * 2}, {"round": 2})
+    (tmp_path / "projects" / "1" / "v2" / "model.pt").write_bytes(b"\0" * 10)
+    meta, state = Store(tmp_path).load_latest("1")
+    assert meta["version"] == "v1" and state["w"].item() == 1.0
+    (tmp_path / "projects" / "1" / "v1" / "meta.json").write_text("{not json")
+    assert Store(tmp_path).load_latest("1") is None  # nothing loadable: start from the pretrained model
+
+
+def test_meta_is_plain_json(tmp_path):
+    assert Store(tmp_path).save_checkpoint("1", "v0", {"w": torch.zeros(1)}, {"round": 0, "labels": ["a"]}) == 1
+    meta = json.loads((tmp_path / "projects" / "1" / "v0" / "meta.json").read_text())
+    assert meta["labels"] == ["a"] and meta["version"] == "v0" and "saved_at" in meta

@@ -1,0 +1,279 @@
+"""A training round and a publish as plain functions, on an in-memory stand-in for Label Studio's
+project API (the real one is exercised end to end in tests/integration)."""
+
+import base64
+
+import pytest
+import torch
+
+from ml_backend.demo.servers import classification_config
+from ml_backend.service import jobs
+from ml_backend.service.backend import Backend
+from ml_backend.service.label_config import parse_label_config
+from ml_backend.service.settings import Settings
+from ml_backend.service.worker import WorkerStatus
+
+CONFIG = classification_config([str(i) for i in range(10)])
+
+
+class ProjectAPIStandIn:
+    def __init__(self, tasks):
+        self.tasks_list, self.imported, self.model_version = tasks, [], None
+        self.calls: list[tuple] = []  # what was done, in order
+        self.view_list: list[dict] = []
+
+    def tasks(self, index=None):
+        return self.tasks_list
+
+    def delete_version(self, version):
+        self.calls.append(("delete", version))
+        self.imported = [p for p in self.imported if p["model_version"] != version]
+
+    def import_predictions(self, predictions):
+        self.calls.append(("import", [p["task"] for p in predictions]))
+        self.imported += predictions
+
+    def set_model_version(self, version, uncertainty):
+        self.calls.append(("switch", version))
+        self.model_version = version
+
+    def model_versions(self):
+        versions = [p["model_version"] for p in self.imported]
+        return {v: versions.count(v) for v in sorted(set(versions))}
+
+    def delete_task_predictions(self, task_ids):
+        self.calls.append(("delete_tasks", list(task_ids)))
+        gone = [p for p in self.imported if p["task"] in task_ids]
+        self.imported = [p for p in self.imported if p["task"] not in task_ids]
+        return len(gone)
+
+    def views(self):
+        return list(self.view_list)
+
+    def create_view(self, data):
+        self.view_list.append({"id": len(self.view_list) + 1, "data": data})
+
+    def update_view(self, view_id, data):
+        next(v for v in self.view_list if v["id"] == view_id)["data"] = data
+
+    def delete_view(self, view_id):
+        self.view_list = [v for v in self.view_list if v["id"] != view_id]
+
+
+def context(tmp_path, digits64, labeled, **env):
+    settings = Settings.from_env(
+        {
+            "BACKBONE": "smallcnn",
+            "WEIGHTS": "none",
+            "MODEL_DIR": str(tmp_path),
+            "DEVICE": "cpu",
+            "TRAIN_STEPS": "5",
+            "TRAIN_MIN_NEW_LABELS": "3",
+            **env,
+        }
+    )
+    backend = Backend(settings)
+    state, _ = backend.projects.register("1", parse_label_config(CONFIG))
+    tasks = []
+    for i in range(20):
+        annotations = (
+            [
+                {
+                    "result": [
+                        {
+                            "from_name": "label",
+                            "to_name": "image",
+                            "type": "choices",
+                            "value": {"choices": [str(digits64[i][2])]},
+                        }
+                    ],
+                    "was_cancelled": False,
+                }
+            ]
+            if i < labeled
+            else []
+        )
+        tasks.append(
+            {
+                "id": i + 1,
+                "annotations": annotations,
+                "data": {"image": "data:image/png;base64," + base64.b64encode(digits64[i][1]).decode()},
+            }
+        )
+    api = ProjectAPIStandIn(tasks)
+    ctx = jobs.JobContext(
+        state,
+        backend.projects,
+        backend.scorer,
+        settings,
+        lambda project: api,
+        WorkerStatus(),
+        lambda: "secret",
+        backend.instance_id,
+    )
+    return backend, ctx, api
+
+
+def test_a_round_needs_enough_changed_labels_unless_forced(tmp_path, digits64):
+    backend, ctx, api = context(tmp_path, digits64, labeled=2)
+    try:
+        jobs.run_round(ctx, force=False)
+        assert ctx.state.round == 0 and "2 changed label(s), TRAIN_MIN_NEW_LABELS=3" in ctx.status.info["reason"]
+        assert api.imported == []
+        jobs.run_round(ctx, force=True)  # "Start Training" always trains
+        assert ctx.state.round == 1 and ctx.status.info["training_runs"] == 1
+        assert api.model_version == ctx.state.version == ctx.state.published_version
+        assert sorted(p["task"] for p in api.imported) == list(range(3, 21))  # the unlabeled pool
+        jobs.run_round(ctx, force=False)  # nothing changed since: no round
+        assert ctx.state.round == 1
+    finally:
+        backend.close()
+
+
+def test_data_dropout_looks_at_the_head_trained_on_the_new_labels(tmp_path, digits64, monkeypatch):
+    from ml_backend.core import review
+
+    backend, ctx, api = context(tmp_path, digits64, labeled=12, TRAIN_DROP_HARMFUL="true", TRAIN_MIN_NEW_LABELS="1")
+    seen = []
+    real = review.drop_harmful
+
+    def spy(model, examples, *args, **kwargs):
+        seen.append(model.head.weight.detach().clone())
+        kept, dropped = real(model, examples, *args, **kwargs)
+        return kept[2:], dropped + [{"task": e.key, "label": "x", "psi": 1.0} for e in kept[:2]]  # drop two more
+
+    monkeypatch.setattr(review, "drop_harmful", spy)
+    try:
+        served = backend.projects.model(ctx.state).head.weight.detach().clone()
+        jobs.run_round(ctx, force=False)
+        assert len(seen) == 1 and not torch.equal(seen[0], served)  # ψ on the trained head, not the served one
+        assert ctx.state.round == 1 and len(ctx.state.labels_used) <= 10  # trained again without the dropped
+        assert len(ctx.status.info["dropped_by_influence"]) >= 2
+    finally:
+        backend.close()
+
+
+def test_after_a_restart_a_pool_relative_strategy_rescores_before_valuing_requests(tmp_path, digits64):
+    backend, ctx, api = context(tmp_path, digits64, labeled=0, STRATEGY="emoc:references=8")
+    backend.projects.persist = True  # (a configured connection persists registrations)
+    jobs.publish(ctx)
+    published = {p["task"]: p["score"] for p in api.imported}
+    backend.close()
+
+    settings = ctx.settings
+    again = Backend(settings)  # a restart: the served version is published, EMOC's reference is gone
+    state = again.projects["1"]
+    assert state.published_version == state.version
+    task = api.tasks_list[4]
+    before = again.predict("1", [task])[0]
+    assert before["acquisition"] is None and before["score"] == 0.5
+    ctx2 = jobs.JobContext(
+        state,
+        again.projects,
+        again.scorer,
+        settings,
+        lambda project: api,
+        WorkerStatus(),
+        lambda: "secret",
+        again.instance_id,
+    )
+    jobs.rescore(ctx2)  # what the worker runs when a request was given a neutral rank
+    after = again.predict("1", [task])[0]
+    assert after["acquisition"] is not None and after["score"] == pytest.approx(published[task["id"]])
+    imported = len(api.imported)
+    jobs.rescore(ctx2)  # nothing to do: the pool of this version is scored
+    assert len(api.imported) == imported
+    again.close()
+
+
+def test_the_top_of_the_new_queue_is_imported_before_the_switch_and_the_rest_after(tmp_path, digits64):
+    """PUBLISH_FIRST: the tasks Label Studio will serve first get the new version's predictions, the
+    project switches, then the rest follows, each chunk's older predictions deleted just before it;
+    what is left of older versions (on the top tasks) is deleted by version last."""
+    backend, ctx, api = context(tmp_path, digits64, labeled=4, PUBLISH_FIRST="5", PUBLISH_CHUNK="4")
+    try:
+        jobs.run_round(ctx, force=True)
+        v1 = ctx.state.version
+        kinds = [c[0] for c in api.calls]
+        # 5 = 4 + 1 before the switch; 11 = 4 + 4 + 3 after it, each chunk cleared first
+        assert kinds == ["import", "import", "switch"] + ["delete_tasks", "import"] * 3
+        first = [t for c in api.calls[0:2] for t in c[1]]
+        score = {p["task"]: p["score"] for p in api.imported}
+        assert len(first) == 5 and sorted(score[t] for t in first) == sorted(score.values())[:5]
+        assert [c[1] for c in api.calls[3::2]] == [c[1] for c in api.calls[4::2]]  # each chunk: its own tasks
+        assert sorted(score) == list(range(5, 21)) and api.model_version == v1 == ctx.state.published_version
+        assert ctx.state.queue_version == v1 and ctx.status.info["last_round"]["publish"]["import_rest_seconds"] >= 0
+        # the next round: the new version is served before the old one's predictions are deleted
+        for t in api.tasks_list[4:8]:
+            t["annotations"] = api.tasks_list[0]["annotations"]
+        api.calls.clear()
+        jobs.run_round(ctx, force=True)
+        kinds = [c[0] for c in api.calls]
+        assert kinds.index("switch") < kinds.index("delete_tasks") and api.calls[-1] == ("delete", v1)
+        assert {p["model_version"] for p in api.imported} == {ctx.state.version}
+        assert len(api.imported) == 12  # one prediction per unlabeled task
+        # publishing the same version again clears each chunk's tasks first (never one request for a whole
+        # version): never two predictions of one version on a task
+        api.calls.clear()
+        jobs.publish(ctx)
+        assert api.calls[0][0] == "delete_tasks" and ("delete", ctx.state.version) not in api.calls
+        assert len(api.imported) == 12 and len({p["task"] for p in api.imported}) == 12
+    finally:
+        backend.close()
+
+
+def test_predictions_of_other_sources_are_never_deleted_chunk_by_chunk(tmp_path, digits64):
+    """Another model's (or a person's imported) predictions in the project: the rest is imported
+    without clearing tasks, and only this backend's older versions are deleted, by version."""
+    backend, ctx, api = context(tmp_path, digits64, labeled=4, PUBLISH_FIRST="5", PUBLISH_CHUNK="4")
+    try:
+        api.imported = [{"task": t, "result": [], "score": 0.1, "model_version": "their-model"} for t in range(5, 21)]
+        jobs.run_round(ctx, force=True)
+        assert "delete_tasks" not in [c[0] for c in api.calls]
+        assert sum(p["model_version"] == "their-model" for p in api.imported) == 16
+        api.calls.clear()
+        jobs.publish(ctx)  # the same version again, with their predictions there: cleared by version
+        assert api.calls[0] == ("delete", ctx.state.version) and "delete_tasks" not in [c[0] for c in api.calls]
+        assert sum(p["model_version"] == "their-model" for p in api.imported) == 16
+    finally:
+        backend.close()
+
+
+def test_the_background_import_gives_way_to_a_round_and_the_next_complete_publish_prunes(tmp_path, digits64):
+    """A round that is due stops the rest of a publish between chunks: the project already follows
+    the new version, nothing older is pruned by version yet (tasks not reached keep their older
+    prediction in the Data Manager), and the next publish that completes deletes every older version."""
+    backend, ctx, api = context(tmp_path, digits64, labeled=4, PUBLISH_FIRST="5", PUBLISH_CHUNK="4")
+    try:
+        jobs.run_round(ctx, force=True)
+        v1 = ctx.state.version
+        for t in api.tasks_list[4:8]:
+            t["annotations"] = api.tasks_list[0]["annotations"]
+        api.calls.clear()
+        due, seen = iter([False, True]), []  # one chunk of the rest, then a round is due
+
+        def round_due():  # what /status shows meanwhile, after a look at MODEL_DIR as every process makes
+            ctx.projects.refresh(ctx.state, every_s=0)
+            seen.append((ctx.state.queue_version, ctx.state.published_version))
+            return next(due)
+
+        ctx.round_due = round_due
+        jobs.run_round(ctx, force=True)
+        v2 = ctx.state.version
+        assert seen[0] == (v2, None)  # the queue follows v2 while its rest is still on its way
+        kinds = [c[0] for c in api.calls]
+        assert kinds == ["import", "import", "switch", "delete_tasks", "import"]  # top 5, switch, one chunk
+        assert api.model_version == v2 == ctx.state.published_version and ("delete", v1) not in api.calls
+        assert {p["model_version"] for p in api.imported} == {v1, v2}
+        progress = ctx.status.info["publish_progress"]
+        assert progress["interrupted"] and progress["imported"] == 9 and progress["total"] == 12
+        ctx.round_due = lambda: False
+        for t in api.tasks_list[8:11]:
+            t["annotations"] = api.tasks_list[0]["annotations"]
+        api.calls.clear()
+        jobs.run_round(ctx, force=True)
+        assert {c for c in api.calls if c[0] == "delete"} >= {("delete", v1), ("delete", v2)}
+        assert {p["model_version"] for p in api.imported} == {ctx.state.version}
+        assert len(api.imported) == 9  # every unlabeled task: 20 - 11 labeled
+    finally:
+        backend.close()
