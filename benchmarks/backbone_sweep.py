@@ -19,14 +19,14 @@ from pathlib import Path
 import torch
 
 from ml_backend.core.adapted import AdaptedModel
-from ml_backend.core.backbones import (
+from ml_backend.core.architectures import (
     architecture,
     available_backbones,
     get_backbone,
-    load_backbone,
     refused_backbones,
     strategies_refused_by_family,
 )
+from ml_backend.core.backbones import load_backbone
 
 
 def check(name: str, side: int) -> dict:

@@ -3,8 +3,9 @@ and check it through Label Studio's API, as a user would run it.
 
     .venv/bin/python -m benchmarks.container_test [--flavor cuda] [--image active-adaptation:cuda] [--no-build] [--keep]
 
-Needs a Docker daemon and ``docker compose`` (on the project's offline machines:
-``shared/docker/standin-images.sh`` first; see the README's Docker section). Steps, each checked:
+Needs Docker with ``docker compose``; the base images ``python:3.11.7-slim-bookworm`` and
+``heartexlabs/label-studio:1.23.2`` must be pullable (or already present). See docs/deployment.md,
+"The stack test". Steps, each checked:
 
 1. ``docker build --network host --build-arg FLAVOR=<flavor> -t <image> .`` (timed), tagged as the
    image compose runs for ``backend``;
@@ -22,7 +23,7 @@ Needs a Docker daemon and ``docker compose`` (on the project's offline machines:
 8. ``docker compose down -v``.
 
 With ``--replicas N``: N backend containers on one ``models`` volume (``--scale backend=N``, host ports
-BACKEND_PORT=P-(P+N-1), as the README says); after the annotations exactly one round, and every replica
+BACKEND_PORT=P-(P+N-1), as docs/deployment.md says); after the annotations exactly one round, and every replica
 serves it.
 
 Prints one line per check and a JSON summary; exit status 0 when every check passed.
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         "--flavor",
         default="cuda",
         choices=("cuda", "cpu"),
-        help="image flavor to build (cpu needs download.pytorch.org, unreachable on offline machines)",
+        help="image flavor to build (cpu needs download.pytorch.org to be reachable)",
     )
     parser.add_argument("--image", default=None, help="image tag (default: active-adaptation:<flavor>)")
     parser.add_argument("--no-build", action="store_true", help="use the image as it is")

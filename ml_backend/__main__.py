@@ -1,4 +1,4 @@
-"""``python -m ml_backend``: the Label Studio ML backend (see ``backend/cli.py``)."""
+"""``python -m ml_backend``: the Label Studio ML backend (see ``ml_backend/cli.py``)."""
 
 import sys
 

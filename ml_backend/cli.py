@@ -26,7 +26,7 @@ def _webhook_header(project: str) -> int:
 
 def _list() -> int:
     import strategies
-    from ml_backend.core.backbones import describe_backbones, strategies_refused_by_family
+    from ml_backend.core.architectures import describe_backbones, strategies_refused_by_family
 
     print("backbones (BACKBONE=name; FREEZE moves the frozen boundary; docs/backbones.md):")
     for row in describe_backbones():

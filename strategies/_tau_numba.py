@@ -271,7 +271,9 @@ def _rows(x: np.ndarray, y: np.ndarray, out: np.ndarray) -> None:
 
 
 def tau_rows(x: np.ndarray, y: np.ndarray, threads: int | None = None) -> np.ndarray:
-    """Tau-b of x[i] vs y[i] for every row of two float64 (N, K) arrays (K >= 2)."""
+    """Tau-b of x[i] vs y[i] for every row of two float64 (N, K) arrays (K >= 2).
+    Knight's algorithm (Knight, 'A Computer Method for Calculating Kendall's Tau with Ungrouped Data', JASA 1966);
+    docs/methods.md §1.6."""
     x = np.ascontiguousarray(x, dtype=np.float64)
     y = np.ascontiguousarray(y, dtype=np.float64)
     n = x.shape[0]

@@ -21,18 +21,26 @@ Landmark modes (docs/methods.md §1.9), reported in :meth:`ADMAStrategy.info`:
 ``python -m ml_backend.service.make_landmarks`` or the backend from a reference folder), ``pool-exemplars`` (F3: the
 pool items M0's source head is most confident about, per source class; the source-free default) and
 ``kmeans`` (F4: medoids of k-means clusters of the pool at M0's layer B; ADMA then measures
-novelty within the pool only, and says so in a warning).
+novelty within the pool only, and says so in a warning). The landmarks and α are in adma_landmarks.py.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
+from .adma_landmarks import (
+    Landmarks,
+    check_landmarks,
+    exemplar_landmarks,
+    flat_rows,
+    item_alpha,
+    kmeans_landmarks,
+    sqdist,
+)
 from .base import Need, ScoringInputs, Strategy, recall_pool, remember_pool
 from .errors import PoolRelativeError, StrategyError
 from .kendall import kendall_tau_b
@@ -42,178 +50,6 @@ from .uncertainty import gini
 log = logging.getLogger(__name__)
 
 LANDMARK_MODES = ("auto", "pool-exemplars", "kmeans")  # or a path to a landmark file
-
-
-def sqdist(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Squared L2 distances between the rows of x (n, D) and y (m, D): ||x||² + ||y||² - 2 x·y,
-    clamped at 0 (use float32 or better: the Gram of long vectors cancels badly in half precision)."""
-    d = x.pow(2).sum(dim=1, keepdim=True) + y.pow(2).sum(dim=1)[None, :] - 2.0 * (x @ y.T)
-    return d.clamp_min(0)
-
-
-@dataclass
-class Landmarks:
-    """Source centers c_k at layers A (one entry per A layer) and B, flattened, from M0."""
-
-    a: dict[str, torch.Tensor]  # role -> (K, D_A)
-    b: torch.Tensor  # (K, D_B)
-    classes: torch.Tensor | None  # (K,) source-head class of each landmark; None if not class-aligned
-    mode: str
-    meta: dict = field(default_factory=dict)
-
-    @property
-    def k(self) -> int:
-        return int(self.b.shape[0])
-
-    def to_dict(self) -> dict:
-        """Tensors, strings and numbers only (readable with ``torch.load(weights_only=True)``)."""
-        return {"a": self.a, "b": self.b, "classes": self.classes, "mode": self.mode, "meta": self.meta}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "Landmarks":
-        """The inverse of :meth:`to_dict`; ValueError when the landmark counts disagree."""
-        lm = cls(
-            dict(data["a"]), data["b"], data.get("classes"), str(data.get("mode", "file")), dict(data.get("meta") or {})
-        )
-        if lm.b.dim() != 2 or any(v.shape[0] != lm.k for v in lm.a.values()):
-            raise ValueError("inconsistent landmark counts")
-        return lm
-
-    @classmethod
-    def load(cls, path: str | Path) -> "Landmarks":
-        try:
-            data = torch.load(Path(path), map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise StrategyError(f"ADMA landmark file {path} does not exist") from None
-        except Exception as exc:
-            raise StrategyError(f"ADMA landmark file {path} is not readable: {exc}") from None
-        try:
-            return cls.from_dict(data)
-        except ValueError as exc:
-            raise StrategyError(f"ADMA landmark file {path}: {exc}") from None
-        except Exception as exc:
-            raise StrategyError(f"ADMA landmark file {path} is not readable: {exc}") from None
-
-
-def _flat(x: torch.Tensor) -> torch.Tensor:
-    return x.reshape(x.shape[0], -1)
-
-
-def medoid_landmarks(
-    a: dict[str, torch.Tensor],
-    b: torch.Tensor,
-    labels: torch.Tensor,
-    per_class: int = 1,
-    seed: int = 0,
-    mode: str = "source-data",
-) -> Landmarks:
-    """Eqs. 1-2 per class on the layer-B representation: the instance closest to the class mean.
-    With ``per_class`` > 1, k-means sub-centers within each class, and the medoid of each cluster."""
-    from sklearn.cluster import KMeans
-
-    b = _flat(b).to(torch.float64)
-    picks, classes = [], []
-    for cls in sorted(set(labels.tolist())):
-        members = torch.nonzero(labels == cls).flatten()
-        zb = b[members]
-        groups = [torch.arange(len(members))]
-        if per_class > 1 and len(members) > per_class:
-            km = KMeans(per_class, n_init=3, random_state=seed).fit(zb.numpy())
-            assign = torch.from_numpy(km.labels_)
-            groups = [torch.nonzero(assign == g).flatten() for g in range(per_class)]
-        for g in groups:
-            if len(g) == 0:
-                continue
-            centre = zb[g].mean(dim=0, keepdim=True)  # Eq. 1, over the class (cluster) only
-            best = g[int(torch.argmin(sqdist(zb[g], centre).flatten()))]  # Eq. 2
-            picks.append(int(members[best]))
-            classes.append(int(cls))
-    index = torch.tensor(picks, dtype=torch.long)
-    return Landmarks(
-        {r: _flat(v)[index].float() for r, v in a.items()},
-        _flat(b)[index].float(),
-        torch.tensor(classes, dtype=torch.long),
-        mode,
-        {"items": list(picks)},
-    )
-
-
-def exemplar_landmarks(
-    a: dict[str, torch.Tensor],
-    b: torch.Tensor,
-    source_probs: torch.Tensor,
-    keys: Sequence[str],
-    per_class: int = 5,
-    max_landmarks: int = 1000,
-) -> Landmarks:
-    """F3: per source class k, the ``per_class`` pool items whose M0 argmax is k with the highest
-    confidence (ties by key). Classes are kept in order of their best confidence, up to
-    ``max_landmarks`` landmarks."""
-    conf, top = source_probs.to(torch.float64).max(dim=1)
-    by_class: dict[int, list[tuple[float, str, int]]] = {}
-    for i, (c, k, key) in enumerate(zip(conf.tolist(), top.tolist(), keys)):
-        by_class.setdefault(k, []).append((-c, str(key), i))
-    ranked = sorted(by_class.items(), key=lambda kv: min(kv[1]))
-    picks, classes = [], []
-    for cls, items in ranked:
-        take = sorted(items)[:per_class]
-        if len(picks) + len(take) > max_landmarks:
-            break
-        picks += [i for _, _, i in take]
-        classes += [cls] * len(take)
-    index = torch.tensor(picks, dtype=torch.long)
-    return Landmarks(
-        {r: _flat(v)[index].float() for r, v in a.items()},
-        _flat(b)[index].float(),
-        torch.tensor(classes, dtype=torch.long),
-        "pool-exemplars",
-        {"items": [str(keys[i]) for i in picks]},
-    )
-
-
-def kmeans_landmarks(
-    a: dict[str, torch.Tensor], b: torch.Tensor, keys: Sequence[str], k: int = 25, seed: int = 0
-) -> Landmarks:
-    """F4: medoids of k-means clusters of the pool at M0's layer B (not class-aligned)."""
-    from sklearn.cluster import KMeans
-
-    order = sorted(range(len(keys)), key=lambda i: str(keys[i]))  # independent of the pool's order
-    zb = _flat(b).to(torch.float64)[order]
-    k = max(1, min(k, zb.shape[0]))
-    assign = torch.from_numpy(KMeans(k, n_init=3, random_state=seed).fit(zb.numpy()).labels_)
-    picks = []
-    for g in range(k):
-        members = torch.nonzero(assign == g).flatten()
-        if len(members):
-            centre = zb[members].mean(dim=0, keepdim=True)
-            picks.append(order[int(members[int(torch.argmin(sqdist(zb[members], centre).flatten()))])])
-    index = torch.tensor(sorted(picks), dtype=torch.long)
-    return Landmarks(
-        {r: _flat(v)[index].float() for r, v in a.items()},
-        _flat(b)[index].float(),
-        None,
-        "kmeans",
-        {"items": [str(keys[i]) for i in index.tolist()]},
-    )
-
-
-def alpha_source(source_probs: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-    """Eq. 8: α_k = M0's source-head probability of landmark k's class, split evenly over landmarks
-    that share the class (sub-centers)."""
-    uniq, inverse = torch.unique(classes, return_inverse=True)
-    return alpha_source_compact(source_probs[:, uniq], classes, inverse)
-
-
-def alpha_source_compact(columns: torch.Tensor, classes: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
-    """Eq. 8 from only the source-probability columns of the landmarks' distinct classes
-    (``torch.unique(classes, return_inverse=True)``): what ADMA keeps per item."""
-    counts = torch.bincount(classes, minlength=int(classes.max()) + 1).to(torch.float64)
-    return columns.to(torch.float64)[:, inverse] / counts[classes]
-
-
-def alpha_distance(x0_a: torch.Tensor, c_a: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """ADMA-distance: α_k(x) = 1 / (||x^A - c_k^A||₂ + ε), with x^A from M0 (non-squared L2)."""
-    return 1.0 / (sqdist(_flat(x0_a).to(torch.float64), c_a.to(torch.float64)).sqrt() + eps)
 
 
 def _scale(s_c: torch.Tensor) -> float:
@@ -238,7 +74,9 @@ def adma_distinctiveness(
 ) -> tuple[torch.Tensor, dict]:
     """Eq. 9 for every item, (N,) in [0, 1], plus diagnostics (scales s_A, s_B per pattern).
 
-    x_a / c_a: one tensor per A layer (ADMA-2 passes two); x_b / c_b at layer B; alpha (N, K)."""
+    x_a / c_a: one tensor per A layer (ADMA-2 passes two); x_b / c_b at layer B; alpha (N, K).
+    ADMA (Huang, Zhao & Liu, 'Active Deep Model Adaptation', KDD'18), Eqs. 3-9, with the scale normalisation of
+    docs/methods.md §1.4 and ADMA-2's combination (§1.8)."""
     n = x_b.shape[0]
     cb = c_b.to(dtype)
     s_cb = sqdist(cb, cb)
@@ -253,7 +91,7 @@ def adma_distinctiveness(
         d = torch.empty(n, dtype=torch.float64)
         for start in range(0, n, chunk):
             sl = slice(start, start + chunk)
-            s_x = sqdist(_flat(xa[sl]).to(dtype), ca) / s_a - sqdist(_flat(x_b[sl]).to(dtype), cb) / s_b
+            s_x = sqdist(flat_rows(xa[sl]).to(dtype), ca) / s_a - sqdist(flat_rows(x_b[sl]).to(dtype), cb) / s_b
             s_hat = alpha[sl].to(dtype) @ s_c
             tau = kendall_tau_b(s_x.to(torch.float64), s_hat.to(torch.float64))
             d[sl] = torch.nan_to_num((1.0 - tau) / 2.0, nan=0.5)
@@ -267,13 +105,18 @@ def adma_distinctiveness(
 
 
 def adma_tradeoff(distinctiveness: torch.Tensor, uncertainty: torch.Tensor, t: int, lam: float) -> torch.Tensor:
-    """Eq. 11 with the weight clipped to [0, 1]: (1 - w) D + w U, w = clip(λ t, 0, 1)."""
+    """Eq. 11 with the weight clipped to [0, 1]: (1 - w) D + w U, w = clip(λ t, 0, 1).
+    ADMA (Huang, Zhao & Liu, KDD'18); docs/methods.md §1.7."""
     w = min(max(lam * t, 0.0), 1.0)
     return (1.0 - w) * distinctiveness + w * uncertainty
 
 
 @register
 class ADMAStrategy(Strategy):
+    """ADMA, active deep model adaptation (Huang, Zhao & Liu, 'Active Deep Model Adaptation', KDD'18;
+    docs/methods.md §1): the distinctiveness of the layer A->B transformation pattern against source landmarks,
+    traded off against Gini uncertainty as rounds pass."""
+
     name = "adma"
     needs = frozenset({Need.PROBS, Need.FEATURES, Need.SOURCE_FEATURES, Need.SOURCE_PROBS, Need.KEYS})
     description = (
@@ -384,52 +227,13 @@ class ADMAStrategy(Strategy):
         return True
 
     def _alpha(self, inputs: ScoringInputs, lm: Landmarks) -> tuple[str, torch.Tensor]:
-        """(mode, α (N, K) float64). Per item the compact form is kept in ``inputs.state``: M0's
-        source probabilities of the landmarks' classes (float32, as M0 gives them; Eq. 8 is applied
-        to them here) or the ADMA-distance α itself, so a cached α is bit-identical to a fresh one."""
+        """(mode, α (N, K) float64), kept per item in ``inputs.state`` for kept landmarks (:func:`item_alpha`)."""
         cache = None
         if inputs.state is not None and lm is self._known_landmarks(inputs.state):  # kept landmarks only
             cache = inputs.state.get(self._alpha_key())
             if cache is None or cache["landmarks"] is not lm:
                 cache = inputs.state[self._alpha_key()] = {"landmarks": lm, "mode": None, "rows": {}, "old": {}}
-        mode = self.alpha
-        if mode == "auto":
-            mode = (cache or {}).get("mode") or (
-                "source" if lm.classes is not None and inputs.source_probs is not None else "distance"
-            )
-        if mode == "source" and lm.classes is None:
-            raise StrategyError(f"ADMA alpha=source needs class-aligned landmarks; {lm.mode} landmarks are not")
-        ids = inputs.item_ids() if cache is not None else None
-        if cache is not None and cache["mode"] != mode:
-            cache.update(mode=mode, rows={}, old={})
-        rows, old = (cache["rows"], cache["old"]) if cache is not None else ({}, {})
-        for i, f in enumerate(ids or ()):
-            if f is not None and f not in rows and f in old:
-                rows[f] = old.pop(f)
-        missing = [i for i in range(inputs.n) if ids is None or ids[i] is None or ids[i] not in rows]
-        if mode == "source":
-            uniq, inverse = torch.unique(lm.classes, return_inverse=True)
-        if missing:
-            if mode == "source":
-                fresh = inputs.require(Need.SOURCE_PROBS)[missing][:, uniq]
-            else:
-                x0 = inputs.require(Need.SOURCE_FEATURES, (self.a_layers[0],))[self.a_layers[0]]
-                fresh = alpha_distance(x0[missing], lm.a[self.a_layers[0]])
-        if ids is None:
-            compact = fresh
-        else:
-            fresh_at = {i: j for j, i in enumerate(missing)}
-            compact = torch.stack([fresh[fresh_at[i]] if i in fresh_at else rows[ids[i]] for i in range(inputs.n)])
-            for j, i in enumerate(missing):
-                if ids[i] is not None:
-                    rows[ids[i]] = fresh[j].clone()
-            if inputs.full_pool:  # items that left the pool (labeled, deleted) are forgotten one full
-                keep = set(ids)  # scoring later, so that a request planned just before still finds them
-                cache["old"] = {f: v for f, v in rows.items() if f not in keep}
-                cache["rows"] = {f: v for f, v in rows.items() if f in keep}
-        if mode == "source":
-            return mode, alpha_source_compact(compact, lm.classes, inverse)
-        return mode, compact
+        return item_alpha(inputs, lm, self.alpha, self.a_layers[0], cache)
 
     def _landmarks(self, inputs: ScoringInputs) -> Landmarks:
         if self.given is not None:
@@ -449,22 +253,7 @@ class ADMAStrategy(Strategy):
             raise PoolRelativeError(
                 f"ADMA's {self.landmarks} landmarks come from a full-pool scoring; none is kept yet"
             )
-        source = inputs.require(Need.SOURCE_FEATURES, self.layers())
-        keys = [str(k) for k in inputs.require(Need.KEYS)]
-        a = {r: source[r] for r in self.a_layers}
-        mode = self.landmarks
-        if mode == "auto":
-            mode = "pool-exemplars" if inputs.source_probs is not None else "kmeans"
-        if mode == "pool-exemplars":
-            lm = exemplar_landmarks(
-                a, source["B"], inputs.require(Need.SOURCE_PROBS), keys, self.exemplars, self.max_landmarks
-            )
-        else:
-            log.warning(
-                "ADMA with k-means landmarks (F4): no source information, so ADMA measures novelty "
-                "within the pool only (docs/methods.md §1.9)"
-            )
-            lm = kmeans_landmarks(a, source["B"], keys, self.kmeans, self.seed)
+        lm = pool_landmarks(self, inputs)
         # Landmarks are computed once (Algorithm 1's initialisation) from a whole pool.
         if inputs.state is not None:
             inputs.state[cache_key] = lm
@@ -519,10 +308,33 @@ class ADMAStrategy(Strategy):
         return adma_tradeoff(d, u, inputs.round, lam)
 
 
+def pool_landmarks(strategy: "ADMAStrategy", inputs: ScoringInputs) -> Landmarks:
+    """Landmarks from a full pool's M0 outputs, without source data (docs/methods.md §1.9): F3
+    pool-exemplars when M0's source head is there (``landmarks=auto``), else F4 k-means medoids,
+    with a warning that ADMA then measures novelty within the pool only.
+    A project fallback, not in the ADMA paper (KDD'18)."""
+    source = inputs.require(Need.SOURCE_FEATURES, strategy.layers())
+    keys = [str(k) for k in inputs.require(Need.KEYS)]
+    a = {r: source[r] for r in strategy.a_layers}
+    mode = strategy.landmarks
+    if mode == "auto":
+        mode = "pool-exemplars" if inputs.source_probs is not None else "kmeans"
+    if mode == "pool-exemplars":
+        return exemplar_landmarks(
+            a, source["B"], inputs.require(Need.SOURCE_PROBS), keys, strategy.exemplars, strategy.max_landmarks
+        )
+    log.warning(
+        "ADMA with k-means landmarks (F4): no source information, so ADMA measures novelty "
+        "within the pool only (docs/methods.md §1.9)"
+    )
+    return kmeans_landmarks(a, source["B"], keys, strategy.kmeans, strategy.seed)
+
+
 def consistent_landmarks(strategy: "ADMAStrategy", inputs: ScoringInputs, lm: Landmarks) -> tuple[Landmarks, list[int]]:
     """The consistent variant (docs/methods.md §1.10): the landmarks' activations at A and B through
     the current model M_t, and which of ``lm``'s landmarks they are (pool landmarks that left the
-    pool, labeled or deleted, are left out)."""
+    pool, labeled or deleted, are left out).
+    A project variant, not in the ADMA paper (KDD'18)."""
     items = lm.meta.get("items")
     if items is None:
         raise StrategyError(
@@ -544,7 +356,10 @@ def consistent_landmarks(strategy: "ADMAStrategy", inputs: ScoringInputs, lm: La
     feats = inputs.require(Need.FEATURES, strategy.layers())
     classes = lm.classes[present] if lm.classes is not None else None
     now = Landmarks(
-        {r: _flat(feats[r][rows]).float() for r in strategy.a_layers}, _flat(feats["B"][rows]).float(), classes, lm.mode
+        {r: flat_rows(feats[r][rows]).float() for r in strategy.a_layers},
+        flat_rows(feats["B"][rows]).float(),
+        classes,
+        lm.mode,
     )
     remember_pool(inputs, key, None, landmarks=now, present=present)
     return now, present
@@ -554,7 +369,8 @@ def standardised(
     inputs: ScoringInputs, key, name: str, d: torch.Tensor, u: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """D and the Gini uncertainty on one scale (§1.10): z-scores with the full pool's mean and SD (their
-    spreads differ), kept per model version so that a request's tasks use the same ones."""
+    spreads differ), kept per model version so that a request's tasks use the same ones.
+    Part of the project's consistent variant (docs/methods.md §1.10), not in the ADMA paper (KDD'18)."""
     if inputs.full_pool:
         stats = {
             "d": (float(d.mean()), float(d.std(unbiased=False)) or 1.0),
@@ -564,23 +380,6 @@ def standardised(
     else:
         stats = recall_pool(inputs, key, name)["reference"]
     return (d - stats["d"][0]) / stats["d"][1], (u - stats["u"][0]) / stats["u"][1]
-
-
-def check_landmarks(lm: Landmarks, feats: dict, a_layers: Sequence[str], n: int) -> None:
-    """StrategyError unless the landmarks have every layer the items have, of the same width."""
-    for role in a_layers:
-        if role not in lm.a:
-            raise StrategyError(
-                f"ADMA landmarks ({lm.mode}) have no layer {role}; rebuild them with layers {','.join(a_layers)}"
-            )
-    for role in (*a_layers, "B"):
-        want = (lm.a[role] if role != "B" else lm.b).shape[1]
-        got = _flat(feats[role][:1]).shape[1] if n else want
-        if got != want:
-            raise StrategyError(
-                f"ADMA landmarks ({lm.mode}) have {want} values at layer {role}, the model "
-                f"gives {got}: were they computed with another backbone or input size?"
-            )
 
 
 def _check_options(layers: str, alpha: str, combine: str, lam: float | None, landmarks: str) -> tuple[str, ...]:
@@ -603,14 +402,7 @@ def _check_options(layers: str, alpha: str, combine: str, lam: float | None, lan
 
 
 __all__ = [
-    "Landmarks",
     "ADMAStrategy",
     "adma_distinctiveness",
     "adma_tradeoff",
-    "alpha_source",
-    "alpha_distance",
-    "medoid_landmarks",
-    "exemplar_landmarks",
-    "kmeans_landmarks",
-    "sqdist",
 ]

@@ -31,7 +31,8 @@ def tta_views(
     """(m, N, 3, H, W) views of preprocessed images: view 0 is the image itself; the others are a
     random resized crop (scale 0.8-1, ratio 0.9-1.1), a rotation of up to ±10°, mild brightness and
     contrast changes and, with ``flip``, a horizontal flip. Seeded per (seed, item key, round), so a
-    view does not depend on the pool's order."""
+    view does not depend on the pool's order.
+    The project's whole-image stand-in for the patches of AIFT (Zhou et al., CVPR'17): docs/methods.md §3.2."""
     n, _, h, w = images.shape
     out = images.unsqueeze(0).repeat(m, 1, 1, 1, 1)
     for i, key in enumerate(keys):
@@ -55,7 +56,9 @@ def tta_views(
 
 
 def aift_scores(view_probs: torch.Tensor, alpha: float = 0.25, lam1: float = 1.0, lam2: float = 1.0) -> torch.Tensor:
-    """AIFT values (N,) from view probabilities (m, N, C)."""
+    """AIFT values (N,) from view probabilities (m, N, C).
+    AIFT (Zhou et al., 'Fine-tuning Convolutional Neural Networks for Biomedical Image Analysis: Actively and
+    Incrementally', CVPR'17): entropy plus pairwise symmetric KL over the majority's views, docs/methods.md §3.2."""
     p = view_probs.to(torch.float64).clamp_min(_EPS)
     m, n, c = p.shape
     if n == 0:
@@ -74,6 +77,8 @@ def aift_scores(view_probs: torch.Tensor, alpha: float = 0.25, lam1: float = 1.0
 
 @register
 class AIFTStrategy(Strategy):
+    """AIFT (Zhou et al., CVPR'17) on test-time-augmented views of whole images: docs/methods.md §3.2."""
+
     name = "aift"
     needs = frozenset({Need.VIEW_PROBS})
     description = (

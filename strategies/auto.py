@@ -27,6 +27,10 @@ from .registry import register
 
 @register
 class AutoStrategy(Strategy):
+    """``auto``: ``cold`` (TypiClust) until the project has ``per_class`` labels per class, then ``warm`` (BADGE). The
+    project's rule (docs/methods.md §4.7), after the phase transition between low and high budgets of Hacohen, Dekel
+    & Weinshall, 'Active Learning on a Budget: Opposite Strategies Suit High and Low Budgets', ICML'22."""
+
     name = "auto"
     structured = True  # with its default arms; an instance: when both of its arms are
     needs = frozenset({Need.PROBS, Need.EMBEDDINGS, Need.LABELED_EMBEDDINGS, Need.KEYS})  # the defaults'; see __init__

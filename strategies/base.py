@@ -23,7 +23,8 @@ from .errors import MissingInputError, PoolRelativeError, StrategyError, Structu
 
 
 class Need(str, enum.Enum):
-    """Inputs a strategy can ask the scorer for."""
+    """Inputs a strategy can ask the scorer for.
+    Project contract, not from a paper."""
 
     KEYS = "keys"  # stable item identifiers (task ids), for seeded per-item randomness
     PROBS = "probs"  # softmax of the current target head, (N, C); per group for a structured layout
@@ -41,7 +42,8 @@ class Need(str, enum.Enum):
 
 @dataclass(frozen=True)
 class ScoringInputs:
-    """Everything a strategy may look at for one pool (N items)."""
+    """Everything a strategy may look at for one pool (N items).
+    Project contract, not from a paper."""
 
     n: int
     keys: Sequence[str] | None = None
@@ -96,7 +98,8 @@ class ScoringInputs:
 
 
 def subset_inputs(inputs: ScoringInputs, idx: torch.Tensor) -> ScoringInputs:
-    """``inputs`` restricted to the pool items ``idx`` (the labeled set and the rest stay)."""
+    """``inputs`` restricted to the pool items ``idx`` (the labeled set and the rest stay).
+    Project helper, not from a paper."""
     import dataclasses
 
     rows = idx.tolist()
@@ -125,7 +128,8 @@ def subset_inputs(inputs: ScoringInputs, idx: torch.Tensor) -> ScoringInputs:
 def remember_pool(inputs: ScoringInputs, key: Any, values: torch.Tensor | None, **reference: Any) -> None:
     """After a full-pool scoring: keep each item's value (None: only the reference) and the
     strategy's ``reference`` (what it needs to value items that were not in the pool) under ``key``
-    for ``inputs.model_version``."""
+    for ``inputs.model_version``.
+    Project helper, not from a paper: the pool-relative rule of docs/methods.md §0."""
     if inputs.state is None or not inputs.full_pool or inputs.model_version is None:
         return
     kept = {} if values is None else {i: float(v) for i, v in zip(inputs.item_ids(), values.tolist()) if i is not None}
@@ -133,7 +137,8 @@ def remember_pool(inputs: ScoringInputs, key: Any, values: torch.Tensor | None, 
 
 
 def recall_pool(inputs: ScoringInputs, key: Any, name: str) -> dict:
-    """What :func:`remember_pool` kept for this model version; PoolRelativeError when nothing was."""
+    """What :func:`remember_pool` kept for this model version; PoolRelativeError when nothing was.
+    Project helper, not from a paper (docs/methods.md §0)."""
     entry = inputs.state.get(key) if inputs.state is not None and inputs.model_version is not None else None
     if entry is None or entry["model"] != inputs.model_version:
         raise PoolRelativeError(
@@ -145,7 +150,8 @@ def recall_pool(inputs: ScoringInputs, key: Any, name: str) -> dict:
 
 def values_from_pool(inputs: ScoringInputs, entry: dict, new_items) -> torch.Tensor:
     """A subset's values: each known item's value from the kept full-pool scoring; items that were
-    not in that pool get ``new_items(indices)`` (computed against the kept reference only)."""
+    not in that pool get ``new_items(indices)`` (computed against the kept reference only).
+    Project helper, not from a paper (docs/methods.md §0)."""
     ids = inputs.item_ids()
     known = entry["values"]
     out = torch.empty(inputs.n, dtype=torch.float64)
@@ -159,7 +165,8 @@ def values_from_pool(inputs: ScoringInputs, entry: dict, new_items) -> torch.Ten
 
 
 class SourceData(Protocol):
-    """Labeled source-task images seen through the original model M0, computed on demand."""
+    """Labeled source-task images seen through the original model M0, computed on demand.
+    Project contract, not from a paper."""
 
     def activations(self, roles: Sequence[str], limit: int | None = None) -> dict[str, torch.Tensor]:
         """M0's flattened activations at ``roles`` for (the first ``limit``) source images."""
@@ -168,7 +175,7 @@ class SourceData(Protocol):
         """The current (adapted) model's flattened activations at ``roles`` for source images ``items``."""
 
     def landmarks(self, roles: Sequence[str], per_class: int) -> Any:
-        """Landmarks (``strategies.adma.Landmarks``) at ``roles`` and B: ``per_class`` k-means
+        """Landmarks (``strategies.adma_landmarks.Landmarks``) at ``roles`` and B: ``per_class`` k-means
         sub-centers per source class (docs/methods.md §1.3, Eqs. 1-2)."""
 
 
@@ -178,6 +185,7 @@ class Strategy(ABC):
     Subclasses set ``name``, ``needs`` and ``description`` and implement :meth:`acquisition`.
     Constructor parameters are stored and reported by :meth:`params` so that a model version can
     name the exact configuration that produced its scores.
+    Project contract, not from a paper; the direction (larger = label first) is docs/methods.md §0.
     """
 
     name: ClassVar[str]
@@ -217,9 +225,10 @@ class Strategy(ABC):
         """What the last call decided that a user should see (e.g. ADMA's landmark mode)."""
         return {}
 
-    def set_source_data(self, source: "SourceData") -> None:
-        """Called when labeled source-task data exists (the simulation's tracks): a strategy that can
-        use it takes what it needs (ADMA: landmarks, MMD: a source sample); the rest ignore it."""
+    def set_source_data(self, source: "SourceData") -> None:  # noqa: B027  (an optional hook, not abstract)
+        """Optional hook with a no-op default: called when labeled source-task data exists (the
+        simulation's tracks); a strategy that can use it overrides it and takes what it needs (ADMA:
+        landmarks, MMD: a source sample); the rest inherit this default and ignore it."""
 
     def saved_state(self, state: dict) -> dict | None:
         """What of a project's ``state`` must survive a restart, as tensors, strings and numbers (for
@@ -262,5 +271,6 @@ _STRUCTURED: set[str] = set()  # filled by registry.register
 
 
 def structured_names() -> list[str]:
-    """The registered strategies that accept a structured layout."""
+    """The registered strategies that accept a structured layout.
+    Project helper, not from a paper (docs/methods.md §9.3)."""
     return sorted(_STRUCTURED)

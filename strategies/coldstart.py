@@ -40,7 +40,8 @@ def _kmeans(x: torch.Tensor, k: int, seed: int) -> torch.Tensor:
 
 def knn_mean_distance(x: torch.Tensor, k: int, among: torch.Tensor | None = None) -> torch.Tensor:
     """Per row of x: the mean L2 distance to its ``k`` nearest rows of ``among`` (default: x itself,
-    excluding the row), computed in chunks."""
+    excluding the row), computed in chunks.
+    Project helper for TypiClust's typicality (docs/methods.md §4.5), not from a paper."""
     ref = x if among is None else among
     k = max(1, min(k, ref.shape[0] - (1 if among is None else 0)))
     out = torch.empty(x.shape[0], dtype=torch.float64)
@@ -53,7 +54,8 @@ def knn_mean_distance(x: torch.Tensor, k: int, among: torch.Tensor | None = None
 
 
 def typicality(x: torch.Tensor, k: int = 20) -> torch.Tensor:
-    """1 / (mean distance to the k nearest neighbours); a lone item gets typicality 0."""
+    """1 / (mean distance to the k nearest neighbours); a lone item gets typicality 0.
+    TypiClust's typicality (Hacohen, Dekel & Weinshall, ICML'22); docs/methods.md §4.5."""
     if x.shape[0] < 2:
         return torch.zeros(x.shape[0], dtype=torch.float64)
     return 1.0 / (knn_mean_distance(x, k) + 1e-12)
@@ -63,7 +65,9 @@ def typiclust(
     pool: torch.Tensor, labeled: torch.Tensor | None, b: int, k: int = 20, seed: int = 0, max_clusters: int = 500
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """TypiClust's ``b`` picks (pool indices, in pick order) and every pool item's typicality within
-    its cluster."""
+    its cluster.
+    TypiClust: Hacohen, Dekel & Weinshall, 'Active Learning on a Budget: Opposite Strategies Suit High and Low
+    Budgets', ICML'22; docs/methods.md §4.5."""
     pool = pool.to(torch.float64).flatten(1)
     n_l = 0 if labeled is None else labeled.shape[0]
     x = pool if not n_l else torch.cat([pool, labeled.to(torch.float64).flatten(1)])
@@ -72,7 +76,7 @@ def typiclust(
     typ = torch.zeros(n, dtype=torch.float64)
     clusters = int(assign.max()) + 1
     members = [torch.nonzero(assign[:n] == c).flatten() for c in range(clusters)]
-    for c, m in enumerate(members):
+    for m in members:
         if len(m):
             typ[m] = typicality(pool[m], k)
     labeled_count = torch.bincount(assign[n:], minlength=clusters) if n_l else torch.zeros(clusters, dtype=torch.long)
@@ -95,7 +99,8 @@ def typiclust(
 
 def ball_lists(x: torch.Tensor, delta: float, max_edges: int = 50_000_000) -> list[torch.Tensor]:
     """For every row, the rows within distance < δ (itself included), chunked; StrategyError when
-    the graph would exceed ``max_edges`` edges (δ too large for the pool)."""
+    the graph would exceed ``max_edges`` edges (δ too large for the pool).
+    ProbCover's δ-graph (Yehuda et al., NeurIPS'22); docs/methods.md §4.6."""
     out: list[torch.Tensor] = []
     edges = 0
     for s in range(0, x.shape[0], CHUNK):
@@ -111,7 +116,8 @@ def ball_lists(x: torch.Tensor, delta: float, max_edges: int = 50_000_000) -> li
 
 
 def purity(x: torch.Tensor, clusters: torch.Tensor, delta: float) -> float:
-    """The share of items whose δ-ball holds only items of their own cluster."""
+    """The share of items whose δ-ball holds only items of their own cluster.
+    ProbCover's purity (Yehuda et al., NeurIPS'22); docs/methods.md §4.6."""
     pure = 0
     for s in range(0, x.shape[0], CHUNK):
         close = torch.cdist(x[s : s + CHUNK], x) < delta
@@ -125,7 +131,9 @@ def choose_delta(
 ) -> tuple[float, float]:
     """(δ, its purity): the largest candidate δ whose balls are at least ``alpha`` pure with respect
     to k-means into ``classes`` clusters. Candidates: quantiles of the distance to the nearest
-    neighbour up to the median pairwise distance of a sample."""
+    neighbour up to the median pairwise distance of a sample.
+    ProbCover's purity rule for δ (Yehuda et al., NeurIPS'22); the candidate grid is the project's
+    (docs/methods.md §4.6)."""
     x = x.to(torch.float64).flatten(1)
     clusters = _kmeans(x, classes, seed)
     if candidates is None:
@@ -153,7 +161,8 @@ def choose_delta(
 def nearest_other_cluster(x: torch.Tensor, clusters: torch.Tensor) -> torch.Tensor:
     """Per row, the distance to the nearest row of another cluster (inf when there is none): the
     δ-ball of a row is pure (:func:`purity`) exactly when this distance is at least δ, so one pass
-    answers every candidate δ."""
+    answers every candidate δ.
+    A project speed-up of ProbCover's purity rule (docs/methods.md §10), not from a paper."""
     out = torch.empty(x.shape[0], dtype=torch.float64)
     for s in range(0, x.shape[0], CHUNK):
         d = torch.cdist(x[s : s + CHUNK], x)
@@ -166,7 +175,9 @@ def probcover(
     pool: torch.Tensor, labeled: torch.Tensor | None, b: int, delta: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """ProbCover's ``b`` picks (pool indices, in pick order) and every pool item's ball size (its
-    number of pool neighbours within δ). Ties go to the lowest index."""
+    number of pool neighbours within δ). Ties go to the lowest index.
+    ProbCover: Yehuda, Dekel, Hacohen & Weinshall, 'Active Learning Through a Covering Lens', NeurIPS'22;
+    docs/methods.md §4.6."""
     pool = pool.to(torch.float64).flatten(1)
     n = pool.shape[0]
     balls = ball_lists(pool, delta)
@@ -195,6 +206,9 @@ def probcover(
 
 @register
 class TypiClustStrategy(BudgetStrategy):
+    """TypiClust (Hacohen, Dekel & Weinshall, ICML'22) as a queue order: its picks first, then the rest by typicality
+    (docs/methods.md §4.5)."""
+
     structured = True  # embeddings only
     name = "typiclust"
     needs = frozenset({Need.EMBEDDINGS, Need.LABELED_EMBEDDINGS, Need.KEYS})
@@ -238,6 +252,9 @@ class TypiClustStrategy(BudgetStrategy):
 
 @register
 class ProbCoverStrategy(BudgetStrategy):
+    """ProbCover (Yehuda et al., NeurIPS'22) as a queue order: its picks first, then the rest by ball size
+    (docs/methods.md §4.6)."""
+
     name = "probcover"
     structured = True  # embeddings; the purity rule's k-means has one cluster per output
     needs = frozenset({Need.PROBS, Need.EMBEDDINGS, Need.LABELED_EMBEDDINGS, Need.KEYS})

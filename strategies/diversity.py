@@ -20,7 +20,9 @@ def k_center_greedy(pool: torch.Tensor, labeled: torch.Tensor | None, b: int, se
     """Greedily pick ``b`` pool items, each the farthest (squared L2) from everything chosen or
     labeled so far. With nothing labeled, the first pick is a seeded random pool item. Ties go to
     the lowest index. Each pick costs one matrix-vector product over the pool
-    (||x - c||² = ||x||² + ||c||² - 2 x·c), not an N x D temporary."""
+    (||x - c||² = ||x||² + ||c||² - 2 x·c), not an N x D temporary.
+    Core-set: Sener & Savarese, 'Active Learning for Convolutional Neural Networks: A Core-Set Approach', ICLR'18;
+    docs/methods.md §4.3."""
     pool = pool.to(torch.float64).flatten(1)
     n = pool.shape[0]
     b = min(b, n)
@@ -51,7 +53,9 @@ def _sq_to(x: torch.Tensor, norms: torch.Tensor, c: int) -> torch.Tensor:
 
 def badge_distances(a: torch.Tensor, h: torch.Tensor, center: int, norms: torch.Tensor | None = None) -> torch.Tensor:
     """||g_i - g_c||² for gradient embeddings g = a ⊗ h (a = p - e_ŷ), without forming g:
-    ||a_i||²||h_i||² + ||a_c||²||h_c||² - 2 (a_i·a_c)(h_i·h_c). ``norms``: the ||g_i||², when known."""
+    ||a_i||²||h_i||² + ||a_c||²||h_c||² - 2 (a_i·a_c)(h_i·h_c). ``norms``: the ||g_i||², when known.
+    The gradient embeddings of BADGE (Ash et al., ICLR'20); the factorised distance is the project's
+    (docs/methods.md §4.4)."""
     na = a.pow(2).sum(dim=1) * h.pow(2).sum(dim=1) if norms is None else norms
     return (na + na[center] - 2 * (a @ a[center]) * (h @ h[center])).clamp_min(0)
 
@@ -59,7 +63,8 @@ def badge_distances(a: torch.Tensor, h: torch.Tensor, center: int, norms: torch.
 def residual(p: torch.Tensor, layout=None, threshold: float = 0.5) -> torch.Tensor:
     """a = p - ŷ, the gradient of the loss at the model's own prediction ŷ with respect to the
     logits: ŷ = e_argmax for a single-choice group (cross-entropy), ŷ_k = [p_k >= threshold] for a
-    multi-label group (binary cross-entropy), group by group for a structured layout (docs/methods.md §9.3)."""
+    multi-label group (binary cross-entropy), group by group for a structured layout (docs/methods.md §9.3).
+    The hallucinated-label gradient of BADGE (Ash et al., ICLR'20); the multi-label form is the project's."""
     p = p.to(torch.float64)
     if layout is None:
         return p - torch.nn.functional.one_hot(p.argmax(dim=1), p.shape[1]).to(torch.float64)
@@ -77,7 +82,9 @@ def badge(
     probs: torch.Tensor, h: torch.Tensor, b: int, seed: int = 0, layout=None, threshold: float = 0.5
 ) -> torch.Tensor:
     """BADGE selection: k-means++ seeding on g = (p - ŷ) ⊗ h (:func:`residual`); the first pick is
-    the largest ||g||."""
+    the largest ||g||.
+    BADGE: Ash et al., 'Deep Batch Active Learning by Diverse, Uncertain Gradient Lower Bounds', ICLR'20;
+    docs/methods.md §4.4."""
     return badge_seeding(probs, h, b, seed, layout, threshold)[0]
 
 
@@ -85,7 +92,8 @@ def badge_seeding(
     probs: torch.Tensor, h: torch.Tensor, b: int, seed: int = 0, layout=None, threshold: float = 0.5
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`badge`'s picks, every item's squared gradient-space distance to the nearest pick,
-    and the residuals a (what the rest of the queue is ranked by)."""
+    and the residuals a (what the rest of the queue is ranked by).
+    BADGE (Ash et al., ICLR'20); docs/methods.md §4.4."""
     p, h = probs.to(torch.float64), h.to(torch.float64).flatten(1)
     n = p.shape[0]
     b = min(b, n)
@@ -123,16 +131,20 @@ def badge_seeding(
 
 
 def canonical_order(keys: Sequence[str]) -> torch.Tensor:
+    """Project helper, not from a paper: the pool's indices sorted by task key, so that a greedy selection does not
+    depend on the pool's order (docs/methods.md §0)."""
     return torch.tensor(sorted(range(len(keys)), key=lambda i: str(keys[i])), dtype=torch.long)
 
 
 def order_to_values(picks: torch.Tensor, rest: torch.Tensor) -> torch.Tensor:
-    """Acquisition values from a pick order plus a ranking key (larger = earlier) for the rest."""
+    """Acquisition values from a pick order plus a ranking key (larger = earlier) for the rest.
+    Project helper, not from a paper (docs/methods.md §4.3)."""
     return order_to_values_and_scale(picks, rest)[0]
 
 
 def order_to_values_and_scale(picks: torch.Tensor, rest: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    """:func:`order_to_values` and the scale that put the rest in [0, 1] (kept to value new items)."""
+    """:func:`order_to_values` and the scale that put the rest in [0, 1] (kept to value new items).
+    Project helper, not from a paper (docs/methods.md §0, §4.3)."""
     n = rest.shape[0]
     values = torch.zeros(n, dtype=torch.float64)
     r = rest.to(torch.float64)
@@ -146,7 +158,8 @@ def order_to_values_and_scale(picks: torch.Tensor, rest: torch.Tensor) -> tuple[
 
 def rest_values(raw: torch.Tensor, scale: dict) -> torch.Tensor:
     """Items that were not in the kept pool, on the scale of its rest, behind every greedy pick:
-    clipped to [0, 1.5] (a pick is worth at least 2)."""
+    clipped to [0, 1.5] (a pick is worth at least 2).
+    Project helper, not from a paper (docs/methods.md §0)."""
     r = raw.to(torch.float64)
     if scale["span"] <= 0:
         return torch.zeros_like(r)
@@ -168,7 +181,8 @@ class BudgetStrategy(Strategy):
     Pools larger than ``candidates`` (0: never) run the method on a candidate sample of that many
     items, drawn by a hash of each task's key (docs/methods.md §10): the picks come from the sample,
     and every other item is ranked with the picks' reference exactly as a task that was not in the
-    pool (:meth:`new_item_rest`), behind every pick."""
+    pool (:meth:`new_item_rest`), behind every pick.
+    Project base class, not from a paper (docs/methods.md §0, §4.3, §10)."""
 
     pool_relative = True
 
@@ -241,6 +255,9 @@ class BudgetStrategy(Strategy):
 
 @register
 class CoreSetStrategy(BudgetStrategy):
+    """Core-set (Sener & Savarese, ICLR'18) as a queue order: ``budget`` k-center greedy picks first, then the rest by
+    distance to everything picked (docs/methods.md §4.3)."""
+
     structured = True  # embeddings only
     name = "coreset"
     needs = frozenset({Need.EMBEDDINGS, Need.LABELED_EMBEDDINGS, Need.KEYS})
@@ -273,6 +290,9 @@ class CoreSetStrategy(BudgetStrategy):
 
 @register
 class BadgeStrategy(BudgetStrategy):
+    """BADGE (Ash et al., ICLR'20) as a queue order: ``budget`` k-means++ picks on gradient embeddings first, then the
+    rest by gradient-space distance to the picks (docs/methods.md §4.4)."""
+
     name = "badge"
     structured = True
     needs = frozenset({Need.PROBS, Need.EMBEDDINGS, Need.KEYS})
@@ -302,7 +322,9 @@ class BadgeStrategy(BudgetStrategy):
 def diverse_queue(values: torch.Tensor, embeddings: torch.Tensor, top: int) -> torch.Tensor:
     """Diversity-aware queue order: the ``top`` items by acquisition keep their place ahead of the
     rest, but are re-ordered by k-center greedy on ``embeddings`` starting from the best one, so
-    that consecutive tasks in the queue are not near-duplicates. Returns new values (larger = first)."""
+    that consecutive tasks in the queue are not near-duplicates. Returns new values (larger = first).
+    A project rule, not from a paper: core-set's k-center greedy (Sener & Savarese, ICLR'18) on the top of the queue
+    (docs/methods.md §4.3)."""
     n = values.shape[0]
     top = min(top, n)
     if top < 2:
@@ -321,7 +343,8 @@ class DiverseQueue(Strategy):
     """Queue diversity as a strategy: wraps another one and, on a full-pool scoring, re-orders its
     ``top`` highest values with :func:`diverse_queue` on the embeddings. A subset of the pool (a
     request's tasks) keeps the wrapped strategy's values. Everything else is the wrapped strategy's:
-    its name, layers, state and diagnostics; its parameters plus ``queue_diversity``."""
+    its name, layers, state and diagnostics; its parameters plus ``queue_diversity``.
+    Project wrapper, not from a paper (QUEUE_DIVERSITY, docs/methods.md §4.3)."""
 
     description = "diversity-aware queue order around another strategy"
 
@@ -385,7 +408,8 @@ class DiverseQueue(Strategy):
 
 
 def with_queue_diversity(strategy: Strategy, mode: str, top: int) -> Strategy:
-    """``strategy`` as the queue orders it: ``mode`` ``off`` or ``coreset`` (QUEUE_DIVERSITY)."""
+    """``strategy`` as the queue orders it: ``mode`` ``off`` or ``coreset`` (QUEUE_DIVERSITY).
+    Project helper, not from a paper (docs/methods.md §4.3)."""
     if mode == "off":
         return strategy
     if mode != "coreset":

@@ -36,6 +36,7 @@ def emoc_last_layer(
     h_*: penultimate features (the input of the last Linear), p_*: softmax outputs.
     output: "prob" (f = softmax, default) or "logit"; label: "map" or "marginal". ``labels`` (n,)
     fixes each candidate's label instead (the set form, Eq. 5, gives a set's members one label).
+    EMOC (Käding et al. 2016): the closed form of docs/methods.md §2.2.
     """
     h_cand, p_cand = h_cand.to(torch.float64), p_cand.to(torch.float64)
     h_ref, p_ref = h_ref.to(torch.float64), p_ref.to(torch.float64)
@@ -91,7 +92,8 @@ def emoc_two_layer(
 
         dz(x) = (h·h' + 1) g' + (a·a' + 1) W (σ'(u) ⊙ σ'(u') ⊙ Wᵀ g'),   h = relu(u), σ' = 1[u > 0]
 
-    and EMOC(x') = mean_x ||J_s(x) dz(x)||₁, with g' = p' - e_y' (MAP label or marginalised)."""
+    and EMOC(x') = mean_x ||J_s(x) dz(x)||₁, with g' = p' - e_y' (MAP label or marginalised).
+    EMOC of Käding et al. 2016; the two-layer closed form is the project's."""
     a_cand, u_cand, p_cand = a_cand.to(torch.float64), u_cand.to(torch.float64), p_cand.to(torch.float64)
     a_ref, u_ref, p_ref = a_ref.to(torch.float64), u_ref.to(torch.float64), p_ref.to(torch.float64)
     w = weight.to(torch.float64)
@@ -132,6 +134,10 @@ MIN_REFERENCES = 100
 
 @register
 class EMOCStrategy(Strategy):
+    """EMOC, expected model output change (Käding, Freytag, Rodner & Denzler, 'Active and Continuous Exploration with
+    Deep Neural Networks and Expected Model Output Changes', 2016; docs/methods.md §2): per candidate, the mean
+    change of the outputs on a reference sample that one labeled step would cause."""
+
     name = "emoc"
     needs = frozenset({Need.PROBS, Need.EMBEDDINGS, Need.KEYS, Need.LABELED_EMBEDDINGS, Need.LABELED_PROBS})
     description = (

@@ -38,14 +38,17 @@ def _head(weight: torch.Tensor, bias: torch.Tensor, device: torch.device) -> tor
 
 
 def label_loss(h: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The head's probability of each given label and its loss -log p_y (the cheap suspicion ranking)."""
+    """The head's probability of each given label and its loss -log p_y (the cheap suspicion ranking).
+    The project's default review ranking (docs/methods.md §6.4), not from a paper."""
     p_y = _probs(_aug(h), _head(weight, bias, h.device)).gather(1, y.long()[:, None]).squeeze(1)
     return {"loss": -p_y.clamp_min(1e-12).log(), "p_label": p_y}
 
 
 @dataclass
 class HeadInfluence:
-    """The inverse-Hessian solver of one trained head on its labeled set."""
+    """The inverse-Hessian solver of one trained head on its labeled set.
+    Influence functions through the last layer (Koh & Liang, 'Understanding Black-box Predictions via Influence
+    Functions', ICML'17); docs/methods.md §6.1."""
 
     w_aug: torch.Tensor  # (C, D+1)
     weight_decay: float
@@ -126,7 +129,8 @@ def fit_head(
     iterations: int = 200,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The minimiser of J(θ) above on (h, y) (multinomial logistic regression with L2 on [W b]),
-    by L-BFGS in float64 from (``weight``, ``bias``); returns (W, b)."""
+    by L-BFGS in float64 from (``weight``, ``bias``); returns (W, b).
+    Project helper, not from a paper (docs/methods.md §6.2)."""
     ha, yl = _aug(h), y.long()
     w_aug = _head(weight, bias, ha.device).clone().requires_grad_(True)
     opt = torch.optim.LBFGS(
@@ -162,7 +166,8 @@ def cross_fitted_psi(
     """ψ by cross-fitting (docs/methods.md §6.2): for each fold f, a head is fit without f and ψ of
     every item it was fit on is taken on f as the validation set; an item's ψ is the mean over the
     folds that do not hold it. No item is ever in its own validation set, and no validation item
-    was seen by the head, so ψ carries no self-influence."""
+    was seen by the head, so ψ carries no self-influence.
+    The project's cross-fitting of the influence ψ of Koh & Liang, ICML'17; not from a paper."""
     n = h.shape[0]
     folds = max(2, min(folds, n))
     assign = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) % folds
@@ -190,7 +195,8 @@ def review_annotations(
     seed: int = 0,
 ) -> dict[str, torch.Tensor]:
     """Per labeled example: training loss -log p_y, p_y, self-influence under the trained head and
-    ψ by cross-fitting (:func:`cross_fitted_psi`)."""
+    ψ by cross-fitting (:func:`cross_fitted_psi`).
+    Self-influence and ψ after Koh & Liang, ICML'17; docs/methods.md §6.4."""
     inf = HeadInfluence.fit(h, y, weight, bias, weight_decay)
     psi = cross_fitted_psi(h, y, weight, bias, weight_decay, folds, seed)
     return {**label_loss(h, y, weight, bias), "self_influence": inf.self_influence(h, y), "psi": psi}
@@ -207,7 +213,8 @@ def in_fold_psi(
 ) -> torch.Tensor:
     """The earlier K-fold ψ, kept for comparison (benchmarks, tests): one head fit on everything, the
     other folds as validation. Its validation items were trained on, so near the optimum ψ_i carries
-    item i's own self-influence (always >= 0) and flags too many items."""
+    item i's own self-influence (always >= 0) and flags too many items.
+    ψ of Koh & Liang, ICML'17, as Wang et al.'s data dropout (2018) uses it; docs/methods.md §6.2."""
     inf = HeadInfluence.fit(h, y, weight, bias, weight_decay)
     n = h.shape[0]
     folds = max(2, min(folds, n))

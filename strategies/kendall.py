@@ -91,7 +91,9 @@ def _tau_pairwise(x: torch.Tensor, y: torch.Tensor, chunk: int) -> torch.Tensor:
 
 
 def kendall_tau_b(x: torch.Tensor, y: torch.Tensor, method: str = "auto", chunk: int = 64) -> torch.Tensor:
-    """Tau-b of ``x[i]`` vs ``y[i]`` for every row: shape (N,), float64, NaN where undefined."""
+    """Tau-b of ``x[i]`` vs ``y[i]`` for every row: shape (N,), float64, NaN where undefined.
+    Kendall's τ-b (Kendall, Biometrika 1945), as ADMA's Eq. 9 needs it; exact by Knight's algorithm (Knight, JASA
+    1966): docs/methods.md §1.6."""
     if x.shape != y.shape or x.dim() != 2:
         raise ValueError(f"expected two (N, K) tensors of one shape, got {tuple(x.shape)} and {tuple(y.shape)}")
     if x.shape[0] == 0:

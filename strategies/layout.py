@@ -29,6 +29,9 @@ DEFAULT_THRESHOLD = 0.5
 
 @dataclass(frozen=True)
 class Group:
+    """One question of the label config: a ``<Choices>`` tag's labels, single-choice or multi-label. Project data
+    structure, not from a paper (docs/methods.md §9.1)."""
+
     name: str  # the <Choices> name (Label Studio's from_name)
     labels: tuple[str, ...]
     multiple: bool = False  # choice="multiple": any subset of the labels
@@ -39,6 +42,9 @@ class Group:
 
 @dataclass(frozen=True)
 class Layout:
+    """The groups of a project's outputs, side by side in config order: the head's slice of each group, its
+    probabilities, answers, targets and loss. Project data structure, not from a paper (docs/methods.md §9.1)."""
+
     groups: tuple[Group, ...]
 
     def __post_init__(self):
@@ -205,6 +211,7 @@ def answer_from_results(results: Iterable, layout: Layout) -> dict | None:
       is not an answer when the layout has a single-choice group (nothing was chosen where a
       choice is due: most likely submitted by mistake); when every group is multi-label it says
       "none of the labels" everywhere (Label Studio offers no other way to say so).
+    Project rule, not from a paper (docs/methods.md §9.2).
     """
     by_name = {g.name: g for g in layout.groups}
     answer: dict = {}
@@ -229,7 +236,8 @@ def resolve_answer(annotations: Iterable[dict], layout: Layout) -> dict | None:
     """One answer from a task's annotations (skipped ones are not answers), group by group: a
     single-choice group by majority vote, a multi-label group label by label (a label is on when
     more than half of the annotations answering the group choose it); ties go to the most recently
-    updated annotation (then the highest id)."""
+    updated annotation (then the highest id).
+    Project rule, not from a paper (docs/methods.md §9.2)."""
     voted = []
     for a in annotations or []:
         if isinstance(a, dict) and not a.get("was_cancelled"):

@@ -17,6 +17,9 @@ from .registry import register
 
 
 def median_bandwidth(x: torch.Tensor, max_points: int = 2000, seed: int = 0) -> float:
+    """The median heuristic for the Gaussian kernel's bandwidth: the median pairwise distance of a seeded sample of
+    ``max_points`` rows (1.0 when it is 0). MMD and the median heuristic: Gretton et al., JMLR 2012;
+    docs/methods.md §5."""
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(x.shape[0], generator=g)[:max_points]
     d = torch.cdist(x[idx], x[idx])
@@ -30,12 +33,14 @@ def _gauss(x: torch.Tensor, y: torch.Tensor, bw: float) -> torch.Tensor:
 
 
 def mmd2(s: torch.Tensor, t: torch.Tensor, bw: float) -> float:
-    """Biased MMD² between two samples (for tests and diagnostics)."""
+    """Biased MMD² between two samples (for tests and diagnostics).
+    MMD: Gretton et al., 'A Kernel Two-Sample Test', JMLR 2012; docs/methods.md §5."""
     return float(_gauss(s, s, bw).mean() - 2 * _gauss(s, t, bw).mean() + _gauss(t, t, bw).mean())
 
 
 def mmd_greedy_exact(source: torch.Tensor, pool: torch.Tensor, b: int, bandwidth: float | None = None) -> torch.Tensor:
-    """Greedy removal order of ``b`` pool items with the exact kernel; returns pool indices."""
+    """Greedy removal order of ``b`` pool items with the exact kernel; returns pool indices.
+    The project's selection rule (docs/methods.md §5), with the MMD of Gretton et al., JMLR 2012."""
     s, t = source.to(torch.float64).flatten(1), pool.to(torch.float64).flatten(1)
     n = t.shape[0]
     b = min(b, max(n - 1, 0))
@@ -68,7 +73,9 @@ def mmd_greedy_rff(
     bandwidth: float | None = None,
     seed: int = 0,
 ) -> torch.Tensor:
-    """The same greedy with random Fourier features ψ: v = (n-b) μ_S - Σ_T ψ; q = argmin ||v + ψ_q||²."""
+    """The same greedy with random Fourier features ψ: v = (n-b) μ_S - Σ_T ψ; q = argmin ||v + ψ_q||².
+    Random Fourier features: Rahimi & Recht, 'Random Features for Large-Scale Kernel Machines', NIPS'07; the greedy
+    rule is the project's (docs/methods.md §5)."""
     s, t = source.to(torch.float64).flatten(1), pool.to(torch.float64).flatten(1)
     n = t.shape[0]
     b = min(b, max(n - 1, 0))
@@ -97,6 +104,9 @@ def mmd_greedy_rff(
 
 @register
 class MMDStrategy(BudgetStrategy):
+    """MMD-based selection at M0's layer B (docs/methods.md §5): the project's transfer criterion with the MMD of
+    Gretton et al., JMLR 2012; offered, never a default."""
+
     name = "mmd"
     needs = frozenset({Need.SOURCE_FEATURES, Need.SOURCE_PROBS, Need.KEYS})
     description = (
@@ -136,7 +146,7 @@ class MMDStrategy(BudgetStrategy):
             self.set_source(source.activations(("B",), limit=1000)["B"])
 
     def ordered_values(self, inputs: ScoringInputs, perm: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        from .adma import exemplar_landmarks
+        from .adma_landmarks import exemplar_landmarks
 
         keys = inputs.require(Need.KEYS)
         pool = inputs.require(Need.SOURCE_FEATURES, ("B",))["B"].flatten(1).to(torch.float64)[perm]

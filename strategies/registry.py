@@ -11,7 +11,8 @@ _REGISTRY: dict[str, type[Strategy]] = {}
 
 
 def register(cls: type[Strategy]) -> type[Strategy]:
-    """Class decorator. Refuses duplicate names so that one name always means one method."""
+    """Class decorator. Refuses duplicate names so that one name always means one method.
+    Project helper, not from a paper."""
     name = cls.name
     if not name or name != name.strip().lower():
         raise ValueError(f"strategy name must be lower-case and non-empty, got {name!r}")
@@ -24,12 +25,14 @@ def register(cls: type[Strategy]) -> type[Strategy]:
 
 
 def available() -> list[str]:
-    """Registered strategy names, sorted."""
+    """Registered strategy names, sorted.
+    Project helper, not from a paper."""
     return sorted(_REGISTRY)
 
 
 def get(name: str, **params: Any) -> Strategy:
-    """Instantiate a registered strategy by name with its parameters."""
+    """Instantiate a registered strategy by name with its parameters.
+    Project helper, not from a paper."""
     key = (name or "").strip().lower()
     if key not in _REGISTRY:
         raise UnknownStrategyError(f"unknown strategy {name!r}; available: {', '.join(available())}")
@@ -40,7 +43,8 @@ def get(name: str, **params: Any) -> Strategy:
 
 
 def describe() -> list[dict[str, Any]]:
-    """Name, description and declared inputs of every strategy (for docs and `--help`)."""
+    """Name, description and declared inputs of every strategy (for docs and `--help`).
+    Project helper, not from a paper."""
     return [
         {
             "name": n,
@@ -68,7 +72,8 @@ def _value(text: str) -> Any:
 
 def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
     """``name[:key=value[:key=value...]]`` -> (name, params), e.g. ``adma:lam=0.2:landmarks=kmeans``.
-    Values are read as bool, none, int, float or else string. Used by STRATEGY and the CLIs."""
+    Values are read as bool, none, int, float or else string. Used by STRATEGY and the CLIs.
+    Project helper, not from a paper."""
     parts = [p.strip() for p in str(spec or "").split(":")]
     name, params = parts[0].lower(), {}
     for part in parts[1:]:
@@ -80,6 +85,7 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
 
 
 def from_spec(spec: str, **defaults: Any) -> Strategy:
-    """Build a strategy from a spec string; ``defaults`` (e.g. seed) apply unless the spec sets them."""
+    """Build a strategy from a spec string; ``defaults`` (e.g. seed) apply unless the spec sets them.
+    Project helper, not from a paper."""
     name, params = parse_spec(spec)
     return get(name, **{**defaults, **params})

@@ -30,7 +30,8 @@ def set_criterion(
     ref_probs: torch.Tensor | None = None,
     seed: int = 0,
 ) -> torch.Tensor:
-    """Values (M,) for the candidate ``sets`` (M, K) of pool indices; larger = pick."""
+    """Values (M,) for the candidate ``sets`` (M, K) of pool indices; larger = pick.
+    The set criteria of the EMOC paper's protocol (Käding et al. 2016); docs/methods.md §2.3, §4.1."""
     p = probs.to(torch.float64)
     members = p[sets]  # (M, K, C)
     if name == "random":

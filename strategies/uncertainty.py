@@ -18,18 +18,21 @@ _EPS = 1e-12
 
 
 def entropy(probs: torch.Tensor) -> torch.Tensor:
-    """Shannon entropy -Σ p log p per row (natural log); p is clamped so that 0·log 0 = 0."""
+    """Shannon entropy -Σ p log p per row (natural log); p is clamped so that 0·log 0 = 0.
+    Standard uncertainty sampling (Settles, 'Active Learning Literature Survey', 2009); docs/methods.md §4.2."""
     p = probs.to(torch.float64)
     return -(p * p.clamp_min(_EPS).log()).sum(dim=1)
 
 
 def least_confidence(probs: torch.Tensor) -> torch.Tensor:
-    """1 - max_k p_k."""
+    """1 - max_k p_k.
+    Standard uncertainty sampling (Settles 2009); docs/methods.md §4.2."""
     return 1.0 - probs.to(torch.float64).max(dim=1).values
 
 
 def margin(probs: torch.Tensor) -> torch.Tensor:
-    """1 - (p_(1) - p_(2)): large when the two most likely labels are close. With C = 1: 0."""
+    """1 - (p_(1) - p_(2)): large when the two most likely labels are close. With C = 1: 0.
+    Standard uncertainty sampling (Settles 2009); docs/methods.md §4.2."""
     p = probs.to(torch.float64)
     if p.shape[1] < 2:
         return torch.zeros(p.shape[0], dtype=torch.float64)
@@ -38,13 +41,15 @@ def margin(probs: torch.Tensor) -> torch.Tensor:
 
 
 def gini(probs: torch.Tensor) -> torch.Tensor:
-    """Gini impurity 1 - Σ p² (ADMA's uncertainty, docs/methods.md §1.7)."""
+    """Gini impurity 1 - Σ p² (ADMA's uncertainty, docs/methods.md §1.7).
+    Eq. 10 of Huang, Zhao & Liu, KDD'18, with its sign fixed."""
     p = probs.to(torch.float64)
     return 1.0 - (p * p).sum(dim=1)
 
 
 def max_confidence(probs: torch.Tensor) -> torch.Tensor:
-    """max p: the most confident first (the EMOC paper's 'max' baseline, expected to lose)."""
+    """max p: the most confident first (the EMOC paper's 'max' baseline, expected to lose).
+    Käding et al. (2016); docs/methods.md §4.1-4.2."""
     return probs.to(torch.float64).max(dim=1).values
 
 
@@ -53,6 +58,7 @@ def uniform_from_keys(keys: Sequence[str], seed: int) -> torch.Tensor:
 
     Keyed hashing rather than a generator makes random order reproducible and independent of the
     order and size of the pool: the same task keeps its value across requests.
+    Project helper, not from a paper: the random baseline's values (docs/methods.md §4.1, §0).
     """
     out = torch.empty(len(keys), dtype=torch.float64)
     for i, key in enumerate(keys):
@@ -69,6 +75,7 @@ def structured(probs: torch.Tensor, layout, threshold: float, kind: str) -> torc
     * multi-label group: the mean binary entropy / log 2 (``entropy``), 1 - (the smallest distance
       of a label's p to the threshold) / max(t, 1 - t) (``margin``), or the mean of 2 min(p, 1 - p)
       (``least_confidence``).
+    The project's extension to several questions, not from a paper.
     """
     p = probs.to(torch.float64)
     parts = []
@@ -97,6 +104,9 @@ def structured(probs: torch.Tensor, layout, threshold: float, kind: str) -> torc
 
 @register
 class RandomStrategy(Strategy):
+    """The random baseline (docs/methods.md §4.1): a uniform value per task, fixed by the seed and the task's key
+    (:func:`uniform_from_keys`)."""
+
     name = "random"
     structured = True
     needs = frozenset({Need.KEYS})
@@ -119,6 +129,8 @@ class _ProbsStrategy(Strategy):
 
 @register
 class LeastConfidenceStrategy(_ProbsStrategy):
+    """Least confidence 1 - max p (Settles 2009); docs/methods.md §4.2, §9.3."""
+
     name = "least_confidence"
     structured, kind = True, "least_confidence"
     description = "1 - max probability of the current model."
@@ -127,6 +139,8 @@ class LeastConfidenceStrategy(_ProbsStrategy):
 
 @register
 class MarginStrategy(_ProbsStrategy):
+    """Margin 1 - (p1 - p2) (Settles 2009); docs/methods.md §4.2, §9.3."""
+
     name = "margin"
     structured, kind = True, "margin"
     description = "1 - (p1 - p2): the two most likely labels are close."
@@ -135,6 +149,8 @@ class MarginStrategy(_ProbsStrategy):
 
 @register
 class EntropyStrategy(_ProbsStrategy):
+    """Entropy -Σ p log p (Settles 2009); docs/methods.md §4.2, §9.3."""
+
     name = "entropy"
     structured, kind = True, "entropy"
     description = "Shannon entropy of the current model's predicted distribution."
@@ -143,6 +159,8 @@ class EntropyStrategy(_ProbsStrategy):
 
 @register
 class GiniStrategy(_ProbsStrategy):
+    """Gini impurity 1 - Σ p², ADMA's uncertainty term alone (Huang, Zhao & Liu, KDD'18); docs/methods.md §1.7, §4.2."""
+
     name = "gini"
     description = "Gini impurity 1 - sum p^2 of the current model."
     function = staticmethod(gini)
@@ -150,6 +168,8 @@ class GiniStrategy(_ProbsStrategy):
 
 @register
 class MaxConfidenceStrategy(_ProbsStrategy):
+    """The EMOC paper's 'max' baseline (Käding et al. 2016; docs/methods.md §4.1-4.2): the most confident first."""
+
     name = "max_confidence"
     description = "The most confident first: a sanity baseline expected to lose to random."
     function = staticmethod(max_confidence)

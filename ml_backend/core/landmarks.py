@@ -10,7 +10,7 @@ import torch
 
 from ml_backend.core.adapted import AdaptedModel
 from strategies import Need
-from strategies.adma import Landmarks, kmeans_landmarks, medoid_landmarks
+from strategies.adma_landmarks import Landmarks, kmeans_landmarks, medoid_landmarks
 
 
 @torch.no_grad()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import requests
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 
 from ml_backend.demo.sample_data import digit_pngs, fashion_available, fashion_pngs  # noqa: E402
 from ml_backend.demo.servers import (  # noqa: E402

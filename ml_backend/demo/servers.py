@@ -20,7 +20,7 @@ from pathlib import Path
 
 import requests
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 LS_VENV = Path(os.environ.get("LS_VENV", ROOT / ".cache" / "ls-venv"))
 LS_BIN = LS_VENV / "bin" / "label-studio"
 ADMIN_EMAIL = "admin@example.com"
@@ -42,7 +42,7 @@ IMAGE_CLASSIFICATION_CONFIG = """<View>
 
 # Label Studio's own fix for importing predictions into big projects (its feature flag, off by
 # default in 1.23): without it every import request recounts every task of the project, ~7 s per
-# request at 10k tasks on this VM against 0.2-0.5 s with it (docs/benchmarks.md). docker-compose.yml sets it too.
+# request at 10k tasks on a 2-core VM against 0.2-0.5 s with it (docs/benchmarks.md). docker-compose.yml sets it too.
 LABEL_STUDIO_FLAGS = {"fflag_fix_back_4620_memory_efficient_predictions_import_08012025_short": "true"}
 
 

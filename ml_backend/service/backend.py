@@ -13,6 +13,7 @@ from ml_backend.core.backbones import load_backbone, resolve_device
 from ml_backend.core.stopping import StabilityRule
 from ml_backend.errors import BadRequest, Unavailable, UnknownProject
 from ml_backend.service.choice import StrategyBook, requested_strategy
+from ml_backend.service.features import FeatureExtractor
 from ml_backend.service.label_config import parse_label_config
 from ml_backend.service.learner import Learner
 from ml_backend.service.ls_client import LabelStudioConnection, ProjectAPI, api_status
@@ -21,6 +22,7 @@ from ml_backend.service.scorer import Scorer
 from ml_backend.service.security import WebhookSecrets
 from ml_backend.service.settings import Settings
 from ml_backend.service.store import Store
+from ml_backend.service.strategy_states import StrategyStates
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +53,19 @@ class Backend:
             settings.image_size,
             settings.multilabel_threshold,
         )
+        self.strategy_states = StrategyStates(self.store, self.book, self.base)
         self.projects = Projects(
             self.store,
             self.base,
             identity,
             self.device,
+            self.strategy_states,
             settings.keep_versions,
             persist=self.connection.configured,
             strategy_of=self.book.describe,
         )
-        self.scorer = Scorer(settings, self.base, self.book, self.store, self.connection)
+        self.features = FeatureExtractor.from_settings(settings, self.base, self.store, self.connection)
+        self.scorer = Scorer(settings, self.features, self.strategy_states)
         self.learner = Learner(
             settings, self.projects, self.scorer, self.connection, self.webhook_secrets.header_for, self.instance_id
         )
@@ -68,7 +73,6 @@ class Backend:
         self._lock = threading.Lock()
         for state in self.projects.restore_all():
             self.scorer.restore(state)
-        self.projects.on_restore = self.scorer.restore  # projects another process set up, on first use
         log.info("backbone %s", self.base.freeze_summary())
         log.info(
             "backend ready: backbone=%s weights=%s strategy=%r device=%s projects restored=%d",
@@ -200,7 +204,7 @@ class Backend:
             "strategy_params": self.strategy.params(),
             "device": str(self.device),
             "events": dict(self.events),
-            "feature_cache": self.scorer.features.stats(),
+            "feature_cache": self.features.stats(),
             "neutral_rank_requests": self.scorer.pool_relative_requests,
             "projects": {
                 key: self._project_metrics(state)

@@ -5,17 +5,16 @@ References of every kind Label Studio produces (``/data/upload/...``, ``/data/lo
 ``http(s)://``) are resolved by label-studio-sdk's ``get_local_path``, which also sends the
 credentials only to the Label Studio host and caches downloads on disk. We add what a server
 needs around it: a timeout and a byte limit on every download, a pixel limit, concurrency with a
-bound, and one clear reason per failed task.
+bound, and one clear reason per failed task. The deadline of a download is ``downloads.py``'s; the
+SDK's resolver is reached through ``sdk.py``.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import heapq
 import io
 import logging
-import socket
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,182 +23,13 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import requests
-import requests.adapters
-import urllib3
-from label_studio_sdk._extensions.label_studio_tools.core.utils.io import get_local_path, http_session
 from PIL import Image, UnidentifiedImageError
 
 from ml_backend.errors import ImageError
+from ml_backend.service import downloads, sdk
+from ml_backend.service.downloads import BoundedSession
 
 log = logging.getLogger(__name__)
-
-
-class _Download:
-    """One image's download: its deadline and the sockets it uses (to be shut down when it passes)."""
-
-    def __init__(self, deadline: float) -> None:
-        self.deadline = deadline
-        self.sockets: list[socket.socket] = []
-        self.expired = False  # the deadline passed while it ran (its sockets were shut down)
-        self.done = False  # it ended: nothing is shut down any more
-        self.lock = threading.Lock()
-
-    def remaining(self) -> float:
-        return self.deadline - time.monotonic()
-
-    def attach(self, sock) -> None:
-        with self.lock:
-            if sock is not None and sock not in self.sockets:
-                self.sockets.append(sock)
-            expired = self.expired
-        if expired:
-            _shutdown(sock)
-
-    def expire(self) -> None:
-        """The watchdog's call at the deadline: shut the sockets down unless the download has ended."""
-        with self.lock:
-            if self.done:
-                return
-            self.expired = True
-            sockets = list(self.sockets)
-        for sock in sockets:
-            _shutdown(sock)
-
-    def finish(self) -> None:
-        """The download ended: its (keep-alive) sockets must never be shut down by the watchdog."""
-        with self.lock:
-            self.done = True
-            self.sockets.clear()
-
-
-def _shutdown(sock) -> None:
-    """Make a blocked recv() in another thread return: the only way to stop a server that drips."""
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except (OSError, AttributeError):
-        pass
-
-
-class _Watchdog:
-    """One daemon thread that expires downloads at their deadline (a heap of deadlines).
-
-    requests' timeouts bound each socket operation, not a download: a server sending one byte
-    every few seconds keeps a download alive forever. At the deadline the watchdog shuts the
-    download's sockets down, which fails the blocked read at once."""
-
-    def __init__(self) -> None:
-        self._heap: list[tuple[float, int, _Download]] = []
-        self._cond = threading.Condition()
-        self._counter = 0
-        self._thread: threading.Thread | None = None
-
-    def watch(self, download: _Download) -> None:
-        with self._cond:
-            self._counter += 1
-            heapq.heappush(self._heap, (download.deadline, self._counter, download))
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="download-watchdog", daemon=True)
-                self._thread.start()
-            self._cond.notify()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._heap:
-                    self._cond.wait()
-                deadline, _, download = self._heap[0]
-                wait = deadline - time.monotonic()
-                if wait > 0:
-                    self._cond.wait(wait)
-                    continue
-                heapq.heappop(self._heap)
-            download.expire()
-
-
-_WATCHDOG = _Watchdog()
-_CURRENT = threading.local()  # the download the calling thread is doing (set by ImageLoader.load)
-
-
-class _DeadlineMixin:
-    """urllib3 connections that hand their socket to the current download, so that the watchdog
-    can shut it down: after connecting, and before waiting for the response headers (a reused
-    keep-alive connection does not connect again)."""
-
-    def connect(self):
-        super().connect()
-        download = getattr(_CURRENT, "download", None)
-        if download is not None:
-            download.attach(self.sock)
-
-    def getresponse(self, *args, **kwargs):
-        download = getattr(_CURRENT, "download", None)
-        if download is not None:
-            download.attach(self.sock)
-        return super().getresponse(*args, **kwargs)
-
-
-class _HTTPConnection(_DeadlineMixin, urllib3.connection.HTTPConnection):
-    pass
-
-
-class _HTTPSConnection(_DeadlineMixin, urllib3.connection.HTTPSConnection):
-    pass
-
-
-class _HTTPPool(urllib3.HTTPConnectionPool):
-    ConnectionCls = _HTTPConnection
-
-
-class _HTTPSPool(urllib3.HTTPSConnectionPool):
-    ConnectionCls = _HTTPSConnection
-
-
-class _DeadlineAdapter(requests.adapters.HTTPAdapter):
-    def init_poolmanager(self, *args, **kwargs):
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
-
-
-class BoundedSession(requests.Session):
-    """A requests session with a per-operation timeout, a hard limit on the bytes read per
-    response and, inside :meth:`ImageLoader.load`, the image's total deadline."""
-
-    def __init__(self, max_bytes: int, timeout: float) -> None:
-        super().__init__()
-        self.max_bytes = max_bytes
-        self.timeout = timeout
-        adapter = _DeadlineAdapter()
-        self.mount("http://", adapter)
-        self.mount("https://", adapter)
-
-    def request(self, method, url, **kwargs):  # noqa: D401 - requests' signature
-        download: _Download | None = getattr(_CURRENT, "download", None)
-        timeout = self.timeout
-        if download is not None:
-            remaining = download.remaining()
-            if remaining <= 0:
-                raise ImageError(f"download of {url} not started: the image's deadline has passed")
-            timeout = min(timeout, remaining)
-        kwargs["timeout"] = timeout
-        kwargs["stream"] = True
-        response = super().request(method, url, **kwargs)
-        length = response.headers.get("Content-Length")
-        if length and length.isdigit() and int(length) > self.max_bytes:
-            response.close()
-            raise ImageError(f"image is {int(length)} bytes, more than IMAGE_MAX_BYTES={self.max_bytes}")
-        chunks, total = [], 0
-        try:
-            for chunk in response.iter_content(1 << 16):
-                total += len(chunk)
-                if total > self.max_bytes:
-                    raise ImageError(f"image is more than IMAGE_MAX_BYTES={self.max_bytes} bytes")
-                chunks.append(chunk)
-        except BaseException:
-            response.close()
-            raise
-        response._content = b"".join(chunks)  # what response.content returns from now on
-        response._content_consumed = True
-        return response
 
 
 @dataclass(frozen=True)
@@ -305,21 +135,15 @@ class ImageLoader:
         """One image, within IMAGE_TIMEOUT_S in all (connect, headers, body, redirects, presigning)
         and before ``deadline`` if one is given."""
         limit = time.monotonic() + self.timeout
-        download = _Download(limit if deadline is None else min(limit, deadline))
-        previous = getattr(_CURRENT, "download", None)
-        _CURRENT.download = download
-        _WATCHDOG.watch(download)
-        try:
-            return self._load(task_id, ref, hostname, token)
-        except ImageError:
-            raise
-        except Exception:
-            if download.expired:  # whatever the shut-down socket made a library raise
-                raise self._too_slow(ref) from None
-            raise
-        finally:
-            download.finish()
-            _CURRENT.download = previous
+        with downloads.bounded(limit if deadline is None else min(limit, deadline)) as download:
+            try:
+                return self._load(task_id, ref, hostname, token)
+            except ImageError:
+                raise
+            except Exception:
+                if download.expired:  # whatever the shut-down socket made a library raise
+                    raise self._too_slow(ref) from None
+                raise
 
     def _too_slow(self, ref) -> ImageError:
         return ImageError(
@@ -336,7 +160,8 @@ class ImageLoader:
             raise ImageError(f"{ref} is served by Label Studio, but LABEL_STUDIO_URL is not set")
         if _needs_token(ref) and not token:
             raise ImageError(
-                f"{ref} is served by Label Studio, which needs LABEL_STUDIO_API_KEY (a Personal Access Token or legacy token)"
+                f"{ref} is served by Label Studio, which needs LABEL_STUDIO_API_KEY "
+                "(a Personal Access Token or legacy token)"
             )
         try:
             path = self._fetch(task_id, ref, hostname, token)
@@ -346,7 +171,7 @@ class ImageLoader:
             status = exc.response.status_code if exc.response is not None else "?"
             raise ImageError(f"download of {ref} failed with HTTP {status}") from None
         except requests.RequestException as exc:
-            download = getattr(_CURRENT, "download", None)
+            download = downloads.current()
             if isinstance(exc, requests.Timeout) or (download is not None and download.expired):
                 raise self._too_slow(ref) from None
             raise ImageError(f"download of {ref} failed: {type(exc).__name__}") from None
@@ -375,35 +200,25 @@ class ImageLoader:
         storage is in the cloud) is remembered and gets the SDK's way from then on."""
         upload = _upload_path(ref)
         direct = bool(upload and hostname and self._direct_uploads.get(hostname.rstrip("/")) is not False)
-        with http_session(self._session()):
-            if direct:
-                try:
-                    path = get_local_path(
-                        hostname.rstrip("/") + upload,
-                        cache_dir=str(self.cache_dir),
-                        hostname=hostname,
-                        access_token=token or None,
-                        download_resources=True,
-                        task_id=task_id,
-                    )
-                    self._direct_uploads[hostname.rstrip("/")] = True
-                    return path
-                except requests.HTTPError as exc:
-                    status = exc.response.status_code if exc.response is not None else None
-                    if status not in (400, 403, 404) or self._direct_uploads.get(hostname.rstrip("/")):
-                        raise
-                    log.info(
-                        "%s does not serve uploads at /data/upload/ (HTTP %s); using /storage-data/", hostname, status
-                    )
-                    self._direct_uploads[hostname.rstrip("/")] = False
-            return get_local_path(
-                ref,
-                cache_dir=str(self.cache_dir),
-                hostname=hostname or None,
-                access_token=token or None,
-                download_resources=True,
-                task_id=task_id,
-            )
+        if direct:
+            try:
+                path = sdk.local_path(
+                    hostname.rstrip("/") + upload,
+                    self._session(),
+                    str(self.cache_dir),
+                    hostname,
+                    token or None,
+                    task_id,
+                )
+                self._direct_uploads[hostname.rstrip("/")] = True
+                return path
+            except requests.HTTPError as exc:
+                status = exc.response.status_code if exc.response is not None else None
+                if status not in (400, 403, 404) or self._direct_uploads.get(hostname.rstrip("/")):
+                    raise
+                log.info("%s does not serve uploads at /data/upload/ (HTTP %s); using /storage-data/", hostname, status)
+                self._direct_uploads[hostname.rstrip("/")] = False
+        return sdk.local_path(ref, self._session(), str(self.cache_dir), hostname or None, token or None, task_id)
 
     def _decode(self, data: bytes, where: str) -> Image.Image:
         if len(data) > self.max_bytes:

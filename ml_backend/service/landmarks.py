@@ -24,7 +24,7 @@ from ml_backend.core.landmarks import landmarks_from_images
 from ml_backend.imagefolder import image_folder_files, load_image_files
 from ml_backend.service.store import Store
 from strategies import Strategy
-from strategies.adma import Landmarks
+from strategies.adma_landmarks import Landmarks
 from strategies.errors import StrategyError
 
 log = logging.getLogger(__name__)

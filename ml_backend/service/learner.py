@@ -1,8 +1,9 @@
 """Routes Label Studio's events to one worker per project (``worker.py``), each running the jobs of
-``jobs.py`` in its own thread; webhooks only set flags and return."""
+``jobs/`` in its own thread; webhooks only set flags and return."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -11,13 +12,13 @@ import threading
 from typing import Callable
 
 from ml_backend.errors import UnknownProject
-from ml_backend.service import jobs
-from ml_backend.service.jobs import JobContext, PublishError
+from ml_backend.service.jobs import JobContext, PublishError, run_job
 from ml_backend.service.ls_client import LabelStudioConnection, ProjectAPI
 from ml_backend.service.projects import Projects, ProjectState
 from ml_backend.service.scorer import Scorer
 from ml_backend.service.settings import Settings
-from ml_backend.service.worker import ProjectWorker, SystemClock
+from ml_backend.service.status import WorkerStatus
+from ml_backend.service.worker import Job, JobControl, ProjectWorker, SystemClock
 
 log = logging.getLogger(__name__)
 
@@ -59,50 +60,51 @@ class Learner:
         return ProjectAPI(self.connection, project)
 
     def worker(self, state: ProjectState) -> ProjectWorker:
+        """The project's worker, started on first use: it runs its jobs through :meth:`run_leased`
+        on a :class:`JobContext` that shares its status, and hands itself to each job as its control."""
         with self._lock:
             worker = self.workers.get(state.key)
             if worker is None:
-                worker = ProjectWorker(
-                    state.key,
-                    lambda job: None,
-                    debounce_s=self.settings.train_debounce_s,
-                    recovery_max_s=self.settings.recovery_max_s,
-                    wants_publish=functools.partial(self.wants_publish, state),
-                    clock=self.clock,
-                    lease_retry_s=self.settings.lease_retry_s,
-                )
+                status = WorkerStatus()
                 ctx = JobContext(
                     state,
                     self.projects,
                     self.scorer,
                     self.settings,
                     self.api_factory,
-                    worker.status,
+                    status,
                     functools.partial(self.webhook_secret, state.key),
                     self.instance_id,
-                    stopped=lambda: worker.stopped,
-                    round_due=worker.round_due,
                 )
-                worker.run_job = functools.partial(self.run_leased, ctx)
+                worker = ProjectWorker(
+                    state.key,
+                    functools.partial(self.run_leased, ctx),
+                    debounce_s=self.settings.train_debounce_s,
+                    recovery_max_s=self.settings.recovery_max_s,
+                    wants_publish=functools.partial(self.wants_publish, state),
+                    clock=self.clock,
+                    status=status,
+                    lease_retry_s=self.settings.lease_retry_s,
+                )
                 self.workers[state.key] = worker.start()
             return worker
 
-    def run_leased(self, ctx: JobContext, job) -> None:
+    def run_leased(self, ctx: JobContext, job: Job, control: JobControl) -> None:
         """Run one job holding the project's trainer lease (store.LeaseBusy when another process
         holds it): first serve the newest version on disk and continue the status another process
         left, then share this job's status with every process until the lease is released."""
         store, status, state = self.projects.store, ctx.status, ctx.state
         with store.trainer_lease(state.key, job[0]):
             status.adopt(store.read_status(state.key))
-            status.info["process"] = process_name()
+            status.process = process_name()
             status.sink = functools.partial(store.write_status, state.key)
             try:
                 self.projects.refresh(state, every_s=0)
                 if job[0] == "publish" and not self.wants_publish(state):
                     return status.set("idle", f"{state.version} is published (by another process)")
-                jobs.run_job(ctx, job)
+                run_job(dataclasses.replace(ctx, control=control), job)
             except Exception as exc:
-                status.info["last_error"] = f"{type(exc).__name__}: {exc}"
+                status.record_error(exc)
                 status.set("failed", f"{job[0]} failed: {type(exc).__name__}: {exc}; the previous model keeps serving")
                 raise
             finally:
@@ -161,7 +163,7 @@ class Learner:
             return "training scheduled"
         if action == "START_TRAINING_UNAUTHENTICATED":
             worker.labels_changed(force=False)
-            return "label check scheduled (unauthenticated Start Training cannot force a round; see README, Security)"
+            return "label check scheduled (unauthenticated Start Training cannot force a round; see docs/security.md)"
         if action == "TASKS_CREATED":
             worker.tasks_created(list(task_ids or []))
             return "scoring scheduled"
@@ -175,7 +177,7 @@ class Learner:
         process's and the one the last job (in any process) shared, plus who holds the lease."""
         worker = self.workers.get(key)
         local = (
-            dict(worker.info)
+            worker.status.as_dict()
             if worker is not None
             else {"state": "idle", "reason": "", "training_runs": 0, "review": [], "dropped_by_influence": []}
         )

@@ -1,4 +1,5 @@
-"""Talking to Label Studio with label-studio-sdk (the maintained client, PAT-aware)."""
+"""Talking to Label Studio with label-studio-sdk (the maintained client, PAT-aware); what its public
+API does not offer goes through ``sdk.py``."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+
+from ml_backend.service import sdk
 
 log = logging.getLogger(__name__)
 
@@ -53,15 +56,15 @@ class LabelStudioConnection:
         pass a few seconds), then gets a RuntimeError that says so."""
         if not self.configured:
             return None
-        tokens = self.client._client_wrapper._tokens_client
-        if tokens._use_legacy_token:
+        tokens = sdk.tokens(self.client)
+        if tokens.legacy:
             return self._api_key
-        cached, expires = tokens._access_token, tokens._access_token_expiration
+        cached, expires = tokens.access_token, tokens.expires
         if cached and expires is not None and expires > datetime.now(timezone.utc) + timedelta(seconds=5):
             return cached
         with self._lock:
             if self._refresh is None or self._refresh.done():
-                self._refresh = self._refresher.submit(lambda: tokens.api_key)
+                self._refresh = self._refresher.submit(tokens.refresh)
             refresh = self._refresh
         try:
             return refresh.result(timeout=wait)
@@ -159,8 +162,8 @@ class ProjectAPI:
     def _pages(self, params: dict):
         page = 1
         while True:
-            response = self._client._client_wrapper.httpx_client.request(
-                "api/tasks/", method="GET", params={"project": self.project_id, "page": page, **params}
+            response = sdk.request(
+                self._client, "api/tasks/", "GET", params={"project": self.project_id, "page": page, **params}
             )
             if response.status_code == 404:  # past the last page
                 return
@@ -190,20 +193,15 @@ class ProjectAPI:
         return self._client.projects.get(id=self.project_id).model_version or ""
 
     def delete_version(self, version: str) -> int:
-        response = self._client._client_wrapper.httpx_client.request(
-            f"api/projects/{self.project_id}/model-versions/",
-            method="DELETE",
-            json={"model_version": version},
+        response = sdk.request(
+            self._client, f"api/projects/{self.project_id}/model-versions/", "DELETE", json={"model_version": version}
         )
         response.raise_for_status()
         return int(response.json().get("deleted_predictions", 0))
 
     def model_versions(self) -> dict[str, int]:
         """The project's prediction versions with their number of predictions."""
-        response = self._client._client_wrapper.httpx_client.request(
-            f"api/projects/{self.project_id}/model-versions/",
-            method="GET",
-        )
+        response = sdk.request(self._client, f"api/projects/{self.project_id}/model-versions/", "GET")
         response.raise_for_status()
         data = response.json()
         if isinstance(data, dict):
@@ -214,9 +212,10 @@ class ProjectAPI:
         """Delete every prediction of these tasks (the Data Manager's "Delete predictions" action):
         a deletion of a size the caller chooses, where deleting a version is one request whose
         cost grows with the version (Label Studio runs a signal per deleted prediction)."""
-        response = self._client._client_wrapper.httpx_client.request(
+        response = sdk.request(
+            self._client,
             "api/dm/actions",
-            method="POST",
+            "POST",
             params={"id": "delete_tasks_predictions", "project": self.project_id},
             json={"selectedItems": {"all": False, "included": [int(t) for t in task_ids]}},
         )
@@ -252,7 +251,7 @@ class ProjectAPI:
 
     # ----------------------------------------------------------------- Data Manager tabs (views)
     def _http(self, method: str, path: str, **kwargs):
-        response = self._client._client_wrapper.httpx_client.request(path, method=method, **kwargs)
+        response = sdk.request(self._client, path, method, **kwargs)
         response.raise_for_status()
         return response.json() if response.content else None
 

@@ -1,10 +1,9 @@
-"""Scoring for the backend: task images -> frozen-feature cache -> the core pool-scoring function
-(``core/scoring.py``) -> Label Studio's prediction JSON. Owns each project's :class:`PoolState`."""
+"""Scoring for the backend: each task's trunk activations (``features.py``: images -> frozen-feature
+cache -> trunk) -> the core pool-scoring function (``core/scoring.py``) -> Label Studio's prediction
+JSON. Owns each project's :class:`PoolState`."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import threading
 import time
@@ -14,18 +13,14 @@ import numpy as np
 import torch
 
 from ml_backend.core.adapted import AdaptedModel
-from ml_backend.core.backbones import LoadedBackbone
 from ml_backend.core.queue_score import LEAST_URGENT_SCORE, NEUTRAL_SCORE, acquisition_to_score
 from ml_backend.core.scoring import score_pool
 from ml_backend.errors import ImageError
-from ml_backend.service.engine import make_engine
-from ml_backend.service.feature_cache import FeatureCache
-from ml_backend.service.images import ImageLoader, Source
+from ml_backend.service.features import FeatureExtractor
 from ml_backend.service.labels import prediction_result
-from ml_backend.service.ls_client import LabelStudioConnection
-from ml_backend.service.projects import ProjectState
+from ml_backend.service.project_state import ProjectState
 from ml_backend.service.settings import Settings
-from ml_backend.service.store import Store
+from ml_backend.service.strategy_states import StrategyStates
 from strategies import Strategy
 
 log = logging.getLogger(__name__)
@@ -48,94 +43,41 @@ def prediction(state: ProjectState, strategy: str, label, score: float, acquisit
     return out
 
 
-def state_ident(base: LoadedBackbone, strategy: Strategy) -> str:
-    """Which backbone and strategy a saved strategy state belongs to."""
-    ident = json.dumps([base.spec.name, base.weights, strategy.name, strategy.params()], sort_keys=True, default=str)
-    return hashlib.sha1(ident.encode()).hexdigest()[:12]
-
-
-class _StrategyStates:
-    """What a strategy computed once from a project's pool, kept beside its checkpoints (a part of
-    :class:`Scorer`)."""
-
-    def _save_strategy_state(self, state: ProjectState) -> None:
-        """Keep what the strategy computed once from the pool (ADMA's landmarks) beside the
-        checkpoints, once: after a restart the project scores as before."""
-        if state.pool.strategy_saved:
-            return
-        strategy = self.strategy_of(state)
-        saved = strategy.saved_state(state.pool.strategy_state)
-        if saved is not None and self.store.save_strategy_state(state.key, state_ident(self.base, strategy), saved):
-            state.pool.strategy_saved = True
-
-    def restore(self, state: ProjectState) -> None:
-        """Put back a project's saved strategy state (when it was saved for this backbone and strategy)."""
-        strategy = self.strategy_of(state)
-        saved = self.store.load_strategy_state(state.key, state_ident(self.base, strategy))
-        if saved is not None and strategy.restore_state(state.pool.strategy_state, saved):
-            state.pool.strategy_saved = True
-            log.info("project %s: restored the strategy's state", state.key)
-
-
-class Scorer(_StrategyStates):
-    def __init__(
-        self, settings: Settings, base: LoadedBackbone, book, store: Store, connection: LabelStudioConnection
-    ) -> None:
-        """``book``: the StrategyBook (``choice.py``): each project's strategy, STRATEGY by default."""
-        self.settings, self.base, self.book, self.store, self.connection = settings, base, book, store, connection
-        self.loader = ImageLoader(
-            store.cache_dir("images"),
-            settings.fetch_workers,
-            settings.image_max_bytes,
-            settings.image_max_pixels,
-            settings.image_timeout_s,
-        )
-        self.engine = make_engine(settings)  # None: in this process; RayEngine: SCORING_ENGINE=ray
-        fingerprint = hashlib.sha1(
-            json.dumps(
-                [
-                    base.spec.name,
-                    base.weights,
-                    base.preprocess.to_dict(),
-                    base.spec.frozen,
-                    settings.feature_cache_dtype,
-                ],
-                sort_keys=True,
-            ).encode()
-        ).hexdigest()[:12]
-        self.features = FeatureCache(
-            store.cache_dir("features"),
-            fingerprint,
-            settings.feature_cache_mb * 2**20,
-            settings.feature_cache_disk_mb * 2**20,
-            settings.feature_cache_dtype,
-        )
+class Scorer:
+    def __init__(self, settings: Settings, features: FeatureExtractor, strategy_states: StrategyStates) -> None:
+        """``features``: each task's trunk activations and images; ``strategy_states``: each
+        project's strategy (STRATEGY by default) and what it computed once from the pool."""
+        self.settings, self.extractor, self.strategy_states = settings, features, strategy_states
         self._strategy_lock = threading.Lock()  # strategies may keep per-call diagnostics
         self.pool_relative_requests = 0  # subsets given a neutral rank (a pool-relative strategy, nothing kept)
 
     def strategy_of(self, state: ProjectState) -> Strategy:
-        return self.book.get(state.strategy)
+        return self.strategy_states.strategy_of(state)
 
-    # ------------------------------------------------------------------ images and activations
-    def source(self, state: ProjectState, deadline: float | None = None) -> Source:
-        """Where the project's images come from. A request (one with a ``deadline``) waits at most
-        3 s for a PAT refresh, background work 60 s (see LabelStudioConnection.token)."""
-        if self.connection.configured:
-            connection, token_wait = self.connection, 60.0 if deadline is None else 3.0
-            return Source(connection.url, lambda: connection.token(wait=token_wait))
-        token = state.access_token
-        return Source(state.hostname.rstrip("/"), lambda: token or None)
+    def restore(self, state: ProjectState) -> None:
+        """Put back a project's saved strategy state (see :meth:`StrategyStates.restore`)."""
+        self.strategy_states.restore(state)
 
-    @staticmethod
-    def reference(state: ProjectState, task: dict) -> tuple:
-        data = task.get("data")
-        return task.get("id"), data.get(state.config.value_key) if isinstance(data, dict) else None
+    # ------------------------------------------------------------------ delegations to the feature extractor
+    # for the callers not switched to the extractor yet (jobs, tests, benchmarks)
+    @property
+    def features(self):
+        """The frozen-feature cache."""
+        return self.extractor.cache
+
+    @property
+    def loader(self):
+        return self.extractor.loader
+
+    @property
+    def engine(self):
+        return self.extractor.engine
+
+    def reference(self, state: ProjectState, task: dict) -> tuple:
+        return self.extractor.reference(state, task)
 
     def fingerprint(self, reference: tuple) -> str | None:
-        """What a task *is* for every per-task cache (trunk activations, a strategy's per-item
-        state), from its (task id, image reference); None when either is missing (nothing is cached)."""
-        task_id, ref = reference
-        return self.features.key(task_id, ref) if task_id is not None and isinstance(ref, str) else None
+        return self.extractor.fingerprint(reference)
 
     def trunk_activations(
         self,
@@ -145,50 +87,10 @@ class Scorer(_StrategyStates):
         keys: Sequence[str | None] | None = None,
         deadline: float | None = None,
     ) -> list:
-        """Per task: trunk activations (from the frozen-feature cache when present) or the
-        ImageError that explains why there are none. Downloads overlap the trunk forward pass."""
-        refs = [self.reference(state, t) for t in tasks]
-        keys = list(keys) if keys is not None else [self.fingerprint(r) for r in refs]
-        out: list = [self.features.get(k) if k else None for k in keys]
-        missing = [i for i, z in enumerate(out) if z is None]
-        if self.engine is not None and missing and deadline is None:  # background work: on Ray
-            source = self.source(state)
-            computed = self.engine.trunk([refs[i] for i in missing], source.hostname, source.token())
-            for i, z in zip(missing, computed):
-                out[i] = z if isinstance(z, ImageError) else self.features.round(z)
-                if keys[i] and not isinstance(z, ImageError):
-                    self.features.put(keys[i], out[i])
-            return out
-        futures = self.loader.submit_many(
-            [refs[i] for i in missing], self.source(state, deadline), transform=model.preprocess, deadline=deadline
-        )
-        pending: list[tuple[int, torch.Tensor]] = []
-
-        def flush():
-            z = self.features.round(model.trunk(torch.stack([t for _, t in pending])))
-            for (i, _), zi in zip(pending, z):
-                out[i] = zi
-                if keys[i]:
-                    self.features.put(keys[i], zi)
-            pending.clear()
-
-        for i, future in zip(missing, futures):
-            item = future.result()
-            if isinstance(item, ImageError):
-                out[i] = item
-                continue
-            pending.append((i, item))
-            if len(pending) == self.settings.batch_size:
-                flush()
-        if pending:
-            flush()
-        return out
+        return self.extractor.trunk_activations(state, model, tasks, keys, deadline)
 
     def images(self, state: ProjectState, model: AdaptedModel, tasks: Sequence[dict]) -> list:
-        """Per task: its preprocessed image, or the ImageError that explains why there is none."""
-        return self.loader.load_many(
-            [self.reference(state, t) for t in tasks], self.source(state), transform=model.preprocess
-        )
+        return self.extractor.images(state, model, tasks)
 
     # ------------------------------------------------------------------ scoring
     def predict(self, state: ProjectState, tasks: list, model: AdaptedModel, version: str) -> list[dict]:
@@ -210,7 +112,7 @@ class Scorer(_StrategyStates):
         others go to ``failed`` (index -> ImageError)."""
         chunk = max(self.settings.batch_size, 256)  # bounded memory for large pools
         for start in range(0, len(tasks), chunk):
-            part = self.trunk_activations(
+            part = self.extractor.trunk_activations(
                 state, model, tasks[start : start + chunk], fingerprints[start : start + chunk], deadline=deadline
             )
             ok = [j for j, a in enumerate(part) if not isinstance(a, ImageError)]
@@ -237,18 +139,14 @@ class Scorer(_StrategyStates):
         """Predictions for ``tasks`` (label + score + version). With ``reset_pool`` these tasks are
         the whole unlabeled pool (a publish) and their values become the reference of the version's
         queue scores; ``deadline`` (time.monotonic()) bounds the image downloads of a request."""
-        fingerprints = [self.fingerprint(self.reference(state, t)) for t in tasks]
+        features = self.extractor
+        fingerprints = [features.fingerprint(features.reference(state, t)) for t in tasks]
         failed: dict[int, ImageError] = {}
         pool = state.pool
 
         def images() -> torch.Tensor:  # only for strategies that need test-time-augmented views
             good = [t for i, t in enumerate(tasks) if i not in failed]
-            loaded = self.loader.load_many(
-                [self.reference(state, t) for t in good],
-                self.source(state, deadline),
-                transform=model.preprocess,
-                deadline=deadline,
-            )
+            loaded = features.images(state, model, good, deadline)
             bad = [str(x) for x in loaded if isinstance(x, ImageError)]
             if bad:
                 raise ImageError(f"{len(bad)} image(s) became unreadable while scoring: {bad[0]}")
@@ -268,13 +166,13 @@ class Scorer(_StrategyStates):
             batch_size=self.settings.batch_size,
             lock=self._strategy_lock,
             model_version=version,
-            forward=self.engine.forward if self.engine is not None and deadline is None else None,
+            forward=features.engine.forward if features.engine is not None and deadline is None else None,
         )
         if reset_pool and scored.keys:
             if scored.info:
                 pool.strategy_info = scored.info
             pool.scored_version = version
-            self._save_strategy_state(state)
+            self.strategy_states.save(state)
         if scored.pool_relative:  # never the top of the queue: the middle, until a full-pool scoring
             values, scores = [None] * len(scored.keys), np.full(len(scored.keys), NEUTRAL_SCORE)
             self.pool_relative_requests += 1
@@ -285,9 +183,15 @@ class Scorer(_StrategyStates):
         kept_info = pool.strategy_info if pool.scored_version == version else {}
         serving = (scored.info or kept_info).get("serving")  # auto: the strategy its regime serves
         served = f"{strategy.name}/{serving}" if serving else strategy.name
+        return self._predictions(state, len(tasks), failed, served, labels, scores, values, version)
+
+    @staticmethod
+    def _predictions(state: ProjectState, n: int, failed: dict, served: str, labels, scores, values, version) -> list:
+        """One prediction per task, in order: the scored tasks' (``labels``, ``scores`` and
+        ``values`` in their order), and the least urgent, with the reason, for those in ``failed``."""
         out: list[dict] = []
         j = 0
-        for i in range(len(tasks)):
+        for i in range(n):
             if i in failed:
                 out.append(
                     {"result": [], "score": LEAST_URGENT_SCORE, "model_version": version, "error": str(failed[i])}
@@ -321,6 +225,4 @@ class Scorer(_StrategyStates):
             state.pool.labeled_trunk = trunks
 
     def close(self) -> None:
-        self.loader.close()
-        if self.engine is not None:
-            self.engine.close()
+        self.extractor.close()

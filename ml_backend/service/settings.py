@@ -3,7 +3,9 @@
 Each setting is declared once, as a field of :class:`Settings`: its type, its default, its meaning
 and how its environment variable (the field's name in upper case) is parsed and checked. Everything
 else is derived from those fields: :data:`ENV_VARS` (name -> (default as written in the environment,
-meaning)), the README's configuration table (checked by a test) and :meth:`Settings.from_env`.
+meaning)), the configuration table in docs/settings.md (:func:`settings_table`, printed by
+``python -m ml_backend --settings`` and checked by a test) and :meth:`Settings.from_env`. Links in a
+meaning are relative to docs/, where the table lives.
 
 Names follow label-studio-ml 2.x where it has one (LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY,
 MODEL_DIR, BASIC_AUTH_USER, BASIC_AUTH_PASS, LOG_LEVEL, PORT).
@@ -90,7 +92,7 @@ def log_level(name: str, raw: str) -> str:
 
 
 def backbone(name: str, raw: str) -> str:
-    from ml_backend.core.backbones import available_backbones, refused_backbones  # cheap settings, lazy torch
+    from ml_backend.core.architectures import available_backbones, refused_backbones  # cheap settings, lazy torch
 
     value = raw.lower()
     refused = refused_backbones()
@@ -166,7 +168,7 @@ class Settings:
     basic_auth_pass: str = setting("", "Password for `BASIC_AUTH_USER`.", secret=True)
     webhook_secret: str = setting(
         "",
-        "Master secret for webhook authentication ([Security](#security)); unset: created once in `MODEL_DIR/secrets/webhook.key`.",
+        "Master secret for webhook authentication ([security.md](security.md)); unset: created once in `MODEL_DIR/secrets/webhook.key`.",
         secret=True,
     )
     max_request_mb: int = setting(64, "Largest request body accepted, in MB (413 beyond it).", integer(1))
@@ -182,27 +184,25 @@ class Settings:
     )
     lease_retry_s: float = setting(
         2.0,
-        "While another process (another gunicorn worker or a replica sharing `MODEL_DIR`) runs a project's round or publish, this process tries to take over the project's jobs every this many seconds ([Several processes](#several-processes)).",
+        "While another process (another gunicorn worker or a replica sharing `MODEL_DIR`) runs a project's round or publish, this process tries to take over the project's jobs every this many seconds ([Several processes](deployment.md#several-processes)).",
         number(0.0),
     )
-    log_level: str = setting(
-        "INFO", "One of DEBUG, INFO, WARNING, ERROR, CRITICAL." + ", ".join(LOG_LEVELS) + ".", log_level
-    )
+    log_level: str = setting("INFO", "One of " + ", ".join(LOG_LEVELS) + ".", log_level)
     port: int = setting(9090, "Port of `python -m ml_backend`.", integer(1))
     host: str = setting("0.0.0.0", "Interface `python -m ml_backend` listens on.")
     workers: int = setting(
         1,
-        "gunicorn worker processes. Each holds its own models (keep 1 per GPU); they share `MODEL_DIR`, one at a time trains and publishes a project ([Several processes](#several-processes)).",
+        "gunicorn worker processes. Each holds its own models (keep 1 per GPU); they share `MODEL_DIR`, one at a time trains and publishes a project ([Several processes](deployment.md#several-processes)).",
         integer(1),
     )
     threads: int = setting(
         64,
-        "gunicorn threads per worker. At most `THREADS - 8` `/predict` requests run at once (more get 503 with `Retry-After`), so that `/webhook`, `/setup` and `/health` always find a free thread ([benchmarks](docs/benchmarks.md)).",
+        "gunicorn threads per worker. At most `THREADS - 8` `/predict` requests run at once (more get 503 with `Retry-After`), so that `/webhook`, `/setup` and `/health` always find a free thread ([benchmarks](benchmarks.md#latency-of-webhook-and-setup-under-load-benchmarksbench_latencypy)).",
         integer(1),
     )
     backbone: str = setting(
         "efficientnet_lite0",
-        "`efficientnet_lite0` (ImageNet weights that install with the package: nothing is downloaded), any torchvision classification architecture by name (`resnet50`, `convnext_tiny`, `vit_b_16`, …), `smallcnn` or `smallcnn-unfrozen`; `python -m ml_backend --list` shows each family's strategies and refusals ([Backbones](#backbones)).",
+        "`efficientnet_lite0` (ImageNet weights that install with the package: nothing is downloaded), any torchvision classification architecture by name (`resnet50`, `convnext_tiny`, `vit_b_16`, …), `smallcnn` or `smallcnn-unfrozen`; `python -m ml_backend --list` shows each family's strategies and refusals ([backbones.md](backbones.md)).",
         backbone,
     )
     weights: str = setting(
@@ -211,7 +211,7 @@ class Settings:
     )
     freeze: str = setting(
         "default",
-        "Where the frozen early layers end: `default` (the family's boundary, [Backbones](#backbones)), `none` (train everything), `all` (only the classifier trains), a fraction of the stages such as `0.5`, or a stage's module name (frozen up to and including it, e.g. `layer2`). The log says \"N of M parameters trainable\".",
+        "Where the frozen early layers end: `default` (the family's boundary, [backbones.md](backbones.md#freeze)), `none` (train everything), `all` (only the classifier trains), a fraction of the stages such as `0.5`, or a stage's module name (frozen up to and including it, e.g. `layer2`). The log says \"N of M parameters trainable\".",
         freeze,
     )
     image_size: int = setting(
@@ -221,7 +221,7 @@ class Settings:
     )
     strategy: str = setting(
         "auto",
-        "A registered strategy (`python -m ml_backend --list`), with options as `name:key=value:…`, e.g. `adma:lam=0.1:landmarks=kmeans` (see [Strategies](#strategies)).",
+        "A registered strategy (`python -m ml_backend --list`), with options as `name:key=value:…`, e.g. `adma:lam=0.1:landmarks=kmeans` (see [Strategies](../README.md#strategies) and [strategies.md](strategies.md#choosing-a-strategy)).",
         strategy,
     )
     queue_diversity: str = setting(
@@ -232,7 +232,7 @@ class Settings:
     queue_diversity_top: int = setting(100, "How many top tasks `QUEUE_DIVERSITY` re-orders.", integer(2))
     stop_kappa: float = setting(
         0.99,
-        "The stopping signal ([How it learns](#how-it-learns)) fires when the mean Cohen's κ between consecutive versions' predictions on a fixed sample of unlabeled tasks, over the last `STOP_WINDOW` rounds, reaches this (Bloodgood & Vijay-Shanker's rule: 0.99 over 3).",
+        "The stopping signal ([learning.md](learning.md#dashboard-and-stopping-signal)) fires when the mean Cohen's κ between consecutive versions' predictions on a fixed sample of unlabeled tasks, over the last `STOP_WINDOW` rounds, reaches this (Bloodgood & Vijay-Shanker's rule: 0.99 over 3).",
         number(0.0),
     )
     stop_window: int = setting(3, "Rounds the stopping signal averages κ over.", integer(1))
@@ -248,7 +248,7 @@ class Settings:
     )
     multilabel_threshold: float = setting(
         0.5,
-        'A multi-label `<Choices choice="multiple">` group predicts every label whose sigmoid probability reaches this; margin\'s multi-label value is the smallest distance to it ([Multi-label](#multi-label-and-several-questions)).',
+        'A multi-label `<Choices choice="multiple">` group predicts every label whose sigmoid probability reaches this; margin\'s multi-label value is the smallest distance to it ([multi-label.md](multi-label.md)).',
         number(0.0, maximum=1.0),
     )
     review_max_p: float = setting(
@@ -263,12 +263,12 @@ class Settings:
     )
     review_method: str = setting(
         "loss",
-        "`loss` (the trained head's loss on the given label; cheap, as good as influence in docs/methods.md §6.4) or `influence` (last-layer self-influence, plus cross-fitted influence ψ on validation loss; `flag` marks ψ > 0 with p(label) < 0.5).",
+        "`loss` (the trained head's loss on the given label; cheap, as good as influence in [methods.md](methods.md) §6.4) or `influence` (last-layer self-influence, plus cross-fitted influence ψ on validation loss; `flag` marks ψ > 0 with p(label) < 0.5).",
         choice("loss", "influence"),
     )
     train_drop_harmful: bool = setting(
         False,
-        "Influence-based data dropout: after training on a round's labels, leave out labels whose up-weighting would raise the validation loss (ψ > 0, cross-fitted: each fold's ψ from a head fit without it) and train again without them. Dropped tasks are listed in `/status` → `dropped_by_influence`. Never drops more than half. Measured in docs/results.md before you turn it on.",
+        "Influence-based data dropout: after training on a round's labels, leave out labels whose up-weighting would raise the validation loss (ψ > 0, cross-fitted: each fold's ψ from a head fit without it) and train again without them. Dropped tasks are listed in `/status` → `dropped_by_influence`. Never drops more than half. Measured in [results.md](results.md#data-dropout-and-the-review-list-under-label-noise) before you turn it on.",
         flag,
     )
     device: str = setting("auto", "`auto` (CUDA when present, else CPU), `cpu`, `cuda` or `cuda:N`.", device)
@@ -334,7 +334,7 @@ class Settings:
     )
     scoring_engine: str = setting(
         "local",
-        "Where feature extraction and re-scoring run: `local` (this process) or `ray` (Ray Data actors; `pip install 'active-adaptation[ray]'`; see [Several processes](#several-processes)).",
+        "Where feature extraction and re-scoring run: `local` (this process) or `ray` (Ray Data actors; `pip install 'active-adaptation[ray]'`; see [Scoring on Ray](deployment.md#scoring-on-ray)).",
         choice("local", "ray"),
     )
     ray_address: str = setting(
@@ -410,7 +410,11 @@ ENV_VARS: dict[str, tuple[str, str]] = {
 
 
 def settings_table() -> str:
-    """The README's configuration table, from the declarations above."""
+    """The configuration table of docs/settings.md, from the declarations above.
+
+    ``python -m ml_backend --settings`` prints it; tests/service/test_settings.py checks that
+    docs/settings.md holds it. Links in the meanings are relative to docs/.
+    """
     rows = ["| variable | default | meaning |", "|---|---|---|"]
     for name, (default, meaning) in ENV_VARS.items():
         rows.append(f"| `{name}` | {f'`{default}`' if default else '(empty)'} | {meaning} |")

@@ -16,10 +16,8 @@ here and hold only entries that can be recomputed.
 
 Several processes (``WORKERS>1``, or replicas sharing MODEL_DIR) serve one project together: any
 of them answers /predict from the newest complete version on disk, and exactly one at a time runs
-the project's jobs (rounds, publishes), the one holding the **trainer lease**: an exclusive
-``flock`` on ``trainer.lease``, taken without waiting. The kernel releases it when its holder dies,
-even by ``kill -9``, so another process takes over at its next attempt; on NFSv4 the server's lease
-(90 s by default) does the same for a host that disappears.
+the project's jobs (rounds, publishes), the one holding the **trainer lease**. The lease, status,
+history and small JSON files are :class:`~ml_backend.service.shared_files.SharedFiles`' (``store.shared``).
 
 A checkpoint folder is written complete under a temporary name and renamed into place, so a crash,
 even ``kill -9`` mid-write, leaves the previous versions or a complete new one. Every version gets
@@ -43,22 +41,11 @@ from pathlib import Path
 import torch
 
 from ml_backend import atomic
+from ml_backend.service.shared_files import LeaseBusy, SharedFiles
+
+__all__ = ["LeaseBusy", "Store"]  # LeaseBusy: where the worker and the tests have always imported it from
 
 log = logging.getLogger(__name__)
-
-
-class LeaseBusy(RuntimeError):
-    """Another process holds a project's trainer lease; ``holder`` says who (host, pid, job, since)."""
-
-    def __init__(self, key: str, holder: dict | None) -> None:
-        self.holder = holder or {}
-        who = (
-            f"{self.holder.get('host', '?')} pid {self.holder.get('pid', '?')} "
-            f"({self.holder.get('job', '?')} since {time.strftime('%H:%M:%S', time.localtime(self.holder['since']))})"
-            if self.holder.get("since")
-            else "another process"
-        )
-        super().__init__(f"project {key}: {who} holds the trainer lease")
 
 
 def _seq(meta: dict) -> tuple:
@@ -66,112 +53,36 @@ def _seq(meta: dict) -> tuple:
     return (1, meta["seq"], 0.0) if isinstance(meta.get("seq"), int) else (0, 0, float(meta.get("saved_at") or 0))
 
 
-class _SharedFiles:
-    """What processes sharing MODEL_DIR tell each other about a project: the trainer lease, the
-    last job's status, the rounds' history and small JSON records (a part of :class:`Store`)."""
-
-    def project_dir(self, key: str) -> Path:  # Store's layout
-        raise NotImplementedError
-
-    @contextlib.contextmanager
-    def trainer_lease(self, key: str, job: str):
-        """Hold project ``key``'s trainer lease for one job, or raise :class:`LeaseBusy` at once.
-        The holder's host, pid, job and start time are written into the lease file for /status."""
-        import socket
-
-        folder = self.project_dir(key)
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / "trainer.lease", "a+") as f:
-            try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise LeaseBusy(key, self.lease_holder(key)) from None
-            try:
-                f.seek(0)
-                f.truncate()
-                f.write(
-                    json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "job": job, "since": time.time()})
-                )
-                f.flush()
-                yield
-            finally:
-                f.seek(0)
-                f.truncate()
-                f.flush()
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-    def lease_holder(self, key: str) -> dict | None:
-        """Who holds project ``key``'s trainer lease now (None: nobody)."""
-        path = self.project_dir(key) / "trainer.lease"
-        try:
-            with open(path) as f:
-                try:  # a shared lock is refused exactly while somebody holds the exclusive one
-                    fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    try:
-                        holder = json.loads(f.read() or "{}")
-                    except ValueError:  # written just now
-                        holder = {}
-                    return holder if isinstance(holder, dict) else {}
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-                return None
-        except FileNotFoundError:
-            return None
-
-    def write_status(self, key: str, info: dict) -> None:
-        """The worker status of this project's last job, for /status in every process (not
-        fsynced: it is rewritten at every change of state)."""
-        self.write_json(key, "status.json", info, durable=False)
-
-    def read_status(self, key: str) -> dict | None:
-        return self.read_json(key, "status.json")
-
-    def append_history(self, key: str, entry: dict) -> None:
-        """One round's record (one JSON line, appended; a torn last line is skipped on reading)."""
-        try:
-            line = (json.dumps(entry, default=str) + "\n").encode()
-            fd = os.open(self.project_dir(key) / "history.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-            try:
-                os.write(fd, line)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            log.warning("project %s: cannot record the round in its history: %s", key, exc)
-
-    def read_history(self, key: str) -> list[dict]:
-        try:
-            lines = (self.project_dir(key) / "history.jsonl").read_text().splitlines()
-        except OSError:
-            return []
-        out = []
-        for line in lines:
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(entry, dict):
-                out.append(entry)
-        return out
-
-    def read_json(self, key: str, name: str) -> dict | None:
-        """A small per-project JSON file (``stability.json``); None when absent or damaged."""
-        try:
-            data = json.loads((self.project_dir(key) / name).read_text())
-        except (OSError, ValueError):
-            return None
-        return data if isinstance(data, dict) else None
-
-    def write_json(self, key: str, name: str, data: dict, durable: bool = True) -> None:
-        try:
-            payload = json.dumps(data, indent=2, sort_keys=True, default=str).encode()
-            atomic.write_with(self.project_dir(key) / name, lambda f: f.write(payload), durable=durable)
-        except OSError as exc:
-            log.warning("project %s: cannot save %s: %s", key, name, exc)
-
-
-class Store(_SharedFiles):
+class Store:
     def __init__(self, model_dir: Path) -> None:
         self.root = Path(model_dir)
+        self.shared = SharedFiles(self.root / "projects")  # lease, status, history, small JSON records
+
+    # ------------------------------------------------------------------ what processes tell each other
+    def trainer_lease(self, key: str, job: str):
+        """Hold project ``key``'s trainer lease for one job, or raise :class:`LeaseBusy` at once."""
+        return self.shared.trainer_lease(key, job)
+
+    def lease_holder(self, key: str) -> dict | None:
+        return self.shared.lease_holder(key)
+
+    def write_status(self, key: str, info: dict) -> None:
+        self.shared.write_status(key, info)
+
+    def read_status(self, key: str) -> dict | None:
+        return self.shared.read_status(key)
+
+    def append_history(self, key: str, entry: dict) -> None:
+        self.shared.append_history(key, entry)
+
+    def read_history(self, key: str) -> list[dict]:
+        return self.shared.read_history(key)
+
+    def read_json(self, key: str, name: str) -> dict | None:
+        return self.shared.read_json(key, name)
+
+    def write_json(self, key: str, name: str, data: dict, durable: bool = True) -> None:
+        self.shared.write_json(key, name, data, durable)
 
     # ------------------------------------------------------------------ layout
     def project_dir(self, key: str) -> Path:

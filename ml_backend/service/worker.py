@@ -1,8 +1,9 @@
 """One project's event state machine: signals (never blocking) set flags; :meth:`ProjectWorker.next_job`
 decides what runs next (config check, webhook securing, a debounced training round, a publish, new
 tasks) or how long to wait; a failed job is retried in the background with back-off. The jobs
-themselves are plain functions (``jobs.py``) injected as ``run_job``; time comes from an injected
-clock, so that tests drive the machine without threads or sleeps.
+themselves (``jobs/``) run through the injected ``run_job(job, control)``, ``control`` being the
+worker as the :class:`JobControl` a job may ask; the status (``status.py``) may be injected too;
+time comes from an injected clock, so that tests drive the machine without threads or sleeps.
 
 States shown in /status: ``idle``, ``waiting`` (debouncing annotation events), ``running`` (a
 round), ``publishing``, ``scoring`` (a re-scoring without import), ``securing``, ``failed`` (with
@@ -16,9 +17,10 @@ import logging
 import threading
 import time
 import traceback
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Protocol
 
 from ml_backend.service.ls_client import api_status
+from ml_backend.service.status import WorkerStatus
 from ml_backend.service.store import LeaseBusy
 
 log = logging.getLogger(__name__)
@@ -28,60 +30,27 @@ Job = tuple[
 ]  # ("round", force), ("publish", None), ("tasks", ids), ("config", None), ("secure", None), ("rescore", None)
 
 
+class JobControl(Protocol):
+    """What a running job may ask the worker that runs it (:class:`ProjectWorker` is one)."""
+
+    def stopped(self) -> bool:
+        """The worker stops: a job that waits (e.g. for Label Studio's webhook) gives up."""
+        ...
+
+    def round_due(self) -> bool:
+        """A round is waiting: a background import gives way to it between chunks."""
+        ...
+
+
 class SystemClock:
     monotonic = staticmethod(time.monotonic)
-
-
-class WorkerStatus:
-    """What /status shows about a project's worker; written by the worker and the jobs it runs."""
-
-    def __init__(self) -> None:
-        self.info: dict = {
-            "state": "idle",
-            "reason": "",
-            "training_runs": 0,
-            "failed_runs": 0,
-            "publishes": 0,
-            "last_round": None,
-            "publish_progress": None,
-            "last_error": None,
-            "webhook": "not secured yet",
-            "retry_in_s": None,
-            "review": [],
-            "dropped_by_influence": [],
-        }
-
-        self.sink: Callable[[dict], None] | None = None  # while this process holds the lease: shares the info
-
-    def set(self, state: str, reason: str = "") -> None:
-        self.info["state"], self.info["reason"] = state, reason
-        self.share()
-
-    def share(self) -> None:
-        """Stamp the info and, while this process holds the project's lease, hand it to the sink
-        (the status file every process's /status reads)."""
-        self.info["updated_at"] = time.time()
-        if self.sink is not None:
-            self.sink(dict(self.info))
-
-    def adopt(self, shared: dict | None) -> None:
-        """Continue from what another process's jobs left (counters, last round, review) when it is newer."""
-        if not shared or shared.get("updated_at", 0) <= self.info.get("updated_at", 0):
-            return
-        for key, value in shared.items():
-            if key not in ("state", "reason", "retry_in_s", "updated_at", "process"):
-                self.info[key] = value
-
-    @property
-    def state(self) -> str:
-        return self.info["state"]
 
 
 class ProjectWorker:
     def __init__(
         self,
         key: str,
-        run_job: Callable[[Job], None],
+        run_job: Callable[[Job, JobControl], None],
         *,
         debounce_s: float,
         recovery_max_s: float,
@@ -95,7 +64,7 @@ class ProjectWorker:
         self.status = status or WorkerStatus()
         self.cond = threading.Condition()
         self.labels_dirty = self.force = self.publish_requested = False
-        self.config_requested = self.secure_requested = self.rescore_requested = self.stopped = False
+        self.config_requested = self.secure_requested = self.rescore_requested = self.stopping = False
         self.task_hints: set[int] = set()
         self.secure_attempts = 0
         self.last_secure = -1e9
@@ -107,7 +76,8 @@ class ProjectWorker:
         self.thread: threading.Thread | None = None
 
     @property
-    def info(self) -> dict:
+    def info(self) -> Mapping[str, Any]:
+        """The status as /status shows it (read-only)."""
         return self.status.info
 
     # ------------------------------------------------------------------ signals (never block)
@@ -154,14 +124,17 @@ class ProjectWorker:
 
     def stop(self) -> None:
         with self.cond:
-            self.stopped = True
+            self.stopping = True
             self.cond.notify()
+
+    def stopped(self) -> bool:
+        return self.stopping
 
     def round_due(self) -> bool:
         """Labels changed and their debounce has passed (or the worker stops): what a background
         import checks between chunks to give way to the round."""
         with self.cond:
-            return self.stopped or (self.labels_dirty and self._debounce_left(self.clock.monotonic()) <= 0)
+            return self.stopping or (self.labels_dirty and self._debounce_left(self.clock.monotonic()) <= 0)
 
     def _debounce_left(self, now: float) -> float:
         """Under ``cond``: seconds until the annotation events have been quiet for ``debounce_s``."""
@@ -177,7 +150,7 @@ class ProjectWorker:
         with self.cond:
             while True:
                 now = self.clock.monotonic()
-                if self.stopped:
+                if self.stopping:
                     return None, None
                 if self.lease_wait_until > now:  # another process holds the project's lease
                     return None, self.lease_wait_until - now
@@ -206,7 +179,7 @@ class ProjectWorker:
                 if self.retry is None or self.retry_at == float("inf"):  # (inf: re-armed, running)
                     return None, None
                 if self.retry_at > now:
-                    self.info["retry_in_s"] = round(self.retry_at - now, 1)
+                    self.status.retry_in_s = round(self.retry_at - now, 1)
                     return None, self.retry_at - now
                 self._rearm()
 
@@ -226,7 +199,7 @@ class ProjectWorker:
         while True:
             with self.cond:
                 job, wait = self.next_job()
-                if self.stopped:
+                if self.stopping:
                     return
                 if job is None:
                     self.cond.wait(wait)
@@ -235,53 +208,15 @@ class ProjectWorker:
 
     def _execute(self, job: Job) -> None:
         try:
-            self.run_job(job)
+            self.run_job(job, self)
             with self.cond:
                 if self.retry is not None and self.retry[0] == job[0]:
-                    self.retry, self.backoff, self.info["retry_in_s"] = None, 0.0, None
+                    self.retry, self.backoff, self.status.retry_in_s = None, 0.0, None
             # The served version can move on during a job (a grown label config): publish it too.
             if self.wants_publish():
                 self.request_publish()
         except Exception as exc:
-            self._failed(job, exc)
-
-    def _failed(self, job: Job, exc: Exception) -> None:
-        kind = job[0]
-        if isinstance(exc, LeaseBusy):  # another process runs this project's jobs: take over when it is done
-            with self.cond:
-                _flag(self, job)
-                self.lease_wait_until = self.clock.monotonic() + self.lease_retry_s
-                self.info["retry_in_s"] = self.lease_retry_s
-            first = not self.status.info["reason"].endswith("when it is free")
-            self.status.set("waiting", f"{exc}; this process runs the {kind} when it is free")
-            log.log(logging.INFO if first else logging.DEBUG, "%s; %s deferred", exc, kind)
-            return
-        self.info["failed_runs"] += kind == "round"
-        self.info["last_error"] = f"{type(exc).__name__}: {exc}"
-        status = api_status(exc) or (api_status(exc.__cause__) if exc.__cause__ is not None else None)
-        if status == 404 and kind != "tasks":  # the project is gone: nothing to retry
-            self.status.set("failed", f"Label Studio has no project {self.key} any more; nothing is retried")
-            log.error("project %s: %s failed: Label Studio has no such project any more", self.key, kind)
-            return
-        if kind == "secure":
-            self.info["webhook"] = f"not secured: {exc}"
-            self.secure_attempts += 1
-            if self.secure_attempts >= 6:  # the next /setup from Label Studio tries again
-                self.status.set("idle", "")
-                log.warning("project %s: webhook not secured: %s", self.key, exc)
-                return
-        with self.cond:
-            self.backoff = min(self.recovery_max_s, max(5.0, self.backoff * 2))
-            self.retry, self.retry_at = job, self.clock.monotonic() + self.backoff
-            self.info["retry_in_s"] = round(self.backoff, 1)
-        self.status.set(
-            "failed",
-            f"{kind} failed: {type(exc).__name__}: {exc}; the previous model keeps serving, "
-            f"retrying in {self.backoff:g}s",
-        )
-        log.error(
-            "project %s: %s failed (retrying in %gs): %s\n%s", self.key, kind, self.backoff, exc, traceback.format_exc()
-        )
+            _failed(self, job, exc)
 
     def _rearm(self) -> None:
         """Under ``cond``: turn the failed job back into the flag that runs it."""
@@ -305,3 +240,44 @@ def _flag(worker: ProjectWorker, job: Job) -> None:
         worker.rescore_requested = True
     else:
         worker.secure_requested = True
+
+
+def _failed(worker: ProjectWorker, job: Job, exc: Exception) -> None:
+    """A job raised: defer it while another process holds the lease, give up on a project gone
+    from Label Studio (or a webhook that cannot be secured), else retry it with back-off."""
+    kind = job[0]
+    if isinstance(exc, LeaseBusy):  # another process runs this project's jobs: take over when it is done
+        with worker.cond:
+            _flag(worker, job)
+            worker.lease_wait_until = worker.clock.monotonic() + worker.lease_retry_s
+            worker.status.retry_in_s = worker.lease_retry_s
+        first = not worker.status.reason.endswith("when it is free")
+        worker.status.set("waiting", f"{exc}; this process runs the {kind} when it is free")
+        log.log(logging.INFO if first else logging.DEBUG, "%s; %s deferred", exc, kind)
+        return
+    worker.status.failed_runs += kind == "round"
+    worker.status.record_error(exc)
+    status = api_status(exc) or (api_status(exc.__cause__) if exc.__cause__ is not None else None)
+    if status == 404 and kind != "tasks":  # the project is gone: nothing to retry
+        worker.status.set("failed", f"Label Studio has no project {worker.key} any more; nothing is retried")
+        log.error("project %s: %s failed: Label Studio has no such project any more", worker.key, kind)
+        return
+    if kind == "secure":
+        worker.status.webhook = f"not secured: {exc}"
+        worker.secure_attempts += 1
+        if worker.secure_attempts >= 6:  # the next /setup from Label Studio tries again
+            worker.status.set("idle", "")
+            log.warning("project %s: webhook not secured: %s", worker.key, exc)
+            return
+    with worker.cond:
+        worker.backoff = min(worker.recovery_max_s, max(5.0, worker.backoff * 2))
+        worker.retry, worker.retry_at = job, worker.clock.monotonic() + worker.backoff
+        worker.status.retry_in_s = round(worker.backoff, 1)
+    worker.status.set(
+        "failed",
+        f"{kind} failed: {type(exc).__name__}: {exc}; the previous model keeps serving, "
+        f"retrying in {worker.backoff:g}s",
+    )
+    log.error(
+        "project %s: %s failed (retrying in %gs): %s\n%s", worker.key, kind, worker.backoff, exc, traceback.format_exc()
+    )

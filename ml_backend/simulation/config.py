@@ -8,7 +8,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 NOVEL_CRITERIA = {
     "random": "random",
     "least_confidence": "min",
@@ -232,7 +232,7 @@ def _check_dataset(args, parser) -> str:
             parser.error("--live runs per-instance strategies; digits-novel's set protocol has no queue")
         if not LS_BIN.exists():
             parser.error(f"--live needs Label Studio at {LS_BIN}: run bash scripts/setup_env.sh first")
-    from ml_backend.core.backbones import available_backbones, get_backbone
+    from ml_backend.core.architectures import available_backbones, get_backbone
     from ml_backend.errors import ConfigError
 
     if args.backbone not in available_backbones():
@@ -248,7 +248,7 @@ def _check_strategies(
     text: str, track: str, parser, backbone: str = "smallcnn", freeze: str = "default"
 ) -> tuple[str, ...]:
     import strategies
-    from ml_backend.core.backbones import get_backbone
+    from ml_backend.core.architectures import get_backbone
     from ml_backend.errors import ConfigError
 
     specs = tuple(s.strip() for s in text.split(",") if s.strip())

@@ -146,9 +146,7 @@ from ml_backend.fashion_mnist import (  # noqa: E402  (the reader is shared with
     FASHION_MNIST_DIR,
     read_idx,
 )
-from ml_backend.fashion_mnist import (
-    idx_file as _idx_file,
-)
+from ml_backend.fashion_mnist import idx_file as _idx_file  # noqa: E402
 
 FASHION_SIZE = 4000  # items drawn (fixed, class-stratified by chance) from the 70,000: pool + test per seed
 
@@ -209,7 +207,8 @@ def multi_digits(size: int = 32) -> Dataset:
         "multi-digits",
         Task(_to_tensor(source), torch.from_numpy(labels[src]), [str(i) for i in range(5)]),
         Task(_to_tensor(target), torch.from_numpy(y), classes, Layout((Group("digits", tuple(classes), True),))),
-        f"multi-label: 2-3 scikit-learn digits per {size}x{size} image, labels = which of 5-9 appear; source: one digit 0-4",
+        f"multi-label: 2-3 scikit-learn digits per {size}x{size} image, labels = which of 5-9 appear; "
+        "source: one digit 0-4",
     )
 
 

@@ -14,7 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
-from .report import _paired, _t_interval, _wilcoxon, curves, holm, seed_alc
+from .report import curves
+from .stats import holm, paired, seed_alc, t_interval, wilcoxon
 
 
 def same_selections(results: dict, a: str, b: str) -> tuple[int, int]:
@@ -39,7 +40,7 @@ def compare(results: dict, pairs: list[tuple[str, str]]) -> list[dict]:
         missing = [s for s in (ref, variant) if s not in data]
         if missing:
             raise SystemExit(f"not in these results: {', '.join(missing)}; they hold {', '.join(data)}")
-        v, r = _paired(data[variant], data[ref])
+        v, r = paired(data[variant], data[ref])
         alc_v, alc_r = seed_alc(v), seed_alc(r)
         row = {
             "reference": ref,
@@ -49,8 +50,8 @@ def compare(results: dict, pairs: list[tuple[str, str]]) -> list[dict]:
             "final": float(r[:, -1].mean()),
         }
         for key, diffs in (("alc", alc_v - alc_r), ("final", v[:, -1] - r[:, -1])):
-            row[f"d_{key}"] = _t_interval(diffs)
-            row[f"p_{key}"] = _wilcoxon(diffs)
+            row[f"d_{key}"] = t_interval(diffs)
+            row[f"p_{key}"] = wilcoxon(diffs)
         row["same"] = same_selections(results, ref, variant)
         rows.append(row)
     for key in ("alc", "final"):

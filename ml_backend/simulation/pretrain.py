@@ -21,7 +21,8 @@ def load_dataset(name: str, source: str | None, backbone: str, image_size: int =
     """A track's images, in [-1, 1] like every track (resize_for turns them into the backbone's
     normalisation); an ImageFolder is resized and cropped to the backbone's input size once here."""
     if name.startswith("imagefolder:"):
-        from ml_backend.core.backbones import Preprocess, get_backbone
+        from ml_backend.core.architectures import get_backbone
+        from ml_backend.core.preprocess import Preprocess
 
         native = get_backbone(backbone).preprocess  # the backbone's own resize and crop (scaled to image_size)
         crop = image_size or native.crop
@@ -60,7 +61,7 @@ def base_model(backbone: str, weights: str, freeze: str = "default", image_size:
 def pretrain_source(cfg: SimConfig) -> str:
     """M0's weights: ``cfg.weights``, or with ``auto`` a backbone trained on the source task (all
     layers, Adam), cached in ``cfg.cache`` by configuration."""
-    from ml_backend.core.backbones import get_backbone
+    from ml_backend.core.architectures import get_backbone
 
     if cfg.weights != "auto":
         return cfg.weights

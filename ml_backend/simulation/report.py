@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ml_backend import atomic
+from ml_backend.simulation.stats import holm, paired, reach_interval, seed_alc, t_interval, wilcoxon
 
 ROUND_SCHEMA = {
     "type": "object",
@@ -46,37 +47,6 @@ RESULTS_SCHEMA = {
 }
 
 
-def _t_interval(diffs: np.ndarray) -> tuple[float, float, float]:
-    from scipy import stats
-
-    n = len(diffs)
-    mean = float(diffs.mean())
-    if n < 2:
-        return mean, math.nan, math.nan
-    half = float(stats.t.ppf(0.975, n - 1) * diffs.std(ddof=1) / math.sqrt(n))
-    return mean, mean - half, mean + half
-
-
-def _wilcoxon(diffs: np.ndarray) -> float:
-    from scipy import stats
-
-    if len(diffs) < 2:
-        return math.nan
-    if np.all(diffs == 0):
-        return 1.0
-    return float(stats.wilcoxon(diffs).pvalue)
-
-
-def holm(pvalues: list[float]) -> list[float]:
-    """Holm's step-down adjustment of p-values for the number of comparisons (NaN stays NaN)."""
-    finite = sorted((p, i) for i, p in enumerate(pvalues) if not math.isnan(p))
-    m, out, running = len(finite), [math.nan] * len(pvalues), 0.0
-    for rank, (p, i) in enumerate(finite):
-        running = max(running, min(1.0, (m - rank) * p))
-        out[i] = running
-    return out
-
-
 def curves(results: dict) -> dict[str, dict]:
     """Per strategy: labels axis and an (seeds, rounds) accuracy matrix, in seed order."""
     out: dict[str, dict] = {}
@@ -89,12 +59,6 @@ def curves(results: dict) -> dict[str, dict]:
         entry["seeds"] = seeds
         entry["matrix"] = np.array([entry["acc"][s] for s in seeds], dtype=np.float64)
     return out
-
-
-def seed_alc(m: np.ndarray) -> np.ndarray:
-    """ALC of each seed from a (seeds, rounds) accuracy matrix: the mean over rounds 1..T (round 0 is
-    the seed set, the same for every strategy); a single round is its own ALC."""
-    return m[:, 1:].mean(axis=1) if m.shape[1] > 1 else m[:, 0]
 
 
 MULTI_LABEL_TRACKS = ("multi-digits",)
@@ -140,10 +104,10 @@ def summarise(results: dict, baseline: str = "random") -> list[dict]:
                 bm = base["matrix"]
                 b_alc = seed_alc(bm)
                 d_alc, d_final = alc[idx] - b_alc[bidx], final[idx] - bm[bidx, -1]
-                row["d_alc"], row["d_alc_lo"], row["d_alc_hi"] = _t_interval(d_alc)
-                row["d_alc_p"] = _wilcoxon(d_alc)
-                row["d_final"], row["d_final_lo"], row["d_final_hi"] = _t_interval(d_final)
-                row["d_final_p"] = _wilcoxon(d_final)
+                row["d_alc"], row["d_alc_lo"], row["d_alc_hi"] = t_interval(d_alc)
+                row["d_alc_p"] = wilcoxon(d_alc)
+                row["d_final"], row["d_final_lo"], row["d_final_hi"] = t_interval(d_final)
+                row["d_final_p"] = wilcoxon(d_final)
         times = [
             (r["score_seconds"], r["train_seconds"])
             for run in results["runs"]
@@ -164,34 +128,6 @@ def summarise(results: dict, baseline: str = "random") -> list[dict]:
     return rows
 
 
-def _paired(entry: dict, base: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(strategy, baseline) accuracy matrices over the seeds both ran, in the same order."""
-    common = [s for s in entry["seeds"] if s in base["acc"]]
-    return (
-        np.array([entry["acc"][s] for s in common], dtype=np.float64),
-        np.array([base["acc"][s] for s in common], dtype=np.float64),
-    )
-
-
-def reach_interval(entry: dict, base: dict, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """Labels a strategy needs for its mean curve to reach the baseline's mean final accuracy:
-    the estimate and a 95% percentile bootstrap interval over seeds (resampled in pairs). inf = not
-    reached within the budget."""
-    m, b = _paired(entry, base)
-    labels = np.array(entry["labels"], dtype=np.float64)
-
-    def first(mm, bb):
-        hit = np.nonzero(mm.mean(axis=0) >= bb[:, -1].mean() - 1e-12)[0]
-        return labels[hit[0]] if len(hit) else math.inf
-
-    if len(m) == 0:
-        return math.nan, math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    draws = [first(m[idx], b[idx]) for idx in rng.integers(0, len(m), size=(resamples, len(m)))]
-    lo, hi = np.percentile(draws, 2.5, method="lower"), np.percentile(draws, 97.5, method="higher")
-    return first(m, b), float(lo), float(hi)
-
-
 def _at_label_counts(rows: list[dict], data: dict, base: dict, baseline: str) -> None:
     """Per label count: each strategy's mean accuracy and paired difference to the baseline (t-interval,
     Wilcoxon p, Holm-corrected across the strategies at that label count); and the labels-to-reach
@@ -202,13 +138,13 @@ def _at_label_counts(rows: list[dict], data: dict, base: dict, baseline: str) ->
         row["at"] = {}
         if row["strategy"] == baseline or entry["labels"] != labels:
             continue
-        m, b = _paired(entry, base)
+        m, b = paired(entry, base)
         if len(m) == 0:
             continue
         for j, n in enumerate(labels):
             d = m[:, j] - b[:, j]
-            mean, lo, hi = _t_interval(d)
-            row["at"][n] = {"acc": float(m[:, j].mean()), "d": mean, "lo": lo, "hi": hi, "p": _wilcoxon(d)}
+            mean, lo, hi = t_interval(d)
+            row["at"][n] = {"acc": float(m[:, j].mean()), "d": mean, "lo": lo, "hi": hi, "p": wilcoxon(d)}
         row["reach"] = reach_interval(entry, base)
         row["reach_ratio"] = row["reach"][0] / labels[-1] if labels[-1] else math.nan
     for n in labels:
@@ -301,7 +237,7 @@ def stopping(results: dict, rules=STOP_RULES) -> list[dict]:
                 fired.append(stop["labels"] if at is not None else None)
                 gaps.append(rounds[-1]["accuracy"] - stop["accuracy"])
                 saved.append(rounds[-1]["labels"] - stop["labels"])
-            mean, lo, hi = _t_interval(np.array(gaps))
+            mean, lo, hi = t_interval(np.array(gaps))
             hits = [f for f in fired if f is not None]
             out.append(
                 {

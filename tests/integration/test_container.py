@@ -1,5 +1,6 @@
-"""The Docker image and compose stack, for real (scripts/container_test.py). Skipped, with the reason,
-where no Docker daemon answers (CI has none); run it on a machine with one, see the README's Docker section."""
+"""The Docker image and compose stack, for real (``python -m benchmarks.container_test``, in
+benchmarks/container_test.py). Skipped, with the reason, where no Docker daemon answers (CI has none);
+run it on a machine with one, see docs/deployment.md, "The stack test"."""
 
 import subprocess
 

@@ -147,22 +147,48 @@ def test_pyproject_pins_match_the_locks():
 
 
 @pytest.mark.parametrize(
-    "topic",
+    "page, heading, topic",
     [
-        "legacy",
-        "Personal Access Token",
-        "SSRF",
-        "model_version",
-        "Uncertainty sampling",
-        "IMAGENET1K_V1",
-        "state_dict",
-        "webhook",
+        ("troubleshooting.md", "# Troubleshooting", "legacy"),
+        ("troubleshooting.md", "# Troubleshooting", "Personal Access Token"),
+        ("troubleshooting.md", "# Troubleshooting", "SSRF"),
+        ("troubleshooting.md", "# Troubleshooting", "model_version"),
+        ("troubleshooting.md", "# Troubleshooting", "Uncertainty sampling"),
+        ("troubleshooting.md", "# Troubleshooting", "webhook"),
+        ("backbones.md", "## Weights", "IMAGENET1K_V1"),
+        ("backbones.md", "## Weights", "state_dict"),
     ],
 )
-def test_troubleshooting_and_weights_are_documented(topic):
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## Troubleshooting") :]
+def test_troubleshooting_and_weights_are_documented(page, heading, topic):
+    text = (ROOT / "docs" / page).read_text()
+    start = text.index(heading)
+    section = text[start : text.find("\n## ", start + 1) if heading.startswith("## ") else None]
     assert topic in section
+
+
+def test_readme_and_docs_links_resolve():
+    """Every relative link of the README and docs/ names a file that exists, and its #anchor a heading
+    (GitHub's slugs) or an explicit <a id> of that file."""
+
+    def anchors(path):
+        text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+        found = set(re.findall(r'<a id="([^"]+)"', text))
+        for title in re.findall(r"^#{1,6} (.+)$", text, re.M):
+            found.add(re.sub(r"[^\w\- ]", "", title.strip().lower()).replace(" ", "-"))
+        return found
+
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    broken = []
+    for page in pages:
+        text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue
+            name, _, anchor = target.partition("#")
+            path = (page.parent / name).resolve() if name else page
+            if not path.exists() or (anchor and path.suffix == ".md" and anchor not in anchors(path)):
+                broken.append(f"{page.relative_to(ROOT)} -> {target}")
+    assert not broken, broken
 
 
 def test_env_example_names_every_compose_variable():

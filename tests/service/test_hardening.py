@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from ml_backend.app import create_app
-from ml_backend.core.backbones import Preprocess
+from ml_backend.core.preprocess import Preprocess
 from ml_backend.demo.servers import classification_config
 from ml_backend.errors import BadRequest
 from ml_backend.service.backend import project_key
@@ -289,7 +289,7 @@ def _png(width: int, height: int) -> bytes:
 def test_extreme_aspect_ratios_are_cut_before_resizing(monkeypatch):
     import torchvision.transforms.v2.functional as TF
 
-    from ml_backend.core import backbones as models
+    from ml_backend.core import preprocess as models
 
     sizes = []
     real = TF.resize

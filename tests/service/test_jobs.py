@@ -11,7 +11,7 @@ from ml_backend.service import jobs
 from ml_backend.service.backend import Backend
 from ml_backend.service.label_config import parse_label_config
 from ml_backend.service.settings import Settings
-from ml_backend.service.worker import WorkerStatus
+from ml_backend.service.status import WorkerStatus
 
 CONFIG = classification_config([str(i) for i in range(10)])
 
@@ -58,6 +58,16 @@ class ProjectAPIStandIn:
 
     def delete_view(self, view_id):
         self.view_list = [v for v in self.view_list if v["id"] != view_id]
+
+
+class Control:
+    """The worker's side of a job (JobControl): never stopped; a round is due when ``round_due()`` says so."""
+
+    def __init__(self, round_due):
+        self.round_due = round_due
+
+    def stopped(self):
+        return False
 
 
 def context(tmp_path, digits64, labeled, **env):
@@ -257,7 +267,7 @@ def test_the_background_import_gives_way_to_a_round_and_the_next_complete_publis
             seen.append((ctx.state.queue_version, ctx.state.published_version))
             return next(due)
 
-        ctx.round_due = round_due
+        ctx.control = Control(round_due)
         jobs.run_round(ctx, force=True)
         v2 = ctx.state.version
         assert seen[0] == (v2, None)  # the queue follows v2 while its rest is still on its way
@@ -267,7 +277,7 @@ def test_the_background_import_gives_way_to_a_round_and_the_next_complete_publis
         assert {p["model_version"] for p in api.imported} == {v1, v2}
         progress = ctx.status.info["publish_progress"]
         assert progress["interrupted"] and progress["imported"] == 9 and progress["total"] == 12
-        ctx.round_due = lambda: False
+        ctx.control = Control(lambda: False)
         for t in api.tasks_list[8:11]:
             t["annotations"] = api.tasks_list[0]["annotations"]
         api.calls.clear()

@@ -30,7 +30,8 @@ def test_defaults():
         ({"QUEUE_DIVERSITY": "maybe"}, r"QUEUE_DIVERSITY='maybe' is invalid; allowed: off, coreset"),
         (
             {"BACKBONE": "resnet9000"},
-            r"BACKBONE='resnet9000' is unknown; allowed: alexnet, convnext_base, .*, efficientnet_lite0, .*, smallcnn, smallcnn-unfrozen, .*wide_resnet50_2 \(python -m ml_backend --list",
+            r"BACKBONE='resnet9000' is unknown; allowed: alexnet, convnext_base, .*, efficientnet_lite0, .*, "
+            r"smallcnn, smallcnn-unfrozen, .*wide_resnet50_2 \(python -m ml_backend --list",
         ),
         ({"LOG_LEVEL": "chatty"}, r"LOG_LEVEL='CHATTY' is invalid; allowed: DEBUG, INFO"),
         ({"DEVICE": "tpu"}, r"DEVICE='tpu' is invalid; allowed: auto, cpu, cuda, cuda:N"),
@@ -64,7 +65,7 @@ def test_every_setting_is_declared_once_and_documented_by_the_generated_table():
         default = ENV_VARS[f.name.upper()][0]
         if default:
             assert f.metadata["parse"](f.name.upper(), default) == f.default, f.name
-    readme = (ROOT / "README.md").read_text()
-    assert settings_table() in readme, "README's configuration table is stale: python -m ml_backend --settings"
+    page = (ROOT / "docs" / "settings.md").read_text()
+    assert settings_table() in page, "docs/settings.md's table is stale: python -m ml_backend --settings"
     env = {name: default for name, (default, _) in ENV_VARS.items()}
     assert Settings.from_env(env) == Settings.from_env({})

@@ -57,7 +57,7 @@ def test_kill_9_of_the_holder_frees_the_lease(tmp_path):
 def test_a_job_that_finds_the_lease_taken_waits_and_runs_when_it_is_free():
     clock, calls = FakeClock(), []
 
-    def run(job):
+    def run(job, control):
         calls.append(job)
         if len(calls) == 1:
             raise LeaseBusy("7", {"host": "other", "pid": 42, "job": "round", "since": time.time()})

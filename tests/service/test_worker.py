@@ -19,7 +19,7 @@ class Jobs:
     def __init__(self, fail=0):
         self.ran, self.fail = [], fail
 
-    def __call__(self, job):
+    def __call__(self, job, control):
         self.ran.append(job)
         if self.fail:
             self.fail -= 1
@@ -131,7 +131,7 @@ def test_a_served_version_left_unpublished_after_a_job_is_published():
 def test_a_project_gone_from_label_studio_is_not_retried():
     import requests
 
-    def gone(job):
+    def gone(job, control):
         response = requests.Response()
         response.status_code = 404
         raise requests.HTTPError("404 Not Found", response=response)

@@ -291,7 +291,7 @@ def test_live_mode_through_label_studio_and_the_backend(label_studio, tmp_path):
 
 
 def test_holm_adjustment_matches_its_definition():
-    from ml_backend.simulation.report import holm
+    from ml_backend.simulation.stats import holm
 
     assert holm([0.01, 0.04, 0.03, float("nan")])[:3] == pytest.approx([0.03, 0.06, 0.06])
     assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])

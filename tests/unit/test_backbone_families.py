@@ -12,15 +12,15 @@ import torch
 import strategies
 from ml_backend.app import create_app
 from ml_backend.core.adapted import AdaptedModel
-from ml_backend.core.backbones import (
-    FAMILIES,
+from ml_backend.core.architectures import (
     available_backbones,
     describe_backbones,
     freeze_boundary,
     get_backbone,
-    load_backbone,
     refused_backbones,
 )
+from ml_backend.core.backbones import load_backbone
+from ml_backend.core.families import FAMILIES
 from ml_backend.core.scoring import score_pool
 from ml_backend.core.trainer import Example, TrainConfig, fine_tune
 from ml_backend.demo.servers import classification_config

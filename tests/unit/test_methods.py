@@ -11,15 +11,8 @@ from scipy.stats import kendalltau, spearmanr
 
 import strategies
 from strategies import ScoringInputs
-from strategies.adma import (
-    Landmarks,
-    adma_distinctiveness,
-    adma_tradeoff,
-    alpha_distance,
-    alpha_source,
-    exemplar_landmarks,
-    medoid_landmarks,
-)
+from strategies.adma import adma_distinctiveness, adma_tradeoff
+from strategies.adma_landmarks import Landmarks, alpha_distance, alpha_source, exemplar_landmarks, medoid_landmarks
 from strategies.aift import aift_scores
 from strategies.influence import HeadInfluence, review_annotations
 from strategies.mmd import mmd2, mmd_greedy_exact, mmd_greedy_rff

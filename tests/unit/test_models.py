@@ -3,7 +3,8 @@ import torch
 from torch import nn
 
 from ml_backend.core.adapted import AdaptedModel
-from ml_backend.core.backbones import available_backbones, get_backbone, load_backbone, resolve_device
+from ml_backend.core.architectures import available_backbones, get_backbone
+from ml_backend.core.backbones import load_backbone, resolve_device
 from ml_backend.errors import ConfigError, WeightsUnavailable
 from strategies import Need
 

@@ -209,6 +209,7 @@ def test_readme_documents_every_strategy():
     from pathlib import Path
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    section = readme[readme.index("## Strategies") : readme.index("## Backbones")]
+    start = readme.index("\n## Strategies\n")
+    section = readme[start : readme.find("\n## ", start + 1)]
     missing = [name for name in strategies.available() if f"| `{name}`" not in section]
     assert not missing, f"strategies missing from the README table: {missing}"
