@@ -10,8 +10,7 @@ import requests
 from ml_backend.demo.servers import BackendProcess, wait_for
 from ml_backend.service.tabs import QUEUE_TAB, REVIEW_TAB
 from tests.conftest import CHROMIUM, DRIVER
-from tests.integration.test_labelstudio_learning import FAST, annotate, project_version
-from tests.integration.test_labelstudio_queue import LABELS
+from tests.helpers import FAST, LABELS, annotate, project_version
 
 pytestmark = pytest.mark.labelstudio
 

@@ -11,8 +11,9 @@ import requests
 
 from ml_backend.demo.servers import ADMIN_TOKEN, BackendProcess, classification_config, wait_for
 from ml_backend.service.security import HEADER
-from tests.integration.test_labelstudio_learning import (
+from tests.helpers import (
     FAST,
+    LABELS,
     annotate,
     connect_and_wait_for_version_0,
     digits_project,
@@ -20,7 +21,6 @@ from tests.integration.test_labelstudio_learning import (
     status,
     versions_of,
 )
-from tests.integration.test_labelstudio_queue import LABELS
 
 pytestmark = pytest.mark.labelstudio
 

@@ -12,51 +12,19 @@ import pytest
 import requests
 
 from ml_backend.demo.servers import ADMIN_TOKEN, BackendProcess, wait_for
+from tests.helpers import (
+    FAST,
+    annotate,
+    connect_and_wait_for_version_0,
+    digits_project,
+    project_version,
+    served_in_acquisition_order,
+    status,
+    versions_of,
+)
 from tests.integration.proxy import OutageProxy
-from tests.integration.test_labelstudio_queue import LABELS, served_in_acquisition_order
 
 pytestmark = pytest.mark.labelstudio
-FAST = {"TRAIN_DEBOUNCE_S": "1", "TRAIN_STEPS": "40", "PUBLISH_RETRIES": "3", "LOG_LEVEL": "INFO"}
-
-
-def project_version(ls, project):
-    return ls.api("GET", f"/api/projects/{project}")["model_version"]
-
-
-def status(backend, project):
-    return requests.get(f"{backend.url}/status", timeout=10).json()["projects"].get(str(project), {})
-
-
-def annotate(ls, task, label):
-    return ls.api(
-        "POST",
-        f"/api/tasks/{task}/annotations",
-        json={
-            "result": [
-                {"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": [str(label)]}}
-            ]
-        },
-    )
-
-
-def digits_project(ls, digits, title, n):
-    project = ls.create_project(title, LABELS)
-    ids = ls.upload_files(project, [(name, data) for name, data, _ in digits[:n]])
-    return project, ids, {t: digits[i][2] for i, t in enumerate(ids)}
-
-
-def connect_and_wait_for_version_0(ls, backend, project) -> str:
-    """Connect the backend to the project and wait until the project is moved to version 0."""
-    v0 = ls.connect_backend(project, backend.url)["model_version"]
-    wait_for(lambda: project_version(ls, project) == v0, 60, "version 0")
-    return v0
-
-
-def versions_of(ls, project):
-    out = {}
-    for p in ls.predictions(project):
-        out.setdefault(p["model_version"], set()).add(p["task"])
-    return out
 
 
 def test_connect_publish_learn_reorder_and_forget_deleted(label_studio, digits64, tmp_path):

@@ -6,15 +6,9 @@ import pytest
 import requests
 
 from ml_backend.demo.servers import ADMIN_TOKEN, BackendProcess
+from tests.helpers import LABELS, served_in_acquisition_order
 
 pytestmark = pytest.mark.labelstudio
-LABELS = [str(i) for i in range(10)]
-
-
-def served_in_acquisition_order(served: list[int], acquisition: dict[int, float]) -> bool:
-    """True when every task is served no later than any task of lower acquisition value."""
-    values = [acquisition[t] for t in served]
-    return all(a >= b for a, b in zip(values, values[1:]))
 
 
 @pytest.fixture(scope="module")

@@ -9,14 +9,14 @@ import pytest
 import requests
 
 from ml_backend.demo.servers import BackendProcess, wait_for
-from tests.integration.test_labelstudio_learning import (
+from tests.helpers import (
     FAST,
     connect_and_wait_for_version_0,
     project_version,
+    served_in_acquisition_order,
     status,
     versions_of,
 )
-from tests.integration.test_labelstudio_queue import served_in_acquisition_order
 
 pytestmark = pytest.mark.labelstudio
 

@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from ml_backend.demo.servers import BackendProcess, wait_for
-from tests.integration.test_labelstudio_learning import annotate, digits_project, project_version
+from tests.helpers import annotate, digits_project, project_version
 
 pytestmark = pytest.mark.labelstudio
 

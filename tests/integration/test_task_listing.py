@@ -6,7 +6,7 @@ import pytest
 
 from ml_backend.demo.servers import ADMIN_TOKEN
 from ml_backend.service.ls_client import LabelStudioConnection, ProjectAPI, TaskIndex
-from tests.integration.test_labelstudio_queue import LABELS
+from tests.helpers import LABELS
 
 pytestmark = pytest.mark.labelstudio
 

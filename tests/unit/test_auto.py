@@ -7,8 +7,7 @@ import pytest
 import torch
 
 import strategies
-from tests.unit.test_batch_independence import with_state
-from tests.unit.test_strategies import _inputs
+from tests.helpers import pool_inputs, with_state
 
 
 def labeled(inputs, n):
@@ -21,9 +20,9 @@ def labeled(inputs, n):
 @pytest.mark.parametrize("n_labels, serving", [(0, "typiclust"), (7, "typiclust"), (8, "badge"), (30, "badge")])
 def test_the_regime_follows_labels_per_class_and_the_values_are_the_served_strategys(n_labels, serving):
     base = (
-        labeled(_inputs(40, seed=2), n_labels)
+        labeled(pool_inputs(40, seed=2), n_labels)
         if n_labels
-        else dataclasses.replace(_inputs(40, seed=2), labeled_embeddings=None)
+        else dataclasses.replace(pool_inputs(40, seed=2), labeled_embeddings=None)
     )  # 4 classes × 2 per class: the switch is at 8 labels
     auto = strategies.from_spec("auto:per_class=2:cold=typiclust/budget=6:warm=badge/budget=6", seed=3)
     got = auto(with_state(base, list(range(40)), {}, "v1", True))
@@ -38,7 +37,7 @@ def test_a_later_request_keeps_the_versions_regime():
     """Labels that arrive between a round's full-pool scoring and a request do not switch the
     request's tasks to the other strategy: a task's value does not depend on its request."""
     auto, state = strategies.from_spec("auto:per_class=2", seed=1), {}
-    cold = labeled(_inputs(40, seed=4), 3)
+    cold = labeled(pool_inputs(40, seed=4), 3)
     full = auto(with_state(cold, list(range(40)), state, "v1", True))
     assert auto.info()["regime"] == "cold-start"
     later = labeled(cold, 20)  # past the switch, same model version

@@ -7,7 +7,7 @@ import torch
 
 import strategies
 from strategies import PoolRelativeError, ScoringInputs
-from tests.unit.test_strategies import _inputs, _map
+from tests.helpers import pool_inputs, with_state
 
 SPECS = [
     *(s for s in strategies.available() if s not in ("coreset", "badge", "mmd", "emoc")),
@@ -19,20 +19,6 @@ SPECS = [
     "emoc:label=marginal:output=logit",
     "adma:consistent=true",
 ]
-
-
-def with_state(inputs: ScoringInputs, idx, state, version, full_pool) -> ScoringInputs:
-    sub = _map(inputs, lambda t: t[idx], lambda v: v[:, idx])
-    return ScoringInputs(
-        **{
-            **sub.__dict__,
-            "n": len(idx),
-            "keys": [inputs.keys[i] for i in idx],
-            "state": state,
-            "model_version": version,
-            "full_pool": full_pool,
-        }
-    )
 
 
 def subsets(n):
@@ -48,7 +34,7 @@ def build(spec):
 
 @pytest.mark.parametrize("spec", [*SPECS, "queue"])
 def test_a_task_scored_alone_or_with_others_has_its_full_pool_value(spec):
-    base, n = _inputs(40, seed=1), 40
+    base, n = pool_inputs(40, seed=1), 40
     strategy, state = build(spec), {}
     full = strategy(with_state(base, list(range(n)), state, "v1", True))
     for idx in subsets(n):
@@ -58,7 +44,7 @@ def test_a_task_scored_alone_or_with_others_has_its_full_pool_value(spec):
 
 @pytest.mark.parametrize("spec", [*SPECS, "queue"])
 def test_without_a_kept_pool_a_subset_is_refused_or_exact(spec):
-    base, n = _inputs(40, seed=2), 40
+    base, n = pool_inputs(40, seed=2), 40
     reference = build(spec)(with_state(base, list(range(n)), {}, None, True))
     strategy = build(spec)
     for idx in subsets(n):
@@ -76,7 +62,7 @@ def test_without_a_kept_pool_a_subset_is_refused_or_exact(spec):
 
 @pytest.mark.parametrize("spec", ["coreset:budget=6", "badge:budget=6", "mmd:budget=6", "emoc:references=12"])
 def test_what_another_model_version_kept_is_never_used(spec):
-    base, state = _inputs(40, seed=3), {}
+    base, state = pool_inputs(40, seed=3), {}
     strategy = build(spec)
     strategy(with_state(base, list(range(40)), state, "v1", True))
     with pytest.raises(PoolRelativeError, match="'v2'"):
@@ -87,7 +73,7 @@ def test_what_another_model_version_kept_is_never_used(spec):
 def test_a_new_task_is_valued_against_the_kept_reference_only(spec):
     """A task that was not in the kept pool (imported after the publish) gets a value that does not
     depend on its companions, and never outranks the greedy picks of a batch method."""
-    base, state = _inputs(41, seed=4), {}
+    base, state = pool_inputs(41, seed=4), {}
     strategy = build(spec)
     full = strategy(with_state(base, list(range(40)), state, "v1", True))
     alone = strategy(with_state(base, [40], state, "v1", False))
@@ -98,7 +84,7 @@ def test_a_new_task_is_valued_against_the_kept_reference_only(spec):
 
 
 def test_emoc_draws_its_references_from_labeled_and_unlabeled_items_anew_each_round():
-    base = _inputs(40, seed=6)
+    base = pool_inputs(40, seed=6)
     strategy = strategies.get("emoc", references=20, seed=1)
     strategy(base)
     info = strategy.info()

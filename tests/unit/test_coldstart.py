@@ -99,10 +99,9 @@ def test_the_graph_refuses_to_grow_past_its_bound():
 
 @pytest.mark.parametrize("name", ["typiclust", "probcover"])
 def test_the_picks_come_first_in_the_queue_and_subsets_keep_their_values(name):
-    from tests.unit.test_batch_independence import with_state
-    from tests.unit.test_strategies import _inputs
+    from tests.helpers import pool_inputs, with_state
 
-    base = _inputs(40, seed=7)
+    base = pool_inputs(40, seed=7)
     strategy, state = strategies.get(name, budget=6, seed=1), {}
     values = strategy(with_state(base, list(range(40)), state, "v1", True))
     top = torch.argsort(values, descending=True)[:6]

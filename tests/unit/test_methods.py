@@ -100,9 +100,9 @@ def test_exemplar_landmarks_pick_the_most_source_confident_items():
 
 
 def test_adma_strategy_keeps_landmarks_and_reports_mode(tmp_path):
-    from tests.unit.test_strategies import _inputs
+    from tests.helpers import pool_inputs
 
-    inputs = _inputs(30)
+    inputs = pool_inputs(30)
     state = {}
     s = strategies.get("adma", lam=0.5)
     first = s(ScoringInputs(**{**inputs.__dict__, "state": state, "round": 0}))
@@ -132,9 +132,9 @@ def test_adma_keeps_alpha_per_item_and_skips_m0_after_the_first_scoring(spec):
     """α (Eq. 8, or ADMA-distance) depends only on M0 and the landmarks: once every item's α is kept,
     the scorer may skip M0, and the values are bit-identical to a fresh computation."""
     from strategies import Need
-    from tests.unit.test_strategies import _inputs, _permute
+    from tests.helpers import permute_inputs, pool_inputs
 
-    inputs = _inputs(30)
+    inputs = pool_inputs(30)
     source = {Need.SOURCE_FEATURES, Need.SOURCE_PROBS}
     without_m0 = {"source_probs": None, "source_features": {}}
     s, state = strategies.from_spec(spec), {}
@@ -147,7 +147,7 @@ def test_adma_keeps_alpha_per_item_and_skips_m0_after_the_first_scoring(spec):
     assert torch.equal(again, first)
     # order-invariant with kept α as well
     perm = list(reversed(range(30)))
-    shuffled = s(ScoringInputs(**{**_permute(inputs, perm).__dict__, **without_m0, "state": state}))
+    shuffled = s(ScoringInputs(**{**permute_inputs(inputs, perm).__dict__, **without_m0, "state": state}))
     assert torch.equal(shuffled, first[perm])
     # an unseen item, an item whose image changed (new fingerprint), an item that cannot be cached
     assert source <= s.needs_for(keys + ["task-new"], state)
@@ -156,7 +156,7 @@ def test_adma_keeps_alpha_per_item_and_skips_m0_after_the_first_scoring(spec):
     with pytest.raises(strategies.MissingInputError):
         s(ScoringInputs(**{**inputs.__dict__, **without_m0, "state": state, "fingerprints": ["changed"] + keys[1:]}))
     # items that leave the pool are forgotten one full-pool scoring later
-    take = lambda idx: ScoringInputs(**{**_permute(inputs, idx).__dict__, "n": len(idx)})  # noqa: E731
+    take = lambda idx: ScoringInputs(**{**permute_inputs(inputs, idx).__dict__, "n": len(idx)})  # noqa: E731
     sub = take(list(range(20)))
     s(ScoringInputs(**{**sub.__dict__, "state": state}))
     assert not source & s.needs_for(keys[20:], state)
@@ -205,9 +205,9 @@ def test_set_criteria_table():
 
 # ----------------------------------------------------------------------------- batch strategies
 def test_coreset_and_badge_strategies_follow_their_greedy_order():
-    from tests.unit.test_strategies import _inputs
+    from tests.helpers import pool_inputs
 
-    inputs = _inputs(25)
+    inputs = pool_inputs(25)
     values = strategies.get("coreset", budget=5)(inputs)
     order = torch.argsort(values, descending=True)[:5]
     ref = strategies.k_center_greedy(inputs.embeddings, inputs.labeled_embeddings, 5)

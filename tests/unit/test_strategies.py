@@ -7,6 +7,7 @@ import torch
 
 import strategies
 from strategies import Need, ScoringInputs
+from tests.helpers import map_inputs, permute_inputs, pool_inputs
 
 
 def _probs(rows):
@@ -73,55 +74,11 @@ def test_strategies_import_without_flask():
     import subprocess
     import sys
 
-    code = "import sys, strategies; assert not [m for m in sys.modules if m.startswith(('flask', 'ml_backend.service', 'ml_backend.core', 'ml_backend.simulation'))]"
+    code = "import sys, strategies; assert not [m for m in sys.modules if m.startswith(('flask', 'ml_backend'))]"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 # ----------------------------------------------------------------------------- contract, for every strategy
-def _inputs(n, seed=0, c=4, d=8, m=4):
-    g = torch.Generator().manual_seed(seed)
-    logits = torch.randn(n, c, generator=g, dtype=torch.float64)
-    layer = lambda *shape: torch.randn(n, *shape, generator=g, dtype=torch.float64).relu()  # noqa: E731
-    return ScoringInputs(
-        n=n,
-        keys=[f"task-{i}" for i in range(n)],
-        probs=logits.softmax(1),
-        logits=logits,
-        embeddings=torch.randn(n, d, generator=g, dtype=torch.float64),
-        features={"A": layer(3, 2, 2), "B": layer(6)},
-        source_probs=torch.randn(n, 5, generator=g, dtype=torch.float64).mul(3).softmax(1),
-        source_features={"A": layer(3, 2, 2), "B": layer(6)},
-        labeled_embeddings=torch.randn(3, d, generator=g, dtype=torch.float64),
-        labeled_probs=torch.randn(3, c, generator=g, dtype=torch.float64).softmax(1),
-        view_probs=torch.randn(m, n, c, generator=g, dtype=torch.float64).softmax(2),
-        round=1,
-    )
-
-
-def _map(inputs, fn, views):
-    """Apply fn to every per-item tensor of inputs (views: along dim 1)."""
-    take = lambda t: None if t is None else fn(t)  # noqa: E731
-    return ScoringInputs(
-        n=inputs.n,
-        keys=inputs.keys,
-        probs=take(inputs.probs),
-        logits=take(inputs.logits),
-        embeddings=take(inputs.embeddings),
-        features={k: fn(v) for k, v in inputs.features.items()},
-        source_probs=take(inputs.source_probs),
-        source_features={k: fn(v) for k, v in inputs.source_features.items()},
-        labeled_embeddings=inputs.labeled_embeddings,
-        labeled_probs=inputs.labeled_probs,
-        view_probs=None if inputs.view_probs is None else views(inputs.view_probs),
-        round=inputs.round,
-    )
-
-
-def _permute(inputs, perm):
-    out = _map(inputs, lambda t: t[perm], lambda v: v[:, perm])
-    return ScoringInputs(**{**out.__dict__, "keys": [inputs.keys[i] for i in perm]})
-
-
 def _tensors(inputs):
     flat = {
         k: getattr(inputs, k)
@@ -138,22 +95,22 @@ def strategy(request):
 
 
 def test_contract_shape_finite_float64(strategy):
-    values = strategy(_inputs(50))
+    values = strategy(pool_inputs(50))
     assert values.shape == (50,) and values.dtype == torch.float64 and torch.isfinite(values).all()
 
 
 def test_contract_deterministic(strategy):
-    assert torch.equal(strategy(_inputs(40)), strategies.get(strategy.name, seed=3)(_inputs(40)))
+    assert torch.equal(strategy(pool_inputs(40)), strategies.get(strategy.name, seed=3)(pool_inputs(40)))
 
 
 def test_contract_invariant_to_pool_order(strategy):
-    inputs = _inputs(40)
+    inputs = pool_inputs(40)
     perm = torch.randperm(40, generator=torch.Generator().manual_seed(9))
-    torch.testing.assert_close(strategy(_permute(inputs, perm)), strategy(inputs)[perm], rtol=0, atol=1e-12)
+    torch.testing.assert_close(strategy(permute_inputs(inputs, perm)), strategy(inputs)[perm], rtol=0, atol=1e-12)
 
 
 def test_contract_does_not_mutate_inputs(strategy):
-    inputs = _inputs(30)
+    inputs = pool_inputs(30)
     before = {k: v.clone() for k, v in _tensors(inputs).items()}
     strategy(inputs)
     after = _tensors(inputs)
@@ -163,12 +120,12 @@ def test_contract_does_not_mutate_inputs(strategy):
 
 @pytest.mark.parametrize("n", [0, 1])
 def test_contract_tiny_pools(strategy, n):
-    assert strategy(_inputs(n)).shape == (n,)
+    assert strategy(pool_inputs(n)).shape == (n,)
 
 
 def test_contract_identical_items_get_identical_values(strategy):
-    inputs = _inputs(1)
-    same = _map(inputs, lambda t: t.repeat(5, *[1] * (t.dim() - 1)), lambda v: v.repeat(1, 5, 1))
+    inputs = pool_inputs(1)
+    same = map_inputs(inputs, lambda t: t.repeat(5, *[1] * (t.dim() - 1)), lambda v: v.repeat(1, 5, 1))
     same = ScoringInputs(**{**same.__dict__, "n": 5, "keys": [f"k{i}" for i in range(5)]})
     values = strategy(same)
     assert values.shape == (5,) and torch.isfinite(values).all()
@@ -196,7 +153,7 @@ def test_contract_rejects_bad_output():
 
 
 def test_emoc_strategy_uses_a_seeded_reference_sample():
-    inputs = _inputs(30)
+    inputs = pool_inputs(30)
     full = strategies.get("emoc", references=30)(inputs)
     some = strategies.get("emoc", references=10, seed=1)(inputs)
     again = strategies.get("emoc", references=10, seed=1)(inputs)
