@@ -113,13 +113,16 @@ def main() -> None:
     p, f = statistics.median(predict_tps), statistics.median(forward_tps)
     print(
         f"backbone={args.backbone} strategy={args.strategy} images={args.images} size={args.size}px "
-        f"input={model.preprocess.crop}px batch={args.batch_size} torch_threads={torch.get_num_threads()} cpus={os.cpu_count()}"
+        f"input={model.preprocess.crop}px batch={args.batch_size} "
+        f"torch_threads={torch.get_num_threads()} cpus={os.cpu_count()}"
     )
     print(
-        f"/predict over HTTP (download+decode+preprocess+forward+score): {p:8.1f} images/s  (runs: {', '.join(f'{x:.1f}' for x in predict_tps)})"
+        f"/predict over HTTP (download+decode+preprocess+forward+score): {p:8.1f} images/s  "
+        f"(runs: {', '.join(f'{x:.1f}' for x in predict_tps)})"
     )
     print(
-        f"bare forward pass on decoded images:                          {f:8.1f} images/s  (runs: {', '.join(f'{x:.1f}' for x in forward_tps)})"
+        f"bare forward pass on decoded images:                          {f:8.1f} images/s  "
+        f"(runs: {', '.join(f'{x:.1f}' for x in forward_tps)})"
     )
     print(f"ratio /predict / forward = {p / f:.2f}")
 

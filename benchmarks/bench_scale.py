@@ -342,17 +342,19 @@ def main(argv=None) -> int:
     finally:
         images.close()
     print(
-        "\n| tasks | db | first connect s | round | label→queue s (without debounce) | read | train | score | import first "
-        "| switch | import rest | prune | all published s | DB growth MB | predictions in LS | backend RSS MB | MODEL_DIR MB |"
+        "\n| tasks | db | first connect s | round | label→queue s (without debounce) | read | train | score "
+        "| import first | switch | import rest | prune | all published s | DB growth MB | predictions in LS "
+        "| backend RSS MB | MODEL_DIR MB |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for res in results:
         for row in res["rounds"]:
             print(
                 f"| {res['tasks']} | {res['db']} | {res['first_connect_s']} | {row['round']} | "
-                f"{row['label_to_queue_s']} ({row['without_debounce_s']}) | {row.get('read_s')} | {row.get('train_s')} | "
-                f"{row.get('score_s')} | {row.get('import_s')} | {row.get('switch_s')} | {row.get('import_rest_s', 0)} | "
-                f"{row.get('prune_s')} | {row['until_all_published_s']} | {row['db_growth_mb']} | {row['predictions']} | {res['backend_rss_mb']} | {res['model_dir_mb']} |"
+                f"{row['label_to_queue_s']} ({row['without_debounce_s']}) | {row.get('read_s')} | "
+                f"{row.get('train_s')} | {row.get('score_s')} | {row.get('import_s')} | {row.get('switch_s')} | "
+                f"{row.get('import_rest_s', 0)} | {row.get('prune_s')} | {row['until_all_published_s']} | "
+                f"{row['db_growth_mb']} | {row['predictions']} | {res['backend_rss_mb']} | {res['model_dir_mb']} |"
             )
     if args.out:
         args.out.write_text(

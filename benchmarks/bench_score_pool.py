@@ -46,7 +46,7 @@ def main(argv=None) -> int:
             state, _ = backend.projects.register(
                 "1", parse_label_config(classification_config([str(i) for i in range(10)]))
             )
-            scorer, model = backend.scorer, backend.projects.model(state)
+            scorer, features, model = backend.scorer, backend.features, backend.projects.model(state)
             tasks = [
                 {"id": i, "data": {"image": f"http://127.0.0.1:9/{i}.png"}, "annotations": []}
                 for i in range(1, args.tasks + 1)
@@ -54,8 +54,8 @@ def main(argv=None) -> int:
             g = torch.Generator().manual_seed(0)
             shape = model.trunk(torch.zeros(1, 3, 64, 64)).shape[1:]  # smallcnn's 64 px input
             for t in tasks:
-                scorer.features.put(
-                    scorer.fingerprint(scorer.reference(state, t)), torch.randn(*shape, generator=g).relu()
+                features.cache.put(
+                    features.fingerprint(features.reference(state, t)), torch.randn(*shape, generator=g).relu()
                 )
             profile = cProfile.Profile() if args.profile else None
             started = time.perf_counter()
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
             print(
                 f"{args.tasks} tasks, {args.strategy}, FREEZE={args.freeze}: scored in {seconds:.2f} s "
                 f"({seconds / args.tasks * 1e6:.0f} µs per task), {len(out)} predictions; "
-                f"cache {scorer.features.stats()}"
+                f"cache {features.stats()}"
             )
             if profile:
                 pstats.Stats(profile).sort_stats("cumulative").print_stats(25)

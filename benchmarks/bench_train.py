@@ -97,7 +97,7 @@ def bench_rescore(args) -> None:
 
         pool = [{"id": i, "data": {"image": f"{url}/{i}.png"}} for i in range(args.images)]
         service.scorer.score(state, pool, model, state.version)  # fill the cache
-        x = torch.stack([model.preprocess(service.scorer.loader.load(t["id"], t["data"]["image"])) for t in pool])
+        x = torch.stack([model.preprocess(service.features.loader.load(t["id"], t["data"]["image"])) for t in pool])
 
         def full_forward():  # the bare full forward pass on already preprocessed images
             for s in range(0, len(x), 32):
@@ -135,7 +135,7 @@ def bench_round(args) -> None:
             for i, (_, d, _) in enumerate(digits)
         ]
         started = time.perf_counter()
-        trunks = service.scorer.trunk_activations(state, model, tasks)
+        trunks = service.features.trunk_activations(state, model, tasks)
         t_features = time.perf_counter() - started
         examples = [Example(str(i), digits[i][2], True, trunk=trunks[i]) for i in range(len(tasks))]
         twin = model.clone()
@@ -145,7 +145,8 @@ def bench_round(args) -> None:
         t_save = time.perf_counter() - started
         service.close()
     print(
-        f"backbone={args.backbone} labels={args.labels} steps={args.steps} batch=32 device={metrics['device']} amp={metrics['amp']}"
+        f"backbone={args.backbone} labels={args.labels} steps={args.steps} batch=32 "
+        f"device={metrics['device']} amp={metrics['amp']}"
     )
     print(
         f"trunk features for the labels: {t_features:.2f}s; training: {metrics['seconds']:.2f}s "

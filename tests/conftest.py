@@ -72,7 +72,7 @@ def image_server(digits64):
         "/slow.png": ("slow", 3.0),
         "/huge-stream.png": ("stream", 40),
     }
-    for i, (name, data, _) in enumerate(digits64):
+    for i, (_name, data, _) in enumerate(digits64):
         routes[f"/digits/{i}.png"] = ("bytes", data)
     server = _serve(routes)
     yield server

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import base64
+
 import requests
 import torch
 
-from ml_backend.demo.servers import wait_for
+from ml_backend.demo.servers import classification_config, wait_for
+from ml_backend.service.backend import Backend
+from ml_backend.service.settings import Settings
 from strategies import ScoringInputs
 
 # ---------------------------------------------------------------- a real Label Studio (tests/integration)
 LABELS = [str(i) for i in range(10)]
+CONFIG = classification_config(LABELS)  # one <Choices> over the ten digits
 FAST = {"TRAIN_DEBOUNCE_S": "1", "TRAIN_STEPS": "40", "PUBLISH_RETRIES": "3", "LOG_LEVEL": "INFO"}
 
 
@@ -118,3 +123,59 @@ def with_state(inputs: ScoringInputs, idx, state, version, full_pool) -> Scoring
             "full_pool": full_pool,
         }
     )
+
+
+# ---------------------------------------------------------------- the backend without Label Studio (tests/service)
+def make_settings(tmp_path, **env):
+    """Settings of a test backend (small CNN, random weights, CPU, margin) on MODEL_DIR=tmp_path."""
+    base = {
+        "BACKBONE": "smallcnn",
+        "WEIGHTS": "none",
+        "MODEL_DIR": str(tmp_path),
+        "DEVICE": "cpu",
+        "STRATEGY": "margin",
+    }
+    base.update(env)
+    return Settings.from_env(base)
+
+
+def data_uri(png: bytes) -> str:
+    """A PNG as a data: URI (an image task that needs no server)."""
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def tasks_from(digits, start_id=1):
+    """(name, PNG, label) triples as Label Studio tasks with data-URI images."""
+    return [{"id": start_id + i, "data": {"image": data_uri(png)}} for i, (_, png, _) in enumerate(digits)]
+
+
+def service_for(tmp_path, **env):
+    """The backend facade without HTTP (small CNN, random weights, CPU) on MODEL_DIR=tmp_path."""
+    base = {"BACKBONE": "smallcnn", "WEIGHTS": "none", "MODEL_DIR": str(tmp_path), "DEVICE": "cpu"}
+    return Backend(Settings.from_env({**base, **env}))
+
+
+def digit_tasks(digits, n):
+    """The first ``n`` digits as Label Studio tasks with data-URI images (ids 1..n)."""
+    return [
+        {"id": i + 1, "data": {"image": "data:image/png;base64," + base64.b64encode(digits[i][1]).decode()}}
+        for i in range(n)
+    ]
+
+
+class FakeClock:
+    """The worker's clock, moved by hand (``clock.now += 5``)."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def monotonic(self):
+        return self.now
+
+
+def drain(worker):
+    """Run every job due now; returns them."""
+    done = []
+    while (job := worker.run_once()) is not None:
+        done.append(job)
+    return done

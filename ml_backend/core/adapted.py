@@ -25,6 +25,24 @@ def _frozen_bn_eval(model: nn.Module, prefixes: Sequence[str]) -> None:
             module.eval()
 
 
+def freeze_by_prefix(net: nn.Module, frozen: str | tuple[str, ...]) -> tuple[int, int]:
+    """Freeze the parameters whose names start with ``frozen``; (trainable, total) parameter counts."""
+    trainable = total = 0
+    for name, p in net.named_parameters():
+        is_frozen = name.startswith(frozen)
+        p.requires_grad_(not is_frozen)
+        total += p.numel()
+        trainable += 0 if is_frozen else p.numel()
+    return trainable, total
+
+
+def new_linear(in_features: int, out_features: int, seed: int) -> nn.Linear:
+    """A linear layer initialised from ``seed`` (the global RNG is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return nn.Linear(in_features, out_features)
+
+
 class AdaptedModel:
     """Target model for one project: M0's body with a head sized to the project's labels.
 
@@ -60,7 +78,7 @@ class AdaptedModel:
         self.layout: Layout | None = None if layout is None or layout.simple else layout
         self.threshold = float(threshold)  # a multi-label group predicts every label with p >= threshold
         in_features = self.head.in_features
-        self.target.set_submodule(self.spec.head, self._new_linear(in_features, len(self.labels), seed))
+        self.target.set_submodule(self.spec.head, new_linear(in_features, len(self.labels), seed))
         self.target.to(device)
         self.trainable, self.total = self.freeze()
         self.lock = threading.RLock()  # guards forward passes against head changes
@@ -87,25 +105,13 @@ class AdaptedModel:
             twin.lock = threading.RLock()
         return twin
 
-    @staticmethod
-    def _new_linear(in_features: int, out_features: int, seed: int) -> nn.Linear:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return nn.Linear(in_features, out_features)
-
     @property
     def head(self) -> nn.Linear:
         return self.target.get_submodule(self.spec.head)
 
     def freeze(self) -> tuple[int, int]:
         """Freeze the early layers by name; returns (trainable, total) parameter counts."""
-        trainable = total = 0
-        for name, p in self.target.named_parameters():
-            frozen = name.startswith(self.spec.frozen)
-            p.requires_grad_(not frozen)
-            total += p.numel()
-            trainable += 0 if frozen else p.numel()
-        return trainable, total
+        return freeze_by_prefix(self.target, self.spec.frozen)
 
     def train_mode(self) -> None:
         """model.train() with frozen BatchNorm kept in eval mode (running stats must not drift)."""
@@ -130,7 +136,7 @@ class AdaptedModel:
         with self.lock:
             if added:
                 old = self.head
-                new = self._new_linear(old.in_features, len(self.labels) + len(added), self.seed + len(self.labels))
+                new = new_linear(old.in_features, len(self.labels) + len(added), self.seed + len(self.labels))
                 new = new.to(old.weight.device, old.weight.dtype)
                 with torch.no_grad():
                     new.weight[: len(self.labels)] = old.weight
@@ -177,21 +183,18 @@ class AdaptedModel:
         z = z.to(self.device, non_blocking=True)
         with self.lock:
             self.target.eval()
-            hooks = []
             captured: dict[str, torch.Tensor] = {}
-            if Need.EMBEDDINGS in needs:
-                hooks.append(
-                    self.head.register_forward_pre_hook(
-                        lambda _m, args: captured.__setitem__("embeddings", args[0].detach().flatten(1).clone())
-                    )
+            hook = None
+            if Need.EMBEDDINGS in needs:  # the head's input
+                hook = self.head.register_forward_pre_hook(
+                    lambda _m, args: captured.__setitem__("embeddings", args[0].detach().flatten(1).clone())
                 )
             try:
                 logits_all, feats = hooked(self, self.target, z, layers if Need.FEATURES in needs else ())
             finally:
-                for h in hooks:
-                    h.remove()
-            idx = [self.labels.index(label) for label in self.active]
-            logits = logits_all[:, idx].float()
+                if hook is not None:
+                    hook.remove()
+            logits = logits_all[:, self.active_index()].float()
             probs = logits.softmax(dim=1) if self.layout is None else self.layout.probs(logits)
             out = {"logits": logits.cpu(), "probs": probs.cpu()}
             if Need.EMBEDDINGS in needs:

@@ -56,6 +56,20 @@ def view_probs(
     return torch.cat(out, dim=1)
 
 
+def _labeled_outputs(strategy: Strategy, model: AdaptedModel, labeled_trunk, batch_size: int) -> dict:
+    """The forward outputs of the labeled items that the strategy asks for (LABELED_*), or {}."""
+    wanted = {
+        Need.LABELED_EMBEDDINGS: Need.EMBEDDINGS,
+        Need.LABELED_PROBS: Need.PROBS,
+        Need.LABELED_FEATURES: Need.FEATURES,
+    }
+    labeled_needs = {wanted[n] for n in strategy.needs if n in wanted}
+    if not labeled_needs or labeled_trunk is None or not len(labeled_trunk):
+        return {}
+    layers = strategy.layers() if Need.FEATURES in labeled_needs else ()
+    return forward_batches(model, labeled_trunk, labeled_needs, layers, batch_size)
+
+
 def build_inputs(
     strategy: Strategy,
     model: AdaptedModel,
@@ -77,16 +91,7 @@ def build_inputs(
     ``labeled_trunk``: trunk activations of the labeled items (for LABELED_EMBEDDINGS);
     ``images``: returns the pool's preprocessed images (for VIEW_PROBS, which needs full passes)."""
     needs = strategy.needs
-    labeled: dict = {}
-    wanted = {
-        Need.LABELED_EMBEDDINGS: Need.EMBEDDINGS,
-        Need.LABELED_PROBS: Need.PROBS,
-        Need.LABELED_FEATURES: Need.FEATURES,
-    }
-    labeled_needs = {wanted[n] for n in needs if n in wanted}
-    if labeled_needs and labeled_trunk is not None and len(labeled_trunk):
-        layers = strategy.layers() if Need.FEATURES in labeled_needs else ()
-        labeled = forward_batches(model, labeled_trunk, labeled_needs, layers, batch_size)
+    labeled = _labeled_outputs(strategy, model, labeled_trunk, batch_size)
     views = None
     if Need.VIEW_PROBS in needs:
         if images is None:
@@ -148,6 +153,30 @@ class PoolScores:
     pool_relative: bool = False  # a subset the strategy cannot value without a kept full-pool scoring
 
 
+def _pool_outputs(model: AdaptedModel, batches, needs, layers, batch_size: int, forward: Callable | None):
+    """(keys, fingerprints or None, merged forward outputs) of the trunk-activation batches."""
+    keys: list[str] = []
+    fingerprints: list[str | None] | None = []
+    parts, gathered = [], []
+    for batch_keys, batch_fps, z in batches:
+        if forward is not None:
+            gathered.append(z)
+        else:
+            step = max(batch_size, 256)  # only the trainable part runs here: larger batches than for images
+            for s in range(0, len(batch_keys), step):
+                parts.append(model.forward_from_trunk(z[s : s + step], needs, layers))
+        keys.extend(batch_keys)
+        if batch_fps is None:
+            fingerprints = None
+        elif fingerprints is not None:
+            fingerprints.extend(batch_fps)
+    if not keys:
+        return keys, fingerprints, {}
+    if forward is not None:
+        parts = [forward(model, torch.cat(gathered), needs, layers)]
+    return keys, fingerprints, merge_parts(parts)
+
+
 def score_pool(
     strategy: Strategy,
     model: AdaptedModel,
@@ -176,29 +205,11 @@ def score_pool(
     model (see :attr:`ScoringInputs.model_version`). A subset that a pool-relative strategy cannot
     value on its own gives ``values=None`` and ``pool_relative=True`` (never values that depend on
     which tasks share the request). ``forward(model, z, needs, layers)``: runs the trainable part
-    elsewhere (``backend/engine.py``: Ray) on all the pool's activations at once."""
+    elsewhere (``ml_backend/service/engine.py``: Ray) on all the pool's activations at once."""
     needs = scoring_needs(strategy, candidates, state)
-    layers = strategy.layers()
-    keys: list[str] = []
-    fingerprints: list[str | None] | None = []
-    parts, gathered = [], []
-    for batch_keys, batch_fps, z in batches:
-        if forward is not None:
-            gathered.append(z)
-        else:
-            step = max(batch_size, 256)  # only the trainable part runs here: larger batches than for images
-            for s in range(0, len(batch_keys), step):
-                parts.append(model.forward_from_trunk(z[s : s + step], needs, layers))
-        keys.extend(batch_keys)
-        if batch_fps is None:
-            fingerprints = None
-        elif fingerprints is not None:
-            fingerprints.extend(batch_fps)
+    keys, fingerprints, merged = _pool_outputs(model, batches, needs, strategy.layers(), batch_size, forward)
     if not keys:
         return PoolScores([], torch.zeros(0, dtype=torch.float64))
-    if forward is not None:
-        parts = [forward(model, torch.cat(gathered), needs, layers)]
-    merged = merge_parts(parts)
     inputs = build_inputs(
         strategy,
         model,

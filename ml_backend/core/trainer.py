@@ -101,6 +101,20 @@ def _batch_loss(
         return model.layout.loss(logits.float()[:, active], targets)
 
 
+def _optimizer(model: AdaptedModel, config: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.target.parameters() if p.requires_grad]
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+    raise ValueError(f"optimizer={config.optimizer!r}; allowed: adam, sgd")
+
+
+def _draw(examples: Sequence[Example], n: int, generator: torch.Generator) -> list[Example]:
+    """``n`` examples drawn with replacement (none when ``n`` is 0)."""
+    return [examples[i] for i in torch.randint(len(examples), (n,), generator=generator).tolist()] if n else []
+
+
 def fine_tune(
     model: AdaptedModel,
     examples: Sequence[Example],
@@ -118,13 +132,7 @@ def fine_tune(
     old = [e for e in examples if not e.is_new]
     new = [e for e in examples if e.is_new]
     generator = torch.Generator().manual_seed(config.seed)
-    params = [p for p in model.target.parameters() if p.requires_grad]
-    if config.optimizer == "adam":
-        optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    elif config.optimizer == "sgd":
-        optimizer = torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
-    else:
-        raise ValueError(f"optimizer={config.optimizer!r}; allowed: adam, sgd")
+    optimizer = _optimizer(model, config)
     active = model.active_index()
     if model.layout is not None and any(e.target is None for e in examples):
         raise ValueError("a structured layout trains on targets; an example has none")
@@ -136,12 +144,7 @@ def fine_tune(
         try:
             for step in range(config.steps):
                 n_old, n_new = _sample(len(old), len(new), config, generator)
-                batch = (
-                    [old[i] for i in torch.randint(len(old), (n_old,), generator=generator).tolist()] if n_old else []
-                )
-                batch += (
-                    [new[i] for i in torch.randint(len(new), (n_new,), generator=generator).tolist()] if n_new else []
-                )
+                batch = _draw(old, n_old, generator) + _draw(new, n_new, generator)
                 loss = _batch_loss(model, batch, config, generator, device, use_amp, active)
                 if not math.isfinite(loss.item()):
                     raise FloatingPointError(f"training loss became {loss.item()} at step {step}")

@@ -199,6 +199,19 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def backend_env(args, ls: LabelStudio) -> dict:
+    """The demo backend's settings: the local Label Studio, the chosen backbone and strategy, quick rounds."""
+    return {
+        "LABEL_STUDIO_URL": ls.url,
+        "LABEL_STUDIO_API_KEY": ADMIN_TOKEN,
+        "BACKBONE": args.backbone,
+        **DEMO_WEIGHTS.get(args.backbone, {"WEIGHTS": "none"}),
+        "STRATEGY": args.strategy,
+        "TRAIN_DEBOUNCE_S": "2",
+        "TRAIN_STEPS": "60",
+    }
+
+
 def main() -> int:
     args = parse_args()
 
@@ -224,19 +237,7 @@ def main() -> int:
     try:
         say(f"starting Label Studio on {ls.url} (first start migrates a database: about 40 s)")
         ls.start()
-        backend = BackendProcess(
-            args.dir,
-            {
-                "LABEL_STUDIO_URL": ls.url,
-                "LABEL_STUDIO_API_KEY": ADMIN_TOKEN,
-                "BACKBONE": args.backbone,
-                **DEMO_WEIGHTS.get(args.backbone, {"WEIGHTS": "none"}),
-                "STRATEGY": args.strategy,
-                "TRAIN_DEBOUNCE_S": "2",
-                "TRAIN_STEPS": "60",
-            },
-            port=port_or_free(args.backend_port, "the backend"),
-        )
+        backend = BackendProcess(args.dir, backend_env(args, ls), port=port_or_free(args.backend_port, "the backend"))
         say(f"starting the backend on {backend.url} (log: {backend.log_path})")
         backend.start()
         data = choose_data(args.data)

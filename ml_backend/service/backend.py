@@ -10,7 +10,6 @@ from typing import Any, Sequence
 
 import strategies
 from ml_backend.core.backbones import load_backbone, resolve_device
-from ml_backend.core.stopping import StabilityRule
 from ml_backend.errors import BadRequest, Unavailable, UnknownProject
 from ml_backend.service.choice import StrategyBook, requested_strategy
 from ml_backend.service.features import FeatureExtractor
@@ -18,6 +17,7 @@ from ml_backend.service.label_config import parse_label_config
 from ml_backend.service.learner import Learner
 from ml_backend.service.ls_client import LabelStudioConnection, ProjectAPI, api_status
 from ml_backend.service.projects import Identity, Projects, ProjectState, project_key
+from ml_backend.service.reporting import StatusReport
 from ml_backend.service.scorer import Scorer
 from ml_backend.service.security import WebhookSecrets
 from ml_backend.service.settings import Settings
@@ -67,16 +67,26 @@ class Backend:
         self.features = FeatureExtractor.from_settings(settings, self.base, self.store, self.connection)
         self.scorer = Scorer(settings, self.features, self.strategy_states)
         self.learner = Learner(
-            settings, self.projects, self.scorer, self.connection, self.webhook_secrets.header_for, self.instance_id
+            settings,
+            self.projects,
+            self.scorer,
+            self.features,
+            self.connection,
+            self.webhook_secrets.header_for,
+            self.instance_id,
         )
+        self.report = StatusReport(settings, self.base, self.strategy, self.device, self)
         self.events: dict[str, int] = {}
         self._lock = threading.Lock()
         for state in self.projects.restore_all():
             self.scorer.restore(state)
+        self._log_ready()
+
+    def _log_ready(self) -> None:
         log.info("backbone %s", self.base.freeze_summary())
         log.info(
             "backend ready: backbone=%s weights=%s strategy=%r device=%s projects restored=%d",
-            settings.backbone,
+            self.settings.backbone,
             self.base.weights,
             self.strategy,
             self.device,
@@ -97,7 +107,8 @@ class Backend:
                 raise UnknownProject(f"Label Studio at LABEL_STUDIO_URL={url} has no project {key}") from None
             raise Unavailable(
                 f"cannot confirm project {key} with Label Studio at LABEL_STUDIO_URL={url} "
-                f"({'HTTP ' + str(status) if status else type(exc).__name__}); check LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY"
+                f"({'HTTP ' + str(status) if status else type(exc).__name__}); "
+                "check LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY"
             ) from None
 
     def setup(
@@ -197,75 +208,15 @@ class Backend:
         return self.projects.versions(None if project is None else project_key(project))
 
     def metrics(self) -> dict:
-        return {
-            "backbone": self.base.spec.name,
-            "weights": self.base.weights,
-            "strategy": self.strategy.name,
-            "strategy_params": self.strategy.params(),
-            "device": str(self.device),
-            "events": dict(self.events),
-            "feature_cache": self.features.stats(),
-            "neutral_rank_requests": self.scorer.pool_relative_requests,
-            "projects": {
-                key: self._project_metrics(state)
-                for key in sorted({*self.projects.store.project_keys(), *self.projects}, key=int)
-                if (state := self._refreshed(key)) is not None
-            },
-        }
-
-    def _refreshed(self, key: str) -> ProjectState | None:
-        state = self.projects.lookup(key)
-        if state is not None:
-            self.projects.refresh(state)
-        return state
-
-    def stopping(self, key: str, history: list[dict] | None = None) -> dict:
-        """The stopping signal of a project from its rounds' κ (core/stopping.py)."""
-        rule = StabilityRule(self.settings.stop_kappa, self.settings.stop_window)
-        history = self.store.read_history(key) if history is None else history
-        kappas = [float(h["kappa"]) for h in history if isinstance(h.get("kappa"), (int, float))]
-        stable = rule.fires(kappas)
-        if stable:
-            message = (
-                f"the model has stabilised: more labels barely change its predictions "
-                f"(mean κ {sum(kappas[-rule.window :]) / rule.window:.3f}); consider stopping or reviewing"
-            )
-        elif len(kappas) < rule.window:
-            message = f"learning: {len(kappas)} of the {rule.window} rounds needed to judge"
-        else:
-            message = f"learning: predictions still change (mean κ {sum(kappas[-rule.window :]) / rule.window:.3f})"
-        return {
-            "rule": rule.describe(),
-            "threshold": rule.threshold,
-            "window": rule.window,
-            "kappa": kappas[-10:],
-            "stable": stable,
-            "message": message,
-        }
+        """What /status answers (reporting.py)."""
+        with self._lock:
+            events = dict(self.events)
+        return self.report.metrics(events)
 
     def histories(self) -> dict[str, list[dict]]:
-        return {key: self.store.read_history(key) for key in self.projects}
-
-    def _project_metrics(self, s: ProjectState) -> dict:
-        history = self.store.read_history(s.key)
-        return {
-            "stopping": self.stopping(s.key, history),
-            "prequential": [{"round": h.get("round"), **(h.get("prequential") or {})} for h in history[-10:]],
-            "model_version": s.version,
-            "published_version": s.published_version,
-            "queue_version": s.queue_version,
-            "round": s.round,
-            "labels": list(s.config.labels),
-            "labels_used": len(s.labels_used),
-            "model_loaded": s.model is not None,
-            "scored_pool_size": len(s.pool.acquisitions),
-            "strategy_info": s.pool.strategy_info,
-            "strategy": self.projects.strategy_name(s)[0],
-            "strategy_chosen": s.strategy,
-            **s.pool.stats,
-            **self.learner.status(s.key),
-        }
+        """Every project's round history (the dashboard's charts)."""
+        return self.report.histories()
 
     def close(self) -> None:
         self.learner.stop()
-        self.scorer.close()
+        self.features.close()

@@ -110,7 +110,8 @@ def project_section(key: str, p: dict, history: list[dict], label_studio_url: st
     per_class: dict[str, int] = history[-1].get("per_class", {}) if history else {}
     info = p.get("strategy_info") or {}
     regime = (
-        f" — {esc(info['regime'])}, serving <b>{esc(info.get('serving'))}</b> (switch at {esc(info.get('switch_at'))} labels)"
+        f" — {esc(info['regime'])}, serving <b>{esc(info.get('serving'))}</b> "
+        f"(switch at {esc(info.get('switch_at'))} labels)"
         if info.get("regime")
         else ""
     )
@@ -198,9 +199,8 @@ def project_section(key: str, p: dict, history: list[dict], label_studio_url: st
     }</table>
   {
         (
-            '<h3>Labels to review</h3><table class="review"><tr><th>task</th><th>label</th><th>p(label)</th><th>loss</th></tr>'
-            + review_rows
-            + "</table>"
+            '<h3>Labels to review</h3><table class="review">'
+            "<tr><th>task</th><th>label</th><th>p(label)</th><th>loss</th></tr>" + review_rows + "</table>"
         )
         if review_rows
         else ""
@@ -245,8 +245,9 @@ def render(metrics: dict, histories: dict[str, list[dict]], label_studio_url: st
 <html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="{REFRESH_S}">
 <title>Active Adaptation: dashboard</title><style>{STYLE}</style></head>
 <body><h1>Active Adaptation for Label Studio</h1>
-<p class="meta">backbone <b>{esc(metrics.get("backbone"))}</b> ({esc(metrics.get("weights"))}) on {esc(metrics.get("device"))}
- · default strategy <b>{esc(metrics.get("strategy"))}</b> · refreshed every {REFRESH_S} s at {esc(time.strftime("%H:%M:%S"))}
+<p class="meta">backbone <b>{esc(metrics.get("backbone"))}</b> ({esc(metrics.get("weights"))})
+ on {esc(metrics.get("device"))} · default strategy <b>{esc(metrics.get("strategy"))}</b>
+ · refreshed every {REFRESH_S} s at {esc(time.strftime("%H:%M:%S"))}
  · <a href="status">/status</a> (JSON)</p>
 {sections}
 </body></html>"""

@@ -12,6 +12,7 @@ import threading
 from typing import Callable
 
 from ml_backend.errors import UnknownProject
+from ml_backend.service.features import FeatureExtractor
 from ml_backend.service.jobs import JobContext, PublishError, run_job
 from ml_backend.service.ls_client import LabelStudioConnection, ProjectAPI
 from ml_backend.service.projects import Projects, ProjectState
@@ -41,6 +42,7 @@ class Learner:
         settings: Settings,
         projects: Projects,
         scorer: Scorer,
+        features: FeatureExtractor,
         connection: LabelStudioConnection,
         webhook_secret: Callable[[str], str],
         instance_id: str,
@@ -49,6 +51,7 @@ class Learner:
     ) -> None:
         """``api_factory``: project id -> Label Studio client (default: a ProjectAPI on ``connection``)."""
         self.settings, self.projects, self.scorer, self.connection = settings, projects, scorer, connection
+        self.features = features
         self.webhook_secret, self.instance_id, self.clock = webhook_secret, instance_id, clock
         self.api_factory = api_factory or self._api
         self.workers: dict[str, ProjectWorker] = {}
@@ -70,6 +73,7 @@ class Learner:
                     state,
                     self.projects,
                     self.scorer,
+                    self.features,
                     self.settings,
                     self.api_factory,
                     status,

@@ -58,40 +58,6 @@ class Scorer:
         """Put back a project's saved strategy state (see :meth:`StrategyStates.restore`)."""
         self.strategy_states.restore(state)
 
-    # ------------------------------------------------------------------ delegations to the feature extractor
-    # for the callers not switched to the extractor yet (jobs, tests, benchmarks)
-    @property
-    def features(self):
-        """The frozen-feature cache."""
-        return self.extractor.cache
-
-    @property
-    def loader(self):
-        return self.extractor.loader
-
-    @property
-    def engine(self):
-        return self.extractor.engine
-
-    def reference(self, state: ProjectState, task: dict) -> tuple:
-        return self.extractor.reference(state, task)
-
-    def fingerprint(self, reference: tuple) -> str | None:
-        return self.extractor.fingerprint(reference)
-
-    def trunk_activations(
-        self,
-        state: ProjectState,
-        model: AdaptedModel,
-        tasks: Sequence[dict],
-        keys: Sequence[str | None] | None = None,
-        deadline: float | None = None,
-    ) -> list:
-        return self.extractor.trunk_activations(state, model, tasks, keys, deadline)
-
-    def images(self, state: ProjectState, model: AdaptedModel, tasks: Sequence[dict]) -> list:
-        return self.extractor.images(state, model, tasks)
-
     # ------------------------------------------------------------------ scoring
     def predict(self, state: ProjectState, tasks: list, model: AdaptedModel, version: str) -> list[dict]:
         """/predict: the tasks of one request, scored against the served version's pool."""
@@ -223,6 +189,3 @@ class Scorer:
         that compare the pool with the labeled set)."""
         with state.lock:
             state.pool.labeled_trunk = trunks
-
-    def close(self) -> None:
-        self.extractor.close()

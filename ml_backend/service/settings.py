@@ -7,6 +7,11 @@ meaning)), the configuration table in docs/settings.md (:func:`settings_table`, 
 ``python -m ml_backend --settings`` and checked by a test) and :meth:`Settings.from_env`. Links in a
 meaning are relative to docs/, where the table lives.
 
+A secret setting (``secret=True``: the API key, the basic auth password, the webhook secret) can
+also be read from a file named by ``<NAME>_FILE`` (a Docker or Kubernetes secret such as
+``/run/secrets/label_studio_api_key``), so that its value is in no process environment that
+``docker inspect`` shows; setting both ``<NAME>`` and ``<NAME>_FILE`` is an error.
+
 Names follow label-studio-ml 2.x where it has one (LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY,
 MODEL_DIR, BASIC_AUTH_USER, BASIC_AUTH_PASS, LOG_LEVEL, PORT).
 """
@@ -141,15 +146,44 @@ def path(name: str, raw: str) -> Path:
 
 
 def setting(default: Any, meaning: str, parse: Parser = text, secret: bool = False) -> Any:
-    """A field of :class:`Settings`: its environment variable is the field's name in upper case."""
-    return dataclasses.field(default=default, repr=not secret, metadata={"meaning": meaning, "parse": parse})
+    """A field of :class:`Settings`: its environment variable is the field's name in upper case; a
+    ``secret`` one is left out of the repr and may be read from a file named by ``<NAME>_FILE``."""
+    return dataclasses.field(
+        default=default, repr=not secret, metadata={"meaning": meaning, "parse": parse, "secret": secret}
+    )
+
+
+FILE_SUFFIX = "_FILE"
+
+
+def read_secret_file(name: str, file_var: str, path: str) -> str:
+    """The value of secret ``name`` from the file ``path`` (named by ``file_var``): its text without
+    surrounding whitespace (the trailing newline ``echo`` or an editor leaves). A missing,
+    unreadable or empty file is a ConfigError naming the variable."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise ConfigError(f"{file_var}={path!r}: no such file (it should hold {name})") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{file_var}={path!r} is a directory, not a file holding {name}") from None
+    except OSError as exc:
+        raise ConfigError(f"{file_var}={path!r} cannot be read: {exc.strerror or exc}") from None
+    try:
+        value = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{file_var}={path!r} is not UTF-8 text") from None
+    if not value:
+        raise ConfigError(f"{file_var}={path!r} is empty: it should hold {name}")
+    return value
 
 
 @dataclass(frozen=True)
 class Settings:
     label_studio_url: str = setting(
         "",
-        "Base URL of Label Studio as this backend reaches it, e.g. `http://label-studio:8080`. Needed to fetch images (otherwise the `hostname` and token sent in `/setup` are used).",
+        "Base URL of Label Studio as this backend reaches it, e.g. `http://label-studio:8080`. Needed to fetch images "
+        "(otherwise the `hostname` and token sent in `/setup` are used).",
         url,
     )
     label_studio_api_key: str = setting(
@@ -168,13 +202,15 @@ class Settings:
     basic_auth_pass: str = setting("", "Password for `BASIC_AUTH_USER`.", secret=True)
     webhook_secret: str = setting(
         "",
-        "Master secret for webhook authentication ([security.md](security.md)); unset: created once in `MODEL_DIR/secrets/webhook.key`.",
+        "Master secret for webhook authentication ([security.md](security.md)); unset: created once in "
+        "`MODEL_DIR/secrets/webhook.key`.",
         secret=True,
     )
     max_request_mb: int = setting(64, "Largest request body accepted, in MB (413 beyond it).", integer(1))
     predict_deadline_s: float = setting(
         80.0,
-        "Deadline for one `/predict` request's image downloads (Label Studio waits 100 s); tasks not fetched by then get no prediction.",
+        "Deadline for one `/predict` request's image downloads (Label Studio waits 100 s); tasks not fetched by then "
+        "get no prediction.",
         number(0.0),
     )
     recovery_max_s: float = setting(
@@ -184,7 +220,9 @@ class Settings:
     )
     lease_retry_s: float = setting(
         2.0,
-        "While another process (another gunicorn worker or a replica sharing `MODEL_DIR`) runs a project's round or publish, this process tries to take over the project's jobs every this many seconds ([Several processes](deployment.md#several-processes)).",
+        "While another process (another gunicorn worker or a replica sharing `MODEL_DIR`) runs a project's round or "
+        "publish, this process tries to take over the project's jobs every this many seconds ([Several "
+        "processes](deployment.md#several-processes)).",
         number(0.0),
     )
     log_level: str = setting("INFO", "One of " + ", ".join(LOG_LEVELS) + ".", log_level)
@@ -192,47 +230,64 @@ class Settings:
     host: str = setting("0.0.0.0", "Interface `python -m ml_backend` listens on.")
     workers: int = setting(
         1,
-        "gunicorn worker processes. Each holds its own models (keep 1 per GPU); they share `MODEL_DIR`, one at a time trains and publishes a project ([Several processes](deployment.md#several-processes)).",
+        "gunicorn worker processes. Each holds its own models (keep 1 per GPU); they share `MODEL_DIR`, one at a time "
+        "trains and publishes a project ([Several processes](deployment.md#several-processes)).",
         integer(1),
     )
     threads: int = setting(
         64,
-        "gunicorn threads per worker. At most `THREADS - 8` `/predict` requests run at once (more get 503 with `Retry-After`), so that `/webhook`, `/setup` and `/health` always find a free thread ([benchmarks](benchmarks.md#latency-of-webhook-and-setup-under-load-benchmarksbench_latencypy)).",
+        "gunicorn threads per worker. At most `THREADS - 8` `/predict` requests run at once (more get 503 with "
+        "`Retry-After`), so that `/webhook`, `/setup` and `/health` always find a free thread "
+        "([benchmarks](benchmarks.md#latency-of-webhook-and-setup-under-load-benchmarksbench_latencypy)).",
         integer(1),
     )
     backbone: str = setting(
         "efficientnet_lite0",
-        "`efficientnet_lite0` (ImageNet weights that install with the package: nothing is downloaded), any torchvision classification architecture by name (`resnet50`, `convnext_tiny`, `vit_b_16`, …), `smallcnn` or `smallcnn-unfrozen`; `python -m ml_backend --list` shows each family's strategies and refusals ([backbones.md](backbones.md)).",
+        "`efficientnet_lite0` (ImageNet weights that install with the package: nothing is downloaded), any torchvision "
+        "classification architecture by name (`resnet50`, `convnext_tiny`, `vit_b_16`, …), `smallcnn` or "
+        "`smallcnn-unfrozen`; `python -m ml_backend --list` shows each family's strategies and refusals "
+        "([backbones.md](backbones.md)).",
         backbone,
     )
     weights: str = setting(
         "DEFAULT",
-        "A weights name of the backbone (`DEFAULT`, `IMAGENET1K_V1`, …: torchvision's, loaded through its cache; efficientnet_lite0's packaged ImageNet weights), a path to a saved `state_dict`, or `none` for random initialisation.",
+        "A weights name of the backbone (`DEFAULT`, `IMAGENET1K_V1`, …: torchvision's, loaded through its cache; "
+        "efficientnet_lite0's packaged ImageNet weights), a path to a saved `state_dict`, or `none` for random "
+        "initialisation.",
     )
     freeze: str = setting(
         "default",
-        "Where the frozen early layers end: `default` (the family's boundary, [backbones.md](backbones.md#freeze)), `none` (train everything), `all` (only the classifier trains), a fraction of the stages such as `0.5`, or a stage's module name (frozen up to and including it, e.g. `layer2`). The log says \"N of M parameters trainable\".",
+        "Where the frozen early layers end: `default` (the family's boundary, [backbones.md](backbones.md#freeze)), "
+        "`none` (train everything), `all` (only the classifier trains), a fraction of the stages such as `0.5`, or a "
+        "stage's module name (frozen up to and including it, e.g. `layer2`). The log says \"N of M parameters "
+        'trainable".',
         freeze,
     )
     image_size: int = setting(
         0,
-        "Input side in pixels after resize and centre-crop; `0`: the size the weights were trained at (224 for most). Smaller is faster on a CPU.",
+        "Input side in pixels after resize and centre-crop; `0`: the size the weights were trained at (224 for most). "
+        "Smaller is faster on a CPU.",
         integer(0),
     )
     strategy: str = setting(
         "auto",
-        "A registered strategy (`python -m ml_backend --list`), with options as `name:key=value:…`, e.g. `adma:lam=0.1:landmarks=kmeans` (see [Strategies](../README.md#strategies) and [strategies.md](strategies.md#choosing-a-strategy)).",
+        "A registered strategy (`python -m ml_backend --list`), with options as `name:key=value:…`, e.g. "
+        "`adma:lam=0.1:landmarks=kmeans` (see [Strategies](../README.md#strategies) and "
+        "[strategies.md](strategies.md#choosing-a-strategy)).",
         strategy,
     )
     queue_diversity: str = setting(
         "off",
-        "`coreset`: re-order the `QUEUE_DIVERSITY_TOP` highest-acquisition tasks by k-center greedy on the model's features, so that consecutive tasks in the queue are not near-duplicates.",
+        "`coreset`: re-order the `QUEUE_DIVERSITY_TOP` highest-acquisition tasks by k-center greedy on the model's "
+        "features, so that consecutive tasks in the queue are not near-duplicates.",
         choice("off", "coreset"),
     )
     queue_diversity_top: int = setting(100, "How many top tasks `QUEUE_DIVERSITY` re-orders.", integer(2))
     stop_kappa: float = setting(
         0.99,
-        "The stopping signal ([learning.md](learning.md#dashboard-and-stopping-signal)) fires when the mean Cohen's κ between consecutive versions' predictions on a fixed sample of unlabeled tasks, over the last `STOP_WINDOW` rounds, reaches this (Bloodgood & Vijay-Shanker's rule: 0.99 over 3).",
+        "The stopping signal ([learning.md](learning.md#dashboard-and-stopping-signal)) fires when the mean Cohen's κ "
+        "between consecutive versions' predictions on a fixed sample of unlabeled tasks, over the last `STOP_WINDOW` "
+        "rounds, reaches this (Bloodgood & Vijay-Shanker's rule: 0.99 over 3).",
         number(0.0),
     )
     stop_window: int = setting(3, "Rounds the stopping signal averages κ over.", integer(1))
@@ -243,12 +298,14 @@ class Settings:
     )
     review_top: int = setting(
         20,
-        "After each round, list this many labeled tasks whose annotations look most suspicious (`/status` → `review`); `0` turns it off.",
+        "After each round, list this many labeled tasks whose annotations look most suspicious (`/status` → `review`); "
+        "`0` turns it off.",
         integer(0),
     )
     multilabel_threshold: float = setting(
         0.5,
-        'A multi-label `<Choices choice="multiple">` group predicts every label whose sigmoid probability reaches this; margin\'s multi-label value is the smallest distance to it ([multi-label.md](multi-label.md)).',
+        'A multi-label `<Choices choice="multiple">` group predicts every label whose sigmoid probability reaches '
+        "this; margin's multi-label value is the smallest distance to it ([multi-label.md](multi-label.md)).",
         number(0.0, maximum=1.0),
     )
     review_max_p: float = setting(
@@ -258,17 +315,25 @@ class Settings:
     )
     label_studio_tabs: bool = setting(
         True,
-        'Keep two Data Manager tabs in each project: "Queue: most useful first" (ordered by score, with the score and model version columns) and "Review: suspicious labels (N)" (the review list; removed when empty). Your own tabs are never touched.',
+        'Keep two Data Manager tabs in each project: "Queue: most useful first" (ordered by score, with the score and '
+        'model version columns) and "Review: suspicious labels (N)" (the review list; removed when empty). Your own '
+        "tabs are never touched.",
         flag,
     )
     review_method: str = setting(
         "loss",
-        "`loss` (the trained head's loss on the given label; cheap, as good as influence in [methods.md](methods.md) §6.4) or `influence` (last-layer self-influence, plus cross-fitted influence ψ on validation loss; `flag` marks ψ > 0 with p(label) < 0.5).",
+        "`loss` (the trained head's loss on the given label; cheap, as good as influence in [methods.md](methods.md) "
+        "§6.4) or `influence` (last-layer self-influence, plus cross-fitted influence ψ on validation loss; `flag` "
+        "marks ψ > 0 with p(label) < 0.5).",
         choice("loss", "influence"),
     )
     train_drop_harmful: bool = setting(
         False,
-        "Influence-based data dropout: after training on a round's labels, leave out labels whose up-weighting would raise the validation loss (ψ > 0, cross-fitted: each fold's ψ from a head fit without it) and train again without them. Dropped tasks are listed in `/status` → `dropped_by_influence`. Never drops more than half. Measured in [results.md](results.md#data-dropout-and-the-review-list-under-label-noise) before you turn it on.",
+        "Influence-based data dropout: after training on a round's labels, leave out labels whose up-weighting would "
+        "raise the validation loss (ψ > 0, cross-fitted: each fold's ψ from a head fit without it) and train again "
+        "without them. Dropped tasks are listed in `/status` → `dropped_by_influence`. Never drops more than half. "
+        "Measured in [results.md](results.md#data-dropout-and-the-review-list-under-label-noise) before you turn "
+        "it on.",
         flag,
     )
     device: str = setting("auto", "`auto` (CUDA when present, else CPU), `cpu`, `cuda` or `cuda:N`.", device)
@@ -281,7 +346,8 @@ class Settings:
     )
     image_timeout_s: float = setting(
         15.0,
-        "Total time in seconds for one image download (connect, headers, body, redirects), however slowly the server sends.",
+        "Total time in seconds for one image download (connect, headers, body, redirects), however slowly the server "
+        "sends.",
         number(0.0),
     )
     train_debounce_s: float = setting(
@@ -315,13 +381,16 @@ class Settings:
     )
     set_uncertainty_sampling: bool = setting(
         True,
-        "When publishing, also switch the project's queue to uncertainty sampling (lowest score first); without it Label Studio ignores the scores.",
+        "When publishing, also switch the project's queue to uncertainty sampling (lowest score first); without it "
+        "Label Studio ignores the scores.",
         flag,
     )
     publish_chunk: int = setting(500, "Predictions per bulk import request.", integer(1))
     publish_first: int = setting(
         200,
-        "A new version's predictions for this many tasks at the top of its queue are imported first; then the project switches to it (the annotators' queue follows it from then on) and the rest is imported in the background, giving way to the next round when one is due. `0`: import everything before switching.",
+        "A new version's predictions for this many tasks at the top of its queue are imported first; then the project "
+        "switches to it (the annotators' queue follows it from then on) and the rest is imported in the background, "
+        "giving way to the next round when one is due. `0`: import everything before switching.",
         integer(0),
     )
     publish_retries: int = setting(
@@ -329,17 +398,21 @@ class Settings:
     )
     delete_old_predictions: bool = setting(
         True,
-        "After publishing a version (and moving the project to it), delete this backend's predictions of older versions, so that they do not pile up in Label Studio's database and Data Manager; `false` keeps every version's predictions.",
+        "After publishing a version (and moving the project to it), delete this backend's predictions of older "
+        "versions, so that they do not pile up in Label Studio's database and Data Manager; `false` keeps every "
+        "version's predictions.",
         flag,
     )
     scoring_engine: str = setting(
         "local",
-        "Where feature extraction and re-scoring run: `local` (this process) or `ray` (Ray Data actors; `pip install 'active-adaptation[ray]'`; see [Scoring on Ray](deployment.md#scoring-on-ray)).",
+        "Where feature extraction and re-scoring run: `local` (this process) or `ray` (Ray Data actors; `pip install "
+        "'active-adaptation[ray]'`; see [Scoring on Ray](deployment.md#scoring-on-ray)).",
         choice("local", "ray"),
     )
     ray_address: str = setting(
         "",
-        "With `SCORING_ENGINE=ray`: the cluster to join (e.g. `ray://head:10001` or `auto`); empty: a local Ray instance started by the backend.",
+        "With `SCORING_ENGINE=ray`: the cluster to join (e.g. `ray://head:10001` or `auto`); empty: a local Ray "
+        "instance started by the backend.",
     )
     ray_actors: int = setting(2, "With `SCORING_ENGINE=ray`: actors in the pool (one model each).", integer(1))
     ray_cpus_per_actor: float = setting(1.0, "With `SCORING_ENGINE=ray`: CPUs each actor reserves.", number(0.0))
@@ -386,8 +459,16 @@ class Settings:
         values = {}
         for f in dataclasses.fields(cls):
             name, raw = f.name.upper(), env.get(f.name.upper())
-            if raw is not None and raw.strip() != "":
-                values[f.name] = f.metadata["parse"](name, raw.strip())
+            raw = raw.strip() if raw is not None else ""
+            if f.metadata["secret"]:
+                file_var = name + FILE_SUFFIX
+                path = (env.get(file_var) or "").strip()
+                if path and raw:
+                    raise ConfigError(f"{name} and {file_var} are both set: set one of them")
+                if path:
+                    raw = read_secret_file(name, file_var, path)
+            if raw:
+                values[f.name] = f.metadata["parse"](name, raw)
         values.update(overrides)
         settings = cls(**values)
         if bool(settings.basic_auth_user) != bool(settings.basic_auth_pass):
@@ -404,9 +485,24 @@ def shown(value: Any) -> str:
     return str(value)
 
 
-ENV_VARS: dict[str, tuple[str, str]] = {
-    f.name.upper(): (shown(f.default), f.metadata["meaning"]) for f in dataclasses.fields(Settings)
-}
+def _env_vars() -> dict[str, tuple[str, str]]:
+    out = {}
+    for f in dataclasses.fields(Settings):
+        name = f.name.upper()
+        out[name] = (shown(f.default), f.metadata["meaning"])
+        if f.metadata["secret"]:
+            out[name + FILE_SUFFIX] = (
+                "",
+                f"A file holding `{name}` (its text; surrounding whitespace such as a trailing newline is "
+                f"dropped), e.g. a Docker secret `/run/secrets/{f.name}`; setting both `{name}` and "
+                f"`{name}{FILE_SUFFIX}` is an error, and so is "
+                "a missing, unreadable or empty file.",
+            )
+    return out
+
+
+# every environment variable the backend reads: each setting, and a <NAME>_FILE for each secret one
+ENV_VARS: dict[str, tuple[str, str]] = _env_vars()
 
 
 def settings_table() -> str:

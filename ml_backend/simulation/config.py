@@ -109,7 +109,7 @@ def parse_seeds(text: str) -> tuple[int, ...]:
     return tuple(seeds)
 
 
-def build_parser(description: str = "") -> argparse.ArgumentParser:
+def build_parser(description: str = "") -> argparse.ArgumentParser:  # long: one add_argument per option
     import strategies
 
     p = argparse.ArgumentParser(

@@ -334,6 +334,32 @@ def _fixed_counts_markdown(rows: list[dict], baseline: str) -> list[str]:
     return out
 
 
+def _plot_paired(ax2, data: dict, base: dict, baseline: str, colors: dict) -> None:
+    """The right panel: each strategy's paired accuracy difference to the baseline, with 95% intervals."""
+    from scipy import stats
+
+    ax2.axhline(0, color="black", lw=1.2)
+    for name, entry in sorted(data.items()):
+        if name == baseline:
+            continue
+        common = [s for s in entry["seeds"] if s in base["acc"]]
+        if not common:
+            continue
+        d = np.array([np.array(entry["acc"][s]) - np.array(base["acc"][s]) for s in common])
+        x = np.array(entry["labels"])
+        mean = d.mean(axis=0)
+        ax2.plot(x, mean, label=name, color=colors[name], lw=1.4)
+        if d.shape[0] > 1:
+            half = stats.t.ppf(0.975, d.shape[0] - 1) * d.std(axis=0, ddof=1) / math.sqrt(d.shape[0])
+            ax2.fill_between(x, mean - half, mean + half, alpha=0.10, color=colors[name])
+    ax2.set(
+        xlabel="labels",
+        ylabel=f"accuracy − {baseline} (paired)",
+        title=f"paired difference to {baseline}, mean and 95% interval",
+    )
+    ax2.grid(alpha=0.3)
+
+
 def plot_curves(results: dict, path: Path, baseline: str = "random") -> None:
     import matplotlib
 
@@ -376,27 +402,7 @@ def plot_curves(results: dict, path: Path, baseline: str = "random") -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     if base is not None:
-        ax2 = axes[0, 1]
-        ax2.axhline(0, color="black", lw=1.2)
-        for name, entry in sorted(data.items()):
-            if name == baseline:
-                continue
-            common = [s for s in entry["seeds"] if s in base["acc"]]
-            if not common:
-                continue
-            d = np.array([np.array(entry["acc"][s]) - np.array(base["acc"][s]) for s in common])
-            x = np.array(entry["labels"])
-            mean = d.mean(axis=0)
-            ax2.plot(x, mean, label=name, color=colors[name], lw=1.4)
-            if d.shape[0] > 1:
-                half = stats.t.ppf(0.975, d.shape[0] - 1) * d.std(axis=0, ddof=1) / math.sqrt(d.shape[0])
-                ax2.fill_between(x, mean - half, mean + half, alpha=0.10, color=colors[name])
-        ax2.set(
-            xlabel="labels",
-            ylabel=f"accuracy − {baseline} (paired)",
-            title=f"paired difference to {baseline}, mean and 95% interval",
-        )
-        ax2.grid(alpha=0.3)
+        _plot_paired(axes[0, 1], data, base, baseline, colors)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

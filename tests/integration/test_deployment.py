@@ -3,6 +3,7 @@ stack where one answers): lint the Dockerfile and check that the image, compose 
 settings that exist and the same install steps as CI."""
 
 import fnmatch
+import os
 import re
 import shutil
 import subprocess
@@ -18,19 +19,30 @@ from ml_backend.service.settings import ENV_VARS
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-# Label Studio's own settings used by the compose file (LABEL_STUDIO.md §2)
+# Label Studio's own settings used by the compose file (LABEL_STUDIO.md §2); the admin's password and
+# token (LABEL_STUDIO_PASSWORD, LABEL_STUDIO_USER_TOKEN) are read from the secret files by its command
 LABEL_STUDIO_VARS = {
     "LABEL_STUDIO_USERNAME",
-    "LABEL_STUDIO_PASSWORD",
-    "LABEL_STUDIO_USER_TOKEN",
     "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN",
     "LABEL_STUDIO_ML_BLOCK_LOCAL_IP",
     "LABEL_STUDIO_SSRF_PROTECTION_ENABLED",
+    "LABEL_STUDIO_USE_DEFAULT_BANNED_SUBNETS",
+    "LABEL_STUDIO_USER_ADDITIONAL_BANNED_SUBNETS",
     "LABEL_STUDIO_HOST",
     *LABEL_STUDIO_FLAGS,  # its own feature flags that the demo's Label Studio runs with too
 }
-# compose-only knobs (.env.example): host ports and the image flavor
-COMPOSE_VARS = {"LABEL_STUDIO_PORT", "BACKEND_PORT", "FLAVOR"}
+# compose-only knobs (.env.example): host port and interface, the password's file, the image flavor
+COMPOSE_VARS = {"LABEL_STUDIO_PORT", "LABEL_STUDIO_BIND", "LABEL_STUDIO_PASSWORD_FILE", "FLAVOR"}
+SECRET_SETTINGS = ("LABEL_STUDIO_API_KEY", "BASIC_AUTH_PASS", "WEBHOOK_SECRET")
+# Label Studio 1.23's default banned subnets (validate_ip in label_studio/core/utils/io.py), checked
+# against its source below where its venv exists
+LABEL_STUDIO_DEFAULT_BANNED = (
+    "0.0.0.0/8 10.0.0.0/8 100.64.0.0/10 127.0.0.0/8 169.254.0.0/16 172.16.0.0/12 192.0.0.0/24 192.0.2.0/24 "
+    "192.88.99.0/24 192.168.0.0/16 198.18.0.0/15 198.51.100.0/24 203.0.113.0/24 224.0.0.0/4 233.252.0.0/24 "
+    "240.0.0.0/4 255.255.255.255/32 ::/128 ::1/128 ::ffff:0:0/96 ::ffff:0:0:0/96 64:ff9b::/96 64:ff9b:1::/48 "
+    "100::/64 2001:0000::/32 2001:20::/28 2001:db8::/32 2002::/16 fc00::/7 fe80::/10 ff00::/8"
+).split()
+LABEL_STUDIO_IO = ROOT / ".cache/ls-venv/lib/python3.11/site-packages/label_studio/core/utils/io.py"
 RUNTIME_VARS = {
     "PYTHONPATH",
     "PYTHONDONTWRITEBYTECODE",
@@ -69,7 +81,6 @@ def test_compose_references_only_existing_variables():
     ls = services["label-studio"]
     assert ls["image"] == "heartexlabs/label-studio:1.23.2"
     assert set(ls["environment"]) <= LABEL_STUDIO_VARS
-    assert ls["environment"]["LABEL_STUDIO_ML_BLOCK_LOCAL_IP"] == "false"
     assert {k: ls["environment"][k] for k in LABEL_STUDIO_FLAGS} == LABEL_STUDIO_FLAGS  # the same as the demo's
     text = (ROOT / "docker-compose.yml").read_text()
     for var in set(re.findall(r"\$\{([A-Z_]+)", text)):
@@ -77,6 +88,137 @@ def test_compose_references_only_existing_variables():
     assert (
         services["backend"]["volumes"] == services["backend-gpu"]["volumes"] == ["models:/data", "torch-hub:/opt/torch"]
     )
+
+
+def test_compose_has_no_default_secret_and_refuses_to_start_without_one():
+    text = (ROOT / "docker-compose.yml").read_text()
+    assert "change-me" not in text and "change-me" not in (ROOT / ".env.example").read_text()
+    secrets = COMPOSE["secrets"]
+    assert set(secrets) == {"label_studio_api_key", "label_studio_password", "basic_auth_pass", "webhook_secret"}
+    for name in ("label_studio_api_key", "label_studio_password"):  # required: ${VAR:?message}, no default
+        assert re.fullmatch(
+            rf"\$\{{{name.upper()}_FILE:\?set {name.upper()}_FILE to a file holding .+\}}", secrets[name]["file"]
+        )
+    for name in ("basic_auth_pass", "webhook_secret"):  # optional: an empty stand-in that nothing reads
+        assert secrets[name]["file"] == f"${{{name.upper()}_FILE:-/dev/null}}"
+
+
+def test_no_secret_value_is_in_any_containers_environment():
+    """Every secret reaches the containers as a file under /run/secrets: the backend reads <NAME>_FILE,
+    Label Studio's command reads the files into its own process's environment only."""
+    services = COMPOSE["services"]
+    for name in ("backend", "backend-gpu"):
+        service = services[name]
+        env = service["environment"]
+        assert not set(env) & set(SECRET_SETTINGS), set(env) & set(SECRET_SETTINGS)
+        assert env["LABEL_STUDIO_API_KEY_FILE"] == "/run/secrets/label_studio_api_key"
+        assert env["BASIC_AUTH_PASS_FILE"] == "${BASIC_AUTH_PASS_FILE:+/run/secrets/basic_auth_pass}"
+        assert env["WEBHOOK_SECRET_FILE"] == "${WEBHOOK_SECRET_FILE:+/run/secrets/webhook_secret}"
+        assert service["secrets"] == ["label_studio_api_key", "basic_auth_pass", "webhook_secret"]
+    ls = services["label-studio"]
+    assert not {"LABEL_STUDIO_PASSWORD", "LABEL_STUDIO_USER_TOKEN"} & set(ls["environment"])
+    assert ls["secrets"] == ["label_studio_api_key", "label_studio_password"]
+    command = ls["command"][2]
+    assert ls["command"][:2] == ["/bin/sh", "-c"] and command.rstrip().endswith("exec label-studio")
+    assert "secret label_studio_password; LABEL_STUDIO_PASSWORD=$$value" in command
+    assert "secret label_studio_api_key; LABEL_STUDIO_USER_TOKEN=$$value" in command
+
+
+def test_nothing_is_published_beyond_this_machine_by_default():
+    services = COMPOSE["services"]
+    assert services["label-studio"]["ports"] == ["${LABEL_STUDIO_BIND:-127.0.0.1}:${LABEL_STUDIO_PORT:-8080}:8080"]
+    for name in ("backend", "backend-gpu"):  # reached by Label Studio on the compose network only
+        assert "ports" not in services[name], name
+    example = (ROOT / ".env.example").read_text()
+    assert "LABEL_STUDIO_BIND=127.0.0.1" in example.splitlines()
+
+
+def _banned_after_compose():
+    import ipaddress
+
+    env = COMPOSE["services"]["label-studio"]["environment"]
+    assert env["LABEL_STUDIO_SSRF_PROTECTION_ENABLED"] == env["LABEL_STUDIO_ML_BLOCK_LOCAL_IP"] == "true"
+    assert env["LABEL_STUDIO_USE_DEFAULT_BANNED_SUBNETS"] == "false"  # replaced by the list below
+    return [ipaddress.ip_network(n) for n in env["LABEL_STUDIO_USER_ADDITIONAL_BANNED_SUBNETS"].split(",")]
+
+
+def test_ssrf_protection_stays_on_and_allows_exactly_the_backends_addresses():
+    """Label Studio's own default banned list, with one hole: the ip_range from which Docker gives the
+    backends their addresses. Label Studio's fixed address and the gateway (the host) stay banned."""
+    import ipaddress
+
+    banned = _banned_after_compose()
+    (network,) = COMPOSE["networks"]["default"]["ipam"]["config"]
+    subnet, allowed = ipaddress.ip_network(network["subnet"]), ipaddress.ip_network(network["ip_range"])
+    assert allowed.subnet_of(subnet)
+    default = [ipaddress.ip_network(n) for n in LABEL_STUDIO_DEFAULT_BANNED]
+    expected = []
+    for net in default:
+        inside = net.version == allowed.version and allowed.subnet_of(net)
+        expected += sorted(net.address_exclude(allowed)) if inside else [net]
+    assert banned == expected
+
+    def is_banned(address):
+        ip = ipaddress.ip_address(address)
+        return any(ip in net for net in banned)
+
+    assert not any(is_banned(ip) for ip in allowed)
+    assert all(is_banned(ip) for ip in subnet if ip not in allowed)
+    ls_address = COMPOSE["services"]["label-studio"]["networks"]["default"]["ipv4_address"]
+    assert is_banned(ls_address) and is_banned(network["gateway"]) and ipaddress.ip_address(ls_address) in subnet
+    for address in ("127.0.0.1", "10.1.2.3", "192.168.1.1", "169.254.169.254", "172.17.0.1", "::1", "fd00::1"):
+        assert is_banned(address), address
+    assert not is_banned("93.184.215.14")  # a public address stays allowed, as with Label Studio's defaults
+
+
+@pytest.mark.skipif(not LABEL_STUDIO_IO.exists(), reason="Label Studio's venv (.cache/ls-venv) is not installed")
+def test_the_default_banned_list_is_label_studios_own():
+    import ast
+
+    tree = ast.parse(LABEL_STUDIO_IO.read_text())
+    (lists,) = [
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "default_banned_subnets"
+    ]
+    assert [ast.literal_eval(e) for e in lists.elts] == LABEL_STUDIO_DEFAULT_BANNED
+
+
+def _compose_config(env_extra: dict) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_FILE")}
+    env.update(env_extra)
+    return subprocess.run(
+        ["docker", "compose", "-f", "docker-compose.yml", "--env-file", "/dev/null", "config"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def _compose_available() -> bool:
+    try:
+        return subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.skipif(not _compose_available(), reason="no `docker compose` CLI")
+def test_docker_compose_refuses_a_missing_password_and_prints_no_secret(tmp_path):
+    """``docker compose config`` (no daemon needed): no password file, no stack; with both files, the
+    resolved configuration names the files but holds neither value."""
+    token, password = "f" * 40, "pw-" + "x" * 20
+    (tmp_path / "key").write_text(token + "\n")
+    (tmp_path / "password").write_text(password + "\n")
+    missing = _compose_config({"LABEL_STUDIO_API_KEY_FILE": str(tmp_path / "key")})
+    assert missing.returncode != 0 and "set LABEL_STUDIO_PASSWORD_FILE to a file holding" in missing.stderr
+    ok = _compose_config(
+        {"LABEL_STUDIO_API_KEY_FILE": str(tmp_path / "key"), "LABEL_STUDIO_PASSWORD_FILE": str(tmp_path / "password")}
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert token not in ok.stdout and password not in ok.stdout
+    assert str(tmp_path / "key") in ok.stdout and "/run/secrets/label_studio_api_key" in ok.stdout
 
 
 def test_image_installs_what_ci_installs():
@@ -195,7 +337,11 @@ def test_env_example_names_every_compose_variable():
     example = (ROOT / ".env.example").read_text()
     names = set(re.findall(r"^([A-Z_]+)=", example, re.M))
     used = set(re.findall(r"\$\{([A-Z_]+)", (ROOT / "docker-compose.yml").read_text()))
-    assert {"LABEL_STUDIO_API_KEY", "LABEL_STUDIO_PASSWORD", "BACKBONE", "WEIGHTS"} <= names <= used | LABEL_STUDIO_VARS
+    required = {"LABEL_STUDIO_API_KEY_FILE", "LABEL_STUDIO_PASSWORD_FILE", "LABEL_STUDIO_BIND", "BACKBONE", "WEIGHTS"}
+    assert required <= names <= used | LABEL_STUDIO_VARS
+    assert not names & {*SECRET_SETTINGS, "LABEL_STUDIO_PASSWORD"}  # a secret is a file, never a value in .env
+    assert 'print(secrets.token_hex(20))" > secrets/label_studio_api_key' in example  # how to make both
+    assert 'print(secrets.token_urlsafe(24))" > secrets/label_studio_password' in example
     assert ".env" in (ROOT / ".gitignore").read_text().split()
 
 

@@ -25,6 +25,14 @@ from tests.helpers import (
 pytestmark = pytest.mark.labelstudio
 
 
+def healthy(backend) -> bool:
+    """/health answers OK; a request that times out while a new worker boots is a "not yet"."""
+    try:
+        return requests.get(f"{backend.url}/health", timeout=2).ok
+    except requests.RequestException:
+        return False
+
+
 def worker_pids(backend) -> list[int]:
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(backend.process.pid)], capture_output=True, text=True)
     return [int(p) for p in out.stdout.split()]
@@ -47,7 +55,7 @@ def test_a_killed_worker_process_forgets_nothing(label_studio, digits64, tmp_pat
             (pid,) = worker_pids(backend)
             os.kill(pid, signal.SIGKILL)
             wait_for(lambda: (p := worker_pids(backend)) and p != [pid], 60, "a new worker process")
-            wait_for(lambda: requests.get(f"{backend.url}/health", timeout=2).ok, 60, "the new worker")
+            wait_for(lambda: healthy(backend), 60, "the new worker")
 
         kill_worker()  # before the first round: the project is known from its registration
         st = status(backend, project)

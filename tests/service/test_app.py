@@ -9,42 +9,7 @@ import pytest
 from ml_backend.app import create_app
 from ml_backend.demo.servers import classification_config
 from ml_backend.service.security import HEADER
-from ml_backend.service.settings import Settings
-
-LABELS = [str(i) for i in range(10)]
-CONFIG = classification_config(LABELS)
-
-
-def make_settings(tmp_path, **env):
-    base = {
-        "BACKBONE": "smallcnn",
-        "WEIGHTS": "none",
-        "MODEL_DIR": str(tmp_path),
-        "DEVICE": "cpu",
-        "STRATEGY": "margin",
-    }
-    base.update(env)
-    return Settings.from_env(base)
-
-
-@pytest.fixture
-def app(tmp_path):
-    app = create_app(make_settings(tmp_path))
-    yield app
-    app.extensions["backend"].close()
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
-
-
-def data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode()
-
-
-def tasks_from(digits, start_id=1):
-    return [{"id": start_id + i, "data": {"image": data_uri(png)}} for i, (_, png, _) in enumerate(digits)]
+from tests.helpers import CONFIG, LABELS, data_uri, make_settings, tasks_from
 
 
 def test_health_is_public_and_fast(client):
@@ -133,7 +98,8 @@ def test_bad_images_get_empty_result_and_least_urgent_score(client, digits64, im
         (b'{"tasks": "abc", "project": "1", "label_config": "x"}', 400, "must be a list of task objects"),
         (b'{"tasks": [], "project": "99"}', 404, "project 99 is not set up"),
         (
-            b'{"tasks": [1, 2], "project": "1", "label_config": "<View><Image name=\\"i\\" value=\\"$i\\"/><Choices name=\\"c\\" toName=\\"i\\"><Choice value=\\"a\\"/></Choices></View>"}',
+            b'{"tasks": [1, 2], "project": "1", "label_config": "<View><Image name=\\"i\\" value=\\"$i\\"/>'
+            b'<Choices name=\\"c\\" toName=\\"i\\"><Choice value=\\"a\\"/></Choices></View>"}',
             400,
             "must be a list of task objects",
         ),

@@ -22,7 +22,7 @@ from ml_backend.service.backend import project_key
 from ml_backend.service.images import ImageLoader, Source
 from ml_backend.service.security import HEADER
 from ml_backend.service.store import Store
-from tests.service.test_app import CONFIG, app, client, make_settings, tasks_from  # noqa: F401 (fixtures)
+from tests.helpers import CONFIG, make_settings, tasks_from
 
 
 # ----------------------------------------------------------------------------- the webhook

@@ -3,7 +3,10 @@ import pytest
 from ml_backend.errors import LabelConfigError
 from ml_backend.service.label_config import parse_label_config
 
-GOOD = '<View><Image name="img" value="$photo"/><Choices name="cls" toName="img"><Choice value="cat"/><Choice value="dog"/></Choices></View>'
+GOOD = (
+    '<View><Image name="img" value="$photo"/><Choices name="cls" toName="img">'
+    '<Choice value="cat"/><Choice value="dog"/></Choices></View>'
+)
 
 
 def test_parses_image_classification():
@@ -14,7 +17,8 @@ def test_parses_image_classification():
 def test_finds_the_choices_that_point_at_the_image():
     cfg = (
         '<View><Text name="t" value="$text"/><Choices name="sent" toName="t"><Choice value="pos"/></Choices>'
-        '<Image name="i" value="$image"/><Choices name="c" toName="i" choice="single"><Choice value="a"/></Choices></View>'
+        '<Image name="i" value="$image"/><Choices name="c" toName="i" choice="single">'
+        '<Choice value="a"/></Choices></View>'
     )
     assert parse_label_config(cfg).from_name == "c"
 
@@ -30,12 +34,14 @@ def test_finds_the_choices_that_point_at_the_image():
             r"no <Image> tag found \(object tags: Text\)",
         ),
         (
-            '<View><Image name="i" value="$image"/><Choices name="c" toName="i" choice="weird"><Choice value="a"/></Choices></View>',
+            '<View><Image name="i" value="$image"/><Choices name="c" toName="i" choice="weird">'
+            '<Choice value="a"/></Choices></View>',
             'name="c"> has choice="weird"',
         ),
         (
-            '<View><Image name="i" value="$a"/><Image name="j" value="$b"/><Choices name="c" toName="i"><Choice value="a"/>'
-            '</Choices><Choices name="d" toName="j"><Choice value="a"/></Choices></View>',
+            '<View><Image name="i" value="$a"/><Image name="j" value="$b"/>'
+            '<Choices name="c" toName="i"><Choice value="a"/></Choices>'
+            '<Choices name="d" toName="j"><Choice value="a"/></Choices></View>',
             "one image per task",
         ),
         (

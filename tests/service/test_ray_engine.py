@@ -4,7 +4,7 @@ actors give the in-process results (acquisition values within 1e-6)."""
 import pytest
 import torch
 
-from tests.service.test_service import CONFIG, service_for, tasks
+from tests.helpers import CONFIG, digit_tasks, service_for
 
 ray = pytest.importorskip("ray", reason="Ray is the optional extra active-adaptation[ray] (in the dev lock)")
 
@@ -23,8 +23,8 @@ def test_ray_scores_the_pool_as_this_process_does(tmp_path, digits64, local_ray)
         tmp_path / "ray", STRATEGY=strategy, SCORING_ENGINE="ray", RAY_ACTORS="2", RAY_CPUS_PER_ACTOR="0.5"
     )
     try:
-        assert local.scorer.engine is None and remote.scorer.engine is not None
-        pool = tasks(digits64, 40)
+        assert local.features.engine is None and remote.features.engine is not None
+        pool = digit_tasks(digits64, 40)
         pool.append({"id": 99, "data": {"image": "data:image/png;base64,bm90IGFuIGltYWdl"}})  # not an image
         results = []
         for service in (local, remote):
@@ -39,7 +39,7 @@ def test_ray_scores_the_pool_as_this_process_does(tmp_path, digits64, local_ray)
         assert all(abs(a["acquisition"] - b["acquisition"]) < 1e-6 for a, b in zip(mine[:40], theirs[:40]))
         assert mine[40]["error"] and theirs[40]["error"] and "image" in theirs[40]["error"].lower()
         # the activations Ray computed are in the frozen-feature cache, as the local ones are
-        assert remote.scorer.features.stats()["memory_items"] == local.scorer.features.stats()["memory_items"] == 40
+        assert remote.features.stats()["memory_items"] == local.features.stats()["memory_items"] == 40
     finally:
         local.close()
         remote.close()

@@ -1,47 +1,30 @@
-import logging
-
 """Model service without HTTP: frozen-feature cache consistency and restart from checkpoints."""
-import base64
+
+import logging
 
 import pytest
 import torch
 
 from ml_backend.core.trainer import Example, TrainConfig, fine_tune
-from ml_backend.demo.servers import classification_config
-from ml_backend.service.backend import Backend
-from ml_backend.service.settings import Settings
 from strategies import Need
-
-CONFIG = classification_config([str(i) for i in range(10)])
-
-
-def service_for(tmp_path, **env):
-    base = {"BACKBONE": "smallcnn", "WEIGHTS": "none", "MODEL_DIR": str(tmp_path), "DEVICE": "cpu"}
-    return Backend(Settings.from_env({**base, **env}))
-
-
-def tasks(digits, n):
-    return [
-        {"id": i + 1, "data": {"image": "data:image/png;base64," + base64.b64encode(digits[i][1]).decode()}}
-        for i in range(n)
-    ]
+from tests.helpers import CONFIG, digit_tasks, service_for
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_cached_and_uncached_scoring_agree(tmp_path, digits64, dtype):
     service = service_for(tmp_path, FEATURE_CACHE_DTYPE=dtype)
     service.setup("1", CONFIG)
-    pool = tasks(digits64, 40)
+    pool = digit_tasks(digits64, 40)
     first = service.predict("1", pool)  # fills the cache
-    assert service.scorer.features.stats()["misses"] == 40
+    assert service.features.stats()["misses"] == 40
     second = service.predict("1", pool)  # served from the cache: no image work at all
-    assert service.scorer.features.stats()["hits"] == 40
+    assert service.features.stats()["hits"] == 40
     assert [r["acquisition"] for r in first] == [r["acquisition"] for r in second]
     assert [r["result"] for r in first] == [r["result"] for r in second]
     if dtype == "float32":  # exactly the full forward pass
         state = service.projects["1"]
         model = service.projects.model(state)
-        x = torch.stack([model.preprocess(service.scorer.loader.load(t["id"], t["data"]["image"])) for t in pool])
+        x = torch.stack([model.preprocess(service.features.loader.load(t["id"], t["data"]["image"])) for t in pool])
         full = model.forward(x, {"probs"})["probs"]
         labels = [model.active[j] for j in full.argmax(1).tolist()]
         assert labels == [r["result"][0]["value"]["choices"][0] for r in first]
@@ -52,9 +35,9 @@ def test_restart_serves_the_last_complete_version(tmp_path, digits64, caplog):
     service = service_for(tmp_path)
     v0 = service.setup("3", CONFIG)
     state = service.projects["3"]
-    pool = tasks(digits64, 20)
+    pool = digit_tasks(digits64, 20)
     model = service.projects.model(state).clone()
-    trunks = service.scorer.trunk_activations(state, model, pool)
+    trunks = service.features.trunk_activations(state, model, pool)
     examples = [Example(str(t["id"]), digits64[i][2], True, trunk=trunks[i]) for i, t in enumerate(pool)]
     metrics = fine_tune(model, examples, TrainConfig(steps=20))
     used = {e.key: str(e.label) for e in examples}
@@ -108,7 +91,7 @@ def test_every_kind_of_strategy_scores_a_pool_through_the_service(tmp_path, digi
     service = service_for(tmp_path, STRATEGY=spec, QUEUE_DIVERSITY="coreset", QUEUE_DIVERSITY_TOP="5")
     service.setup("1", CONFIG)
     state = service.projects["1"]
-    pool = tasks(digits64, 24)
+    pool = digit_tasks(digits64, 24)
     model = service.projects.model(state)
     results = service.scorer.score(state, pool, model, state.version, reset_pool=True)
     assert all(r["result"] and 0.0 <= r["score"] <= 1.0 for r in results)
@@ -145,7 +128,7 @@ def test_adma_reference_folder_and_landmark_file(tmp_path, digits64):
     service = service_for(tmp_path / "m", STRATEGY=f"adma:landmarks={folder}")
     assert service.strategy.given.mode == "folder" and service.strategy.given.k == 3
     service.setup("1", CONFIG)
-    results = service.predict("1", tasks(digits64, 10))
+    results = service.predict("1", digit_tasks(digits64, 10))
     assert all(r["result"] for r in results)
     service.close()
 
@@ -167,9 +150,9 @@ def test_adma_landmarks_from_the_pool_survive_a_restart(tmp_path, digits64, capl
     service = service_for(tmp_path, STRATEGY="adma")
     service.setup("3", CONFIG)
     state = service.projects["3"]
-    pool = tasks(digits64, 40)
+    pool = digit_tasks(digits64, 40)
     model = service.projects.model(state).clone()
-    trunks = service.scorer.trunk_activations(state, model, pool[:10])
+    trunks = service.features.trunk_activations(state, model, pool[:10])
     examples = [Example(str(t["id"]), digits64[i][2], True, trunk=trunks[i]) for i, t in enumerate(pool[:10])]
     used = {e.key: str(e.label) for e in examples}
     version, checkpoint, _ = service.projects.save_version(
@@ -230,9 +213,9 @@ def test_influence_dropout_and_review_on_a_trained_head(tmp_path, digits64):
     service = service_for(tmp_path, TRAIN_DROP_HARMFUL="true", REVIEW_METHOD="influence", REVIEW_TOP="5")
     service.setup("1", CONFIG)
     state = service.projects["1"]
-    pool = tasks(digits64, 48)
+    pool = digit_tasks(digits64, 48)
     model = service.projects.model(state).clone()
-    trunks = service.scorer.trunk_activations(state, model, pool)
+    trunks = service.features.trunk_activations(state, model, pool)
     labels = [digits64[i][2] for i in range(48)]
     for i in range(6):
         labels[i] = (labels[i] + 5) % 10
@@ -260,7 +243,7 @@ def test_a_task_predicted_alone_keeps_its_place_in_the_queue(tmp_path, digits64,
     service = service_for(tmp_path, STRATEGY=spec)
     service.setup("1", CONFIG)
     state = service.projects["1"]
-    pool = tasks(digits64, 40)
+    pool = digit_tasks(digits64, 40)
     before = service.predict("1", pool[:1])  # nothing kept yet: a neutral rank, never the top
     assert before[0]["acquisition"] is None and before[0]["score"] == 0.5 and before[0]["result"]
     model = service.projects.model(state)

@@ -11,8 +11,7 @@ import pytest
 
 from ml_backend.service.store import LeaseBusy, Store
 from ml_backend.service.worker import ProjectWorker
-from tests.service.test_service import CONFIG, service_for, tasks
-from tests.service.test_worker import FakeClock, drain
+from tests.helpers import CONFIG, FakeClock, digit_tasks, drain, service_for
 
 
 def test_the_lease_is_exclusive_and_names_its_holder(tmp_path):
@@ -81,13 +80,13 @@ def test_a_process_serves_the_version_another_one_trained(tmp_path, digits64):
     a, b = service_for(tmp_path), service_for(tmp_path)
     try:
         v0 = a.setup("5", CONFIG)
-        pool = tasks(digits64, 30)
+        pool = digit_tasks(digits64, 30)
         assert b.projects.lookup("5") is None  # nothing on disk yet: no registration without Label Studio
         a.store.write_registration("5", a.projects["5"].config.to_dict(), None)  # what a confirmed project writes
         assert b.predict("5", pool[:3])[0]["model_version"] == v0  # adopted from MODEL_DIR
         state = a.projects["5"]
         model = a.projects.model(state).clone()
-        trunks = a.scorer.trunk_activations(state, model, pool[:10])
+        trunks = a.features.trunk_activations(state, model, pool[:10])
         examples = [Example(str(t["id"]), digits64[i][2], True, trunk=trunks[i]) for i, t in enumerate(pool[:10])]
         used = {e.key: str(e.label) for e in examples}
         version, checkpoint, seq = a.projects.save_version(

@@ -5,7 +5,7 @@ keeps it, and a bad choice is refused with the reason."""
 import pytest
 
 from ml_backend.app import create_app
-from tests.service.test_app import CONFIG, make_settings, tasks_from
+from tests.helpers import CONFIG, make_settings, tasks_from
 
 
 @pytest.fixture

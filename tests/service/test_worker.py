@@ -3,14 +3,7 @@
 import pytest
 
 from ml_backend.service.worker import ProjectWorker
-
-
-class FakeClock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def monotonic(self):
-        return self.now
+from tests.helpers import FakeClock, drain
 
 
 class Jobs:
@@ -28,14 +21,6 @@ class Jobs:
 
 def make(jobs, clock, **kw):
     return ProjectWorker("7", jobs, debounce_s=5.0, recovery_max_s=60.0, clock=clock, **kw)
-
-
-def drain(worker):
-    """Run every job due now; returns them."""
-    done = []
-    while (job := worker.run_once()) is not None:
-        done.append(job)
-    return done
 
 
 def test_a_burst_of_events_gives_exactly_one_round_after_a_quiet_period():

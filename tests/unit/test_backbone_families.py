@@ -26,7 +26,7 @@ from ml_backend.core.trainer import Example, TrainConfig, fine_tune
 from ml_backend.demo.servers import classification_config
 from ml_backend.errors import ConfigError
 from ml_backend.service.settings import Settings
-from tests.service.test_app import tasks_from
+from tests.helpers import tasks_from
 
 # family -> (its smallest architecture, the input side used here)
 REPRESENTATIVES = {

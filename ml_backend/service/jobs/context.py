@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from ml_backend.service.features import FeatureExtractor
 from ml_backend.service.ls_client import ProjectAPI
 from ml_backend.service.projects import Projects, ProjectState
 from ml_backend.service.scorer import Scorer
@@ -68,6 +69,7 @@ class JobContext:
     state: ProjectState
     projects: Projects
     scorer: Scorer
+    features: FeatureExtractor  # images -> feature cache -> trunk activations (also what the scorer uses)
     settings: Settings
     api_factory: Callable[[int], ProjectAPI]  # project id -> client; raises PublishError when not configured
     status: WorkerStatus

@@ -34,7 +34,7 @@ def ensure_labeled(ctx: JobContext, model, tasks: list[dict]) -> None:
     if state.pool.labeled_trunk or not state.labels_used or not ctx.scorer.strategy_of(state).needs & wanted:
         return
     labeled = [t for t in tasks if str(t.get("id")) in state.labels_used]
-    trunks = [z for z in ctx.scorer.trunk_activations(state, model, labeled) if not isinstance(z, ImageError)]
+    trunks = [z for z in ctx.features.trunk_activations(state, model, labeled) if not isinstance(z, ImageError)]
     ctx.scorer.set_labeled(state, trunks)
     log.info("project %s: trunk activations of %d labeled tasks recomputed for the strategy", state.key, len(trunks))
 

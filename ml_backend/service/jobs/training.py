@@ -55,9 +55,9 @@ def examples_for(
     """Training examples: cached trunk activations, or images when training augments them."""
     state, augment = ctx.state, ctx.settings.train_augment != "none"
     if augment:
-        items = ctx.scorer.images(state, model, tasks)
+        items = ctx.features.images(state, model, tasks)
     else:
-        items = ctx.scorer.trunk_activations(state, model, tasks)
+        items = ctx.features.trunk_activations(state, model, tasks)
     out = []
     for task, item in zip(tasks, items):
         key = str(task["id"])
