@@ -24,31 +24,74 @@ def _webhook_header(project: str) -> int:
     return 0
 
 
-def _list() -> int:
-    import strategies
+WIDTH = 100  # --list fits a terminal (tests/unit/test_cli_list.py)
+
+
+def _wrap(text: str, indent: int, first: str = "") -> list[str]:
+    """``first`` (padded to ``indent``) then ``text``, wrapped to WIDTH with a hanging indent."""
+    import textwrap
+
+    head = f"  {first:<{indent - 2}}" if first else " " * indent
+    if first and len(head) > indent:  # a long name: the text starts on the next line
+        return [head.rstrip(), *_wrap(text, indent)]
+    return textwrap.wrap(text, WIDTH, initial_indent=head, subsequent_indent=" " * indent, break_on_hyphens=False)
+
+
+def _natural(name: str) -> list:
+    """resnet18 before resnet101."""
+    import re
+
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def _backbone_lines(verbose: bool) -> list[str]:
     from ml_backend.core.architectures import describe_backbones, strategies_refused_by_family
 
-    print("backbones (BACKBONE=name; FREEZE moves the frozen boundary; docs/backbones.md):")
+    lines = ["backbones by family (BACKBONE=name; FREEZE moves the frozen boundary; docs/backbones.md):"]
+    notes: dict[str, int] = {}  # a reason -> its note number: each long reason is printed once
     for row in describe_backbones():
-        names = ", ".join(row["architectures"])
+        lines += _wrap(", ".join(sorted(row["architectures"], key=_natural)), 22, row["family"])
         if row["refused"]:
-            print(f"  {row['family']:<19} refused: {row['refused']}\n  {'':<19} ({names})")
+            lines += _wrap(f"refused: {row['refused']}", 22)
             continue
         refused = strategies_refused_by_family(row["family"])
-        can = (
-            "every strategy"
-            if not refused
-            else "every strategy except " + ", ".join(f"{name} ({reason})" for name, reason in refused.items())
-        )
+        if verbose:
+            can = ", ".join(f"{name} ({reason})" for name, reason in refused.items())
+        else:
+            # "needs layer role A2: <why>": one note per <why>, whichever role it is about
+            why = {name: reason.partition(": ")[2] or reason for name, reason in refused.items()}
+            can = ", ".join(f"{name} [{notes.setdefault(text, len(notes) + 1)}]" for name, text in why.items())
         size = f"; input fixed at {row['fixed_size']} px" if row["fixed_size"] else ""
-        print(f"  {row['family']:<19} {names}\n  {'':<19} {can}{size}")
-    print("strategies:")
+        lines += _wrap(("every strategy except " + can if refused else "every strategy") + size, 22)
+    if notes:
+        lines.append("  why a strategy cannot run there (it needs a layer role that the family lacks):")
+        for reason, number in notes.items():
+            lines += _wrap(reason, 8, f"[{number}]")
+    return lines
+
+
+def _strategy_lines(verbose: bool) -> list[str]:
+    import strategies
+
+    lines = ["strategies (STRATEGY=name:key=value; larger acquisition = labeled first; docs/strategies.md):"]
     for item in strategies.describe():
-        print(f"  {item['name']:<18} {item['description']}  (needs: {', '.join(item['needs'])})")
+        text = item["description"]
+        if not verbose:  # the first sentence
+            text = text.split(". ")[0].rstrip(".") + "."
+        else:
+            text += f" Needs: {', '.join(item['needs'])}."
+        lines += _wrap(text, 20, item["name"])
         if item["options"]:
-            options = ":".join(f"{k}={v}" for k, v in item["options"].items())
-            print(f"  {'':<18} options (defaults): {item['name']}:{options}")
-    return 0
+            options = ", ".join(f"{k}={v}" for k, v in item["options"].items())
+            lines += _wrap(f"options (defaults): {options}", 20)
+    if not verbose:
+        lines.append("python -m ml_backend --list --verbose: every reason, description and input in full")
+    return lines
+
+
+def list_text(verbose: bool = False) -> str:
+    """What ``--list`` prints: lines of at most WIDTH characters."""
+    return "\n".join([*_backbone_lines(verbose), *_strategy_lines(verbose)])
 
 
 def _check(settings) -> int:
@@ -93,6 +136,7 @@ def _serve(settings) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ml_backend", description=__doc__)
     parser.add_argument("--list", action="store_true", help="list backbones and strategies, then exit")
+    parser.add_argument("--verbose", action="store_true", help="with --list: every description and reason in full")
     parser.add_argument("--check", action="store_true", help="validate the settings and load the weights, then exit")
     parser.add_argument(
         "--settings",
@@ -114,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.webhook_header is not None:
         return _webhook_header(args.webhook_header)
     if args.list:
-        return _list()
+        print(list_text(args.verbose))
+        return 0
     from ml_backend.service.settings import Settings
 
     try:

@@ -46,6 +46,7 @@ from .errors import PoolRelativeError, StrategyError
 from .kendall import kendall_tau_b
 from .registry import register
 from .uncertainty import gini
+from .value_batch import BATCH_MODES, ValueBatch
 
 log = logging.getLogger(__name__)
 
@@ -138,9 +139,20 @@ class ADMAStrategy(Strategy):
         max_landmarks: int = 1000,
         consistent: bool = False,
         exact_limit: int = 20_000,
+        batch: str = "none",
+        budget: int = 256,
+        candidates: int = 20_000,
     ) -> None:
         super().__init__(seed)
         a_layers = _check_options(layers, alpha, combine, lam, landmarks)
+        if batch not in BATCH_MODES:
+            raise TypeError(f"batch must be one of {', '.join(BATCH_MODES)}")
+        if batch != "none" and consistent:
+            raise TypeError("batch=kmeanspp scales embeddings by values >= 0; consistent=true gives z-scores")
+        self.batch = batch
+        self.batcher = ValueBatch(seed, budget, candidates)  # docs/methods.md §4.8; checks budget, candidates
+        if batch != "none":
+            self.needs = frozenset(type(self).needs | {Need.EMBEDDINGS})
         self.lam = None if lam is None else float(lam)
         self.landmarks, self.alpha, self.normalize = landmarks, alpha, bool(normalize)
         self.a_layers, self.combine = a_layers, combine
@@ -165,6 +177,9 @@ class ADMAStrategy(Strategy):
             "max_landmarks": self.max_landmarks,
             "consistent": self.consistent,
             "exact_limit": self.exact_limit,
+            "batch": self.batch,
+            "budget": self.batcher.budget,
+            "candidates": self.batcher.candidates,
         }
 
     def layers(self) -> tuple[str, ...]:
@@ -262,8 +277,8 @@ class ADMAStrategy(Strategy):
     @property
     def pool_relative(self) -> bool:
         """With landmarks from the pool (pool-exemplars, kmeans), until a full-pool scoring kept them;
-        the consistent variant always (its normalisation and landmark features are kept per version)."""
-        return self.consistent or (self.given is None and self.landmarks in LANDMARK_MODES)
+        the consistent variant and ``batch=kmeanspp`` always (what they keep is kept per version)."""
+        return self.consistent or self.batch != "none" or (self.given is None and self.landmarks in LANDMARK_MODES)
 
     def acquisition(self, inputs: ScoringInputs) -> torch.Tensor:
         probs = inputs.require(Need.PROBS)
@@ -305,7 +320,12 @@ class ADMAStrategy(Strategy):
         if self.consistent:
             self._info["landmarks_current"] = lm.k
             d, u = standardised(inputs, ("adma_scale", self.cache_key(), self.alpha), self.name, d, u)
-        return adma_tradeoff(d, u, inputs.round, lam)
+        values = adma_tradeoff(d, u, inputs.round, lam)
+        if self.batch != "none":  # a value-weighted diverse queue (docs/methods.md §4.8)
+            key = ("adma-batch", tuple(sorted(self.params().items())))
+            values = self.batcher(inputs, values, key, self.name)
+            self._info.update(self.batcher.info)
+        return values
 
 
 def pool_landmarks(strategy: "ADMAStrategy", inputs: ScoringInputs) -> Landmarks:

@@ -18,6 +18,7 @@ import torch
 from .base import Need, ScoringInputs, Strategy, recall_pool, remember_pool, values_from_pool
 from .registry import register
 from .uncertainty import uniform_from_keys
+from .value_batch import BATCH_MODES, ValueBatch
 
 
 def emoc_last_layer(
@@ -156,6 +157,10 @@ class EMOCStrategy(Strategy):
         head_layers: int = 1,
         reference_set: str = "all",
         pairs: int = 40_000_000,
+        temperature: float = 1.0,
+        batch: str = "none",
+        budget: int = 256,
+        candidates: int = 20_000,
     ) -> None:
         super().__init__(seed)
         if output not in ("prob", "logit") or label not in ("map", "marginal") or references < 1 or pairs < 0:
@@ -167,6 +172,13 @@ class EMOCStrategy(Strategy):
         self.references, self.output, self.label, self.bias = int(references), output, label, bool(bias)
         self.head_layers, self.reference_set = int(head_layers), reference_set
         self.pairs = int(pairs)
+        if not float(temperature) > 0:
+            raise TypeError("temperature must be > 0 (1: the model's own posterior)")
+        self.temperature = float(temperature)  # docs/methods.md §2.5
+        if batch not in BATCH_MODES:
+            raise TypeError(f"batch must be one of {', '.join(BATCH_MODES)}")
+        self.batch = batch
+        self.batcher = ValueBatch(seed, budget, candidates)  # docs/methods.md §4.8; checks budget, candidates
         extra = {Need.FEATURES, Need.HEAD_WEIGHT} if head_layers == 2 else set()
         if head_layers == 2 and reference_set == "all":
             extra.add(Need.LABELED_FEATURES)
@@ -182,6 +194,10 @@ class EMOCStrategy(Strategy):
             "head_layers": self.head_layers,
             "reference_set": self.reference_set,
             "pairs": self.pairs,
+            "temperature": int(self.temperature) if self.temperature.is_integer() else self.temperature,
+            "batch": self.batch,
+            "budget": self.batcher.budget,
+            "candidates": self.batcher.candidates,
         }
 
     def reference_count(self, n: int) -> int:
@@ -196,7 +212,7 @@ class EMOCStrategy(Strategy):
         return ("HEAD_IN", "HEAD_PRE") if self.head_layers == 2 else ()
 
     def _candidates(self, inputs: ScoringInputs) -> dict:
-        out = {"h": inputs.require(Need.EMBEDDINGS), "p": inputs.require(Need.PROBS)}
+        out = {"h": inputs.require(Need.EMBEDDINGS), "p": self._tempered(inputs.require(Need.PROBS))}
         if self.head_layers == 2:
             feats = inputs.require(Need.FEATURES, self.layers())
             out.update(a=feats["HEAD_IN"].flatten(1), u=feats["HEAD_PRE"].flatten(1))
@@ -213,7 +229,7 @@ class EMOCStrategy(Strategy):
         if self.reference_set == "all" and inputs.labeled_embeddings is not None and inputs.labeled_embeddings.shape[0]:
             n_l = inputs.labeled_embeddings.shape[0]
             parts["h"].append(inputs.labeled_embeddings)
-            parts["p"].append(inputs.require(Need.LABELED_PROBS))
+            parts["p"].append(self._tempered(inputs.require(Need.LABELED_PROBS)))
             if self.head_layers == 2:
                 feats = inputs.require(Need.LABELED_FEATURES, self.layers())
                 parts["a"].append(feats["HEAD_IN"].flatten(1))
@@ -224,6 +240,14 @@ class EMOCStrategy(Strategy):
         ref = {k: torch.cat([t.to(torch.float64) for t in v])[pick] for k, v in parts.items()}
         ref["labeled"] = int((pick >= len(keys)).sum())
         return ref
+
+    def _tempered(self, p: torch.Tensor) -> torch.Tensor:
+        """The posterior at ``temperature`` T: softmax(log p / T) = softmax(z / T) (docs/methods.md §2.5);
+        T = 1 returns ``p`` unchanged."""
+        if self.temperature == 1.0:
+            return p
+        logp = p.to(torch.float64).clamp_min(1e-300).log()
+        return (logp / self.temperature).softmax(dim=1)
 
     def _values(self, cand: dict, ref: dict, weight: torch.Tensor | None) -> torch.Tensor:
         if self.head_layers == 2:
@@ -237,9 +261,10 @@ class EMOCStrategy(Strategy):
         if not inputs.full_pool:  # a request's tasks: against the reference of the last full-pool scoring
             entry = recall_pool(inputs, key, self.name)
             ref = entry["reference"]
-            return values_from_pool(
+            values = values_from_pool(
                 inputs, entry, lambda idx: self._values({k: v[idx] for k, v in cand.items()}, ref, ref.get("weight"))
             )
+            return values if self.batch == "none" else self.batcher(inputs, values, ("emoc-batch", key), self.name)
         ref = self._reference(inputs, cand)
         values = self._values(cand, ref, weight)
         self._info = {"references": int(ref["h"].shape[0]), "labeled_references": ref["labeled"]}
@@ -250,6 +275,9 @@ class EMOCStrategy(Strategy):
         remember_pool(
             inputs, key, values, **ref, **({"weight": weight.to(torch.float64)} if weight is not None else {})
         )
+        if self.batch != "none":  # a value-weighted diverse queue (docs/methods.md §4.8)
+            values = self.batcher(inputs, values, ("emoc-batch", key), self.name)
+            self._info.update(self.batcher.info)
         return values
 
     def info(self) -> dict:

@@ -50,6 +50,20 @@ def digits_project(ls, digits, title, n):
     return project, ids, {t: digits[i][2] for i, t in enumerate(ids)}
 
 
+def log_in(browser, ls) -> None:
+    """Log the browser in to Label Studio's UI as the admin of ``ls``."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from ml_backend.demo.servers import ADMIN_EMAIL, ADMIN_PASSWORD
+
+    browser.get(f"{ls.url}/user/login/")
+    browser.find_element(By.NAME, "email").send_keys(ADMIN_EMAIL)
+    browser.find_element(By.NAME, "password").send_keys(ADMIN_PASSWORD)
+    browser.find_element(By.CSS_SELECTOR, "button[type=submit], input[type=submit]").click()
+    WebDriverWait(browser, 30).until(lambda d: "/user/login" not in d.current_url)
+
+
 def connect_and_wait_for_version_0(ls, backend, project) -> str:
     """Connect the backend to the project and wait until the project is moved to version 0."""
     v0 = ls.connect_backend(project, backend.url)["model_version"]

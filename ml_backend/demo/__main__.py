@@ -2,30 +2,23 @@
 
     bash scripts/demo.sh            (installs what is missing, then runs this module)
 
-Creates (or reuses) an image-classification project of Fashion-MNIST photos (Debian's
-``dataset-fashion-mnist``; scikit-learn's digits when it is not installed), connects the backend,
-which publishes version 0 and switches the project's queue to uncertainty sampling, and prints the
-URL and the login. Label a few images: after each training round the queue re-orders. Ctrl-C stops
-everything. Running it again reuses the data directory, the project and the trained models.
+Its command line and what it does: ``options.py`` (``bash scripts/demo.sh --help``).
 """
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import json
 import signal
 import socket
 import sys
 import time
-from pathlib import Path
 
 import requests
 
-ROOT = Path(__file__).resolve().parents[2]
-
-from ml_backend.demo.sample_data import digit_pngs, fashion_available, fashion_pngs  # noqa: E402
-from ml_backend.demo.servers import (  # noqa: E402
+from ml_backend.demo.options import parse_args
+from ml_backend.demo.sample_data import digit_pngs, fashion_available, fashion_pngs
+from ml_backend.demo.servers import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
     ADMIN_TOKEN,
@@ -33,7 +26,7 @@ from ml_backend.demo.servers import (  # noqa: E402
     LabelStudio,
     free_port,
 )
-from ml_backend.fashion_mnist import FASHION_CLASSES  # noqa: E402  (numpy only: --help stays fast)
+from ml_backend.fashion_mnist import FASHION_CLASSES
 
 DATA = {  # what the demo project holds: title, labels, (n, seed) -> [(file name, PNG, label)]
     "fashion-mnist": (
@@ -91,12 +84,15 @@ def choose_data(requested: str) -> str:
     return "digits"
 
 
+IMAGE_PX = 224  # the demo's photos on screen: 28 px Fashion-MNIST at 8x, 8 px digits at 28x, pixels kept sharp
+
+
 def ensure_project(ls: LabelStudio, images: int, data: str = "digits") -> tuple[int, bool]:
     title, labels, make = DATA[data]
     project = find_project(ls, title)
     if project is not None:
         return project, False
-    project = ls.create_project(title, labels)
+    project = ls.create_project(title, labels, image_px=IMAGE_PX)
     files = [(name, png) for name, png, _ in make(images, 1)]
     for start in range(0, len(files), 90):  # LS accepts at most 100 files per request
         ls.upload_files(project, files[start : start + 90])
@@ -174,31 +170,6 @@ def announce(ls, backend, project: int, current: dict, lock) -> None:
 DEMO_WEIGHTS = {"efficientnet_lite0": {"WEIGHTS": "DEFAULT", "IMAGE_SIZE": "64", "FREEZE": "blocks.5"}}
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--dir", type=Path, default=ROOT / ".cache" / "demo", help="data directory, reused between runs"
-    )
-    parser.add_argument("--port", type=int, default=8080, help="Label Studio port (a free one if busy)")
-    parser.add_argument("--backend-port", type=int, default=9090, help="backend port (a free one if busy)")
-    parser.add_argument("--images", type=int, default=300, help="images in a new demo project")
-    parser.add_argument(
-        "--data",
-        choices=["auto", *DATA],
-        default="auto",
-        help="auto (default): Fashion-MNIST photos when Debian's dataset-fashion-mnist is installed, "
-        "else scikit-learn's digits",
-    )
-    parser.add_argument("--strategy", default="auto")
-    parser.add_argument(
-        "--backbone",
-        default="efficientnet_lite0",
-        help="efficientnet_lite0 (default: ImageNet weights installed with the package, 64 px, "
-        "frozen up to blocks.5) or smallcnn (random weights)",
-    )
-    return parser.parse_args()
-
-
 def backend_env(args, ls: LabelStudio) -> dict:
     """The demo backend's settings: the local Label Studio, the chosen backbone and strategy, quick rounds."""
     return {
@@ -207,6 +178,7 @@ def backend_env(args, ls: LabelStudio) -> dict:
         "BACKBONE": args.backbone,
         **DEMO_WEIGHTS.get(args.backbone, {"WEIGHTS": "none"}),
         "STRATEGY": args.strategy,
+        "PRELABEL": args.prelabel,
         "TRAIN_DEBOUNCE_S": "2",
         "TRAIN_STEPS": "60",
     }

@@ -38,6 +38,19 @@ IMAGE_CLASSIFICATION_CONFIG = """<View>
     {choices}
   </Choices>
 </View>"""
+# The demo's labeling screen: the image at a fixed size, its pixels sharp (a 28 px photo is not blurred
+# up to the window's width), and the choices beside it, all visible without scrolling (hotkeys 1-9, 0).
+SIDE_BY_SIDE_CONFIG = """<View style="display: flex; align-items: flex-start; gap: 32px">
+  <View style="flex: 0 0 {px}px">
+    <Image name="image" value="$image" width="{px}px" maxWidth="{px}px" smoothing="false" zoomControl="false"/>
+  </View>
+  <View>
+    <Header value="What is it?"/>
+    <Choices name="label" toName="image" choice="single-radio">
+      {choices}
+    </Choices>
+  </View>
+</View>"""
 
 
 # Label Studio's own fix for importing predictions into big projects (its feature flag, off by
@@ -99,7 +112,11 @@ def stop_process_group(process: subprocess.Popen | None, grace: float) -> None:
         pass
 
 
-def classification_config(labels) -> str:
+def classification_config(labels, image_px: int | None = None) -> str:
+    """One single-choice question about an image; with ``image_px``, the demo's side-by-side screen."""
+    if image_px:
+        choices = "\n      ".join(f'<Choice value="{label}"/>' for label in labels)
+        return SIDE_BY_SIDE_CONFIG.replace("{px}", str(int(image_px))).replace("{choices}", choices)
     return IMAGE_CLASSIFICATION_CONFIG.format(choices="\n    ".join(f'<Choice value="{label}"/>' for label in labels))
 
 
@@ -195,10 +212,9 @@ class LabelStudio:
             raise AssertionError(f"{method} {path} -> {response.status_code}: {response.text[:500]}")
         return response.json() if response.content and "json" in response.headers.get("Content-Type", "") else response
 
-    def create_project(self, title: str, labels) -> int:
-        return self.api("POST", "/api/projects", json={"title": title, "label_config": classification_config(labels)})[
-            "id"
-        ]
+    def create_project(self, title: str, labels, image_px: int | None = None) -> int:
+        config = classification_config(labels, image_px)
+        return self.api("POST", "/api/projects", json={"title": title, "label_config": config})["id"]
 
     def upload_files(self, project: int, files: list[tuple[str, bytes]]) -> list[int]:
         multipart = [(f"file{i}", (name, data)) for i, (name, data) in enumerate(files)]

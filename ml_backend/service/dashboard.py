@@ -15,14 +15,32 @@ from ml_backend.core.stopping import wilson
 
 REFRESH_S = 5
 WIDTH, HEIGHT, PAD = 460, 170, 34
+LEFT = 44  # room left of a chart's frame for its y-axis ticks ("-0.25" at 10 px fits in 30 px)
 
 
 def esc(value) -> str:
     return html.escape("—" if value is None else str(value), quote=True)
 
 
+def y_ticks(lo: float, hi: float, most: int = 6) -> tuple[float, float, list[str]]:
+    """A y axis that covers [lo, hi] with at most ``most`` ticks at round values (a step of 1, 2, 2.5
+    or 5 times a power of ten): (axis low, axis high, the tick labels from low to high), labels
+    with no more decimals than the step needs (``-0.25``, never ``-0.00654435``)."""
+    span = hi - lo if hi > lo else 1.0
+    for power in range(math.floor(math.log10(span)) - 1, math.floor(math.log10(span)) + 2):
+        for unit in (1, 2, 2.5, 5):
+            step = unit * 10.0**power
+            first, last = math.floor(lo / step + 1e-9), math.ceil(hi / step - 1e-9)
+            last = max(last, first + 1)
+            if last - first + 1 <= most:
+                decimals = max(0, -power + (1 if unit == 2.5 else 0))
+                labels = [f"{k * step:.{decimals}f}" if k else "0" for k in range(first, last + 1)]
+                return first * step, last * step, labels
+    return lo, hi, [f"{lo:.2g}", f"{hi:.2g}"]
+
+
 def _x(i: int, n: int) -> float:
-    return PAD + (WIDTH - 2 * PAD) * (i / max(1, n - 1) if n > 1 else 0.5)
+    return LEFT + (WIDTH - LEFT - PAD) * (i / max(1, n - 1) if n > 1 else 0.5)
 
 
 def _y(v: float, lo: float = 0.0, hi: float = 1.0) -> float:
@@ -42,16 +60,20 @@ def line_chart(
     """An SVG line chart over rounds (``xs`` label the x axis), with optional interval whiskers
     (``bands``) and a dashed threshold line; None values are gaps."""
     n = len(xs)
+    lo, hi, ticks = y_ticks(lo, hi)
     parts = [
         f'<svg class="{kind}" role="img" aria-label="{esc(title)}" viewBox="0 0 {WIDTH} {HEIGHT}" '
         f'width="{WIDTH}" height="{HEIGHT}"><title>{esc(title)}</title>',
-        f'<rect x="{PAD}" y="{PAD}" width="{WIDTH - 2 * PAD}" height="{HEIGHT - 2 * PAD}" class="frame"/>',
+        f'<rect x="{LEFT}" y="{PAD}" width="{WIDTH - LEFT - PAD}" height="{HEIGHT - 2 * PAD}" class="frame"/>',
     ]
-    for v in (lo, (lo + hi) / 2, hi):
-        parts.append(f'<text x="{PAD - 4}" y="{_y(v, lo, hi) + 4:.1f}" class="tick" text-anchor="end">{v:g}</text>')
+    for tick in ticks:
+        parts.append(
+            f'<text x="{LEFT - 4}" y="{_y(float(tick), lo, hi) + 4:.1f}" class="tick y-tick" '
+            f'text-anchor="end">{tick}</text>'
+        )
     if threshold is not None:
         y = _y(threshold, lo, hi)
-        parts.append(f'<line x1="{PAD}" x2="{WIDTH - PAD}" y1="{y:.1f}" y2="{y:.1f}" class="threshold"/>')
+        parts.append(f'<line x1="{LEFT}" x2="{WIDTH - PAD}" y1="{y:.1f}" y2="{y:.1f}" class="threshold"/>')
     if n == 0:
         parts.append(f'<text x="{WIDTH / 2}" y="{HEIGHT / 2}" text-anchor="middle" class="empty">no round yet</text>')
     for i, x in enumerate(xs):
@@ -75,7 +97,7 @@ def line_chart(
             f'<circle cx="{_x(i, n):.1f}" cy="{_y(v, lo, hi):.1f}" r="3" class="point">'
             f"<title>{esc(xs[i])}: {v:.3f}</title></circle>"
         )
-    parts.append(f'<text x="{PAD}" y="{PAD - 10}" class="caption">{esc(title)}</text></svg>')
+    parts.append(f'<text x="{LEFT}" y="{PAD - 10}" class="caption">{esc(title)}</text></svg>')
     return "".join(parts)
 
 

@@ -181,13 +181,17 @@ class ProjectAPI:
         response = self._client.projects.import_predictions(id=self.project_id, request=predictions)
         return int(getattr(response, "created", None) or len(predictions))
 
-    def set_model_version(self, version: str, uncertainty_sampling: bool = False) -> None:
-        """Point the project at ``version`` (its queue follows only that version's scores) and,
-        if asked, switch its queue to uncertainty sampling (lowest score first)."""
+    def set_model_version(self, version: str, uncertainty_sampling: bool = False, prelabel: bool | None = None) -> None:
+        """Point the project at ``version`` (its queue follows only that version's scores) and, if
+        asked, switch its queue to uncertainty sampling (lowest score first) and turn the pre-labeling
+        (the model's guess selected when a task opens) on or off, all in one request: Label Studio
+        clears ``model_version`` when pre-labeling is turned off without it."""
+        fields: dict = {"model_version": version}
         if uncertainty_sampling:
-            self._client.projects.update(id=self.project_id, model_version=version, sampling=UNCERTAINTY_SAMPLING)
-        else:
-            self._client.projects.update(id=self.project_id, model_version=version)
+            fields["sampling"] = UNCERTAINTY_SAMPLING
+        if prelabel is not None:
+            fields["show_collab_predictions"] = prelabel
+        self._client.projects.update(id=self.project_id, **fields)
 
     def model_version(self) -> str:
         return self._client.projects.get(id=self.project_id).model_version or ""

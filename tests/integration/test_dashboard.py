@@ -2,6 +2,7 @@
 Studio project after a few rounds: what it shows must match the backend's /status."""
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,14 @@ def test_the_dashboard_shows_rounds_curves_and_the_stopping_signal(label_studio,
         assert len(section.find_elements(By.CSS_SELECTOR, "svg.prequential circle.point")) == 3
         assert len(section.find_elements(By.CSS_SELECTOR, "svg.prequential line.band")) == 3
         assert len(section.find_elements(By.CSS_SELECTOR, "svg.kappa circle.point")) == 2
+        for chart in section.find_elements(By.CSS_SELECTOR, "svg.chart"):  # round ticks, inside the chart
+            ticks = chart.find_elements(By.CSS_SELECTOR, "text.y-tick")
+            assert len(ticks) >= 2 and all(re.fullmatch(r"-?\d+(\.\d{1,2})?", t.text) for t in ticks), [
+                t.text for t in ticks
+            ]
+            assert all(t.rect["x"] >= chart.rect["x"] and t.rect["width"] > 0 for t in ticks)
+        kappa_ticks = [float(t.text) for t in section.find_elements(By.CSS_SELECTOR, "svg.kappa text.y-tick")]
+        assert kappa_ticks[0] <= min([0.0, *status["stopping"]["kappa"]]) and kappa_ticks[-1] >= 1.0
         rows = section.find_elements(By.CSS_SELECTOR, "table.versions tr")[1:]
         assert [row.find_elements(By.TAG_NAME, "td")[0].text for row in rows] == ["3", "2", "1"]
         counts = {

@@ -223,7 +223,9 @@ def test_docker_compose_refuses_a_missing_password_and_prints_no_secret(tmp_path
 
 def test_image_installs_what_ci_installs():
     setup = (ROOT / "scripts" / "setup_env.sh").read_text()
-    assert 'bash scripts/install_backend.sh "${TORCH_FLAVOR:-cuda}" .venv/bin/python' in setup  # CI's install step
+    assert 'pip_run bash scripts/install_backend.sh "$FLAVOR" .venv/bin/python' in setup  # CI's install step
+    # CI (no download.pytorch.org) gets PyPI's build, exactly the lock; a GPU machine too
+    assert "download.pytorch.org is unreachable: PyPI's build" in setup and 'FLAVOR=cuda WHY="an NVIDIA GPU' in setup
     assert 'RUN bash /app/install_backend.sh "${FLAVOR}" python' in DOCKERFILE  # the image's
     assert "COPY requirements.txt scripts/install_backend.sh /app/" in DOCKERFILE
     # the dependency layer comes before the code, so code changes do not reinstall torch

@@ -10,7 +10,7 @@ import requests
 
 from ml_backend.demo.servers import BackendProcess, wait_for
 from ml_backend.service.tabs import QUEUE_TAB, REVIEW_TAB
-from tests.helpers import FAST, LABELS, annotate, project_version
+from tests.helpers import FAST, LABELS, annotate, log_in, project_version
 
 pytestmark = pytest.mark.labelstudio
 
@@ -33,13 +33,7 @@ def show_in_browser(browser, ls, project, view, shot):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from ml_backend.demo.servers import ADMIN_EMAIL, ADMIN_PASSWORD
-
-    browser.get(f"{ls.url}/user/login/")
-    browser.find_element(By.NAME, "email").send_keys(ADMIN_EMAIL)
-    browser.find_element(By.NAME, "password").send_keys(ADMIN_PASSWORD)
-    browser.find_element(By.CSS_SELECTOR, "button[type=submit], input[type=submit]").click()
-    WebDriverWait(browser, 30).until(lambda d: "/user/login" not in d.current_url)
+    log_in(browser, ls)
     browser.get(f"{ls.url}/projects/{project}/data?tab={view['id']}")
     title = view["data"]["title"]
     WebDriverWait(browser, 60).until(lambda d: title in d.find_element(By.TAG_NAME, "body").text)

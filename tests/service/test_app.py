@@ -276,3 +276,12 @@ def test_the_root_url_is_the_dashboard_for_a_browser_and_health_for_the_rest(cli
     client.post("/setup", json={"project": "7", "schema": CONFIG})
     page = client.get("/dashboard").data.decode()
     assert 'id="project-7"' in page and "no round yet" in page and "<script" not in page
+
+
+def test_chart_ticks_are_round_and_few():
+    from ml_backend.service.dashboard import line_chart, y_ticks
+
+    assert y_ticks(-0.00654435, 1.0) == (-0.25, 1.0, ["-0.25", "0", "0.25", "0.50", "0.75", "1.00"])
+    assert y_ticks(0.0, 1.0)[2] == ["0", "0.2", "0.4", "0.6", "0.8", "1.0"]
+    svg = line_chart("κ", [1, 2], [0.5, -0.00654435], lo=-0.00654435)
+    assert "54435" not in svg.split("<circle")[0]  # the axis, not the point's tooltip

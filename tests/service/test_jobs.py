@@ -33,8 +33,9 @@ class ProjectAPIStandIn:
         self.calls.append(("import", [p["task"] for p in predictions]))
         self.imported += predictions
 
-    def set_model_version(self, version, uncertainty):
+    def set_model_version(self, version, uncertainty, prelabel=None):
         self.calls.append(("switch", version))
+        self.prelabel = prelabel
         self.model_version = version
 
     def model_versions(self):

@@ -105,19 +105,24 @@ def test_no_import_cycle():
 
 
 def test_classes_and_functions_stay_small():
+    """A class or function may exceed its size when a ``# long:`` comment on its first line says why
+    (declaration tables, argument parsers); nothing else may."""
     too_long = []
     for name, path in modules().items():
         lines = path.read_text().splitlines()
+
+        def long(node) -> bool:
+            first = node.decorator_list[0].lineno if node.decorator_list else node.lineno
+            return any("# long:" in line for line in lines[first - 1 : node.lineno + 1])
+
         if len(lines) > MAX_MODULE and name not in LONG_MODULES:
             too_long.append(f"module {name}: {len(lines)} lines")
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > MAX_CLASS:
+            if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > MAX_CLASS and not long(node):
                 too_long.append(f"class {name}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 length = node.end_lineno - node.lineno + 1
-                first = node.decorator_list[0].lineno if node.decorator_list else node.lineno
-                reason = any("# long:" in line for line in lines[first - 1 : node.lineno + 1])
-                if length > MAX_FUNCTION and not reason:
+                if length > MAX_FUNCTION and not long(node):
                     too_long.append(f"def {name}.{node.name}: {length} lines")
     assert not too_long, too_long
 

@@ -152,7 +152,10 @@ def write_queue(
         ctx, api, [pool[i] for i in first], [results[i] for i in first], version, progress, clear_tasks=again and clean
     )
     lap("import_seconds")
-    ctx.call(lambda: api.set_model_version(version, ctx.settings.set_uncertainty_sampling), "setting model_version")
+    prelabel = {"on": True, "off": False}.get(ctx.settings.prelabel)  # keep: None, the project's own choice
+    ctx.call(
+        lambda: api.set_model_version(version, ctx.settings.set_uncertainty_sampling, prelabel), "setting model_version"
+    )
     ctx.projects.mark_switched(ctx.state, version)
     lap("switch_seconds")
     if not rest:
