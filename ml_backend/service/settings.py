@@ -181,17 +181,19 @@ class Settings:  # long: every setting's declaration, one field each (type, defa
     )
     label_studio_tabs: bool = setting(
         True,
-        'Keep two Data Manager tabs in each project: "Queue: most useful first" (ordered by score, with the score and '
-        'model version columns) and "Review: suspicious labels (N)" (the review list; removed when empty). Your own '
+        'Keep two Data Manager tabs in each project: "Queue" (ordered by score, lowest = served first, with the score '
+        'and model version columns) and "Review (N)" (the review list; it stays, empty, once made). Your own '
         "tabs are never touched.",
         flag,
     )
     review_method: str = setting(
-        "loss",
-        "`loss` (the trained head's loss on the given label; cheap, as good as influence in [methods.md](methods.md) "
-        "§6.4) or `influence` (last-layer self-influence, plus cross-fitted influence ψ on validation loss; `flag` "
-        "marks ψ > 0 with p(label) < 0.5).",
-        choice("loss", "influence"),
+        "heldout",
+        "`heldout` (each label judged by heads fit without it on the original network's embeddings, which no label "
+        "trained: a wrong label the trained head has memorised is still caught; each flagged task carries the "
+        "held-out guess and its probability; [results.md](results.md#the-review-list-catches-wrong-labels)), `loss` "
+        "(the trained head's loss on the given label; cheap) or `influence` (last-layer self-influence, plus "
+        "cross-fitted influence ψ on validation loss; `flag` marks ψ > 0 with p(label) < 0.5).",
+        choice("heldout", "loss", "influence"),
     )
     train_drop_harmful: bool = setting(
         False,

@@ -1,27 +1,33 @@
 """Data Manager tabs the backend keeps in each project (``LABEL_STUDIO_TABS``), so that what it
 knows reaches the people who label:
 
-* **"Queue: most useful first"**, made once: the tasks ordered by prediction score (lower = served
-  first, the order of the labeling queue) with the score and model version columns visible, which
-  Label Studio's default tab hides.
-* **"Review: suspicious labels (N)"**: the labeled tasks whose annotations the trained head finds
-  implausible after the last round (``REVIEW_TOP``, only those it gives p(label) below
-  ``REVIEW_MAX_P``), as a filter on their task ids. A task leaves it when its annotation is changed
-  or saved again (confirmed); the tab is removed when nothing is left to review.
+* **"Queue"**, made once: the tasks ordered by prediction score (lower = served first, the order of
+  the labeling queue) with the score and model version columns visible, which Label Studio's
+  default tab hides.
+* **"Review (N)"**: the labeled tasks whose annotations look wrong after the last round
+  (``REVIEW_TOP``, only those given p(label) below ``REVIEW_MAX_P``), as a filter on their task ids.
+  A task leaves it when its annotation is changed or saved again (confirmed); with nothing left to
+  review the tab stays, as "Review (0)", showing no task, so that it does not come and go between
+  rounds.
 
-Tabs are found by title, so a user who renames one gets a new one; a user's own tabs are never touched.
+Short titles: Label Studio cuts a tab's title after about 15 characters. Tabs are found by title
+(the earlier "Queue: most useful first" and "Review: suspicious labels (N)" are renamed), so a user
+who renames one gets a new one; a user's own tabs are never touched.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 
 from ml_backend.service.ls_client import ProjectAPI
 
 log = logging.getLogger(__name__)
 
-QUEUE_TAB = "Queue: most useful first"
-REVIEW_TAB = "Review: suspicious labels"
+QUEUE_TAB = "Queue"
+REVIEW_TAB = "Review"
+OLD_QUEUE_TAB = "Queue: most useful first"  # the titles before 0.1.1, renamed when found
+_REVIEW_TITLE = re.compile(r"(Review|Review: suspicious labels) \(\d+\)")
 # what the queue tab hides; visible: id, image, score, model version, annotation and prediction counts
 QUEUE_HIDDEN = [
     "tasks:annotations_results",
@@ -45,35 +51,44 @@ def _title(view: dict) -> str:
 
 
 def ensure_queue_tab(api: ProjectAPI) -> bool:
-    """Create the queue tab unless the project has it; True when created."""
-    if any(_title(v) == QUEUE_TAB for v in api.views()):
+    """Create the queue tab unless the project has it (renaming the earlier title); True when created."""
+    views = api.views()
+    if any(_title(v) == QUEUE_TAB for v in views):
         return False
-    api.create_view(
-        {
-            "title": QUEUE_TAB,
-            "ordering": ["tasks:predictions_score"],
-            "hiddenColumns": {"explore": QUEUE_HIDDEN, "labeling": QUEUE_HIDDEN},
-        }
-    )
+    data = {
+        "title": QUEUE_TAB,
+        "ordering": ["tasks:predictions_score"],
+        "hiddenColumns": {"explore": QUEUE_HIDDEN, "labeling": QUEUE_HIDDEN},
+    }
+    old = [v for v in views if _title(v) == OLD_QUEUE_TAB]
+    if old:
+        api.update_view(old[0]["id"], {**(old[0].get("data") or {}), "title": QUEUE_TAB})
+        return False
+    api.create_view(data)
     return True
 
 
 def review_filters(task_ids: list[str]) -> dict:
+    """A filter on exactly these task ids (none: on id 0, which no task has: an empty tab, not every task)."""
     return {
         "conjunction": "or",
         "items": [
-            {"filter": "filter:tasks:id", "operator": "equal", "type": "Number", "value": int(t)} for t in task_ids
+            {"filter": "filter:tasks:id", "operator": "equal", "type": "Number", "value": int(t)}
+            for t in (task_ids or [0])
         ],
     }
 
 
+def is_review_tab(view: dict) -> bool:
+    return bool(_REVIEW_TITLE.fullmatch(_title(view)))
+
+
 def sync_review_tab(api: ProjectAPI, task_ids: list[str]) -> str:
-    """Make the review tab show exactly ``task_ids`` (none: remove it). Returns what was done."""
-    mine = [v for v in api.views() if _title(v).startswith(REVIEW_TAB)]
-    if not task_ids:
-        for view in mine:
-            api.delete_view(view["id"])
-        return "removed" if mine else "none"
+    """Make the review tab show exactly ``task_ids`` (in the review's order; none: an empty tab, made
+    only once there is something to review). Returns what was done."""
+    mine = [v for v in api.views() if is_review_tab(v)]
+    if not task_ids and not mine:
+        return "none"
     data = {"title": f"{REVIEW_TAB} ({len(task_ids)})", "filters": review_filters(task_ids), "ordering": ["tasks:id"]}
     if mine:
         api.update_view(mine[0]["id"], data)

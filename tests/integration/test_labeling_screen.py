@@ -21,8 +21,8 @@ CHOICES_JS = """return [...document.querySelectorAll('input[type=radio]')].map(e
           top: r.top, bottom: r.bottom, inner: window.innerHeight};
 });"""
 
-TASK_JS = """const e = [...document.querySelectorAll('div, span')].find(e => /^#\\d+$/.test(e.innerText.trim()));
-return e ? e.innerText.trim().slice(1) : null;"""  # the task id Label Studio shows under the task
+TASK_JS = """const e = document.querySelector('.lsf-current-task__task-id');
+return e && e.firstChild ? e.firstChild.textContent.trim() : null;"""  # the task id Label Studio shows under the task
 
 
 def demo_like_project(ls, digits, title):
