@@ -112,6 +112,23 @@ def adma_tradeoff(distinctiveness: torch.Tensor, uncertainty: torch.Tensor, t: i
     return (1.0 - w) * distinctiveness + w * uncertainty
 
 
+def diagnostics(lm: Landmarks, alpha_mode: str, lam: float, w: float, inputs, float32: bool, scales, d) -> dict:
+    """What /status shows of one ADMA scoring (docs/methods.md §1; a project helper, not from a paper)."""
+    return {
+        "landmark_mode": lm.mode,
+        "landmarks": lm.k,
+        "alpha": alpha_mode,
+        "lambda": lam,
+        "weight_uncertainty": w,
+        "t": inputs.round,
+        "float32": float32,
+        "s_A": scales["s_A"],
+        "s_B": scales["s_B"],
+        "D_mean": float(d.mean()) if d.numel() else None,
+        "D_sd": float(d.std(unbiased=False)) if d.numel() else None,
+    }
+
+
 @register
 class ADMAStrategy(Strategy):
     """ADMA, active deep model adaptation (Huang, Zhao & Liu, 'Active Deep Model Adaptation', KDD'18;
@@ -151,8 +168,7 @@ class ADMAStrategy(Strategy):
             raise TypeError("batch=kmeanspp scales embeddings by values >= 0; consistent=true gives z-scores")
         self.batch = batch
         self.batcher = ValueBatch(seed, budget, candidates)  # docs/methods.md §4.8; checks budget, candidates
-        if batch != "none":
-            self.needs = frozenset(type(self).needs | {Need.EMBEDDINGS})
+        self.needs = frozenset(type(self).needs | ({Need.EMBEDDINGS} if batch != "none" else set()))
         self.lam = None if lam is None else float(lam)
         self.landmarks, self.alpha, self.normalize = landmarks, alpha, bool(normalize)
         self.a_layers, self.combine = a_layers, combine
@@ -301,19 +317,7 @@ class ADMAStrategy(Strategy):
         )
         lam = self.lam if self.lam is not None else (1.0 / inputs.planned_rounds if inputs.planned_rounds else 0.1)
         w = min(max(lam * inputs.round, 0.0), 1.0)
-        self._info = {
-            "landmark_mode": lm.mode,
-            "landmarks": lm.k,
-            "alpha": alpha_mode,
-            "lambda": lam,
-            "weight_uncertainty": w,
-            "t": inputs.round,
-            "float32": inputs.n > self.exact_limit,
-            "s_A": scales["s_A"],
-            "s_B": scales["s_B"],
-            "D_mean": float(d.mean()) if d.numel() else None,
-            "D_sd": float(d.std(unbiased=False)) if d.numel() else None,
-        }
+        self._info = diagnostics(lm, alpha_mode, lam, w, inputs, inputs.n > self.exact_limit, scales, d)
         if lm.k < 2:
             log.warning("ADMA has %d landmark(s): distinctiveness is undefined and set to 0.5", lm.k)
         u = gini(probs)

@@ -164,7 +164,7 @@ def project_section(key: str, p: dict, history: list[dict], label_studio_url: st
     review = p.get("review") or []
     review_rows = "".join(
         f"<tr><td>{esc(r.get('task'))}</td><td>{esc(r.get('label'))}</td>"
-        f"<td>{_num(r.get('p_label'))}</td><td>{_num(r.get('loss'))}</td></tr>"
+        f"<td>{_num(r.get('p_label'))}</td><td>{esc(r.get('guess'))}</td><td>{_num(r.get('p_guess'))}</td></tr>"
         for r in review[:8]
     )
     table = "".join(
@@ -222,7 +222,9 @@ def project_section(key: str, p: dict, history: list[dict], label_studio_url: st
   {
         (
             '<h3>Labels to review</h3><table class="review">'
-            "<tr><th>task</th><th>label</th><th>p(label)</th><th>loss</th></tr>" + review_rows + "</table>"
+            "<tr><th>task</th><th>label</th><th>p(label)</th><th>model's guess</th><th>p(guess)</th></tr>"
+            + review_rows
+            + "</table>"
         )
         if review_rows
         else ""

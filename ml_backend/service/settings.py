@@ -190,7 +190,8 @@ class Settings:  # long: every setting's declaration, one field each (type, defa
         "heldout",
         "`heldout` (each label judged by heads fit without it on the original network's embeddings, which no label "
         "trained: a wrong label the trained head has memorised is still caught; each flagged task carries the "
-        "held-out guess and its probability; [results.md](results.md#the-review-list-catches-wrong-labels)), `loss` "
+        "held-out guess and its probability; "
+        "[results.md](results.md#data-dropout-and-the-review-list-under-label-noise)), `loss` "
         "(the trained head's loss on the given label; cheap) or `influence` (last-layer self-influence, plus "
         "cross-fitted influence ψ on validation loss; `flag` marks ψ > 0 with p(label) < 0.5).",
         choice("heldout", "loss", "influence"),

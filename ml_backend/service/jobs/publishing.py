@@ -137,6 +137,8 @@ def write_queue(
     """The top of the new queue first (lowest score = served first), then the switch, then the
     rest, so that what an annotator waits for does not grow with the project (docs/benchmarks.md,
     bench_scale). Returns whether the rest was written (False: it gave way to a due round)."""
+    if not pool:  # every task is labeled: nothing to queue, and Label Studio refuses a version without predictions
+        return True
     order = sorted(range(len(pool)), key=lambda i: results[i]["score"])
     first = order[: ctx.settings.publish_first] if ctx.settings.publish_first else order
     rest = order[len(first) :]
