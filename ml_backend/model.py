@@ -22,10 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ml_backend.service.backend import Backend
-
-# Label Studio sends "Start Training" through its ML API client, with basic auth when the
-# connection has it and with no credentials otherwise; the latter is a hint that forces nothing.
-UNAUTHENTICATED_TRAINING = "START_TRAINING_UNAUTHENTICATED"
+from ml_backend.service.learner import UNAUTHENTICATED_TRAINING
 
 
 @dataclass

@@ -14,7 +14,7 @@ from ml_backend.errors import BadRequest, Unavailable, UnknownProject
 from ml_backend.service.choice import StrategyBook, requested_strategy
 from ml_backend.service.features import FeatureExtractor
 from ml_backend.service.label_config import parse_label_config
-from ml_backend.service.learner import Learner
+from ml_backend.service.learner import UNAUTHENTICATED_TRAINING, Learner
 from ml_backend.service.ls_client import LabelStudioConnection, ProjectAPI, api_status
 from ml_backend.service.projects import Identity, Projects, ProjectState, project_key
 from ml_backend.service.reporting import StatusReport
@@ -197,7 +197,7 @@ class Backend:
 
     def handle_event(self, action: str, project: Any, task_ids: list[int] | None = None) -> str:
         """Hand an event to the project's worker (it only sets flags) and count it."""
-        self.record_event("START_TRAINING" if action == "START_TRAINING_UNAUTHENTICATED" else action)
+        self.record_event("START_TRAINING" if action == UNAUTHENTICATED_TRAINING else action)
         return self.learner.handle(action, project_key(project), task_ids)
 
     def record_event(self, action: str) -> None:

@@ -29,6 +29,10 @@ def process_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+# "Start Training" that came without credentials (Label Studio sends none when the connection has no
+# basic auth): a hint that forces nothing
+UNAUTHENTICATED_TRAINING = "START_TRAINING_UNAUTHENTICATED"
+
 BUSY = frozenset({"running", "publishing", "scoring", "securing"})
 
 LABEL_EVENTS = frozenset(
@@ -165,7 +169,7 @@ class Learner:
         if action in LABEL_EVENTS or action == "START_TRAINING":
             worker.labels_changed(force=action == "START_TRAINING")
             return "training scheduled"
-        if action == "START_TRAINING_UNAUTHENTICATED":
+        if action == UNAUTHENTICATED_TRAINING:
             worker.labels_changed(force=False)
             return "label check scheduled (unauthenticated Start Training cannot force a round; see docs/security.md)"
         if action == "TASKS_CREATED":
