@@ -31,6 +31,11 @@ class Unavailable(BackendError):
     status = 503
 
 
+class DiskFull(OSError):
+    """MODEL_DIR's filesystem has no room for a new version: nothing of it was written, the last
+    complete version keeps serving, and the round is retried (it succeeds once space returns)."""
+
+
 class WeightsUnavailable(ConfigError):
     """Requested pretrained weights cannot be loaded (e.g. offline with an empty cache)."""
 

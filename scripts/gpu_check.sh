@@ -32,3 +32,14 @@ done
 python3 -m ml_backend.simulation --dataset fashion-mnist --image-size 224 --device cuda --workers 1 \
     --seeds "$SEEDS" --strategies "$STRATEGIES" --no-progress --out "$OUT/fashion-224" \
     2>&1 | tail -40 | tee "$OUT/fashion-224.txt"
+# The photo benchmark (docs/benchmarks.md, "Big projects of photos"): a real Label Studio, JPEG photos served
+# by URL, the backend at its defaults on the GPU. It needs Label Studio's venv (LS_VENV, default
+# .cache/ls-venv: scripts/setup_env.sh makes it) and this project's dependencies in the python that runs it.
+if [[ -x "${LS_VENV:-.cache/ls-venv}/bin/label-studio" ]]; then
+    PHOTOS_PY=${PHOTOS_PY:-python3}
+    [[ -x .venv/bin/python ]] && PHOTOS_PY=.venv/bin/python
+    "$PHOTOS_PY" -m benchmarks.bench_photos --tasks "${PHOTO_TASKS:-1000,10000}" --device cuda \
+        --out "$OUT/bench_photos.json" 2>&1 | tail -20 | tee "$OUT/bench_photos.txt"
+else
+    echo "bench_photos skipped: no Label Studio venv at ${LS_VENV:-.cache/ls-venv}" | tee "$OUT/bench_photos.txt"
+fi

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
+from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -43,6 +45,14 @@ class Preprocess:
             image = image.crop(box)
         image = TF.resize(image, [self.resize], antialias=True)
         image = TF.center_crop(image, [self.crop])
+        if isinstance(image, Image.Image):
+            # The same float32 operations as to_dtype(scale=True) and normalize (bit for bit), in
+            # numpy: torch would spread these small tensors over its intra-op threads, and from the
+            # image-fetch threads, beside the model's forward pass, that costs 20-40 ms per image on
+            # a busy 2-core machine instead of 1 ms.
+            pixels = np.asarray(image, dtype=np.float32) * np.float32(1 / 255)
+            pixels = (pixels - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+            return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
         tensor = TF.to_dtype(TF.pil_to_tensor(image), torch.float32, scale=True)
         return TF.normalize(tensor, list(self.mean), list(self.std))
 

@@ -257,6 +257,22 @@ code{font-size:12px} .meta{color:#5b6472}
 """
 
 
+def cache_line(cache: dict) -> str:
+    """The frozen-feature cache: entries and size in memory and on disk, against their bounds, and
+    the share of look-ups it served."""
+    if not cache:
+        return ""
+    rate = cache.get("hit_rate")
+    return (
+        f'<p class="meta feature-cache">feature cache: <b class="cache-hit-rate">'
+        f"{'—' if rate is None else f'{100 * rate:.1f} %'}</b> hits "
+        f"({esc(cache.get('hits'))} of {esc((cache.get('hits') or 0) + (cache.get('misses') or 0))}, "
+        f"{esc(cache.get('disk_hits'))} from disk) · memory {esc(cache.get('memory_items'))} tasks, "
+        f"{esc(cache.get('memory_mb'))} of {esc(cache.get('memory_limit_mb'))} MB · disk "
+        f"{esc(cache.get('disk_items'))} tasks, {esc(cache.get('disk_mb'))} of {esc(cache.get('disk_limit_mb'))} MB</p>"
+    )
+
+
 def render(metrics: dict, histories: dict[str, list[dict]], label_studio_url: str = "") -> str:
     projects = metrics.get("projects") or {}
     sections = "".join(project_section(k, p, histories.get(k, []), label_studio_url) for k, p in projects.items())
@@ -273,5 +289,6 @@ def render(metrics: dict, histories: dict[str, list[dict]], label_studio_url: st
  on {esc(metrics.get("device"))} · default strategy <b>{esc(metrics.get("strategy"))}</b>
  · refreshed every {REFRESH_S} s at {esc(time.strftime("%H:%M:%S"))}
  · <a href="status">/status</a> (JSON)</p>
+{cache_line(metrics.get("feature_cache") or {})}
 {sections}
 </body></html>"""

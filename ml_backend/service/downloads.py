@@ -2,7 +2,9 @@
 download: a server sending one byte every few seconds keeps a download alive forever. A
 :class:`BoundedSession` inside :func:`bounded` hands every socket it uses to a watchdog thread,
 which shuts them down at the deadline (the only way to stop a server that drips), and reads at
-most ``max_bytes`` of a response."""
+most ``max_bytes`` of a response. :class:`HostSlots` bounds the connections open to each host: a
+download holds one of its host's slots, and every session of a loader shares one connection pool
+per host of that size (an idle keep-alive connection counts too)."""
 
 from __future__ import annotations
 
@@ -166,15 +168,60 @@ class _DeadlineAdapter(requests.adapters.HTTPAdapter):
         self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
 
 
+def shared_adapter(per_host: int) -> requests.adapters.HTTPAdapter:
+    """One connection pool per host of at most ``per_host`` connections, for every thread's
+    :class:`BoundedSession` of a loader (urllib3's pools are thread-safe). With :class:`HostSlots`
+    holding the downloads of a host to ``per_host`` at once, no connection beyond the pool is ever
+    opened, so a host sees at most ``per_host`` connections, idle keep-alive ones included."""
+    return _DeadlineAdapter(pool_connections=64, pool_maxsize=per_host)
+
+
+class HostSlots:
+    """At most ``per_host`` downloads at once from each host (``host:port``)."""
+
+    def __init__(self, per_host: int) -> None:
+        self.per_host = per_host
+        self._slots: dict[str, threading.BoundedSemaphore] = {}
+        self._lock = threading.Lock()
+
+    def _semaphore(self, host: str) -> threading.BoundedSemaphore:
+        with self._lock:
+            slot = self._slots.get(host)
+            if slot is None:
+                slot = self._slots[host] = threading.BoundedSemaphore(self.per_host)
+            return slot
+
+    @contextlib.contextmanager
+    def hold(self, host: str | None, deadline: float | None, what: str) -> Iterator[None]:
+        """One of ``host``'s slots for the block (None: no network, no slot); waits at most until
+        ``deadline`` (time.monotonic(); None: until a slot frees, each holder being bounded by its own
+        deadline), then fails with an ImageError naming ``what``."""
+        if host is None:
+            yield
+            return
+        slot = self._semaphore(host)
+        wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if not slot.acquire(timeout=wait):
+            raise ImageError(
+                f"{what} not fetched: the request's deadline passed while it waited for one of the "
+                f"{self.per_host} connections to {host} (DOWNLOAD_CONNECTIONS_PER_HOST)"
+            )
+        try:
+            yield
+        finally:
+            slot.release()
+
+
 class BoundedSession(requests.Session):
     """A requests session with a per-operation timeout, a hard limit on the bytes read per
-    response and, inside :func:`bounded`, the download's total deadline."""
+    response and, inside :func:`bounded`, the download's total deadline. ``adapter``: the
+    connection pools to use (:func:`shared_adapter`; None: this session's own)."""
 
-    def __init__(self, max_bytes: int, timeout: float) -> None:
+    def __init__(self, max_bytes: int, timeout: float, adapter: requests.adapters.HTTPAdapter | None = None) -> None:
         super().__init__()
         self.max_bytes = max_bytes
         self.timeout = timeout
-        adapter = _DeadlineAdapter()
+        adapter = adapter if adapter is not None else _DeadlineAdapter()
         self.mount("http://", adapter)
         self.mount("https://", adapter)
 

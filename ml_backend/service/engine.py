@@ -54,9 +54,23 @@ class _Worker:
         self.device = torch.device(config["device"])
         self.trunk_model = self.base.model.eval().to(self.device)
         cache = config.get("image_cache") or tempfile.mkdtemp(prefix="aa-ray-images-")
-        self.loader = ImageLoader(cache, 4, config["max_bytes"], config["max_pixels"], config["timeout"])
+        self.loader = ImageLoader(
+            cache,
+            4,
+            config["max_bytes"],
+            config["max_pixels"],
+            config["timeout"],
+            per_host=config.get("per_host", 8),
+            draft_side=self.base.preprocess.resize,  # decoded as in this process (features.DECODING)
+        )
         self.model = None
         self.loaded = None
+
+    def node(self) -> str:
+        """The id of the Ray node this actor runs on (where a cluster placed it)."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
 
     def trunk(self, refs: list, hostname: str, token: str | None) -> list:
         """Per (task id, reference): float32 activations as numpy, or the error message."""
@@ -129,6 +143,7 @@ class RayEngine:
             "max_bytes": settings.image_max_bytes,
             "max_pixels": settings.image_max_pixels,
             "timeout": settings.image_timeout_s,
+            "per_host": settings.download_connections_per_host,
         }
         remote = ray.remote(num_cpus=cpus, num_gpus=gpus)(_Worker)
         self.workers = [remote.remote(config) for _ in range(max(1, settings.ray_actors))]

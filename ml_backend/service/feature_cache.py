@@ -1,11 +1,21 @@
 """Frozen-feature cache: each task's activations at the freeze boundary.
 
 The early layers never change between rounds, so a task's trunk activations are computed once;
-re-scoring after a round runs only the trainable part. Entries live in memory up to a byte bound
-(least recently used first out), spill to disk under ``MODEL_DIR/cache/features/<fingerprint>/``
-up to a second bound, and are keyed by the task id and its image reference (a changed image is a
-new entry). The fingerprint covers backbone, weights, preprocessing and freeze boundary: when any
-of them changes, the old directory is removed and nothing stale can be served.
+re-scoring after a round runs only the trainable part. Entries are keyed by the task id and its image
+reference (a changed image is a new entry) and kept in two places:
+
+* **memory**, up to ``memory_bytes``, as a segmented LRU (scan-resistant): a new entry, or one read
+  back from disk, enters the *probation* segment; one used again while there moves to the
+  *protected* segment (at most 80 % of the bound), whose least recent entry goes back to probation
+  when it is full. Only probation's least recent entries leave memory, so a pass over a pool larger
+  than the bound cycles through probation and never pushes out the entries used again and again
+  (the labeled tasks' activations, read by every round).
+* **disk**, every entry as it is computed (``feature_store.py``: append-only segment files under
+  ``MODEL_DIR/cache/features/<fingerprint>/``, up to ``disk_bytes``, oldest segments out first):
+  a second scoring of a pool larger than memory reads it from there, and so does a restarted process.
+
+The fingerprint covers backbone, weights, preprocessing, freeze boundary and decoding: when any of
+them changes, the old directory is removed and nothing stale can be served.
 """
 
 from __future__ import annotations
@@ -20,35 +30,41 @@ from pathlib import Path
 import torch
 
 from ml_backend import atomic
+from ml_backend.service.feature_store import SegmentStore
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+PROTECTED_SHARE = 0.8  # of the memory bound, for entries used more than once
+
+
+def _nbytes(z: torch.Tensor) -> int:
+    return z.numel() * z.element_size()
 
 
 class FeatureCache:
     def __init__(self, root: Path, fingerprint: str, memory_bytes: int, disk_bytes: int, dtype: str = "float16"):
         self.dtype = DTYPES[dtype]
         self.memory_bytes = memory_bytes
+        self.protected_bytes = int(memory_bytes * PROTECTED_SHARE)
         self.disk_bytes = disk_bytes
         self.root = Path(root)
         self.dir = self.root / fingerprint
-        self._memory: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self._memory_used = 0
-        self._disk: OrderedDict[str, int] = OrderedDict()  # key -> bytes, oldest first
-        self._disk_used = 0
+        self._probation: OrderedDict[str, torch.Tensor] = OrderedDict()  # least recent first
+        self._protected: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._probation_used = self._protected_used = 0
         self._lock = threading.Lock()
-        self.hits = self.misses = 0
+        self.hits = self.misses = self.disk_hits = 0
         if self.root.exists():
             for stale in self.root.iterdir():
                 if stale.name != fingerprint:
                     shutil.rmtree(stale, ignore_errors=True)
                     log.info("feature cache: removed %s (backbone, weights or preprocessing changed)", stale)
         self.dir.mkdir(parents=True, exist_ok=True)
-        for path in sorted(self.dir.glob("*.pt"), key=lambda p: p.stat().st_mtime):
-            self._disk[path.stem] = path.stat().st_size
-            self._disk_used += path.stat().st_size
+        for old in self.dir.glob("*.pt"):  # one file per entry, the earlier layout
+            old.unlink(missing_ok=True)
         atomic.remove_leftovers(self.dir)
+        self.disk = SegmentStore(self.dir, disk_bytes)
 
     @staticmethod
     def key(task_id, reference) -> str:
@@ -59,74 +75,78 @@ class FeatureCache:
         task scores the same whether its activations came from the cache or not."""
         return z.to(self.dtype).float()
 
+    def in_memory(self, key: str) -> bool:
+        with self._lock:
+            return key in self._protected or key in self._probation
+
     def get(self, key: str) -> torch.Tensor | None:
         with self._lock:
-            z = self._memory.get(key)
+            z = self._protected.get(key)
             if z is not None:
-                self._memory.move_to_end(key)
+                self._protected.move_to_end(key)
+            else:
+                z = self._probation.pop(key, None)
+                if z is not None:  # used again: protected from scans
+                    self._probation_used -= _nbytes(z)
+                    self._protected[key] = z
+                    self._protected_used += _nbytes(z)
+                    self._rebalance()
+            if z is not None:
                 self.hits += 1
                 return z.float()
-            on_disk = key in self._disk
-        if on_disk:
-            try:
-                z = torch.load(self.dir / f"{key}.pt", map_location="cpu", weights_only=True)
-            except Exception:  # a damaged file is only a miss
-                z = None
-            if z is not None:
-                with self._lock:
-                    self.hits += 1
-                self._remember(key, z)
-                return z.float()
+        z = self.disk.get(key)  # a damaged record is a miss
         with self._lock:
-            self.misses += 1
-        return None
+            if z is None:
+                self.misses += 1
+                return None
+            self.hits += 1
+            self.disk_hits += 1
+            self._admit(key, z)
+        return z.float()
 
     def put(self, key: str, z: torch.Tensor) -> None:
-        self._remember(key, z.detach().to("cpu", self.dtype).contiguous())
-
-    def _remember(self, key: str, z: torch.Tensor) -> None:
-        size = z.numel() * z.element_size()
-        evicted: list[tuple[str, torch.Tensor]] = []
+        z = z.detach().to("cpu", self.dtype).contiguous()
         with self._lock:
-            if key in self._memory:
+            if key in self._protected or key in self._probation:
                 return
-            self._memory[key] = z
-            self._memory_used += size
-            while self._memory_used > self.memory_bytes and len(self._memory) > 1:
-                old_key, old = self._memory.popitem(last=False)
-                self._memory_used -= old.numel() * old.element_size()
-                evicted.append((old_key, old))
-            need_disk = [(k, t) for k, t in evicted if k not in self._disk]
-        for old_key, old in need_disk:  # spill what memory cannot hold
-            self._write(old_key, old)
+            self._admit(key, z)
+        self.disk.put(key, z)  # write-through: every entry on disk while the disk bound allows
 
-    def _write(self, key: str, z: torch.Tensor) -> None:
-        path = self.dir / f"{key}.pt"
-        try:
-            atomic.save_torch(path, z, durable=False)  # a cache: recomputed if lost
-        except OSError as exc:
-            log.warning("feature cache: cannot spill to %s: %s", self.dir, exc)
+    def _admit(self, key: str, z: torch.Tensor) -> None:
+        """A new entry in memory (probation, most recent); the least recent of probation leave."""
+        if key in self._protected or key in self._probation:
             return
-        size = path.stat().st_size
-        drop = []
-        with self._lock:
-            self._disk[key] = size
-            self._disk_used += size
-            while self._disk_used > self.disk_bytes and len(self._disk) > 1:
-                old_key, old_size = self._disk.popitem(last=False)
-                self._disk_used -= old_size
-                drop.append(old_key)
-        for old_key in drop:
-            (self.dir / f"{old_key}.pt").unlink(missing_ok=True)
+        self._probation[key] = z
+        self._probation_used += _nbytes(z)
+        self._rebalance()
+
+    def _rebalance(self) -> None:
+        while self._protected_used > self.protected_bytes and len(self._protected) > 1:
+            old_key, old = self._protected.popitem(last=False)  # back to probation, most recent
+            self._protected_used -= _nbytes(old)
+            self._probation[old_key] = old
+            self._probation_used += _nbytes(old)
+        while self._probation_used + self._protected_used > self.memory_bytes and len(self._probation) > 1:
+            _, old = self._probation.popitem(last=False)
+            self._probation_used -= _nbytes(old)
 
     def stats(self) -> dict:
         with self._lock:
+            looked = self.hits + self.misses
             return {
-                "memory_items": len(self._memory),
-                "memory_mb": round(self._memory_used / 2**20, 1),
-                "disk_items": len(self._disk),
-                "disk_mb": round(self._disk_used / 2**20, 1),
+                "memory_items": len(self._probation) + len(self._protected),
+                "memory_protected_items": len(self._protected),
+                "memory_mb": round((self._probation_used + self._protected_used) / 2**20, 1),
+                "memory_limit_mb": round(self.memory_bytes / 2**20, 1),
+                "disk_items": len(self.disk),
+                "disk_mb": round(self.disk.used_bytes / 2**20, 1),
+                "disk_limit_mb": round(self.disk_bytes / 2**20, 1),
                 "hits": self.hits,
+                "disk_hits": self.disk_hits,
                 "misses": self.misses,
+                "hit_rate": round(self.hits / looked, 4) if looked else None,
                 "dtype": str(self.dtype).replace("torch.", ""),
             }
+
+    def close(self) -> None:
+        self.disk.close()

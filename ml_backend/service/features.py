@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 
@@ -22,11 +22,14 @@ from ml_backend.service.project_state import ProjectState
 from ml_backend.service.settings import Settings
 from ml_backend.service.store import Store
 
+# How images are decoded (images.py): JPEGs at a reduced size where the preprocessing allows it.
+DECODING = "jpeg-draft-to-resize"
+
 
 def cache_fingerprint(base: LoadedBackbone, dtype: str) -> str:
-    """What the cached activations depend on: backbone, weights, preprocessing, freeze boundary and
-    the dtype they are kept in (a change starts the cache afresh)."""
-    ident = [base.spec.name, base.weights, base.preprocess.to_dict(), base.spec.frozen, dtype]
+    """What the cached activations depend on: backbone, weights, preprocessing, decoding, freeze
+    boundary and the dtype they are kept in (a change starts the cache afresh)."""
+    ident = [base.spec.name, base.weights, base.preprocess.to_dict(), base.spec.frozen, dtype, DECODING]
     return hashlib.sha1(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -55,6 +58,8 @@ class FeatureExtractor:
             settings.image_max_bytes,
             settings.image_max_pixels,
             settings.image_timeout_s,
+            per_host=settings.download_connections_per_host,
+            draft_side=base.preprocess.resize,
         )
         engine = make_engine(settings)  # None: in this process; RayEngine: SCORING_ENGINE=ray
         cache = FeatureCache(
@@ -107,21 +112,57 @@ class FeatureExtractor:
     ) -> list:
         """Per task: trunk activations (from the frozen-feature cache when present) or the
         ImageError that explains why there are none. Downloads overlap the trunk forward pass."""
+        return self._finish(model, self._start(state, model, tasks, keys, deadline))
+
+    def trunk_activation_chunks(
+        self,
+        state: ProjectState,
+        model: AdaptedModel,
+        tasks: Sequence[dict],
+        keys: Sequence[str | None],
+        size: int,
+        deadline: float | None = None,
+    ) -> Iterator[tuple[int, list]]:
+        """(start, :meth:`trunk_activations` of ``tasks[start : start + size]``) per chunk, in order;
+        the next chunk's images download and decode while this one runs through the trunk, so the
+        model never waits at a chunk's boundary (memory: two chunks of preprocessed images)."""
+        starts = list(range(0, len(tasks), size))
+        begin = lambda s: self._start(state, model, tasks[s : s + size], keys[s : s + size], deadline)  # noqa: E731
+        ahead = begin(starts[0]) if starts else None
+        try:
+            for n, start in enumerate(starts):
+                current, ahead = ahead, begin(starts[n + 1]) if n + 1 < len(starts) else None
+                yield start, self._finish(model, current)
+        finally:  # stopped early (a round is due, an error): the prefetched downloads are not needed
+            for future in (ahead or {}).get("futures", ()):
+                future.cancel()
+
+    def _start(self, state, model, tasks, keys, deadline) -> dict:
+        """Look the tasks up in the cache and start downloading the images of those not in it."""
         refs = [self.reference(state, t) for t in tasks]
         keys = list(keys) if keys is not None else [self.fingerprint(r) for r in refs]
         out: list = [self.cache.get(k) if k else None for k in keys]
         missing = [i for i, z in enumerate(out) if z is None]
+        job = {"refs": refs, "keys": keys, "out": out, "missing": missing, "futures": []}
         if self.engine is not None and missing and deadline is None:  # background work: on Ray
-            source = self.source(state)
+            job["source"] = self.source(state)
+        elif missing:
+            job["futures"] = self.loader.submit_many(
+                [refs[i] for i in missing], self.source(state, deadline), transform=model.preprocess, deadline=deadline
+            )
+        return job
+
+    def _finish(self, model: AdaptedModel, job: dict) -> list:
+        """Run the trunk on a started chunk's images as they arrive, batch by batch."""
+        refs, keys, out, missing, futures = job["refs"], job["keys"], job["out"], job["missing"], job["futures"]
+        if "source" in job:  # on Ray
+            source = job["source"]
             computed = self.engine.trunk([refs[i] for i in missing], source.hostname, source.token())
             for i, z in zip(missing, computed):
                 out[i] = z if isinstance(z, ImageError) else self.cache.round(z)
                 if keys[i] and not isinstance(z, ImageError):
                     self.cache.put(keys[i], out[i])
             return out
-        futures = self.loader.submit_many(
-            [refs[i] for i in missing], self.source(state, deadline), transform=model.preprocess, deadline=deadline
-        )
         pending: list[tuple[int, torch.Tensor]] = []
 
         def flush():
@@ -150,5 +191,6 @@ class FeatureExtractor:
 
     def close(self) -> None:
         self.loader.close()
+        self.cache.close()
         if self.engine is not None:
             self.engine.close()

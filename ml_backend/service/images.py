@@ -5,8 +5,10 @@ References of every kind Label Studio produces (``/data/upload/...``, ``/data/lo
 ``http(s)://``) are resolved by label-studio-sdk's ``get_local_path``, which also sends the
 credentials only to the Label Studio host and caches downloads on disk. We add what a server
 needs around it: a timeout and a byte limit on every download, a pixel limit, concurrency with a
-bound, and one clear reason per failed task. The deadline of a download is ``downloads.py``'s; the
-SDK's resolver is reached through ``sdk.py``.
+bound in all (``workers`` threads, FETCH_WORKERS) and per host (``per_host`` connections,
+DOWNLOAD_CONNECTIONS_PER_HOST), JPEGs decoded at a reduced size where the preprocessing allows it
+(``draft_side``), and one clear reason per failed task. The deadline of a download is
+``downloads.py``'s; the SDK's resolver is reached through ``sdk.py``.
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
+from urllib.parse import urlsplit
 
 import requests
 from PIL import Image, UnidentifiedImageError
 
 from ml_backend.errors import ImageError
 from ml_backend.service import downloads, sdk
-from ml_backend.service.downloads import BoundedSession
+from ml_backend.service.downloads import BoundedSession, HostSlots
 
 log = logging.getLogger(__name__)
 
@@ -41,24 +44,39 @@ class Source:
 
 
 class ImageLoader:
-    def __init__(self, cache_dir: Path, workers: int, max_bytes: int, max_pixels: int, timeout: float):
+    def __init__(
+        self,
+        cache_dir: Path,
+        workers: int,
+        max_bytes: int,
+        max_pixels: int,
+        timeout: float,
+        per_host: int = 8,
+        draft_side: int = 0,
+    ):
+        """``workers``: images fetched and decoded at once in all; ``per_host``: connections open to
+        one host at most; ``draft_side``: the shorter side the preprocessing resizes to (see decode)."""
         self.cache_dir = Path(cache_dir)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes
         self.max_pixels = max_pixels
         self.timeout = timeout
+        self.draft_side = draft_side
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="image-fetch")
         self._local = threading.local()
+        self._slots = HostSlots(per_host)
+        self._adapter = downloads.shared_adapter(per_host)
         # per Label Studio host: whether it serves uploads at /data/upload/ (None: not known yet)
         self._direct_uploads: dict[str, bool] = {}
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._adapter.close()
 
     def _session(self) -> BoundedSession:
         session = getattr(self._local, "session", None)
         if session is None:
-            session = self._local.session = BoundedSession(self.max_bytes, self.timeout)
+            session = self._local.session = BoundedSession(self.max_bytes, self.timeout, self._adapter)
         return session
 
     def load_many(
@@ -132,25 +150,28 @@ class ImageLoader:
     def load(
         self, task_id, ref, hostname: str = "", token: str | None = None, deadline: float | None = None
     ) -> Image.Image:
-        """One image, within IMAGE_TIMEOUT_S in all (connect, headers, body, redirects, presigning)
-        and before ``deadline`` if one is given."""
-        limit = time.monotonic() + self.timeout
-        with downloads.bounded(limit if deadline is None else min(limit, deadline)) as download:
-            try:
-                return self._load(task_id, ref, hostname, token)
-            except ImageError:
-                raise
-            except Exception:
-                if download.expired:  # whatever the shut-down socket made a library raise
-                    raise self._too_slow(ref) from None
-                raise
+        """One image: its download within IMAGE_TIMEOUT_S in all (connect, headers, body, redirects,
+        presigning), counted from when one of its host's connections is free, and before ``deadline``
+        (waiting for that connection included) if one is given."""
+        return self._load(task_id, ref, hostname, token, deadline)
 
-    def _too_slow(self, ref) -> ImageError:
-        return ImageError(
-            f"download of {ref} took longer than {self.timeout:g}s (IMAGE_TIMEOUT_S, or the request's deadline)"
-        )
+    def _download(self, task_id, ref: str, hostname: str, token: str | None, deadline: float | None) -> str:
+        """The local path of ``ref``, fetched holding one of its host's connection slots."""
+        with self._slots.hold(_host_of(ref, hostname), deadline, ref):
+            limit = time.monotonic() + self.timeout
+            with downloads.bounded(limit if deadline is None else min(limit, deadline)) as download:
+                try:
+                    return self._fetch(task_id, ref, hostname, token)
+                except ImageError:
+                    raise
+                except Exception:
+                    if download.expired:  # whatever the shut-down socket made a library raise
+                        raise _too_slow(ref, self.timeout) from None
+                    raise
 
-    def _load(self, task_id, ref, hostname: str = "", token: str | None = None) -> Image.Image:
+    def _load(
+        self, task_id, ref, hostname: str = "", token: str | None = None, deadline: float | None = None
+    ) -> Image.Image:
         if not isinstance(ref, str) or not ref.strip():
             raise ImageError(f"no image reference in the task data (got {ref!r})")
         ref = ref.strip()
@@ -164,7 +185,7 @@ class ImageLoader:
                 "(a Personal Access Token or legacy token)"
             )
         try:
-            path = self._fetch(task_id, ref, hostname, token)
+            path = self._download(task_id, ref, hostname, token, deadline)
         except ImageError:
             raise
         except requests.HTTPError as exc:
@@ -173,7 +194,7 @@ class ImageLoader:
         except requests.RequestException as exc:
             download = downloads.current()
             if isinstance(exc, requests.Timeout) or (download is not None and download.expired):
-                raise self._too_slow(ref) from None
+                raise _too_slow(ref, self.timeout) from None
             raise ImageError(f"download of {ref} failed: {type(exc).__name__}") from None
         except (FileNotFoundError, ValueError) as exc:
             raise ImageError(f"cannot resolve {ref}: {exc}") from None
@@ -221,23 +242,36 @@ class ImageLoader:
         return sdk.local_path(ref, self._session(), str(self.cache_dir), hostname or None, token or None, task_id)
 
     def _decode(self, data: bytes, where: str) -> Image.Image:
-        if len(data) > self.max_bytes:
-            raise ImageError(f"image is {len(data)} bytes, more than IMAGE_MAX_BYTES={self.max_bytes}")
-        if not data:
-            raise ImageError(f"{where}: empty file")
-        try:
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > self.max_pixels:
-                raise ImageError(f"{where}: {width}x{height} pixels, more than IMAGE_MAX_PIXELS={self.max_pixels}")
-            image.load()
-            return image.convert("RGB")
-        except ImageError:
-            raise
-        except UnidentifiedImageError:
-            raise ImageError(f"{where}: not an image") from None
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-            raise ImageError(f"{where}: corrupt image ({exc})") from None
+        return decode(data, where, self.max_bytes, self.max_pixels, self.draft_side)
+
+
+def decode(data: bytes, where: str, max_bytes: int, max_pixels: int, draft_side: int = 0) -> Image.Image:
+    """The RGB image in ``data`` within the byte and pixel bounds; a JPEG decoded at the smallest of
+    libjpeg's 1/2, 1/4, 1/8 scales that keeps at least ``draft_side`` pixels on its shorter side
+    (0: full size). ImageError with the reason otherwise."""
+    if len(data) > max_bytes:
+        raise ImageError(f"image is {len(data)} bytes, more than IMAGE_MAX_BYTES={max_bytes}")
+    if not data:
+        raise ImageError(f"{where}: empty file")
+    try:
+        image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ImageError(f"{where}: {width}x{height} pixels, more than IMAGE_MAX_PIXELS={max_pixels}")
+        if draft_side and image.format == "JPEG":  # short side stays >= draft_side (Pillow picks the scale)
+            image.draft("RGB", (draft_side, draft_side))
+        image.load()
+        return image.convert("RGB")
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError(f"{where}: not an image") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageError(f"{where}: corrupt image ({exc})") from None
+
+
+def _too_slow(ref, timeout: float) -> ImageError:
+    return ImageError(f"download of {ref} took longer than {timeout:g}s (IMAGE_TIMEOUT_S, or the request's deadline)")
 
 
 def _upload_path(ref: str) -> str | None:
@@ -247,6 +281,17 @@ def _upload_path(ref: str) -> str | None:
         if path.startswith(prefix):
             return "/data/upload/" + ref[len(prefix) :]
     return None
+
+
+def _host_of(ref: str, hostname: str) -> str | None:
+    """Whose connections a download of ``ref`` uses (``host:port``): a URL's host, Label Studio's
+    for what it serves or presigns; None for what needs no connection (a data URI)."""
+    if ref.startswith("data:"):
+        return None
+    parts = urlsplit(ref)
+    if parts.scheme in ("http", "https") and parts.netloc:
+        return parts.netloc.lower()
+    return urlsplit(hostname).netloc.lower() or hostname or "label-studio"
 
 
 def _needs_token(ref: object) -> bool:

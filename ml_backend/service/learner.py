@@ -88,6 +88,7 @@ class Learner:
                     state.key,
                     functools.partial(self.run_leased, ctx),
                     debounce_s=self.settings.train_debounce_s,
+                    debounce_max_s=self.settings.train_debounce_max_s,
                     recovery_max_s=self.settings.recovery_max_s,
                     wants_publish=functools.partial(self.wants_publish, state),
                     clock=self.clock,

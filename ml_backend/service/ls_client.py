@@ -82,6 +82,11 @@ ANNOTATED = {
     ],
 }
 
+UNLABELED = {
+    "conjunction": "and",
+    "items": [{"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0}],
+}
+
 
 def newer_than(task_id: int) -> dict:
     """Data Manager filter: the tasks whose id is greater than ``task_id`` (Label Studio's ids only grow)."""
@@ -106,12 +111,13 @@ def _as_dict(obj) -> dict:
     return obj if isinstance(obj, dict) else obj.model_dump()
 
 
-class ProjectAPI:
+class ProjectAPI:  # long: one method per Label Studio call the learning loop makes, and their paging
     """The Label Studio calls the learning loop makes for one project (label-studio-sdk)."""
 
+    annotated_page_size = 100  # larger pages with fields=all: "Expression tree is too large" (LS 1.23, SQLite)
+
     def __init__(self, connection: LabelStudioConnection, project_id: int) -> None:
-        self.connection = connection
-        self.project_id = int(project_id)
+        self.connection, self.project_id = connection, int(project_id)
 
     @property
     def _client(self):
@@ -127,7 +133,8 @@ class ProjectAPI:
         ``fields=all`` make LS 1.23 on SQLite fail with "Expression tree is too large"). A task
         annotated between the reads comes with its annotations. Without ``index``, every task."""
         index = index if index is not None else TaskIndex()
-        count = int(self.project().get("task_number") or 0)
+        project = self.project()
+        count, annotations = int(project.get("task_number") or 0), project.get("total_annotations_number")
         if index.data:
             query = json.dumps({"filters": newer_than(max(index.data))})
             new = {
@@ -151,7 +158,7 @@ class ProjectAPI:
             index.data = {t["id"]: t.get("data") or {} for t in self._pages({"fields": "task_only", "page_size": 1000})}
             index.full += 1
         out = {i: {"id": i, "data": data, "annotations": []} for i, data in index.data.items()}
-        for t in self._pages({"fields": "all", "page_size": 100, "query": json.dumps({"filters": ANNOTATED})}):
+        for t in self._annotated_checked(annotations):
             out[t["id"]] = {
                 "id": t["id"],
                 "data": t.get("data") or {},
@@ -159,21 +166,84 @@ class ProjectAPI:
             }
         return list(out.values())
 
+    def sample_unlabeled(self, n: int, page_size: int = 100) -> tuple[list[dict], int]:
+        """``n`` unlabeled tasks spread evenly over the project (about ten pages of the unlabeled
+        listing at evenly spaced page numbers: a few requests, whatever the project's size; tasks
+        imported class by class still give a mixed sample), and how many unlabeled tasks there are.
+        The same project gives the same sample."""
+        size = max(1, min(page_size, -(-n // 10)))
+        params = {"fields": "task_only", "page_size": size, "query": json.dumps({"filters": UNLABELED})}
+        tasks, total = self._page(params, 1)
+        total = len(tasks) if total is None else total  # (a plain list: everything on one page)
+        pages = max(1, -(-total // size))
+        wanted = min(pages, -(-n // size))
+        for number in sorted({1 + (i * pages) // wanted for i in range(1, wanted)}):  # pages 2 and up
+            tasks += self._page(params, number)[0]
+        unique = list(
+            {t["id"]: {"id": t["id"], "data": t.get("data") or {}, "annotations": []} for t in tasks}.values()
+        )
+        return unique[:: max(1, len(unique) // n)][:n], total
+
+    def _page(self, params: dict, number: int) -> tuple[list[dict], int | None]:
+        """One page of the task listing and the listing's total (None: not given); past the last, none."""
+        params = {"project": self.project_id, "page": number, **params}
+        response = sdk.request(self._client, "api/tasks/", "GET", params=params)
+        if response.status_code == 404:
+            return [], 0
+        response.raise_for_status()
+        data = response.json()
+        if isinstance(data, dict):
+            return list(data.get("tasks", [])), int(data.get("total", 0) or 0)
+        return list(data), None
+
+    def _annotated_checked(self, before) -> list[dict]:
+        """The annotated tasks in full (:meth:`_annotated`), checked against Label Studio's own count
+        of the project's (non-skipped) annotations read before and after them. Finding fewer than
+        both means a task whose annotation counter is stale, which the filter cannot find (Label
+        Studio 1.23 recomputes the counter from a read made beside concurrent writes: a task
+        annotated while predictions are imported for it can keep ``total_annotations = 0``); then
+        every task is read in full, slower but complete."""
+        tasks = list(self._annotated())
+        if before is None:
+            return tasks
+        found = sum(1 for t in tasks for a in t.get("annotations") or [] if not _as_dict(a).get("was_cancelled"))
+        after = self.project().get("total_annotations_number")
+        expected = min(int(before), int(before if after is None else after))
+        if found >= expected:
+            return tasks
+        log.warning(
+            "project %s: Label Studio counts %d annotations but lists %d on tasks it counts as annotated "
+            "(a stale task counter): reading every task in full",
+            self.project_id,
+            expected,
+            found,
+        )
+        return [
+            t for t in self._pages({"fields": "all", "page_size": self.annotated_page_size}) if t.get("annotations")
+        ]
+
+    def _annotated(self):
+        """Every annotated task in full, read in id order by id ranges (``id`` greater than the last
+        one read) rather than by page numbers: a task annotated while the pages are read cannot shift
+        another one out of them."""
+        last = 0
+        while True:
+            filters = {"conjunction": "and", "items": ANNOTATED["items"] + newer_than(last)["items"]}
+            query, size = json.dumps({"filters": filters, "ordering": ["tasks:id"]}), self.annotated_page_size
+            batch, _ = self._page({"fields": "all", "page_size": size, "query": query}, 1)
+            yield from batch
+            if len(batch) < size:
+                return
+            last = max(int(t["id"]) for t in batch)
+
     def _pages(self, params: dict):
         page = 1
         while True:
-            response = sdk.request(
-                self._client, "api/tasks/", "GET", params={"project": self.project_id, "page": page, **params}
-            )
-            if response.status_code == 404:  # past the last page
-                return
-            response.raise_for_status()
-            data = response.json()
-            batch = data.get("tasks", []) if isinstance(data, dict) else data
+            batch, total = self._page(params, page)
             if not batch:
                 return
             yield from batch
-            if isinstance(data, dict) and page * int(params["page_size"]) >= int(data.get("total", 0) or 0):
+            if total is not None and page * int(params["page_size"]) >= total:
                 return
             page += 1
 

@@ -43,6 +43,11 @@ def prediction(state: ProjectState, strategy: str, label, score: float, acquisit
     return out
 
 
+class ScoringGaveWay(Exception):
+    """A scoring that was told to give way (a round is due) stopped between chunks; what it computed
+    stays in the feature cache."""
+
+
 class Scorer:
     def __init__(self, settings: Settings, features: FeatureExtractor, strategy_states: StrategyStates) -> None:
         """``features``: each task's trunk activations and images; ``strategy_states``: each
@@ -73,14 +78,18 @@ class Scorer:
             stats["predict_seconds"] += time.perf_counter() - started
         return results
 
-    def _batches(self, state, model, tasks, fingerprints, deadline, failed: dict, progress) -> Iterator:
+    def _batches(self, state, model, tasks, fingerprints, deadline, failed: dict, progress, give_way) -> Iterator:
         """(keys, fingerprints, trunk activations) per chunk of tasks whose images load; the
-        others go to ``failed`` (index -> ImageError)."""
+        others go to ``failed`` (index -> ImageError). Raises :class:`ScoringGaveWay` between chunks
+        when ``give_way()`` says so."""
         chunk = max(self.settings.batch_size, 256)  # bounded memory for large pools
+        # the next chunk's images download while this one runs through the trunk
+        chunks = self.extractor.trunk_activation_chunks(state, model, tasks, fingerprints, chunk, deadline=deadline)
         for start in range(0, len(tasks), chunk):
-            part = self.extractor.trunk_activations(
-                state, model, tasks[start : start + chunk], fingerprints[start : start + chunk], deadline=deadline
-            )
+            if give_way is not None and start and give_way():
+                chunks.close()  # its prefetched downloads are cancelled
+                raise ScoringGaveWay(f"gave way after {start} of {len(tasks)} tasks")
+            _, part = next(chunks)
             ok = [j for j, a in enumerate(part) if not isinstance(a, ImageError)]
             failed.update({start + j: a for j, a in enumerate(part) if isinstance(a, ImageError)})
             if progress is not None:
@@ -101,34 +110,34 @@ class Scorer:
         reset_pool: bool = False,
         progress: Callable[[int], None] | None = None,
         deadline: float | None = None,
+        sample: bool = False,
+        give_way: Callable[[], bool] | None = None,
     ) -> list[dict]:
         """Predictions for ``tasks`` (label + score + version). With ``reset_pool`` these tasks are
         the whole unlabeled pool (a publish) and their values become the reference of the version's
-        queue scores; ``deadline`` (time.monotonic()) bounds the image downloads of a request."""
+        queue scores; ``deadline`` (time.monotonic()) bounds the image downloads of a request. With
+        ``sample`` the tasks are a preliminary version's whole pool (a big project's first queue,
+        ``jobs/first_queue.py``): valued and ranked among themselves, nothing of the project's pool
+        state used or changed. ``give_way``: see :meth:`_batches`."""
         features = self.extractor
         fingerprints = [features.fingerprint(features.reference(state, t)) for t in tasks]
         failed: dict[int, ImageError] = {}
         pool = state.pool
 
         def images() -> torch.Tensor:  # only for strategies that need test-time-augmented views
-            good = [t for i, t in enumerate(tasks) if i not in failed]
-            loaded = features.images(state, model, good, deadline)
-            bad = [str(x) for x in loaded if isinstance(x, ImageError)]
-            if bad:
-                raise ImageError(f"{len(bad)} image(s) became unreadable while scoring: {bad[0]}")
-            return torch.stack(loaded)
+            return self._images(state, model, [t for i, t in enumerate(tasks) if i not in failed], deadline)
 
         strategy = self.strategy_of(state)
         scored = score_pool(
             strategy,
             model,
-            self._batches(state, model, tasks, fingerprints, deadline, failed, progress),
+            self._batches(state, model, tasks, fingerprints, deadline, failed, progress, give_way),
             candidates=fingerprints,
             labeled_trunk=pool.labeled_trunk,
             images=images,
             round_=state.round,
-            state=pool.strategy_state,
-            full_pool=reset_pool,
+            state={} if sample else pool.strategy_state,
+            full_pool=reset_pool or sample,
             batch_size=self.settings.batch_size,
             lock=self._strategy_lock,
             model_version=version,
@@ -139,17 +148,29 @@ class Scorer:
                 pool.strategy_info = scored.info
             pool.scored_version = version
             self.strategy_states.save(state)
-        if scored.pool_relative:  # never the top of the queue: the middle, until a full-pool scoring
-            values, scores = [None] * len(scored.keys), np.full(len(scored.keys), NEUTRAL_SCORE)
-            self.pool_relative_requests += 1
-        else:
-            values = scored.values.numpy()
-            scores = self._queue_scores(state, tasks, scored.keys, values, version, reset_pool)
+        values, scores = self._values_and_scores(state, tasks, scored, version, reset_pool, sample)
         labels = model.decode(scored.probs) if scored.keys else []
-        kept_info = pool.strategy_info if pool.scored_version == version else {}
+        kept_info = pool.strategy_info if pool.scored_version == version and not sample else {}
         serving = (scored.info or kept_info).get("serving")  # auto: the strategy its regime serves
         served = f"{strategy.name}/{serving}" if serving else strategy.name
         return self._predictions(state, len(tasks), failed, served, labels, scores, values, version)
+
+    def _images(self, state: ProjectState, model: AdaptedModel, tasks: list, deadline: float | None) -> torch.Tensor:
+        loaded = self.extractor.images(state, model, tasks, deadline)
+        bad = [str(x) for x in loaded if isinstance(x, ImageError)]
+        if bad:
+            raise ImageError(f"{len(bad)} image(s) became unreadable while scoring: {bad[0]}")
+        return torch.stack(loaded)
+
+    def _values_and_scores(self, state: ProjectState, tasks, scored, version: str, reset_pool: bool, sample: bool):
+        """The acquisition values (None: not valued) and Label Studio scores of the scored tasks."""
+        if scored.pool_relative:  # never the top of the queue: the middle, until a full-pool scoring
+            self.pool_relative_requests += 1
+            return [None] * len(scored.keys), np.full(len(scored.keys), NEUTRAL_SCORE)
+        values = scored.values.numpy()
+        if sample:  # a preliminary version: ranked among its own pool
+            return values, acquisition_to_score(values, values)
+        return values, self._queue_scores(state, tasks, scored.keys, values, version, reset_pool)
 
     @staticmethod
     def _predictions(state: ProjectState, n: int, failed: dict, served: str, labels, scores, values, version) -> list:

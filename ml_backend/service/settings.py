@@ -208,7 +208,19 @@ class Settings:  # long: every setting's declaration, one field each (type, defa
     device: str = setting("auto", "`auto` (CUDA when present, else CPU), `cpu`, `cuda` or `cuda:N`.", device)
     seed: int = setting(0, "Seed for head initialisation and seeded strategies.", integer(0))
     batch_size: int = setting(32, "Images per forward pass when scoring.", integer(1))
-    fetch_workers: int = setting(8, "Concurrent image downloads per request.", integer(1))
+    fetch_workers: int = setting(
+        16,
+        "Images downloaded and decoded at once, in all (every request and background scoring of the process share "
+        "them); the next images download and decode while the model runs on the current batch.",
+        integer(1),
+    )
+    download_connections_per_host: int = setting(
+        8,
+        "Connections open at once to one image host (`host:port`; Label Studio's own for uploads, local files and "
+        "presigned cloud storage), idle keep-alive ones included. A download waiting for one counts against the "
+        "request's deadline, not against its own `IMAGE_TIMEOUT_S`.",
+        integer(1),
+    )
     image_max_bytes: int = setting(20_000_000, "Larger images are refused (that task gets no prediction).", integer(1))
     image_max_pixels: int = setting(
         40_000_000, "Images with more pixels are refused (decompression-bomb guard).", integer(1)
@@ -222,6 +234,11 @@ class Settings:  # long: every setting's declaration, one field each (type, defa
     train_debounce_s: float = setting(
         5.0,
         "Seconds without new annotation events before a training round starts (a burst gives one round).",
+        number(0.0, inclusive=True),
+    )
+    train_debounce_max_s: float = setting(
+        30.0,
+        "While annotation events keep coming, a round starts at the latest this many seconds after the first of them.",
         number(0.0, inclusive=True),
     )
     train_min_new_labels: int = setting(
@@ -272,6 +289,14 @@ class Settings:  # long: every setting's declaration, one field each (type, defa
         "giving way to the next round when one is due. `0`: import everything before switching.",
         integer(0),
     )
+    first_queue_sample: int = setting(
+        200,
+        "A big project's first queue does not wait for its whole pool: on connect, when more than twice this many "
+        "tasks are unlabeled, a sample of this many spread over the project is scored first and served as a "
+        "preliminary version (`<version>-first`) while the rest is scored in the background "
+        "([methods.md](methods.md#0-conventions)). `0`: always score the whole pool first.",
+        integer(0),
+    )
     publish_retries: int = setting(
         5, "Attempts per Label Studio API call while publishing (exponential back-off).", integer(1)
     )
@@ -301,10 +326,17 @@ class Settings:  # long: every setting's declaration, one field each (type, defa
         number(0.0, inclusive=True),
     )
     feature_cache_mb: int = setting(
-        1024, "Memory for cached frozen-layer activations; beyond it they spill to disk.", integer(1)
+        1024,
+        "Memory for cached frozen-layer activations (scan-resistant: a pass over a pool larger than this does not "
+        "push out the entries used again and again; [learning.md](learning.md#frozen-feature-cache)).",
+        integer(1),
     )
     feature_cache_disk_mb: int = setting(
-        8192, "Disk for spilled activations under `MODEL_DIR/cache/features`.", integer(0)
+        8192,
+        "Disk for cached activations under `MODEL_DIR/cache/features` (every entry is written there): size it to the "
+        "pool, tasks × an entry's size (`/status` → `feature_cache`), so that re-scoring a pool larger than memory is "
+        "served from disk; `0`: memory only.",
+        integer(0),
     )
     feature_cache_dtype: str = setting(
         "float16",

@@ -30,7 +30,9 @@ removes what interrupted writes left.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import io
 import json
 import logging
 import os
@@ -41,6 +43,7 @@ from pathlib import Path
 import torch
 
 from ml_backend import atomic
+from ml_backend.errors import DiskFull
 from ml_backend.service.shared_files import LeaseBusy, SharedFiles
 
 __all__ = ["LeaseBusy", "Store"]  # LeaseBusy: where the worker and the tests have always imported it from
@@ -160,10 +163,22 @@ class Store:
             info = {**meta, "seq": seq, "version": version, "saved_at": time.time()}
 
             def fill(tmp: Path) -> None:
-                torch.save(weights, tmp / "model.pt")
+                buffer = io.BytesIO()  # serialised first: a full disk is then an OSError, not torch's
+                torch.save(weights, buffer)  # "unexpected pos" from deep inside its zip writer
+                (tmp / "model.pt").write_bytes(buffer.getbuffer())
                 (tmp / "meta.json").write_text(json.dumps(info, indent=2, sort_keys=True))
 
-            atomic.write_dir(folder / version, fill)
+            try:
+                atomic.write_dir(folder / version, fill)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                free = shutil.disk_usage(folder).free / 2**20
+                raise DiskFull(
+                    exc.errno,
+                    f"MODEL_DIR is full ({free:.1f} MB free): version {version} was not written; the last "
+                    "complete version keeps serving until space returns",
+                ) from exc
             return seq
 
     def list_versions(self, key: str) -> list[dict]:

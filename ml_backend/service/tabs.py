@@ -8,7 +8,9 @@ knows reaches the people who label:
   (``REVIEW_TOP``, only those given p(label) below ``REVIEW_MAX_P``), as a filter on their task ids.
   A task leaves it when its annotation is changed or saved again (confirmed); with nothing left to
   review the tab stays, as "Review (0)", showing no task, so that it does not come and go between
-  rounds.
+  rounds. Why each task is there shows beside its annotation: the model's held-out guess, imported
+  as a prediction of the version ``<backbone>-review`` whose score is the probability the model
+  gives the annotated label (the tab shows the annotation and prediction columns).
 
 Short titles: Label Studio cuts a tab's title after about 15 characters. Tabs are found by title
 (the earlier "Queue: most useful first" and "Review: suspicious labels (N)" are renamed), so a user
@@ -44,6 +46,12 @@ QUEUE_HIDDEN = [
     "tasks:annotators",
     "tasks:inner_id",
 ]
+
+# what the review tab hides: the annotation beside the model's guess (the review prediction) stay visible
+REVIEW_HIDDEN = [c for c in QUEUE_HIDDEN if c not in ("tasks:annotations_results", "tasks:predictions_results")] + [
+    "tasks:predictions_score"
+]
+REVIEW_VERSION_SUFFIX = "-review"
 
 
 def _title(view: dict) -> str:
@@ -89,7 +97,12 @@ def sync_review_tab(api: ProjectAPI, task_ids: list[str]) -> str:
     mine = [v for v in api.views() if is_review_tab(v)]
     if not task_ids and not mine:
         return "none"
-    data = {"title": f"{REVIEW_TAB} ({len(task_ids)})", "filters": review_filters(task_ids), "ordering": ["tasks:id"]}
+    data = {
+        "title": f"{REVIEW_TAB} ({len(task_ids)})",
+        "filters": review_filters(task_ids),
+        "ordering": ["tasks:id"],
+        "hiddenColumns": {"explore": REVIEW_HIDDEN, "labeling": REVIEW_HIDDEN},
+    }
     if mine:
         api.update_view(mine[0]["id"], data)
         for extra in mine[1:]:
@@ -97,3 +110,26 @@ def sync_review_tab(api: ProjectAPI, task_ids: list[str]) -> str:
         return "updated"
     api.create_view(data)
     return "created"
+
+
+def sync_review_predictions(api: ProjectAPI, version: str, items: list[dict], result_of) -> int:
+    """Each reviewed task's reason, where the review tab shows it: the model's held-out guess as a
+    prediction of ``version`` (``<backbone>-review``, replaced as a whole each time), its score the
+    probability given to the annotated label. ``result_of(guess)``: Label Studio's result of a
+    guess. Items without a guess (``REVIEW_METHOD`` other than ``heldout``) get none. Returns how
+    many were imported."""
+    if version in api.model_versions():
+        api.delete_version(version)
+    predictions = [
+        {
+            "task": int(r["task"]),
+            "result": result_of(r["guess"]),
+            "score": float(r["p_label"]),
+            "model_version": version,
+        }
+        for r in items
+        if "guess" in r and "p_label" in r
+    ]
+    if predictions:
+        api.import_predictions(predictions)
+    return len(predictions)

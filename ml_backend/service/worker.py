@@ -54,6 +54,7 @@ class ProjectWorker:
         *,
         debounce_s: float,
         recovery_max_s: float,
+        debounce_max_s: float = float("inf"),
         wants_publish: Callable[[], bool] = lambda: False,
         clock=SystemClock(),
         status: WorkerStatus | None = None,
@@ -61,6 +62,7 @@ class ProjectWorker:
     ) -> None:
         self.key, self.run_job, self.wants_publish, self.clock = key, run_job, wants_publish, clock
         self.debounce_s, self.recovery_max_s, self.lease_retry_s = debounce_s, recovery_max_s, lease_retry_s
+        self.debounce_max_s = debounce_max_s
         self.status = status or WorkerStatus()
         self.cond = threading.Condition()
         self.labels_dirty = self.force = self.publish_requested = False
@@ -69,6 +71,7 @@ class ProjectWorker:
         self.secure_attempts = 0
         self.last_secure = -1e9
         self.last_event = 0.0
+        self.first_event = 0.0  # the first annotation event the next round has not read yet
         self.retry: Job | None = None  # a failed job, re-run at retry_at
         self.retry_at = 0.0
         self.lease_wait_until = 0.0  # no job before this: another process held the lease at the last try
@@ -83,6 +86,8 @@ class ProjectWorker:
     # ------------------------------------------------------------------ signals (never block)
     def labels_changed(self, force: bool = False) -> None:
         with self.cond:
+            if not self.labels_dirty:
+                self.first_event = self.clock.monotonic()
             self.labels_dirty = True
             self.force = self.force or force
             self.last_event = self.clock.monotonic()
@@ -137,8 +142,10 @@ class ProjectWorker:
             return self.stopping or (self.labels_dirty and self._debounce_left(self.clock.monotonic()) <= 0)
 
     def _debounce_left(self, now: float) -> float:
-        """Under ``cond``: seconds until the annotation events have been quiet for ``debounce_s``."""
-        return self.last_event + self.debounce_s - now
+        """Under ``cond``: seconds until the annotation events have been quiet for ``debounce_s``, or
+        ``debounce_max_s`` have passed since the first of them (annotators who never pause still get
+        rounds)."""
+        return min(self.last_event + self.debounce_s, self.first_event + self.debounce_max_s) - now
 
     def idle(self) -> bool:
         with self.cond:

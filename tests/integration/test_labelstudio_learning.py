@@ -195,6 +195,7 @@ def test_label_studio_outage_during_publish_is_retried_and_reported(label_studio
             "LABEL_STUDIO_API_KEY": ADMIN_TOKEN,
             "DELETE_OLD_PREDICTIONS": "true",
             **FAST,
+            "REVIEW_TOP": "0",  # the review tab's reasons are imported too (advice: a failure is only logged)
         }
         with BackendProcess(tmp_path, env) as backend:
             project, ids, truth = digits_project(ls, digits64, "outage", 20)

@@ -5,8 +5,8 @@ import random
 import pytest
 import requests
 
-from ml_backend.demo.servers import ADMIN_TOKEN, BackendProcess
-from tests.helpers import LABELS, served_in_acquisition_order
+from ml_backend.demo.servers import ADMIN_TOKEN, BackendProcess, wait_for
+from tests.helpers import FAST, LABELS, project_version, served_in_acquisition_order, status, versions_of
 
 pytestmark = pytest.mark.labelstudio
 
@@ -163,3 +163,20 @@ def test_the_connections_extra_params_choose_the_projects_strategy(label_studio,
     )
     status = requests.get(f"{backend.url}/status", timeout=10).json()["projects"][str(project)]
     assert (status["strategy"], status["strategy_chosen"]) == ("least_confidence", "least_confidence")
+
+
+def test_a_big_projects_first_queue_comes_from_a_sample_then_from_the_whole_pool(label_studio, digits64, tmp_path):
+    """FIRST_QUEUE_SAMPLE (here 5 of 36 tasks): the project is switched to a preliminary version
+    scored on a sample, then to the whole pool's version, and the preliminary one is pruned (that
+    Label Studio's /next serves the preliminary version meanwhile: benchmarks/bench_photos.py)."""
+    ls = label_studio
+    env = {"LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ADMIN_TOKEN, **FAST, "FIRST_QUEUE_SAMPLE": "5"}
+    with BackendProcess(tmp_path, env) as backend:
+        project = ls.create_project("first queue", LABELS)
+        ls.upload_files(project, [(name, data) for name, data, _ in digits64[:36]])
+        v0 = ls.connect_backend(project, backend.url)["model_version"]
+        st = wait_for(lambda: (s := status(backend, project))["published_version"] == v0 and s, 120, "version 0")
+        first = st["publish_progress"]["first_queue"]
+        assert first["version"] == f"{v0}-first" and first["sample"] == 5 and first["unlabeled"] == 36
+        assert project_version(ls, project) == v0 and set(versions_of(ls, project)) == {v0}  # -first pruned
+        assert len(versions_of(ls, project)[v0]) == 36

@@ -37,3 +37,13 @@ def test_the_review_finds_most_wrong_labels_in_its_top_10(label_studio, tmp_path
             assert r["p_guess"] >= r["p_label"]
         (tab,) = [v for v in ls.api("GET", "/api/dm/views/", params={"project": project}) if is_review_tab(v)]
         assert tab["data"]["title"] == f"Review ({len(flagged)})"
+        # ... and inside Label Studio, each flagged task carries the model's guess beside the annotation
+        assert "tasks:annotations_results" not in tab["data"]["hiddenColumns"]["explore"]
+        assert "tasks:predictions_results" not in tab["data"]["hiddenColumns"]["explore"]
+        reasons = {}
+        for r in st["review"]:
+            task = ls.api("GET", f"/api/tasks/{r['task']}/")
+            mine = [p for p in task["predictions"] if str(p["model_version"]).endswith("-review")]
+            assert len(mine) == 1, task["predictions"]
+            reasons[int(r["task"])] = (mine[0]["result"][0]["value"]["choices"], mine[0]["score"])
+        assert reasons == {int(r["task"]): ([r["guess"]], pytest.approx(r["p_label"])) for r in st["review"]}

@@ -2,6 +2,8 @@
 listing kept between rounds (``TaskIndex``) lists only the tasks created since, and every task
 again when some were deleted; annotated tasks always come in full."""
 
+import sqlite3
+
 import pytest
 
 from ml_backend.demo.servers import ADMIN_TOKEN
@@ -49,3 +51,61 @@ def test_the_listing_reads_only_new_tasks_until_tasks_are_deleted(label_studio):
     more = ls.import_tasks(project, [{"image": "http://127.0.0.1:9/late.png"}])  # same count as before the delete
     tasks = api.tasks(index)
     assert sorted(t["id"] for t in tasks) == sorted(first[1:] + added + more) and index.full == 2
+
+
+def test_a_sample_of_unlabeled_tasks_is_spread_over_the_project_and_the_same_each_time(label_studio):
+    """A big project's first queue (FIRST_QUEUE_SAMPLE) reads a few pages of the unlabeled listing at
+    evenly spaced page numbers: tasks imported in order (class by class) still give a mixed sample."""
+    ls = label_studio
+    project = ls.create_project("sample", LABELS)
+    ids = ls.import_tasks(project, [{"image": f"http://127.0.0.1:9/{i}.png"} for i in range(250)])
+    for task in ids[:10]:
+        ls.api(
+            "POST",
+            f"/api/tasks/{task}/annotations",
+            json={
+                "result": [
+                    {"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": [LABELS[0]]}}
+                ]
+            },
+        )
+    api = ProjectAPI(LabelStudioConnection(ls.url, ADMIN_TOKEN), project)
+    sample, total = api.sample_unlabeled(60, page_size=20)
+    assert total == 240 and len(sample) == 60 and len({t["id"] for t in sample}) == 60
+    assert not {t["id"] for t in sample} & set(ids[:10])  # annotated tasks are not in it
+    assert all(t["annotations"] == [] and t["data"]["image"].endswith(".png") for t in sample)
+    picked = sorted(ids.index(t["id"]) for t in sample)
+    assert picked[0] < 40 and picked[-1] > 180  # from the start to the end of the project, not its first pages
+    quarters = [sum(q * 60 <= i < (q + 1) * 60 for i in picked) for q in range(4)]
+    assert min(quarters) >= 10, quarters
+    again, _ = api.sample_unlabeled(60, page_size=20)
+    assert [t["id"] for t in again] == [t["id"] for t in sample]
+    small, total = api.sample_unlabeled(1000, page_size=100)  # more than there is: every unlabeled task
+    assert total == 240 and sorted(t["id"] for t in small) == sorted(ids[10:])
+
+
+def test_an_annotation_on_a_task_with_a_stale_counter_is_still_read(label_studio):
+    """Label Studio's per-task annotation counter (what the annotated-task filter reads) can be left
+    at 0 by a recount made beside concurrent writes; its own count of the project's annotations is
+    exact. A listing that finds fewer annotations than that count reads every task in full."""
+    ls = label_studio
+    project = ls.create_project("stale counter", LABELS)
+    ids = ls.import_tasks(project, [{"image": f"http://127.0.0.1:9/{i}.png"} for i in range(12)])
+    for task in ids[:3]:
+        ls.api(
+            "POST",
+            f"/api/tasks/{task}/annotations",
+            json={
+                "result": [
+                    {"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": [LABELS[2]]}}
+                ]
+            },
+        )
+    with sqlite3.connect(ls.data_dir / "label_studio.sqlite3") as db:  # what the lost update leaves behind
+        db.execute("UPDATE task SET total_annotations = 0 WHERE id = ?", (ids[1],))
+    api = ProjectAPI(LabelStudioConnection(ls.url, ADMIN_TOKEN), project)
+    assert [t["id"] for t in api._annotated()] == [ids[0], ids[2]]  # the filter alone misses it
+    tasks = {t["id"]: t for t in api.tasks(TaskIndex())}
+    assert sorted(i for i, t in tasks.items() if t["annotations"]) == sorted(ids[:3])
+    assert tasks[ids[1]]["annotations"][0]["result"][0]["value"]["choices"] == [LABELS[2]]
+    assert len(tasks) == 12

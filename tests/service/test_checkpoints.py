@@ -37,3 +37,35 @@ def test_meta_is_plain_json(tmp_path):
     assert Store(tmp_path).save_checkpoint("1", "v0", {"w": torch.zeros(1)}, {"round": 0, "labels": ["a"]}) == 1
     meta = json.loads((tmp_path / "projects" / "1" / "v0" / "meta.json").read_text())
     assert meta["labels"] == ["a"] and meta["version"] == "v0" and "saved_at" in meta
+
+
+def test_a_full_disk_writes_no_version_and_says_so(tmp_path, monkeypatch):
+    """Found by the soak (benchmarks/soak.py, MODEL_DIR on a full tmpfs): the round failed with
+    torch's "unexpected pos 1408 vs 1302", which does not say the disk is full. Now: no trace of the
+    version on disk, the last one still loads, and the error names the cause."""
+    import errno
+    from pathlib import Path
+
+    import pytest
+
+    from ml_backend.errors import DiskFull
+
+    store = Store(tmp_path)
+    store.save_checkpoint("1", "v1", {"w": torch.ones(1)}, {"round": 1})
+    real = Path.write_bytes
+
+    def full(self, data):
+        if self.name == "model.pt":
+            real(self, bytes(data)[:100])  # a part written, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(DiskFull, match="MODEL_DIR is full .* v2 was not written"):
+        store.save_checkpoint("1", "v2", {"w": torch.ones(1) * 2}, {"round": 2})
+    monkeypatch.undo()
+    assert [p.name for p in (tmp_path / "projects" / "1").iterdir() if p.is_dir()] == ["v1"]
+    meta, weights = store.load_latest("1")
+    assert meta["version"] == "v1" and weights["w"].item() == 1.0
+    store.save_checkpoint("1", "v2", {"w": torch.ones(1) * 2}, {"round": 2})  # space is back: written
+    assert store.load_latest("1")[0]["version"] == "v2"

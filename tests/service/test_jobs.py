@@ -25,11 +25,23 @@ class ProjectAPIStandIn:
     def tasks(self, index=None):
         return self.tasks_list
 
+    def sample_unlabeled(self, n, page_size=100):  # every k-th unlabeled task (Label Studio reads pages)
+        pool = [t for t in self.tasks_list if not t["annotations"]]
+        step = max(1, len(pool) // n)
+        self.samples = getattr(self, "samples", 0) + 1
+        return [{"id": t["id"], "data": t["data"], "annotations": []} for t in pool[::step][:n]], len(pool)
+
     def delete_version(self, version):
+        if version.endswith("-review"):
+            self.review = []
+            return
         self.calls.append(("delete", version))
         self.imported = [p for p in self.imported if p["model_version"] != version]
 
     def import_predictions(self, predictions):
+        if all(p["model_version"].endswith("-review") for p in predictions):  # the review tab's reasons
+            self.review = predictions
+            return
         self.calls.append(("import", [p["task"] for p in predictions]))
         self.imported += predictions
 
@@ -39,7 +51,7 @@ class ProjectAPIStandIn:
         self.model_version = version
 
     def model_versions(self):
-        versions = [p["model_version"] for p in self.imported]
+        versions = [p["model_version"] for p in self.imported + getattr(self, "review", [])]
         return {v: versions.count(v) for v in sorted(set(versions))}
 
     def delete_task_predictions(self, task_ids):
@@ -288,5 +300,75 @@ def test_the_background_import_gives_way_to_a_round_and_the_next_complete_publis
         assert {c for c in api.calls if c[0] == "delete"} >= {("delete", v1), ("delete", v2)}
         assert {p["model_version"] for p in api.imported} == {ctx.state.version}
         assert len(api.imported) == 9  # every unlabeled task: 20 - 11 labeled
+    finally:
+        backend.close()
+
+
+def test_a_big_project_is_served_from_a_sample_first_then_from_its_whole_pool(tmp_path, digits64):
+    """FIRST_QUEUE_SAMPLE: a project never published, with more than twice the sample unlabeled, gets
+    a preliminary version scored on the sample alone (ranked among itself) and is switched to it
+    before the whole pool is scored; the full version then replaces it and prunes it."""
+    backend, ctx, api = context(tmp_path, digits64, labeled=0, FIRST_QUEUE_SAMPLE="5", PUBLISH_FIRST="0")
+    try:
+        version = ctx.state.version
+        jobs.publish(ctx)
+        first = f"{version}-first"
+        assert api.calls[0][0] == "import" and api.calls[1] == ("switch", first)
+        sampled = api.calls[0][1]
+        assert len(sampled) == 5 and [c[0] for c in api.calls[2:4]] == ["import", "switch"]
+        assert sorted(api.calls[2][1]) == list(range(1, 21)) and api.calls[3] == ("switch", version)
+        assert api.calls[-1] == ("delete", first) and {p["model_version"] for p in api.imported} == {version}
+        progress = ctx.status.info["publish_progress"]
+        assert progress["first_queue"]["version"] == first and progress["first_queue"]["unlabeled"] == 20
+        assert ctx.state.published_version == version
+        # the sample was ranked among itself: its scores are the ranks 0, 1/5, ..., whatever the pool
+        # (the stand-in keeps no deleted predictions, so look at what was imported for the sample)
+        api.calls.clear()
+        jobs.publish(ctx)  # published already: no sample again
+        assert ("switch", first) not in api.calls and api.samples == 1
+    finally:
+        backend.close()
+
+
+def test_the_sample_is_ranked_among_itself_and_leaves_the_pool_state_alone(tmp_path, digits64):
+    backend, ctx, api = context(tmp_path, digits64, labeled=0, FIRST_QUEUE_SAMPLE="5")
+    try:
+        state, model = ctx.state, ctx.projects.model(ctx.state)
+        sample = api.sample_unlabeled(5)[0]
+        results = ctx.scorer.score(state, sample, model, "v-first", sample=True)
+        assert sorted(r["score"] for r in results) == [0.0, 0.2, 0.4, 0.6, 0.8]
+        assert all(r["model_version"] == "v-first" for r in results)
+        assert state.pool.scored_version is None and state.pool.acquisitions == {}
+    finally:
+        backend.close()
+
+
+def test_a_small_project_is_scored_whole_at_once(tmp_path, digits64):
+    backend, ctx, api = context(tmp_path, digits64, labeled=0, FIRST_QUEUE_SAMPLE="10")
+    try:
+        jobs.publish(ctx)  # 20 unlabeled tasks: not more than twice the sample
+        assert api.samples == 1 and not any(c == ("switch", f"{ctx.state.version}-first") for c in api.calls)
+        assert api.model_version == ctx.state.version
+    finally:
+        backend.close()
+
+
+def test_the_full_scoring_after_a_first_queue_gives_way_to_a_due_round(tmp_path, digits64):
+    """The whole pool's scoring stops between chunks when a round is due: the preliminary version
+    keeps serving, nothing is marked published, and the round's publish serves its own sample first."""
+    backend, ctx, api = context(tmp_path, digits64, labeled=0, FIRST_QUEUE_SAMPLE="5", BATCH_SIZE="8")
+    try:
+        many = [dict(api.tasks_list[i % 20], id=i + 1) for i in range(600)]  # > 2 chunks of 256
+        api.tasks_list = many
+        ctx.control = Control(lambda: True)
+        version = ctx.state.version
+        assert jobs.publish(ctx) is None
+        assert api.model_version == f"{version}-first" and ctx.state.published_version is None
+        assert ctx.status.publish_progress["scored"] == 256  # one chunk, then it gave way
+        assert {p["model_version"] for p in api.imported} == {f"{version}-first"}
+        ctx.control = Control(lambda: False)
+        jobs.publish(ctx)  # the cache has the first chunk; the rest is scored now
+        assert api.model_version == version == ctx.state.published_version
+        assert {p["model_version"] for p in api.imported} == {version} and len(api.imported) == 600
     finally:
         backend.close()

@@ -147,3 +147,28 @@ def test_a_round_is_due_for_a_background_import_only_once_its_debounce_has_passe
     assert drain(worker) == [("round", False)] and not worker.round_due()
     worker.stop()
     assert worker.round_due()  # stopping: give way too
+
+
+def test_annotators_who_never_pause_still_get_a_round_every_debounce_max():
+    """Found by the soak (benchmarks/soak.py): four annotators labeling without a pause of
+    TRAIN_DEBOUNCE_S never let the debounce end, so no round ever started. TRAIN_DEBOUNCE_MAX_S caps
+    the wait from the first event a round has not read."""
+    clock, jobs = FakeClock(), Jobs()
+    worker = make(jobs, clock, debounce_max_s=30.0)
+    rounds_at = []
+    for step in range(900):  # an event every second for 15 minutes
+        worker.labels_changed()
+        if drain(worker):
+            rounds_at.append(step)
+        clock.now += 1.0
+    assert rounds_at[:3] == [30, 61, 92]  # 30 s after the first event each round has not read
+    assert len(rounds_at) == 29
+    # a burst shorter than the cap still gives one round, after its quiet period
+    clock.now += 3600
+    drain(worker)
+    jobs.ran.clear()
+    for _ in range(10):
+        worker.labels_changed()
+        clock.now += 1.0
+    clock.now += 4.0
+    assert drain(worker) == [("round", False)] and len(jobs.ran) == 1

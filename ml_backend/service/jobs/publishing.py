@@ -11,10 +11,12 @@ from typing import Callable
 from ml_backend.core.stopping import cohen_kappa, stop_set
 from ml_backend.errors import ImageError
 from ml_backend.service import tabs
+from ml_backend.service.jobs import first_queue
 from ml_backend.service.jobs.context import JobContext, PublishError
 from ml_backend.service.labels import result_answer, task_answer
 from ml_backend.service.ls_client import ProjectAPI, api_status
 from ml_backend.service.projects import ProjectState
+from ml_backend.service.scorer import ScoringGaveWay
 from strategies import Need
 
 log = logging.getLogger(__name__)
@@ -58,12 +60,12 @@ def stability_kappa(ctx: JobContext, pool: list[dict], results: list[dict], vers
 
 def publish(ctx: JobContext, tasks: list[dict] | None = None, stability: bool = False) -> float | None:
     """Score the whole unlabeled pool with the served version, import it, switch the project to it.
-    With ``stability`` (after a round) returns the stopping signal's κ to the previous version."""
+    With ``stability`` (after a round) returns the stopping signal's κ to the previous version. A
+    big project never published yet first gets a preliminary queue from a sample (``first_queue.py``)."""
     state, status = ctx.state, ctx.status
     api = ctx.api()
     with state.lock:
         model, version = ctx.projects.model(state), state.version
-    status.set("publishing", f"scoring the unlabeled pool for {version}")
     started = clock = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -73,20 +75,48 @@ def publish(ctx: JobContext, tasks: list[dict] | None = None, stability: bool = 
         timings[name] = round(now - clock, 3)
         clock = now
 
+    first = None
+    if first_queue.wanted(ctx):
+        first = first_queue.publish_sample(ctx, api, model, version)
+        lap("first_queue_seconds")
     if tasks is None:
         tasks = ctx.call(lambda: api.tasks(state.listing), "listing tasks")
         lap("read_seconds")
     ensure_labeled(ctx, model, tasks)
     pool = unlabeled(state, tasks)
     progress = {"version": version, "scored": 0, "imported": 0, "total": len(pool), "timings": timings}
+    if first is not None:
+        progress["first_queue"] = first
     status.publish_progress = progress
-    results = ctx.scorer.score(
-        state, pool, model, version, reset_pool=True, progress=lambda n: progress.__setitem__("scored", n)
-    )
+    status.set("publishing", f"scoring the unlabeled pool for {version}")
+    try:
+        results = ctx.scorer.score(
+            state,
+            pool,
+            model,
+            version,
+            reset_pool=True,
+            progress=lambda n: progress.__setitem__("scored", n),
+            give_way=ctx.round_due if first is not None else None,
+        )
+    except ScoringGaveWay as exc:  # the preliminary version serves; the round's publish goes on from the cache
+        log.info("project %s: scoring the pool for %s %s: a round is due", state.key, version, exc)
+        status.set("idle", f"{first['version']} serves the queue; the full scoring gave way to a round")
+        return None
     lap("score_seconds")
     kappa = stability_kappa(ctx, pool, results, version) if stability else None
     complete = write_queue(ctx, api, pool, results, version, progress, lap)
     _ensure_queue_tab(ctx, api)
+    _after_publish(ctx, api, version, complete, len(pool), progress, lap)
+    progress.update(score_seconds=timings["score_seconds"], seconds=round(time.perf_counter() - started, 3))
+    status.set("idle", f"published {version} for {len(pool)} unlabeled tasks")
+    seconds = (progress["seconds"], timings["score_seconds"])
+    log.info("project %s: published %s for %d tasks in %.1fs (scoring %.1fs)", state.key, version, len(pool), *seconds)
+    return kappa
+
+
+def _after_publish(ctx: JobContext, api: ProjectAPI, version: str, complete: bool, n: int, progress: dict, lap):
+    """Prune older versions when the publish completed and no round waits; mark it published."""
     if complete and not ctx.round_due():  # a deletion cannot be interrupted: it waits for a quiet moment
         prune_old_versions(ctx, api, version)
         lap("prune_seconds")
@@ -95,24 +125,13 @@ def publish(ctx: JobContext, tasks: list[dict] | None = None, stability: bool = 
         log.info(
             "project %s: %s serves the queue (%d of its %d predictions imported); a round is due, so older "
             "versions are pruned after the next publish that completes",
-            state.key,
+            ctx.state.key,
             version,
             progress["imported"],
-            len(pool),
+            n,
         )
-    ctx.projects.mark_published(state, version)
-    status.publishes += 1
-    progress.update(score_seconds=timings["score_seconds"], seconds=round(time.perf_counter() - started, 3))
-    status.set("idle", f"published {version} for {len(pool)} unlabeled tasks")
-    log.info(
-        "project %s: published %s for %d tasks in %.1fs (scoring %.1fs)",
-        state.key,
-        version,
-        len(pool),
-        progress["seconds"],
-        timings["score_seconds"],
-    )
-    return kappa
+    ctx.projects.mark_published(ctx.state, version)
+    ctx.status.publishes += 1
 
 
 def _ensure_queue_tab(ctx: JobContext, api: ProjectAPI) -> None:
@@ -187,7 +206,7 @@ def prune_old_versions(ctx: JobContext, api: ProjectAPI, version: str) -> None:
     once the project follows ``version``."""
     if ctx.settings.delete_old_predictions:
         for name in api.model_versions():
-            if name != version and _ours(ctx, name):
+            if name != version and _ours(ctx, name) and not name.endswith(tabs.REVIEW_VERSION_SUFFIX):
                 ctx.call(lambda n=name: api.delete_version(n), f"deleting {name}")
 
 

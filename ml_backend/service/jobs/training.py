@@ -19,7 +19,7 @@ from ml_backend.errors import ImageError
 from ml_backend.service import tabs
 from ml_backend.service.jobs.context import JobContext
 from ml_backend.service.jobs.publishing import publish
-from ml_backend.service.labels import task_answer, unknown_labels
+from ml_backend.service.labels import prediction_result, task_answer, unknown_labels
 from strategies import Need
 
 log = logging.getLogger(__name__)
@@ -201,8 +201,17 @@ def _sync_review_tab(ctx: JobContext, items: list[dict]) -> None:
     if not ctx.settings.label_studio_tabs:
         return
     try:
-        done = tabs.sync_review_tab(ctx.api(), [r["task"] for r in items])
-        log.info("project %s: review tab %s (%d task(s))", ctx.state.key, done, len(items))
+        api = ctx.api()
+        done = tabs.sync_review_tab(api, [r["task"] for r in items])
+        version = ctx.projects.identity.backbone + tabs.REVIEW_VERSION_SUFFIX
+        reasons = tabs.sync_review_predictions(api, version, items, lambda g: prediction_result(ctx.state.config, g))
+        log.info(
+            "project %s: review tab %s (%d task(s), %d with the model's guess)",
+            ctx.state.key,
+            done,
+            len(items),
+            reasons,
+        )
     except Exception as exc:  # advice: never fails the round
         log.warning("project %s: cannot update the review tab in Label Studio: %s", ctx.state.key, exc)
 
@@ -210,7 +219,7 @@ def _sync_review_tab(ctx: JobContext, items: list[dict]) -> None:
 def run_round(ctx: JobContext, force: bool) -> None:
     state, status = ctx.state, ctx.status
     status.set("running", "reading labels from Label Studio")
-    read_started = time.perf_counter()
+    read_started, read_at = time.perf_counter(), time.time()
     api = ctx.api()
     tasks = ctx.call(lambda: api.tasks(state.listing), "listing tasks")
     read_seconds = round(time.perf_counter() - read_started, 3)
@@ -229,9 +238,9 @@ def run_round(ctx: JobContext, force: bool) -> None:
     status.set("running", f"training on {len(labeled)} labels ({changed} changed)")
     round_ = state.round + 1
     model, examples, metrics, dropped = train(ctx, labeled, by_id, round_)
-    metrics.update(
-        labels_used=len(examples), labels_changed=changed, unknown_labels=unknown, dropped_by_influence=len(dropped)
-    )
+    metrics.update(labels_used=len(examples), labels_changed=changed, unknown_labels=unknown)
+    # labels_read_at (wall clock): every label saved in Label Studio before it is in this version
+    metrics.update(dropped_by_influence=len(dropped), labels_read_at=round(read_at, 3))
     used = {e.key: e.answer for e in examples}
     version, checkpoint, seq = ctx.projects.save_version(state, model, round_, used, metrics)
     version = ctx.projects.serve(state, model, round_, used, checkpoint, seq)
