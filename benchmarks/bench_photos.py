@@ -43,7 +43,7 @@ import requests
 import torch
 from PIL import Image, ImageEnhance
 
-from benchmarks.bench_scale import Postgres, db_bytes, pairs, rss_mb
+from benchmarks.bench_scale import Postgres, db_bytes, import_tasks, pairs, rss_mb
 from ml_backend.demo.servers import ADMIN_TOKEN, BackendProcess, LabelStudio, wait_for
 
 LABELS = ["astronaut", "coffee", "cat", "rocket", "galaxy", "retina", "tissue", "camera"]
@@ -161,28 +161,9 @@ class PeakRSS:
         return round(max(self.peak, rss_mb(self.pid)), 1)
 
 
-def import_photo_tasks(ls: LabelStudio, project: int, server: PhotoServer, n: int, chunk: int = 5000) -> list:
-    """N tasks, one URL each; returns [(task id, index)]."""
-    for start in range(0, n, chunk):
-        batch = [{"image": f"{server.url}/photo/{i}.jpg", "index": i} for i in range(start, min(n, start + chunk))]
-        ls.api("POST", f"/api/projects/{project}/import", json=batch, timeout=900)
-    ids, page = [], 1
-    while True:
-        r = ls.session.get(
-            f"{ls.url}/api/tasks",
-            params={"project": project, "page": page, "page_size": 1000, "fields": "task_only"},
-            timeout=600,
-        )
-        if r.status_code == 404:
-            break
-        r.raise_for_status()
-        body = r.json()
-        batch = body["tasks"] if isinstance(body, dict) else body
-        if not batch:
-            break
-        ids += [(t["id"], t["data"]["index"]) for t in batch]
-        page += 1
-    return ids
+def import_photo_tasks(ls: LabelStudio, project: int, server: PhotoServer, n: int) -> list:
+    """N tasks, one photo URL each; returns [(task id, index)]."""
+    return import_tasks(ls, project, server, n, chunk=5000, url=lambda i: f"{server.url}/photo/{i}.jpg")
 
 
 class Watch:

@@ -162,10 +162,12 @@ def project_state(ls, project):
     return p["model_version"], p.get("total_predictions_number")
 
 
-def import_tasks(ls, project, images: ImageServer, n: int, chunk: int = 2000) -> list[int]:
+def import_tasks(ls, project, images, n: int, chunk: int = 2000, url=None) -> list:
+    """N tasks, one image URL each (``url(i)``; default: ``images``' PNG i); returns [(task id, index)]."""
+    url = url or (lambda i: f"{images.url}/img/{i}.png")
     for start in range(0, n, chunk):
-        batch = [{"image": f"{images.url}/img/{i}.png", "index": i} for i in range(start, min(n, start + chunk))]
-        ls.api("POST", f"/api/projects/{project}/import", json=batch, timeout=600)
+        batch = [{"image": url(i), "index": i} for i in range(start, min(n, start + chunk))]
+        ls.api("POST", f"/api/projects/{project}/import", json=batch, timeout=900)
     ids = []
     page = 1
     while True:
