@@ -257,6 +257,13 @@ code{font-size:12px} .meta{color:#5b6472}
 """
 
 
+def space_line(space: dict) -> str:
+    """A warning when MODEL_DIR is (nearly) full: no new version can be written."""
+    if not space.get("low"):
+        return ""
+    return f'<p class="space-low state-failed"><b>{html.escape(space["message"])}</b></p>'
+
+
 def cache_line(cache: dict) -> str:
     """The frozen-feature cache: entries and size in memory and on disk, against their bounds, and
     the share of look-ups it served."""
@@ -289,6 +296,6 @@ def render(metrics: dict, histories: dict[str, list[dict]], label_studio_url: st
  on {esc(metrics.get("device"))} · default strategy <b>{esc(metrics.get("strategy"))}</b>
  · refreshed every {REFRESH_S} s at {esc(time.strftime("%H:%M:%S"))}
  · <a href="status">/status</a> (JSON)</p>
-{cache_line(metrics.get("feature_cache") or {})}
+{cache_line(metrics.get("feature_cache") or {})}{space_line(metrics.get("model_dir") or {})}
 {sections}
 </body></html>"""

@@ -12,7 +12,7 @@ from ml_backend.service.learner import Learner
 from ml_backend.service.projects import Projects, ProjectState
 from ml_backend.service.scorer import Scorer
 from ml_backend.service.settings import Settings
-from ml_backend.service.store import Store
+from ml_backend.service.store import Store, space
 
 
 class Parts(Protocol):
@@ -63,6 +63,7 @@ class StatusReport:
             "device": str(self.device),
             "events": events,
             "feature_cache": parts.features.stats(),
+            "model_dir": space(parts.store.root),
             "neutral_rank_requests": parts.scorer.pool_relative_requests,
             "projects": {
                 key: self.project(state)

@@ -56,6 +56,26 @@ def _seq(meta: dict) -> tuple:
     return (1, meta["seq"], 0.0) if isinstance(meta.get("seq"), int) else (0, 0, float(meta.get("saved_at") or 0))
 
 
+LOW_SPACE_MB = 64  # below this, a new version (weights and optimiser state) may not fit
+
+
+def space(root: Path) -> dict:
+    """MODEL_DIR's free space, read live by whichever process answers (when the disk is full, no
+    process can write its status for the others to read); with a message when it is low."""
+    try:
+        usage = shutil.disk_usage(root)
+    except OSError as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    free = usage.free / 2**20
+    out = {"free_mb": round(free, 1), "total_mb": round(usage.total / 2**20, 1), "low": free < LOW_SPACE_MB}
+    if out["low"]:
+        out["message"] = (
+            f"MODEL_DIR has {free:.0f} MB free: a new version may not be written; the last complete version "
+            "keeps serving, and training resumes by itself once space returns"
+        )
+    return out
+
+
 class Store:
     def __init__(self, model_dir: Path) -> None:
         self.root = Path(model_dir)

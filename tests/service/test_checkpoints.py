@@ -1,8 +1,13 @@
 import json
+import os
+import subprocess
 
+import pytest
 import torch
 
+from ml_backend.app import create_app
 from ml_backend.service.store import Store
+from tests.helpers import make_settings
 
 
 def test_save_load_prune(tmp_path):
@@ -69,3 +74,32 @@ def test_a_full_disk_writes_no_version_and_says_so(tmp_path, monkeypatch):
     assert meta["version"] == "v1" and weights["w"].item() == 1.0
     store.save_checkpoint("1", "v2", {"w": torch.ones(1) * 2}, {"round": 2})  # space is back: written
     assert store.load_latest("1")[0]["version"] == "v2"
+
+
+def test_a_nearly_full_model_dir_is_reported_live_in_status_and_on_the_dashboard(tmp_path):
+    """With MODEL_DIR full no process can write its status for the others: /status and the dashboard
+    read MODEL_DIR's free space themselves and say why no new version can be written."""
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = (
+        os.geteuid() == 0
+        and subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(small)], capture_output=True
+        ).returncode
+        == 0
+    )
+    if not mounted:
+        pytest.skip("a small filesystem of its own needs `mount -t tmpfs` (root)")
+    try:
+        client = create_app(make_settings(small)).test_client()
+        space = client.get("/status").get_json()["model_dir"]
+        assert space["low"] and space["total_mb"] <= 8 and "keeps serving" in space["message"]
+        assert space["message"] in client.get("/dashboard").get_data(as_text=True)
+    finally:
+        subprocess.run(["umount", "-l", str(small)], capture_output=True)
+
+
+def test_a_model_dir_with_room_reports_its_free_space_and_no_warning(client):
+    space = client.get("/status").get_json()["model_dir"]
+    assert space["free_mb"] > 64 and not space["low"] and "message" not in space
+    assert "space-low" not in client.get("/dashboard").get_data(as_text=True)
