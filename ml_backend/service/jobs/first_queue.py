@@ -9,6 +9,7 @@ import logging
 import time
 
 from ml_backend.service.jobs.context import JobContext
+from ml_backend.service.jobs.importing import import_predictions, switch
 from ml_backend.service.ls_client import ProjectAPI
 
 log = logging.getLogger(__name__)
@@ -46,15 +47,8 @@ def publish_sample(ctx: JobContext, api: ProjectAPI, model, version: str) -> dic
     results = ctx.scorer.score(state, sample, model, name, sample=True)
     if name in ctx.call(api.model_versions, "listing prediction versions"):  # a retry: no task gets two
         ctx.call(lambda: api.delete_version(name), f"clearing {name}")
-    predictions = [
-        {"task": t["id"], "result": r["result"], "score": r["score"], "model_version": name}
-        for t, r in zip(sample, results)
-    ]
-    chunk = ctx.settings.publish_chunk
-    for start in range(0, len(predictions), chunk):
-        ctx.call(lambda: api.import_predictions(predictions[start : start + chunk]), "importing the first queue")
-    prelabel = {"on": True, "off": False}.get(ctx.settings.prelabel)
-    ctx.call(lambda: api.set_model_version(name, ctx.settings.set_uncertainty_sampling, prelabel), "switching")
+    import_predictions(ctx, api, sample, results, name)
+    switch(ctx, api, name)
     done = {"version": name, "sample": len(sample), "unlabeled": total}
     done["seconds"] = round(time.perf_counter() - started, 3)
     log.info(

@@ -13,6 +13,7 @@ from ml_backend.errors import ImageError
 from ml_backend.service import tabs
 from ml_backend.service.jobs import first_queue
 from ml_backend.service.jobs.context import JobContext, PublishError
+from ml_backend.service.jobs.importing import import_predictions, switch
 from ml_backend.service.labels import result_answer, task_answer
 from ml_backend.service.ls_client import ProjectAPI, api_status
 from ml_backend.service.projects import ProjectState
@@ -173,10 +174,7 @@ def write_queue(
         ctx, api, [pool[i] for i in first], [results[i] for i in first], version, progress, clear_tasks=again and clean
     )
     lap("import_seconds")
-    prelabel = {"on": True, "off": False}.get(ctx.settings.prelabel)  # keep: None, the project's own choice
-    ctx.call(
-        lambda: api.set_model_version(version, ctx.settings.set_uncertainty_sampling, prelabel), "setting model_version"
-    )
+    switch(ctx, api, version)
     ctx.projects.mark_switched(ctx.state, version)
     lap("switch_seconds")
     if not rest:
@@ -227,38 +225,6 @@ def rescore(ctx: JobContext) -> None:
     pool = unlabeled(state, tasks)
     ctx.scorer.score(state, pool, model, version, reset_pool=True)
     ctx.status.set("idle", f"scored {len(pool)} unlabeled tasks for {version}")
-
-
-def import_predictions(
-    ctx: JobContext,
-    api: ProjectAPI,
-    tasks: list[dict],
-    results: list[dict],
-    version: str,
-    progress: dict | None = None,
-    done: int = 0,
-    give_way: Callable[[], bool] = lambda: False,
-    clear_tasks: bool = False,
-) -> bool:
-    """Bulk-import predictions in chunks, in the given order. ``done``: predictions of this publish
-    already imported (for the progress). With ``clear_tasks`` each chunk's tasks first lose their
-    existing predictions (older versions). Stops between chunks when ``give_way()`` says so;
-    returns whether all were imported."""
-    predictions = [
-        {"task": t["id"], "result": r["result"], "score": r["score"], "model_version": version}
-        for t, r in zip(tasks, results)
-    ]
-    chunk = ctx.settings.publish_chunk
-    for start in range(0, len(predictions), chunk):
-        if give_way():
-            return False
-        part = predictions[start : start + chunk]
-        if clear_tasks:
-            ctx.call(lambda: api.delete_task_predictions([p["task"] for p in part]), "deleting older predictions")
-        ctx.call(lambda: api.import_predictions(part), "importing predictions")
-        if progress is not None:
-            progress["imported"] = done + start + len(part)
-    return True
 
 
 def publish_tasks(ctx: JobContext, task_ids: list[int]) -> None:
