@@ -8,7 +8,7 @@ import pytest
 
 from ml_backend.demo.servers import ADMIN_TOKEN
 from ml_backend.service.ls_client import LabelStudioConnection, ProjectAPI, TaskIndex
-from tests.helpers import LABELS
+from tests.helpers import LABELS, annotate
 
 pytestmark = pytest.mark.labelstudio
 
@@ -60,15 +60,7 @@ def test_a_sample_of_unlabeled_tasks_is_spread_over_the_project_and_the_same_eac
     project = ls.create_project("sample", LABELS)
     ids = ls.import_tasks(project, [{"image": f"http://127.0.0.1:9/{i}.png"} for i in range(250)])
     for task in ids[:10]:
-        ls.api(
-            "POST",
-            f"/api/tasks/{task}/annotations",
-            json={
-                "result": [
-                    {"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": [LABELS[0]]}}
-                ]
-            },
-        )
+        annotate(ls, task, LABELS[0])
     api = ProjectAPI(LabelStudioConnection(ls.url, ADMIN_TOKEN), project)
     sample, total = api.sample_unlabeled(60, page_size=20)
     assert total == 240 and len(sample) == 60 and len({t["id"] for t in sample}) == 60
@@ -92,15 +84,7 @@ def test_an_annotation_on_a_task_with_a_stale_counter_is_still_read(label_studio
     project = ls.create_project("stale counter", LABELS)
     ids = ls.import_tasks(project, [{"image": f"http://127.0.0.1:9/{i}.png"} for i in range(12)])
     for task in ids[:3]:
-        ls.api(
-            "POST",
-            f"/api/tasks/{task}/annotations",
-            json={
-                "result": [
-                    {"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": [LABELS[2]]}}
-                ]
-            },
-        )
+        annotate(ls, task, LABELS[2])
     with sqlite3.connect(ls.data_dir / "label_studio.sqlite3") as db:  # what the lost update leaves behind
         db.execute("UPDATE task SET total_annotations = 0 WHERE id = ?", (ids[1],))
     api = ProjectAPI(LabelStudioConnection(ls.url, ADMIN_TOKEN), project)
