@@ -18,6 +18,11 @@ from .report import curves
 from .stats import holm, paired, seed_alc, t_interval, wilcoxon
 
 
+def interval(t) -> str:
+    """A paired difference and its 95 % interval, (d, lo, hi), as a table cell."""
+    return f"{t[0]:+.3f} [{t[1]:+.3f}, {t[2]:+.3f}]"
+
+
 def same_selections(results: dict, a: str, b: str) -> tuple[int, int]:
     """(rounds in which ``a`` and ``b`` labeled the same set of tasks, rounds compared), over the
     seeds both ran."""
@@ -61,9 +66,6 @@ def compare(results: dict, pairs: list[tuple[str, str]]) -> list[dict]:
 
 
 def markdown(rows: list[dict]) -> str:
-    def interval(t):
-        return f"{t[0]:+.3f} [{t[1]:+.3f}, {t[2]:+.3f}]"
-
     lines = [
         "| reference | variant | seeds | ALC | Δ ALC [95% CI] | p (Holm) | final | Δ final [95% CI] | p (Holm) "
         "| same tasks labeled |",

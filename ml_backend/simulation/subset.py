@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from .config import parse_seeds
-from .pairs import compare
+from .pairs import compare, interval
 from .report import curves
 
 
@@ -37,9 +37,6 @@ def table(results: dict, strategy: str, against: list[str]) -> str:
         f"| `{strategy}` − other, final [95% CI] | p | p (Holm) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-
-    def interval(t):
-        return f"{t[0]:+.3f} [{t[1]:+.3f}, {t[2]:+.3f}]"
 
     def pvalue(x):
         return "<0.0001" if x < 0.0001 else f"{x:.4f}"
