@@ -128,29 +128,39 @@ def summarise(results: dict, baseline: str = "random") -> list[dict]:
     return rows
 
 
-def _at_label_counts(rows: list[dict], data: dict, base: dict, baseline: str) -> None:
-    """Per label count: each strategy's mean accuracy and paired difference to the baseline (t-interval,
-    Wilcoxon p, Holm-corrected across the strategies at that label count); and the labels-to-reach
-    bootstrap interval."""
+def count_tests(data: dict, base: dict, baseline: str) -> dict[str, dict]:
+    """Per strategy (the baseline and strategies on other label counts left out) and label count: mean
+    accuracy and paired difference to the baseline (t-interval, Wilcoxon p, and p Holm-corrected across
+    the strategies at that label count)."""
     labels = base["labels"]
-    for row in rows:
-        entry = data[row["strategy"]]
-        row["at"] = {}
-        if row["strategy"] == baseline or entry["labels"] != labels:
+    out: dict[str, dict] = {}
+    for name, entry in data.items():
+        if name == baseline or entry["labels"] != labels:
             continue
         m, b = paired(entry, base)
         if len(m) == 0:
             continue
+        out[name] = {}
         for j, n in enumerate(labels):
             d = m[:, j] - b[:, j]
             mean, lo, hi = t_interval(d)
-            row["at"][n] = {"acc": float(m[:, j].mean()), "d": mean, "lo": lo, "hi": hi, "p": wilcoxon(d)}
-        row["reach"] = reach_interval(entry, base)
-        row["reach_ratio"] = row["reach"][0] / labels[-1] if labels[-1] else math.nan
+            out[name][n] = {"acc": float(m[:, j].mean()), "d": mean, "lo": lo, "hi": hi, "p": wilcoxon(d)}
     for n in labels:
-        cells = [r["at"][n] for r in rows if n in r.get("at", {})]
+        cells = [at[n] for at in out.values()]
         for cell, adjusted in zip(cells, holm([c["p"] for c in cells])):
             cell["p_holm"] = adjusted
+    return out
+
+
+def _at_label_counts(rows: list[dict], data: dict, base: dict, baseline: str) -> None:
+    """Per label count, the paired tests of :func:`count_tests`; and the labels-to-reach bootstrap
+    interval."""
+    tests = count_tests(data, base, baseline)
+    for row in rows:
+        row["at"] = tests.get(row["strategy"], {})
+        if row["at"]:
+            row["reach"] = reach_interval(data[row["strategy"]], base)
+            row["reach_ratio"] = row["reach"][0] / base["labels"][-1] if base["labels"][-1] else math.nan
 
 
 def _fmt(x, digits=3):
