@@ -219,11 +219,38 @@ class SharedModelDir:
             state.queue_version = version
         self._save_queue(state.key, version)
 
-    def mark_published(self, state: ProjectState, version: str) -> None:
+    def mark_published(self, state: ProjectState, version: str) -> bool:
+        """Record that Label Studio has ``version`` (in memory, then on disk). The disk records are
+        bookkeeping for other processes and restarts: when they cannot be written (MODEL_DIR full)
+        the version still serves, nothing is retrained, and :meth:`write_pending_mark` writes them
+        before the next job. False when they are pending."""
         with state.lock:
             if state.version != version:
-                return
+                return True
             state.published_version = state.queue_version = version
-        self._save_queue(state.key, version)
-        self.save_registration(state)
-        self.store.mark_published(state.key, version, state.checkpoint)
+        return self.write_pending_mark(state, version)
+
+    def write_pending_mark(self, state: ProjectState, version: str | None = None) -> bool:
+        """Write the published mark of ``version`` (default: the one left pending), if it is still the
+        served version. False when MODEL_DIR cannot take it yet (it stays pending)."""
+        version = version or state.unwritten_mark
+        if version is None or state.version != version:
+            state.unwritten_mark = None
+            return True
+        try:
+            self._save_queue(state.key, version)
+            self.save_registration(state)
+            self.store.mark_published(state.key, version, state.checkpoint)
+        except OSError as exc:
+            if state.unwritten_mark != version:
+                log.warning(
+                    "project %s: %s is published, but MODEL_DIR cannot record it yet (%s); the record is "
+                    "written before the next job",
+                    state.key,
+                    version,
+                    exc,
+                )
+            state.unwritten_mark = version
+            return False
+        state.unwritten_mark = None
+        return True

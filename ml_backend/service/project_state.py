@@ -71,6 +71,7 @@ class ProjectState:
     labels_used: dict[str, str] = field(default_factory=dict)  # task id -> label of the last round
     version: str = ""
     published_version: str | None = None  # the served version, once Label Studio has it (None: not yet)
+    unwritten_mark: str | None = None  # published, but MODEL_DIR could not record it yet (full)
     queue_version: str | None = None  # the last version published: what Label Studio's queue follows now
     checkpoint: str | None = None  # id of the served version's checkpoint
     strategy: str | None = None  # the strategy spec this project chose (None: the backend's STRATEGY)

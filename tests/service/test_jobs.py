@@ -372,3 +372,52 @@ def test_the_full_scoring_after_a_first_queue_gives_way_to_a_due_round(tmp_path,
         assert {p["model_version"] for p in api.imported} == {version} and len(api.imported) == 600
     finally:
         backend.close()
+
+
+def test_a_publish_that_model_dir_cannot_record_is_not_a_failed_round_and_is_recorded_later(
+    tmp_path, digits64, monkeypatch
+):
+    """Found by the soak: with MODEL_DIR full after the checkpoint was written, the round's publish
+    reached Label Studio but the record of it could not be written, so the round failed and ran again
+    when space returned. Now the version serves, the round counts as done, nothing trains again, and
+    the record is written before the next job."""
+    import errno
+
+    from ml_backend import atomic
+    from ml_backend.service.store import Store
+
+    backend, ctx, api = context(tmp_path, digits64, labeled=5)
+    full = {"on": False}
+    switch, write_json, mark = api.set_model_version, atomic.write_json, Store.mark_published
+
+    def switch_then_fill(*a, **k):  # the disk fills once Label Studio follows the new version
+        switch(*a, **k)
+        full["on"] = True
+
+    def enospc(real):
+        def write(*a, **k):
+            if full["on"]:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real(*a, **k)
+
+        return write
+
+    api.set_model_version = switch_then_fill
+    monkeypatch.setattr(atomic, "write_json", enospc(write_json))
+    monkeypatch.setattr(Store, "mark_published", enospc(mark))
+    try:
+        jobs.run_round(ctx, force=False)
+        version = ctx.state.version
+        assert ctx.state.round == 1 and api.model_version == version == ctx.state.published_version
+        assert ctx.state.unwritten_mark == version and "MODEL_DIR is full" in ctx.status.info["reason"]
+        assert ctx.status.info["failed_runs"] == 0
+        on_disk = ctx.projects.store.list_versions("1")[-1]
+        assert on_disk["version"] == version and on_disk.get("published_version") is None
+        jobs.run_job(ctx, ("round", False))  # still full: nothing changed, nothing trains, still pending
+        assert ctx.state.round == 1 and ctx.state.unwritten_mark == version
+        full["on"] = False  # space is back: the next job writes the record first
+        jobs.run_job(ctx, ("round", False))
+        assert ctx.state.round == 1 and ctx.state.unwritten_mark is None
+        assert ctx.projects.store.list_versions("1")[-1]["published_version"] == version
+    finally:
+        backend.close()

@@ -26,6 +26,8 @@ __all__ = [
 
 def run_job(ctx: JobContext, job: Job) -> None:
     kind, argument = job
+    if ctx.state.unwritten_mark:  # a publish MODEL_DIR could not record (full): record it first
+        ctx.projects.write_pending_mark(ctx.state)
     if kind == "round":
         run_round(ctx, bool(argument))
     elif kind == "publish":
