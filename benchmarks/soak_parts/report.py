@@ -93,8 +93,9 @@ def resource_growth(samples: list[dict], from_minute: float = 5.0, warmup_min: f
 def recovery_by_kind(rows: list[dict]) -> dict:
     out: dict[str, dict] = {}
     for r in rows:
-        k = out.setdefault(r["kind"], {"count": 0, "recovery_s": [], "not_recovered": 0, "skipped": 0})
+        k = out.setdefault(r["kind"], {"count": 0, "recovery_s": [], "not_recovered": 0, "skipped": 0, "overlapped": 0})
         k["count"] += 1
+        k["overlapped"] += "overlapped_by" in r  # the next fault began before it recovered
         if "skipped" in r:
             k["skipped"] += 1
         elif r.get("recovery_s") is None:
@@ -142,6 +143,7 @@ def summary(result: dict) -> str:
     for kind, k in r["recovery_by_kind"].items():
         extra = f", {k['skipped']} skipped" if k["skipped"] else ""
         extra += f", {k['not_recovered']} NOT recovered" if k["not_recovered"] else ""
+        extra += f", {k['overlapped']} still recovering when the next fault began" if k.get("overlapped") else ""
         lines.append(f"  {kind:14s} {k['count']}  worst {k['worst_s']}  all {k['recovery_s']}{extra}")
     lines.append(
         f"resources from minute 5: RSS growth max {g['max_rss_growth_pct']} %, threads {g['max_thread_growth']:+}, "

@@ -72,7 +72,7 @@ class ProjectWorker:
         self.last_secure = -1e9
         self.last_event = 0.0
         self.first_event = 0.0  # the first annotation event the next round has not read yet
-        self.retry: Job | None = None  # a failed job, re-run at retry_at
+        self.retries: dict[str, Job] = {}  # the failed jobs (one per kind), re-run at retry_at
         self.retry_at = 0.0
         self.lease_wait_until = 0.0  # no job before this: another process held the lease at the last try
         self.backoff = 0.0
@@ -183,7 +183,7 @@ class ProjectWorker:
                 if self.rescore_requested:
                     self.rescore_requested = False
                     return ("rescore", None), None
-                if self.retry is None or self.retry_at == float("inf"):  # (inf: re-armed, running)
+                if not self.retries or self.retry_at == float("inf"):  # (inf: re-armed, running)
                     return None, None
                 if self.retry_at > now:
                     self.status.retry_in_s = round(self.retry_at - now, 1)
@@ -217,8 +217,9 @@ class ProjectWorker:
         try:
             self.run_job(job, self)
             with self.cond:
-                if self.retry is not None and self.retry[0] == job[0]:
-                    self.retry, self.backoff, self.status.retry_in_s = None, 0.0, None
+                self.retries.pop(job[0], None)
+                if not self.retries:
+                    self.backoff, self.status.retry_in_s = 0.0, None
             # The served version can move on during a job (a grown label config): publish it too.
             if self.wants_publish():
                 self.request_publish()
@@ -226,8 +227,9 @@ class ProjectWorker:
             _failed(self, job, exc)
 
     def _rearm(self) -> None:
-        """Under ``cond``: turn the failed job back into the flag that runs it."""
-        _flag(self, self.retry)
+        """Under ``cond``: turn the failed jobs back into the flags that run them."""
+        for job in self.retries.values():
+            _flag(self, job)
         self.retry_at = float("inf")  # until it fails again (or succeeds and clears it)
 
 
@@ -278,7 +280,10 @@ def _failed(worker: ProjectWorker, job: Job, exc: Exception) -> None:
             return
     with worker.cond:
         worker.backoff = min(worker.recovery_max_s, max(5.0, worker.backoff * 2))
-        worker.retry, worker.retry_at = job, worker.clock.monotonic() + worker.backoff
+        if kind == "tasks" and kind in worker.retries:  # the ids of both failures
+            job = ("tasks", sorted(set(worker.retries[kind][1]) | set(job[1])))
+        # every failed kind is kept: a config check failing after a publish must not drop the publish
+        worker.retries[kind], worker.retry_at = job, worker.clock.monotonic() + worker.backoff
         worker.status.retry_in_s = round(worker.backoff, 1)
     worker.status.set(
         "failed",

@@ -326,6 +326,14 @@ def test_a_big_project_is_served_from_a_sample_first_then_from_its_whole_pool(tm
         api.calls.clear()
         jobs.publish(ctx)  # published already: no sample again
         assert ("switch", first) not in api.calls and api.samples == 1
+        for task in api.tasks_list[:3]:  # labels arrive: a round's publish is no first queue either
+            choice = {"choices": [str(digits64[task["id"] - 1][2])]}
+            result = [{"from_name": "label", "to_name": "image", "type": "choices", "value": choice}]
+            task["annotations"] = [{"result": result, "was_cancelled": False}]
+        api.calls.clear()
+        jobs.run_round(ctx, force=True)
+        assert ctx.state.round == 1 and api.samples == 1
+        assert [c for c in api.calls if c[0] == "switch"] == [("switch", ctx.state.version)]
     finally:
         backend.close()
 

@@ -65,7 +65,24 @@ def test_a_failure_sets_failed_with_the_reason_and_is_retried_with_back_off():
     assert worker.info["retry_in_s"] == 10.0
     clock.now += 10
     assert drain(worker) == [("publish", None)]  # succeeds: the retry is cleared
-    assert worker.retry is None and worker.info["retry_in_s"] is None
+    assert not worker.retries and worker.info["retry_in_s"] is None
+    clock.now += 3600
+    assert drain(worker) == []
+
+
+def test_a_second_failure_of_another_kind_keeps_the_first_for_the_retry():
+    """Found by the soak (Label Studio stopped): a publish failed, then a config check failed, and the
+    worker kept only the config check for its retry: the publish waited for the next event."""
+    clock, jobs = FakeClock(), Jobs(fail=2)
+    worker = make(jobs, clock)
+    worker.request_publish()
+    assert drain(worker) == [("publish", None)]
+    worker.request_config_check()
+    assert drain(worker) == [("config", None)]  # fails too, while the publish waits for its retry
+    assert set(worker.retries) == {"publish", "config"} and worker.info["retry_in_s"] == 10.0
+    clock.now += 10
+    assert sorted(drain(worker)) == [("config", None), ("publish", None)]  # both run again, and succeed
+    assert not worker.retries and worker.info["retry_in_s"] is None
     clock.now += 3600
     assert drain(worker) == []
 
@@ -125,7 +142,7 @@ def test_a_project_gone_from_label_studio_is_not_retried():
     worker = make(gone, clock)
     worker.request_publish()
     drain(worker)
-    assert worker.info["state"] == "failed" and "no project 7" in worker.info["reason"] and worker.retry is None
+    assert worker.info["state"] == "failed" and "no project 7" in worker.info["reason"] and not worker.retries
 
 
 def test_stop_ends_the_thread():

@@ -23,11 +23,13 @@ def preliminary(version: str) -> str:
 
 
 def wanted(ctx: JobContext) -> bool:
-    """On connect: the project was never published by this backend, the setting is on, and the
-    strategy does not need the labeled set's activations that this process lacks (after a restart
-    they are recomputed by the full publish; a preliminary version never guesses without them)."""
+    """On connect: the project's queue never followed a version of this backend (``queue_version``,
+    restored after a restart; a round's new version is not published yet but the queue follows the
+    previous one, so a round's publish is never a first queue), the setting is on, and the strategy
+    does not need the labeled set's activations that this process lacks (after a restart they are
+    recomputed by the full publish; a preliminary version never guesses without them)."""
     state = ctx.state
-    if not ctx.settings.first_queue_sample or state.published_version is not None:
+    if not ctx.settings.first_queue_sample or state.published_version is not None or state.queue_version:
         return False
     return not state.labels_used or bool(state.pool.labeled_trunk)
 
