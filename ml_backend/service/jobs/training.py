@@ -109,7 +109,9 @@ def train(ctx: JobContext, labeled: dict[str, str], by_id: dict[str, dict], roun
     with state.lock:
         served = ctx.projects.model(state).clone()
     served.set_labels(state.config.labels, state.config.layout)
+    started = time.perf_counter()
     examples = examples_for(ctx, served, [by_id[k] for k in sorted(labeled, key=int)], labeled, state.labels_used)
+    log.info("project %s: %d labeled images ready in %.1fs", state.key, len(examples), time.perf_counter() - started)
     if not examples:
         raise RuntimeError("none of the labeled tasks has a usable image")
     agreement = prequential(served, examples)  # before training: the version that served these tasks
@@ -221,9 +223,18 @@ def run_round(ctx: JobContext, force: bool) -> None:
     status.set("running", "reading labels from Label Studio")
     read_started, read_at = time.perf_counter(), time.time()
     api = ctx.api()
+    full = state.listing.full
     tasks = ctx.call(lambda: api.tasks(state.listing), "listing tasks")
     read_seconds = round(time.perf_counter() - read_started, 3)
     labeled, by_id, unknown = read_labels(ctx, tasks)
+    log.info(
+        "project %s: read %d tasks (%d labeled) in %.1fs (%s)",
+        state.key,
+        len(tasks),
+        len(labeled),
+        read_seconds,
+        "every task listed" if state.listing.full > full else "only new tasks listed",
+    )
     previous = state.labels_used
     changed = sum(1 for k, v in labeled.items() if previous.get(k) != v) + sum(1 for k in previous if k not in labeled)
     if not labeled:
