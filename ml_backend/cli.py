@@ -106,6 +106,8 @@ def _check(settings) -> int:
 def _serve(settings) -> int:
     from gunicorn.app.base import BaseApplication
 
+    from ml_backend.service.pools import post_worker_init
+
     class Server(BaseApplication):
         """The app is built in each worker process (never in the master and then forked): a worker
         that the OOM killer or a crash replaces restores every project from MODEL_DIR itself."""
@@ -119,6 +121,7 @@ def _serve(settings) -> int:
             self.cfg.set("loglevel", settings.log_level.lower())
             self.cfg.set("accesslog", None)
             self.cfg.set("control_socket_disable", True)  # one shared path in $HOME would clash between servers
+            self.cfg.set("post_worker_init", post_worker_init)  # request threads started whole (pools.py)
 
         def load(self):
             from ml_backend.app import create_app

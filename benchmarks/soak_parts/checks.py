@@ -178,6 +178,7 @@ class Monitor:
             "seq": meta.get("seq"),
             "train_s": float((meta.get("metrics") or {}).get("seconds") or 0),
             "read_at": (meta.get("metrics") or {}).get("labels_read_at"),
+            "read_until": (meta.get("metrics") or {}).get("labels_read_until"),
             "seen": time.time(),
         }
         return None
@@ -201,15 +202,26 @@ class Monitor:
             if before is None:
                 continue
             self._checked.add(f"labels:{version}")
+            # a label changed while the round read the labels may be in the version either way
+            during = self.changed_between(before, self.versions[version].get("read_until") or before)
             for task, label in self.state_at(before).items():
                 used = self.versions[version]["labels"].get(str(task))
-                if used != label:
+                if used != label and used not in during.get(task, ()):
                     self.lost_rolling[f"{version}:{task}"] = {
                         "version": version,
                         "task": task,
                         "label": label,
                         "used": used,
                     }
+
+    def changed_between(self, t0: float, t1: float) -> dict[int, set]:
+        """Each task's labels set (None: deleted) by changes saved, or in flight, between ``t0`` and ``t1``."""
+        out: dict[int, set] = {}
+        with self.ledger.lock:
+            for c in self.ledger.changes:
+                if c.at >= t0 and c.sent <= t1:
+                    out.setdefault(c.task, set()).add(c.label)
+        return out
 
     def state_at(self, t: float) -> dict[int, str | None]:
         """Each task's label in Label Studio at ``t`` per the ledger (tasks not certain, and tasks

@@ -29,7 +29,7 @@ import requests
 from PIL import Image, UnidentifiedImageError
 
 from ml_backend.errors import ImageError
-from ml_backend.service import downloads, sdk
+from ml_backend.service import downloads, pools, sdk
 from ml_backend.service.downloads import BoundedSession, HostSlots
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,7 @@ class ImageLoader:
         self.timeout = timeout
         self.draft_side = draft_side
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="image-fetch")
+        pools.prestart(self._executor, workers)  # a flat thread count from the start (pools.py)
         self._local = threading.local()
         self._slots = HostSlots(per_host)
         self._adapter = downloads.shared_adapter(per_host)

@@ -251,7 +251,9 @@ def run_round(ctx: JobContext, force: bool) -> None:
     model, examples, metrics, dropped = train(ctx, labeled, by_id, round_)
     metrics.update(labels_used=len(examples), labels_changed=changed, unknown_labels=unknown)
     # labels_read_at (wall clock): every label saved in Label Studio before it is in this version
+    # labels_read_until: a label changed between the two may be in it either way (read before or after)
     metrics.update(dropped_by_influence=len(dropped), labels_read_at=round(read_at, 3))
+    metrics.update(labels_read_until=round(read_at + read_seconds, 3))
     used = {e.key: e.answer for e in examples}
     version, checkpoint, seq = ctx.projects.save_version(state, model, round_, used, metrics)
     version = ctx.projects.serve(state, model, round_, used, checkpoint, seq)
