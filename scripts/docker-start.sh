@@ -4,5 +4,5 @@
 # threads; several workers on one GPU would multiply memory and train the same project twice.
 # Threads serve concurrent /predict, /setup and /webhook calls while training runs in the background.
 exec gunicorn --bind "${HOST:-0.0.0.0}:${PORT:-9090}" --workers "${WORKERS:-1}" --threads "${THREADS:-64}" \
-    --worker-class gthread --timeout 300 --no-control-socket -c python:ml_backend.gunicorn_hooks --log-level "$(echo "${LOG_LEVEL:-INFO}" | tr 'A-Z' 'a-z')" \
+    --worker-class gthread --timeout 300 --no-control-socket -c python:ml_backend.service.pools --log-level "$(echo "${LOG_LEVEL:-INFO}" | tr 'A-Z' 'a-z')" \
     ml_backend.wsgi:app

@@ -58,12 +58,9 @@ class ImageLoader:
         one host at most; ``draft_side``: the shorter side the preprocessing resizes to (see decode)."""
         self.cache_dir = Path(cache_dir)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        self.max_bytes = max_bytes
-        self.max_pixels = max_pixels
-        self.timeout = timeout
-        self.draft_side = draft_side
+        self.max_bytes, self.max_pixels, self.timeout, self.draft_side = max_bytes, max_pixels, timeout, draft_side
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="image-fetch")
-        pools.prestart(self._executor, workers)  # a flat thread count from the start (pools.py)
+        pools.prestart(self._executor, workers)  # all started now: a flat thread count (pools.py)
         self._local = threading.local()
         self._slots = HostSlots(per_host)
         self._adapter = downloads.shared_adapter(per_host)

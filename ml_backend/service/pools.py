@@ -1,7 +1,9 @@
 """Thread pools started whole: :func:`prestart` makes a pool start all its threads at once instead of
 one by one as load first reaches them. A process's thread count is then flat from its start (gunicorn's
 request threads, the image downloads), so that a count that grows over a long run means a leak
-(docs/benchmarks.md, the soak)."""
+(docs/benchmarks.md, the soak). It is also a gunicorn settings module: ``gunicorn -c
+python:ml_backend.service.pools`` sets the :func:`post_worker_init` hook (the container does; ``python
+-m ml_backend`` sets it itself)."""
 
 from __future__ import annotations
 

@@ -218,23 +218,23 @@ def _sync_review_tab(ctx: JobContext, items: list[dict]) -> None:
         log.warning("project %s: cannot update the review tab in Label Studio: %s", ctx.state.key, exc)
 
 
+def _list_tasks(ctx: JobContext, api) -> tuple[list[dict], float, float]:
+    """Every task, with the annotated ones' annotations; when the reading started (wall clock) and
+    how long it took."""
+    state, started, read_at, full = ctx.state, time.perf_counter(), time.time(), ctx.state.listing.full
+    tasks = ctx.call(lambda: api.tasks(state.listing), "listing tasks")
+    seconds = round(time.perf_counter() - started, 3)
+    how = "every task listed" if state.listing.full > full else "only new tasks listed"
+    log.info("project %s: read %d tasks in %.1fs (%s)", state.key, len(tasks), seconds, how)
+    return tasks, read_at, seconds
+
+
 def run_round(ctx: JobContext, force: bool) -> None:
     state, status = ctx.state, ctx.status
     status.set("running", "reading labels from Label Studio")
-    read_started, read_at = time.perf_counter(), time.time()
     api = ctx.api()
-    full = state.listing.full
-    tasks = ctx.call(lambda: api.tasks(state.listing), "listing tasks")
-    read_seconds = round(time.perf_counter() - read_started, 3)
+    tasks, read_at, read_seconds = _list_tasks(ctx, api)
     labeled, by_id, unknown = read_labels(ctx, tasks)
-    log.info(
-        "project %s: read %d tasks (%d labeled) in %.1fs (%s)",
-        state.key,
-        len(tasks),
-        len(labeled),
-        read_seconds,
-        "every task listed" if state.listing.full > full else "only new tasks listed",
-    )
     previous = state.labels_used
     changed = sum(1 for k, v in labeled.items() if previous.get(k) != v) + sum(1 for k in previous if k not in labeled)
     if not labeled:
