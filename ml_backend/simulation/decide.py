@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import parse_seeds
-from .report import count_tests, curves
+from .report import below_at, count_tests, curves, emit
 from .stats import holm, paired, seed_alc
 from .subset import restrict
 
@@ -35,7 +35,7 @@ def below_random(results: dict, random: str = "random") -> dict[str, list[int]]:
     """Each strategy's label counts at which it is significantly below ``random`` (the summary's test)."""
     data = curves(results)
     tests = count_tests(data, data[random], random)
-    return {name: [n for n, c in at.items() if c["p_holm"] < 0.05 and c["d"] < 0] for name, at in tests.items()}
+    return {name: below_at(at) for name, at in tests.items()}
 
 
 def noninferiority(results: dict, candidate: str, baseline: str, margin: float) -> dict:
@@ -166,9 +166,7 @@ def main(argv=None) -> int:
         text = markdown_confirm(
             confirm(tracks, candidates, args.baseline, args.random, args.margin), args.baseline, args.margin
         )
-    print(text, end="")
-    if args.out:
-        args.out.write_text(text)
+    emit(text, args.out)
     return 0
 
 

@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .report import curves
+from .report import curves, emit
 from .stats import holm, paired, seed_alc, t_interval, wilcoxon
 
 
@@ -95,9 +95,7 @@ def main(argv=None) -> int:
         pairs.append((ref, variant))
     results = json.loads(args.results.read_text())
     table = markdown(compare(results, pairs))
-    print(table, end="")
-    if args.out:
-        args.out.write_text(table)
+    emit(table, args.out)
     return 0
 
 

@@ -152,6 +152,19 @@ def count_tests(data: dict, base: dict, baseline: str) -> dict[str, dict]:
     return out
 
 
+def below_at(at: dict) -> list:
+    """The label counts of :func:`count_tests` cells where a strategy is significantly below the
+    baseline (Holm-corrected p < 0.05)."""
+    return [n for n, c in at.items() if c.get("p_holm", 1.0) < 0.05 and c["d"] < 0]
+
+
+def emit(text: str, out) -> None:
+    """A command's markdown: printed, and also written to ``out`` when given."""
+    print(text, end="")
+    if out:
+        out.write_text(text)
+
+
 def _at_label_counts(rows: list[dict], data: dict, base: dict, baseline: str) -> None:
     """Per label count, the paired tests of :func:`count_tests`; and the labels-to-reach bootstrap
     interval."""
@@ -333,7 +346,7 @@ def _fixed_counts_markdown(rows: list[dict], baseline: str) -> list[str]:
             mark = (" ▲" if c["d"] > 0 else " ▼") if c.get("p_holm", 1.0) < 0.05 else ""
             cells.append(f"{c['acc']:.3f} ({c['d']:+.3f} [{c['lo']:+.3f}, {c['hi']:+.3f}]){mark}")
         est, lo, hi = r["reach"]
-        below = [n for n, c in r["at"].items() if c.get("p_holm", 1.0) < 0.05 and c["d"] < 0]
+        below = below_at(r["at"])
         out.append(
             f"| `{r['strategy']}` | "
             + " | ".join(cells)

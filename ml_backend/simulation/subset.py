@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .config import parse_seeds
 from .pairs import compare, interval
-from .report import curves
+from .report import curves, emit
 
 
 def restrict(results: dict, seeds: tuple[int, ...]) -> dict:
@@ -66,9 +66,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"{args.strategy!r} is not in these results; they hold {', '.join(names)}")
     against = args.against.split(",") if args.against else [n for n in names if n != args.strategy]
     text = table(results, args.strategy, against)
-    print(text, end="")
-    if args.out:
-        args.out.write_text(text)
+    emit(text, args.out)
     return 0
 
 
