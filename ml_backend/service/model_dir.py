@@ -219,24 +219,24 @@ class SharedModelDir:
             state.queue_version = version
         self._save_queue(state.key, version)
 
-    def mark_published(self, state: ProjectState, version: str) -> bool:
+    def mark_published(self, state: ProjectState, version: str) -> None:
         """Record that Label Studio has ``version`` (in memory, then on disk). The disk records are
         bookkeeping for other processes and restarts: when they cannot be written (MODEL_DIR full)
         the version still serves, nothing is retrained, and :meth:`write_pending_mark` writes them
-        before the next job. False when they are pending."""
+        before the next job (``state.unwritten_mark`` names it meanwhile)."""
         with state.lock:
             if state.version != version:
-                return True
+                return
             state.published_version = state.queue_version = version
-        return self.write_pending_mark(state, version)
+        self.write_pending_mark(state, version)
 
-    def write_pending_mark(self, state: ProjectState, version: str | None = None) -> bool:
+    def write_pending_mark(self, state: ProjectState, version: str | None = None) -> None:
         """Write the published mark of ``version`` (default: the one left pending), if it is still the
-        served version. False when MODEL_DIR cannot take it yet (it stays pending)."""
+        served version; when MODEL_DIR cannot take it yet, it stays pending in ``state.unwritten_mark``."""
         version = version or state.unwritten_mark
         if version is None or state.version != version:
             state.unwritten_mark = None
-            return True
+            return
         try:
             self._save_queue(state.key, version)
             self.save_registration(state)
@@ -251,6 +251,5 @@ class SharedModelDir:
                     exc,
                 )
             state.unwritten_mark = version
-            return False
+            return
         state.unwritten_mark = None
-        return True

@@ -120,11 +120,11 @@ class Projects(Mapping):
         """Label Studio's project follows ``version`` now (its queue serves from it)."""
         self.shared.mark_switched(state, version)
 
-    def mark_published(self, state: ProjectState, version: str) -> bool:
-        return self.shared.mark_published(state, version)
+    def mark_published(self, state: ProjectState, version: str) -> None:
+        self.shared.mark_published(state, version)
 
-    def write_pending_mark(self, state: ProjectState) -> bool:
-        return self.shared.write_pending_mark(state)
+    def write_pending_mark(self, state: ProjectState) -> None:
+        self.shared.write_pending_mark(state)
 
     # ------------------------------------------------------------------ registration
     def register(self, key: str, config: ClassificationConfig) -> tuple[ProjectState, bool]:

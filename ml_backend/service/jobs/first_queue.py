@@ -29,7 +29,7 @@ def wanted(ctx: JobContext) -> bool:
     does not need the labeled set's activations that this process lacks (after a restart they are
     recomputed by the full publish; a preliminary version never guesses without them)."""
     state = ctx.state
-    if not ctx.settings.first_queue_sample or state.published_version is not None or state.queue_version:
+    if not ctx.settings.first_queue_sample or state.queue_version:  # (set whenever published_version is)
         return False
     return not state.labels_used or bool(state.pool.labeled_trunk)
 

@@ -111,7 +111,7 @@ def publish(ctx: JobContext, tasks: list[dict] | None = None, stability: bool = 
     _after_publish(ctx, api, version, complete, len(pool), progress, lap)
     progress.update(score_seconds=timings["score_seconds"], seconds=round(time.perf_counter() - started, 3))
     pending = "; MODEL_DIR is full: the record that it is published is written before the next job"
-    status.set("idle", f"published {version} for {len(pool)} unlabeled tasks" + (pending if "mark" in progress else ""))
+    status.set("idle", f"published {version} for {len(pool)} unlabeled tasks{pending if state.unwritten_mark else ''}")
     seconds = (progress["seconds"], timings["score_seconds"])
     log.info("project %s: published %s for %d tasks in %.1fs (scoring %.1fs)", state.key, version, len(pool), *seconds)
     return kappa
@@ -132,8 +132,7 @@ def _after_publish(ctx: JobContext, api: ProjectAPI, version: str, complete: boo
             progress["imported"],
             n,
         )
-    if not ctx.projects.mark_published(ctx.state, version):
-        progress["mark"] = "pending: MODEL_DIR is full"  # the version serves; the record follows
+    ctx.projects.mark_published(ctx.state, version)  # MODEL_DIR full: the record follows (unwritten_mark)
     ctx.status.publishes += 1
 
 
