@@ -16,6 +16,7 @@ from ml_backend.service.features import FeatureExtractor
 from ml_backend.service.label_config import parse_label_config
 from ml_backend.service.learner import UNAUTHENTICATED_TRAINING, Learner
 from ml_backend.service.ls_client import LabelStudioConnection, ProjectAPI, api_status
+from ml_backend.service.pools import ComputeThreads
 from ml_backend.service.projects import Identity, Projects, ProjectState, project_key
 from ml_backend.service.reporting import StatusReport
 from ml_backend.service.scorer import Scorer
@@ -64,8 +65,9 @@ class Backend:
             persist=self.connection.configured,
             strategy_of=self.book.describe,
         )
-        self.features = FeatureExtractor.from_settings(settings, self.base, self.store, self.connection)
-        self.scorer = Scorer(settings, self.features, self.strategy_states)
+        self.compute = ComputeThreads(settings.compute_threads)  # the model's work for requests (pools.py)
+        self.features = FeatureExtractor.from_settings(settings, self.base, self.store, self.connection, self.compute)
+        self.scorer = Scorer(settings, self.features, self.strategy_states, self.compute)
         self.learner = Learner(
             settings,
             self.projects,
@@ -179,13 +181,17 @@ class Backend:
         if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
             raise BadRequest("'tasks' must be a list of task objects")
         state = self.project(project, label_config)
-        self.projects.refresh(state)  # another process sharing MODEL_DIR may have trained a newer version
-        with state.lock:
-            model, version = self.projects.model(state), state.version
+        model, version = self.compute.run(self._served, state)  # a checkpoint loads on the compute threads
         results = self.scorer.predict(state, tasks, model, version)
         if any(r["result"] and r.get("acquisition") is None for r in results):
             self.learner.needs_pool(state)
         return results
+
+    def _served(self, state: ProjectState) -> tuple:
+        """(model, version) a request scores with; never called holding ``state.lock`` (it takes it)."""
+        self.projects.refresh(state)  # another process sharing MODEL_DIR may have trained a newer version
+        with state.lock:
+            return self.projects.model(state), state.version
 
     def resume(self) -> None:
         """Republish what a crash or an outage left unpublished (called once at start)."""
@@ -220,3 +226,4 @@ class Backend:
     def close(self) -> None:
         self.learner.stop()
         self.features.close()
+        self.compute.close()

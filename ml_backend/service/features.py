@@ -18,6 +18,7 @@ from ml_backend.service.engine import make_engine
 from ml_backend.service.feature_cache import FeatureCache
 from ml_backend.service.images import ImageLoader, Source
 from ml_backend.service.ls_client import LabelStudioConnection
+from ml_backend.service.pools import ComputeThreads
 from ml_backend.service.project_state import ProjectState
 from ml_backend.service.settings import Settings
 from ml_backend.service.store import Store
@@ -41,16 +42,23 @@ class FeatureExtractor:
         engine,
         connection: LabelStudioConnection,
         batch_size: int,
+        compute: ComputeThreads | None = None,
     ) -> None:
         """``engine``: None (the trunk runs in this process) or a RayEngine (SCORING_ENGINE=ray);
         ``connection``: Label Studio, when LABEL_STUDIO_URL and its key are set (else each project's
-        /setup host and token); ``batch_size``: images per trunk forward pass."""
+        /setup host and token); ``batch_size``: images per trunk forward pass; ``compute``: where the
+        trunk runs for a request (one with a deadline; None: on the calling thread)."""
         self.loader, self.cache, self.engine, self.connection = loader, cache, engine, connection
-        self.batch_size = batch_size
+        self.batch_size, self.compute = batch_size, compute
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, base: LoadedBackbone, store: Store, connection: LabelStudioConnection
+        cls,
+        settings: Settings,
+        base: LoadedBackbone,
+        store: Store,
+        connection: LabelStudioConnection,
+        compute: ComputeThreads | None = None,
     ) -> FeatureExtractor:
         loader = ImageLoader(
             store.cache_dir("images"),
@@ -69,7 +77,7 @@ class FeatureExtractor:
             settings.feature_cache_disk_mb * 2**20,
             settings.feature_cache_dtype,
         )
-        return cls(loader, cache, engine, connection, settings.batch_size)
+        return cls(loader, cache, engine, connection, settings.batch_size, compute)
 
     def source(self, state: ProjectState, deadline: float | None = None) -> Source:
         """Where the project's images come from. A request (one with a ``deadline``) waits at most
@@ -143,7 +151,14 @@ class FeatureExtractor:
         keys = list(keys) if keys is not None else [self.fingerprint(r) for r in refs]
         out: list = [self.cache.get(k) if k else None for k in keys]
         missing = [i for i, z in enumerate(out) if z is None]
-        job = {"refs": refs, "keys": keys, "out": out, "missing": missing, "futures": []}
+        job = {
+            "refs": refs,
+            "keys": keys,
+            "out": out,
+            "missing": missing,
+            "futures": [],
+            "request": deadline is not None,
+        }
         if self.engine is not None and missing and deadline is None:  # background work: on Ray
             job["source"] = self.source(state)
         elif missing:
@@ -164,9 +179,14 @@ class FeatureExtractor:
                     self.cache.put(keys[i], out[i])
             return out
         pending: list[tuple[int, torch.Tensor]] = []
+        compute = self.compute if job["request"] and self.compute is not None else None
+
+        def activations(images: list) -> torch.Tensor:
+            return self.cache.round(model.trunk(torch.stack(images)))
 
         def flush():
-            z = self.cache.round(model.trunk(torch.stack([t for _, t in pending])))
+            images = [t for _, t in pending]
+            z = activations(images) if compute is None else compute.run(activations, images)
             for (i, _), zi in zip(pending, z):
                 out[i] = zi
                 if keys[i]:

@@ -18,6 +18,7 @@ from ml_backend.core.scoring import score_pool
 from ml_backend.errors import ImageError
 from ml_backend.service.features import FeatureExtractor
 from ml_backend.service.labels import prediction_result
+from ml_backend.service.pools import ComputeThreads
 from ml_backend.service.project_state import ProjectState
 from ml_backend.service.settings import Settings
 from ml_backend.service.strategy_states import StrategyStates
@@ -49,10 +50,18 @@ class ScoringGaveWay(Exception):
 
 
 class Scorer:
-    def __init__(self, settings: Settings, features: FeatureExtractor, strategy_states: StrategyStates) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        features: FeatureExtractor,
+        strategy_states: StrategyStates,
+        compute: ComputeThreads | None = None,
+    ) -> None:
         """``features``: each task's trunk activations and images; ``strategy_states``: each
-        project's strategy (STRATEGY by default) and what it computed once from the pool."""
+        project's strategy (STRATEGY by default) and what it computed once from the pool;
+        ``compute``: where a request's scoring runs (None: on the request's thread)."""
         self.settings, self.extractor, self.strategy_states = settings, features, strategy_states
+        self.compute = compute
         self._strategy_lock = threading.Lock()  # strategies may keep per-call diagnostics
         self.pool_relative_requests = 0  # subsets given a neutral rank (a pool-relative strategy, nothing kept)
 
@@ -69,7 +78,15 @@ class Scorer:
         if not tasks:
             return []
         started = time.perf_counter()
-        results = self.score(state, tasks, model, version, deadline=time.monotonic() + self.settings.predict_deadline_s)
+        deadline = time.monotonic() + self.settings.predict_deadline_s
+        # the downloads on this thread, the model's work on the compute threads (pools.ComputeThreads)
+        features = self.extractor
+        keys = [features.fingerprint(features.reference(state, t)) for t in tasks]
+        chunk = max(self.settings.batch_size, 256)  # bounded memory, as in _batches
+        chunks = features.trunk_activation_chunks(state, model, tasks, keys, chunk, deadline=deadline)
+        prepared = [z for _, part in chunks for z in part]
+        run = self.compute.run if self.compute is not None else (lambda fn, *a, **k: fn(*a, **k))
+        results = run(self.score, state, tasks, model, version, deadline=deadline, prepared=prepared)
         with state.lock:
             stats = state.pool.stats
             stats["predict_requests"] += 1
@@ -78,13 +95,18 @@ class Scorer:
             stats["predict_seconds"] += time.perf_counter() - started
         return results
 
-    def _batches(self, state, model, tasks, fingerprints, deadline, failed: dict, progress, give_way) -> Iterator:
+    def _batches(
+        self, state, model, tasks, fingerprints, deadline, failed: dict, progress, give_way, prepared=None
+    ) -> Iterator:
         """(keys, fingerprints, trunk activations) per chunk of tasks whose images load; the
         others go to ``failed`` (index -> ImageError). Raises :class:`ScoringGaveWay` between chunks
-        when ``give_way()`` says so."""
+        when ``give_way()`` says so. ``prepared``: every task's activations or ImageError, already
+        computed (nothing is downloaded)."""
         chunk = max(self.settings.batch_size, 256)  # bounded memory for large pools
-        # the next chunk's images download while this one runs through the trunk
-        chunks = self.extractor.trunk_activation_chunks(state, model, tasks, fingerprints, chunk, deadline=deadline)
+        if prepared is not None:
+            chunks = ((s, prepared[s : s + chunk]) for s in range(0, len(tasks), chunk))
+        else:  # the next chunk's images download while this one runs through the trunk
+            chunks = self.extractor.trunk_activation_chunks(state, model, tasks, fingerprints, chunk, deadline=deadline)
         for start in range(0, len(tasks), chunk):
             if give_way is not None and start and give_way():
                 chunks.close()  # its prefetched downloads are cancelled
@@ -112,6 +134,7 @@ class Scorer:
         deadline: float | None = None,
         sample: bool = False,
         give_way: Callable[[], bool] | None = None,
+        prepared: list | None = None,
     ) -> list[dict]:
         """Predictions for ``tasks`` (label + score + version). With ``reset_pool`` these tasks are
         the whole unlabeled pool (a publish) and their values become the reference of the version's
@@ -131,7 +154,7 @@ class Scorer:
         scored = score_pool(
             strategy,
             model,
-            self._batches(state, model, tasks, fingerprints, deadline, failed, progress, give_way),
+            self._batches(state, model, tasks, fingerprints, deadline, failed, progress, give_way, prepared),
             candidates=fingerprints,
             labeled_trunk=pool.labeled_trunk,
             images=images,

@@ -208,6 +208,14 @@ class Settings:  # long: every setting's declaration, one field each (type, defa
     device: str = setting("auto", "`auto` (CUDA when present, else CPU), `cpu`, `cuda` or `cuda:N`.", device)
     seed: int = setting(0, "Seed for head initialisation and seeded strategies.", integer(0))
     batch_size: int = setting(32, "Images per forward pass when scoring.", integer(1))
+    compute_threads: int = setting(
+        2,
+        "Threads that run the model for `/predict` requests, in all (the requests take turns on them; their downloads "
+        "stay on the request threads). Each holds a team of `cores - 1` torch threads, so the process's thread count "
+        "stays bounded however many requests score "
+        "([the soak](benchmarks.md#soak-annotators-label-for-20-minutes-while-things-break-benchmarkssoakpy)).",
+        integer(1),
+    )
     fetch_workers: int = setting(
         16,
         "Images downloaded and decoded at once, in all (every request and background scoring of the process share "

@@ -35,3 +35,27 @@ def test_the_gunicorn_hook_starts_the_request_threads_and_tolerates_a_worker_wit
         post_worker_init(object())  # another worker class: nothing to start
     finally:
         Worker.tpool.shutdown()
+
+
+def test_compute_threads_run_the_work_on_their_own_threads_reentrantly_and_pass_errors_back():
+    from ml_backend.service.pools import ComputeThreads
+
+    compute = ComputeThreads(2, name="compute-test")
+    try:
+        assert _named("compute-test") == 2  # started with the process, not one by one
+        assert compute.run(lambda: threading.current_thread().name).startswith("compute-test")
+        # a call from one of them runs inline (a nested call would otherwise wait for itself)
+        nested = compute.run(lambda: compute.run(lambda: threading.current_thread().name))
+        assert nested.startswith("compute-test") and not compute.inside()
+
+        def fail():
+            raise ValueError("from the compute thread")
+
+        try:
+            compute.run(fail)
+        except ValueError as exc:
+            assert "from the compute thread" in str(exc)
+        else:
+            raise AssertionError("the error was lost")
+    finally:
+        compute.close()
