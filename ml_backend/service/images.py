@@ -59,8 +59,10 @@ class ImageLoader:
         self.cache_dir = Path(cache_dir)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.max_bytes, self.max_pixels, self.timeout, self.draft_side = max_bytes, max_pixels, timeout, draft_side
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="image-fetch")
-        pools.prestart(self._executor, workers)  # all started now: a flat thread count (pools.py)
+        self._executor = ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="image-fetch", initializer=pools.one_torch_thread
+        )
+        pools.prestart(self._executor, workers)  # all started now, none with a torch team: a flat thread count
         self._local = threading.local()
         self._slots = HostSlots(per_host)
         self._adapter = downloads.shared_adapter(per_host)

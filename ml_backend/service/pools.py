@@ -15,14 +15,21 @@ from concurrent.futures import ThreadPoolExecutor
 log = logging.getLogger(__name__)
 
 
-def prestart(executor: ThreadPoolExecutor, n: int, timeout: float = 30.0) -> bool:
+def prestart(executor: ThreadPoolExecutor, n: int, timeout: float = 30.0, init=None) -> bool:
     """Start ``n`` threads of ``executor`` now (it has at most ``n``); True when all of them started.
-    Each waits for the others, so that every submission finds no idle thread and starts a new one."""
+    Each waits for the others, so that every submission finds no idle thread and starts a new one;
+    ``init()``, when given, runs once on each of them first."""
     if n <= 0:
         return True
     barrier = threading.Barrier(n + 1)
+
+    def start():
+        if init is not None:
+            init()
+        barrier.wait(timeout)
+
     for _ in range(n):
-        executor.submit(barrier.wait, timeout)
+        executor.submit(start)
     try:
         barrier.wait(timeout)
         return True
@@ -31,11 +38,57 @@ def prestart(executor: ThreadPoolExecutor, n: int, timeout: float = 30.0) -> boo
         return False
 
 
+_OPENMP: list = []  # [torch's OpenMP runtime (ctypes), or None where none is found]
+
+
+def _openmp():
+    if not _OPENMP:
+        import ctypes
+        import glob
+        import os
+
+        import torch
+
+        found = None
+        folder = os.path.join(os.path.dirname(torch.__file__), "lib")
+        paths = [p for pat in ("libgomp*", "libomp*", "libiomp*") for p in sorted(glob.glob(os.path.join(folder, pat)))]
+        for path in paths:
+            try:
+                lib = ctypes.CDLL(path)  # the copy torch already loaded: the same handle
+            except OSError:
+                continue
+            if hasattr(lib, "omp_set_num_threads"):
+                found = lib
+                break
+        if found is None:
+            log.info("torch's OpenMP runtime not found: request threads keep torch's thread count")
+        _OPENMP.append(found)
+    return _OPENMP[0]
+
+
+def one_torch_thread() -> bool:
+    """Make torch run its parallel operations on the calling thread alone, from now on. OpenMP keeps
+    the number of threads per thread, and torch reads it on each operation, so this thread will
+    never start a team of its own (see :class:`ComputeThreads`); every other thread keeps torch's
+    setting. For threads that should not run the model (request threads, image downloads): what
+    heavy work they have goes to :class:`ComputeThreads`. False where torch has no OpenMP runtime
+    that can be told (the thread is left as it was)."""
+    import torch
+
+    omp = _openmp()
+    if omp is None:
+        return False
+    torch.get_num_threads()  # torch sets this thread's count on first use: before ours, not after
+    omp.omp_set_num_threads(1)
+    return True
+
+
 def post_worker_init(worker) -> None:
-    """gunicorn hook: the gthread worker's request threads (``--threads``), all started with the worker."""
+    """gunicorn hook: the gthread worker's request threads (``--threads``), all started with the
+    worker, each with one torch thread (:func:`one_torch_thread`)."""
     pool = getattr(worker, "tpool", None)
     if pool is not None:
-        prestart(pool, int(worker.cfg.threads))
+        prestart(pool, int(worker.cfg.threads), init=one_torch_thread)
 
 
 class ComputeThreads:

@@ -134,3 +134,16 @@ def test_a_host_whose_uploads_live_in_cloud_storage_goes_through_the_storage_pro
     paths = [p.split("?")[0] for p, _ in image_server.seen]
     assert paths.count("/data/upload/1/c0.png") == 1 and paths.count("/storage-data/uploaded/") == 3
     assert not any(p.startswith("/data/upload/1/c1") or p.startswith("/data/upload/1/c2") for p in paths)
+
+
+def test_the_image_threads_run_torch_on_themselves_alone(loader, digits64):
+    """A thread that runs a parallel torch operation keeps an OpenMP team of its own; the image
+    threads never start one (ml_backend/service/pools.py: one_torch_thread)."""
+    import torch
+
+    png = digits64[0][1]
+    uri = "data:image/png;base64," + base64.b64encode(png).decode()
+    counts = loader.load_many(
+        [(i, uri) for i in range(8)], Source("", lambda: None), transform=lambda _: torch.get_num_threads()
+    )
+    assert counts == [1] * 8

@@ -1,9 +1,13 @@
 """Thread pools started whole (ml_backend/service/pools.py)."""
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
-from ml_backend.service.pools import post_worker_init, prestart
+import pytest
+import torch
+
+from ml_backend.service.pools import one_torch_thread, post_worker_init, prestart
 
 
 def _named(prefix):
@@ -32,9 +36,72 @@ def test_the_gunicorn_hook_starts_the_request_threads_and_tolerates_a_worker_wit
     try:
         post_worker_init(Worker())
         assert _named("hook-test") == 4
+        # every request thread runs torch on itself alone (the barrier makes each of the 4 answer)
+        barrier = threading.Barrier(4)
+
+        def count():
+            barrier.wait(10)
+            return threading.get_ident(), torch.get_num_threads()
+
+        answers = list(Worker.tpool.map(lambda _: count(), range(4)))
+        assert len({ident for ident, _ in answers}) == 4 and {n for _, n in answers} == {1}
         post_worker_init(object())  # another worker class: nothing to start
     finally:
         Worker.tpool.shutdown()
+
+
+def test_prestart_runs_its_init_once_on_each_thread():
+    seen = []
+    pool = ThreadPoolExecutor(max_workers=5, thread_name_prefix="init-test")
+    try:
+        assert prestart(pool, 5, init=lambda: seen.append(threading.get_ident()))
+        assert len(seen) == 5 and len(set(seen)) == 5
+    finally:
+        pool.shutdown()
+
+
+def _threads() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("Threads:"))
+
+
+@pytest.mark.skipif(torch.get_num_threads() < 2, reason="one torch thread: no thread has a team of its own")
+def test_a_thread_with_one_torch_thread_starts_no_team_and_leaves_the_others_as_they_were():
+    conv, image = torch.nn.Conv2d(3, 16, 3), torch.randn(16, 3, 64, 64)
+    team = torch.get_num_threads() - 1
+
+    def grown(pin: bool) -> tuple[int, list]:
+        release, counts = threading.Event(), []
+
+        def body():
+            if pin:
+                assert one_torch_thread()
+            with torch.no_grad():
+                conv(image)
+            counts.append(torch.get_num_threads())
+            release.wait(30)
+
+        before = _threads()
+        threads = [threading.Thread(target=body) for _ in range(6)]
+        for t in threads:
+            t.start()
+        while len(counts) < 6:
+            time.sleep(0.01)
+        extra = _threads() - before - 6
+        release.set()
+        for t in threads:
+            t.join(30)
+        return extra, counts
+
+    assert grown(pin=False)[0] >= 6 * team  # each thread's own OpenMP team
+    extra, counts = grown(pin=True)
+    assert extra <= 0 and counts == [1] * 6
+    assert torch.get_num_threads() == team + 1  # this thread, and threads started later, keep torch's count
+    later = []
+    t = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+    t.start()
+    t.join()
+    assert later == [team + 1]
 
 
 def test_compute_threads_run_the_work_on_their_own_threads_reentrantly_and_pass_errors_back():
