@@ -83,6 +83,13 @@ def one_torch_thread() -> bool:
     return True
 
 
+def _form_team() -> None:
+    """Run one parallel torch operation on the calling thread, so that its OpenMP team starts now."""
+    import torch
+
+    torch.ones(1 << 17).add_(1)
+
+
 def post_worker_init(worker) -> None:
     """gunicorn hook: the gthread worker's request threads (``--threads``), all started with the
     worker, each with one torch thread (:func:`one_torch_thread`)."""
@@ -106,7 +113,7 @@ class ComputeThreads:
         self.n = max(1, int(n))
         self._ours = threading.local()
         self._pool = ThreadPoolExecutor(max_workers=self.n, thread_name_prefix=name, initializer=self._mark)
-        prestart(self._pool, self.n)
+        prestart(self._pool, self.n, init=_form_team)  # each thread's team now, not at its first request
 
     def _mark(self) -> None:
         self._ours.inside = True

@@ -65,6 +65,17 @@ def _threads() -> int:
         return next(int(line.split()[1]) for line in f if line.startswith("Threads:"))
 
 
+def _settled_threads() -> int:
+    last = _threads()
+    for _ in range(50):
+        time.sleep(0.1)
+        now = _threads()
+        if now == last:
+            return now
+        last = now
+    return last
+
+
 @pytest.mark.skipif(torch.get_num_threads() < 2, reason="one torch thread: no thread has a team of its own")
 def test_a_thread_with_one_torch_thread_starts_no_team_and_leaves_the_others_as_they_were():
     conv, image = torch.nn.Conv2d(3, 16, 3), torch.randn(16, 3, 64, 64)
@@ -107,9 +118,15 @@ def test_a_thread_with_one_torch_thread_starts_no_team_and_leaves_the_others_as_
 def test_compute_threads_run_the_work_on_their_own_threads_reentrantly_and_pass_errors_back():
     from ml_backend.service.pools import ComputeThreads
 
+    before = _settled_threads()  # the teams of earlier tests' threads take a moment to end
     compute = ComputeThreads(2, name="compute-test")
     try:
         assert _named("compute-test") == 2  # started with the process, not one by one
+        # and their OpenMP teams with them: running the model later adds no thread
+        started = _threads()
+        assert started - before == 2 + 2 * (torch.get_num_threads() - 1)
+        compute.run(lambda: torch.nn.Conv2d(3, 16, 3)(torch.randn(16, 3, 64, 64)))
+        assert _threads() == started
         assert compute.run(lambda: threading.current_thread().name).startswith("compute-test")
         # a call from one of them runs inline (a nested call would otherwise wait for itself)
         nested = compute.run(lambda: compute.run(lambda: threading.current_thread().name))
