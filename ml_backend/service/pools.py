@@ -106,8 +106,9 @@ class ComputeThreads:
     teams would add up to ``THREADS x (cores - 1)`` threads as more of them score for the first
     time (docs/benchmarks.md, the soak); run here, at most ``COMPUTE_THREADS x (cores - 1)``, all
     started with the process. A request thread waits for its result (the wait is not bounded: the
-    request's deadline bounds its downloads, which stay on the request thread). Re-entrant: a call
-    from one of these threads runs inline."""
+    request's deadline bounds its downloads, which stay on the request thread; only a strategy that
+    needs the images themselves, AIFT's views, reads them again from the scoring). Re-entrant: a
+    call from one of these threads runs inline."""
 
     def __init__(self, n: int, name: str = "compute") -> None:
         self.n = max(1, int(n))
