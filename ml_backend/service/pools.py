@@ -8,6 +8,7 @@ python:ml_backend.service.pools`` sets the :func:`post_worker_init` hook (the co
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -38,32 +39,26 @@ def prestart(executor: ThreadPoolExecutor, n: int, timeout: float = 30.0, init=N
         return False
 
 
-_OPENMP: list = []  # [torch's OpenMP runtime (ctypes), or None where none is found]
-
-
+@functools.cache
 def _openmp():
-    if not _OPENMP:
-        import ctypes
-        import glob
-        import os
+    """torch's OpenMP runtime (ctypes), or None where none is found."""
+    import ctypes
+    import glob
+    import os
 
-        import torch
+    import torch
 
-        found = None
-        folder = os.path.join(os.path.dirname(torch.__file__), "lib")
-        paths = [p for pat in ("libgomp*", "libomp*", "libiomp*") for p in sorted(glob.glob(os.path.join(folder, pat)))]
-        for path in paths:
+    folder = os.path.join(os.path.dirname(torch.__file__), "lib")
+    for pattern in ("libgomp*", "libomp*", "libiomp*"):
+        for path in sorted(glob.glob(os.path.join(folder, pattern))):
             try:
                 lib = ctypes.CDLL(path)  # the copy torch already loaded: the same handle
             except OSError:
                 continue
             if hasattr(lib, "omp_set_num_threads"):
-                found = lib
-                break
-        if found is None:
-            log.info("torch's OpenMP runtime not found: request threads keep torch's thread count")
-        _OPENMP.append(found)
-    return _OPENMP[0]
+                return lib
+    log.info("torch's OpenMP runtime not found: request threads keep torch's thread count")
+    return None
 
 
 def one_torch_thread() -> bool:
@@ -113,11 +108,13 @@ class ComputeThreads:
     def __init__(self, n: int, name: str = "compute") -> None:
         self.n = max(1, int(n))
         self._ours = threading.local()
-        self._pool = ThreadPoolExecutor(max_workers=self.n, thread_name_prefix=name, initializer=self._mark)
-        prestart(self._pool, self.n, init=_form_team)  # each thread's team now, not at its first request
+        self._pool = ThreadPoolExecutor(max_workers=self.n, thread_name_prefix=name, initializer=self._start)
+        prestart(self._pool, self.n)
 
-    def _mark(self) -> None:
+    def _start(self) -> None:
+        """Each thread: marked as one of these, and its OpenMP team started now, not at its first request."""
         self._ours.inside = True
+        _form_team()
 
     def inside(self) -> bool:
         """True on one of these threads."""

@@ -55,11 +55,11 @@ class Scorer:
         settings: Settings,
         features: FeatureExtractor,
         strategy_states: StrategyStates,
-        compute: ComputeThreads | None = None,
+        compute: ComputeThreads,
     ) -> None:
         """``features``: each task's trunk activations and images; ``strategy_states``: each
         project's strategy (STRATEGY by default) and what it computed once from the pool;
-        ``compute``: where a request's scoring runs (None: on the request's thread)."""
+        ``compute``: where a request's scoring runs."""
         self.settings, self.extractor, self.strategy_states = settings, features, strategy_states
         self.compute = compute
         self._strategy_lock = threading.Lock()  # strategies may keep per-call diagnostics
@@ -80,13 +80,9 @@ class Scorer:
         started = time.perf_counter()
         deadline = time.monotonic() + self.settings.predict_deadline_s
         # the downloads on this thread, the model's work on the compute threads (pools.ComputeThreads)
-        features = self.extractor
-        keys = [features.fingerprint(features.reference(state, t)) for t in tasks]
-        chunk = max(self.settings.batch_size, 256)  # bounded memory, as in _batches
-        chunks = features.trunk_activation_chunks(state, model, tasks, keys, chunk, deadline=deadline)
-        prepared = [z for _, part in chunks for z in part]
-        run = self.compute.run if self.compute is not None else (lambda fn, *a, **k: fn(*a, **k))
-        results = run(self.score, state, tasks, model, version, deadline=deadline, prepared=prepared)
+        keys = [self.extractor.fingerprint(self.extractor.reference(state, t)) for t in tasks]
+        prepared = [z for _, part in self._activation_chunks(state, model, tasks, keys, deadline) for z in part]
+        results = self.compute.run(self.score, state, tasks, model, version, deadline=deadline, prepared=prepared)
         with state.lock:
             stats = state.pool.stats
             stats["predict_requests"] += 1
@@ -95,6 +91,16 @@ class Scorer:
             stats["predict_seconds"] += time.perf_counter() - started
         return results
 
+    def _chunk(self) -> int:
+        return max(self.settings.batch_size, 256)  # tasks at a time: bounded memory for large pools
+
+    def _activation_chunks(self, state, model, tasks, fingerprints, deadline) -> Iterator:
+        """(start, trunk activations or ImageError) per chunk of :meth:`_chunk` tasks; the next
+        chunk's images download while this one runs through the trunk."""
+        return self.extractor.trunk_activation_chunks(
+            state, model, tasks, fingerprints, self._chunk(), deadline=deadline
+        )
+
     def _batches(
         self, state, model, tasks, fingerprints, deadline, failed: dict, progress, give_way, prepared=None
     ) -> Iterator:
@@ -102,11 +108,11 @@ class Scorer:
         others go to ``failed`` (index -> ImageError). Raises :class:`ScoringGaveWay` between chunks
         when ``give_way()`` says so. ``prepared``: every task's activations or ImageError, already
         computed (nothing is downloaded)."""
-        chunk = max(self.settings.batch_size, 256)  # bounded memory for large pools
+        chunk = self._chunk()
         if prepared is not None:
             chunks = ((s, prepared[s : s + chunk]) for s in range(0, len(tasks), chunk))
-        else:  # the next chunk's images download while this one runs through the trunk
-            chunks = self.extractor.trunk_activation_chunks(state, model, tasks, fingerprints, chunk, deadline=deadline)
+        else:
+            chunks = self._activation_chunks(state, model, tasks, fingerprints, deadline)
         for start in range(0, len(tasks), chunk):
             if give_way is not None and start and give_way():
                 chunks.close()  # its prefetched downloads are cancelled
