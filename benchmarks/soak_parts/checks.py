@@ -212,7 +212,13 @@ class Monitor:
                         "task": task,
                         "label": label,
                         "used": used,
+                        "changes_s_from_read": self.changes_of(task, before),
                     }
+
+    def changes_of(self, task: int, t: float) -> list[list]:
+        """The ledger's changes of one task: [sent, saved] seconds from ``t``, and the label."""
+        with self.ledger.lock:
+            return [[round(c.sent - t, 1), round(c.at - t, 1), c.label] for c in self.ledger.changes if c.task == task]
 
     def changed_between(self, t0: float, t1: float) -> dict[int, set]:
         """Each task's labels set (None: deleted) by changes saved, or in flight, between ``t0`` and ``t1``."""
@@ -238,14 +244,41 @@ class Monitor:
     # ------------------------------------------------------------------ resources
     def sample_resources(self) -> None:
         world = self.world
-        roles = {}
+        roles, urls = {}, {}
         for name, b in (("backend", world.backend), ("replica", world.replica)):
             if b is not None and b.process is not None and b.process.poll() is None:
                 roles[b.process.pid] = f"{name} master"
                 for pid in child_pids(b.process.pid):
-                    roles[pid] = f"{name} worker"
+                    roles[pid], urls[pid] = f"{name} worker", b.url
         procs = {pid: {"role": role, **u} for pid, role in roles.items() if (u := proc_usage(pid)) is not None}
-        self.resources.append({"minute": round(self.elapsed() / 60, 2), "procs": procs})
+        for url in set(urls.values()):
+            for pid, seen in self.workers_seen(url, [p for p, u in urls.items() if u == url]).items():
+                if pid in procs:
+                    procs[pid].update(seen)
+        self.resources.append({"minute": round(self.elapsed() / 60, 2), "procs": procs, "pool": len(world.index_of)})
+
+    @staticmethod
+    def workers_seen(url: str, pids: list[int], tries_each: int = 4) -> dict[int, dict]:
+        """Each worker's own view, from /status (gunicorn hands each request to one of its workers, so
+        ask until every worker answered or ``tries_each`` × workers requests went): its feature
+        cache's size and its Python threads by name."""
+        seen: dict[int, dict] = {}
+        for _ in range(tries_each * len(pids)):
+            try:
+                st = requests.get(f"{url}/status", timeout=5, headers={"Connection": "close"}).json()
+            except (requests.RequestException, ValueError):
+                continue
+            cache, worker = st.get("feature_cache") or {}, st.get("worker") or {}
+            if worker.get("pid") in pids:
+                seen[worker["pid"]] = {
+                    "cache_items": cache.get("memory_items"),
+                    "cache_mb": cache.get("memory_mb"),
+                    "cache_limit_mb": cache.get("memory_limit_mb"),
+                    "python_threads": worker.get("threads"),
+                }
+            if len(seen) == len(pids):
+                break
+        return seen
 
     # ------------------------------------------------------------------ figures
     def health_figures(self) -> dict:

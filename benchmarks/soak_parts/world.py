@@ -113,19 +113,37 @@ def child_pids(pid: int) -> list[int]:
     return [int(p) for p in out.stdout.split()]
 
 
+def fd_kind(target: str) -> str:
+    """What an open file descriptor is, from its /proc link: socket, pipe, anon_inode:<what>, or the
+    file's suffix (``.seg``: the feature cache's segments)."""
+    if target.startswith(("socket:", "pipe:")):
+        return target.split(":", 1)[0]
+    if target.startswith("anon_inode:"):
+        return target.strip("[]").replace("[", "")
+    return Path(target).suffix or "file"
+
+
 def proc_usage(pid: int) -> dict | None:
-    """RSS (MB), threads and open file descriptors of one process, from /proc; None when it is gone."""
+    """RSS (MB), threads and open file descriptors of one process (and the descriptors by kind,
+    :func:`fd_kind`), from /proc; None when it is gone."""
     try:
         fields = dict(
             line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line
         )
-        fds = len(os.listdir(f"/proc/{pid}/fd"))
+        kinds: dict[str, int] = {}
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                kind = fd_kind(os.readlink(f"/proc/{pid}/fd/{fd}"))
+            except OSError:  # closed meanwhile
+                continue
+            kinds[kind] = kinds.get(kind, 0) + 1
     except (OSError, ValueError):
         return None
     return {
         "rss_mb": round(int(fields.get("VmRSS", "0 kB").split()[0]) / 1024, 1),
         "threads": int(fields["Threads"]),
-        "fds": fds,
+        "fds": sum(kinds.values()),
+        "fd_kinds": dict(sorted(kinds.items())),
     }
 
 

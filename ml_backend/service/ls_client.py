@@ -11,7 +11,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from ml_backend.service import sdk
+from ml_backend.service import pools, sdk
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,8 @@ class LabelStudioConnection:
         self._lock = threading.Lock()
         self._refresher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="token-refresh")
         self._refresh: Future | None = None
+        if self.configured:  # its thread from the start, not at the first expiry (docs/benchmarks.md, the soak)
+            pools.prestart(self._refresher, 1)
 
     @property
     def configured(self) -> bool:

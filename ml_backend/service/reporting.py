@@ -3,6 +3,10 @@ state, rounds, stopping signal and worker status. Reads only; writes nothing."""
 
 from __future__ import annotations
 
+import collections
+import os
+import re
+import threading
 from typing import Protocol
 
 from ml_backend.core.backbones import LoadedBackbone
@@ -48,6 +52,15 @@ def stopping_signal(rule: StabilityRule, history: list[dict]) -> dict:
     }
 
 
+def this_process() -> dict:
+    """The process that answered (/status's ``worker``): gunicorn spreads requests over its workers,
+    so a caller that wants each one's figures (the soak) tells them apart by ``pid``. ``threads``
+    counts the Python threads by name, their numbers left out (``compute_0`` and ``compute_1`` are
+    two ``compute``), which shows what a growing thread count is made of."""
+    names = collections.Counter(re.sub(r"[-_]\d+(_\d+)?$", "", t.name) for t in threading.enumerate())
+    return {"pid": os.getpid(), "threads": dict(sorted(names.items()))}
+
+
 class StatusReport:
     def __init__(self, settings: Settings, base: LoadedBackbone, strategy, device, parts: Parts) -> None:
         self.rule = StabilityRule(settings.stop_kappa, settings.stop_window)
@@ -63,6 +76,7 @@ class StatusReport:
             "device": str(self.device),
             "events": events,
             "feature_cache": parts.features.stats(),
+            "worker": this_process(),
             "model_dir": space(parts.store.root),
             "neutral_rank_requests": parts.scorer.pool_relative_requests,
             "projects": {

@@ -1,6 +1,7 @@
 """Model service without HTTP: frozen-feature cache consistency and restart from checkpoints."""
 
 import logging
+import os
 
 import pytest
 import torch
@@ -112,7 +113,9 @@ def test_every_kind_of_strategy_scores_a_pool_through_the_service(tmp_path, digi
         again = service.scorer.score(state, pool, model, state.version, reset_pool=True)
         assert seen and not any({Need.SOURCE_PROBS, Need.SOURCE_FEATURES} & needs for needs in seen)  # M0 skipped
         assert [r["score"] for r in again] == [r["score"] for r in results]  # with α kept per task
-    assert "strategy_info" in service.metrics()["projects"]["1"]
+    metrics = service.metrics()
+    assert "strategy_info" in metrics["projects"]["1"]
+    assert metrics["worker"]["pid"] == os.getpid() and metrics["worker"]["threads"]["compute"] >= 1
     service.close()
 
 

@@ -143,3 +143,15 @@ def test_compute_threads_run_the_work_on_their_own_threads_reentrantly_and_pass_
             raise AssertionError("the error was lost")
     finally:
         compute.close()
+
+
+def test_the_token_refresh_thread_starts_with_the_connection_not_at_the_first_expiry():
+    from ml_backend.service.ls_client import LabelStudioConnection
+
+    before = _named("token-refresh")
+    LabelStudioConnection("", "")  # not configured: no thread to keep
+    assert _named("token-refresh") == before
+    connection = LabelStudioConnection("http://127.0.0.1:9", "a-legacy-token")
+    assert _named("token-refresh") == before + 1
+    assert connection._refresher.submit(lambda: threading.current_thread().name).result().startswith("token-refresh")
+    assert _named("token-refresh") == before + 1  # the refresh ran on it, nothing new started
