@@ -42,9 +42,11 @@ def project_key(project: Any) -> str:
 
 @dataclass
 class PoolState:
-    """What scoring keeps per project; written only by the scorer (``scorer.py``)."""
+    """What scoring keeps per project; written only by the scorer (``scorer.py``), and reset when the
+    served version changes (:meth:`forget_values`)."""
 
     acquisitions: dict[str, float] = field(default_factory=dict)  # task id -> value, served version
+    previous_acquisitions: dict[str, float] = field(default_factory=dict)  # the last ones of an earlier version
     labeled_trunk: list = field(default_factory=list)  # trunk activations of the last round's labels
     strategy_state: dict = field(default_factory=dict)  # what a strategy computes once (ADMA's landmarks)
     strategy_info: dict = field(default_factory=dict)  # what the strategy reported at the last publish
@@ -58,6 +60,13 @@ class PoolState:
             "predict_seconds": 0.0,
         }
     )
+
+    def forget_values(self) -> None:
+        """The served version changed: its values start anew; the last ones are kept as
+        ``previous_acquisitions`` (the next round's candidates, ``jobs/first_queue.py``)."""
+        if self.acquisitions:
+            self.previous_acquisitions = self.acquisitions
+        self.acquisitions = {}
 
 
 @dataclass

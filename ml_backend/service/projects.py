@@ -213,7 +213,7 @@ class Projects(Mapping):
             state.model, state.round, state.labels_used = model, round_, labels_used
             state.checkpoint, state.seq = checkpoint, seq
             state.version = self.version_of(state)
-            state.pool.acquisitions = {}
+            state.pool.forget_values()
             state.published_version = None
             return state.version
 

@@ -305,6 +305,15 @@ class Settings:  # long: every setting's declaration, one field each (type, defa
         "([methods.md](methods.md#0-conventions)). `0`: always score the whole pool first.",
         integer(0),
     )
+    round_queue_candidates: int = setting(
+        300,
+        "After a round, a big pool's queue does not wait for the whole pool to be scored by the new model: when "
+        "more than twice this many plus `FIRST_QUEUE_SAMPLE` tasks are unlabeled, the previous version's this many "
+        "most valuable tasks and a fixed sample of `FIRST_QUEUE_SAMPLE` others are scored first and served as "
+        "`<version>-first` while the rest is scored ([methods.md](methods.md#0-conventions)). `0`: the previous "
+        "version serves until the whole pool is scored.",
+        integer(0),
+    )
     publish_retries: int = setting(
         5, "Attempts per Label Studio API call while publishing (exponential back-off).", integer(1)
     )

@@ -63,7 +63,7 @@ class Versioning:
             version = self.version_of(state)
             if version != state.version:
                 state.version = version
-                state.pool.acquisitions = {}  # values of another version
+                state.pool.forget_values()
         return changed
 
     def adopt_strategy(self, state: ProjectState, spec: str | None) -> bool:

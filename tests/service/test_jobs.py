@@ -382,6 +382,68 @@ def test_the_full_scoring_after_a_first_queue_gives_way_to_a_due_round(tmp_path,
         backend.close()
 
 
+def _label(task, digits64):
+    choice = {"choices": [str(digits64[(task["id"] - 1) % 20][2])]}
+    task["annotations"] = [{"result": [{"from_name": "label", "to_name": "image", "type": "choices", "value": choice}]}]
+    task["annotations"][0]["was_cancelled"] = False
+
+
+def test_after_a_round_a_big_pool_is_served_from_the_previous_best_and_a_keyed_sample_first(tmp_path, digits64):
+    """ROUND_QUEUE_CANDIDATES: after a round, the new model first scores the previous version's most
+    valuable unlabeled tasks and a fixed sample of the others, as the whole pool of `<version>-first`,
+    and the project is switched to it before the whole pool is scored; the full version then replaces
+    it. A re-publish of the version the queue follows does not; 0 turns it off."""
+    env = {"FIRST_QUEUE_SAMPLE": "5", "ROUND_QUEUE_CANDIDATES": "10", "BATCH_SIZE": "8"}
+    backend, ctx, api = context(tmp_path, digits64, labeled=0, **env)
+    try:
+        api.tasks_list = [dict(api.tasks_list[i % 20], id=i + 1, annotations=[]) for i in range(60)]
+        jobs.publish(ctx)
+        v0, previous = ctx.state.version, dict(ctx.state.pool.acquisitions)
+        assert api.model_version == v0 and len(previous) == 60
+        labeled = sorted(api.tasks_list, key=lambda t: previous[str(t["id"])])[:3]  # not among the best
+        for task in labeled:
+            _label(task, digits64)
+        unlabeled = {str(t["id"]) for t in api.tasks_list if not t["annotations"]}
+        best = sorted(unlabeled, key=lambda k: previous[k], reverse=True)[:10]
+        api.calls.clear()
+        jobs.run_round(ctx, force=True)
+        v1 = ctx.state.version
+        assert v1 != v0 and ctx.state.round == 1
+        switches = [c for c in api.calls if c[0] == "switch"]
+        assert switches == [("switch", f"{v1}-first"), ("switch", v1)]
+        before_switch = api.calls[: api.calls.index(("switch", f"{v1}-first"))]
+        served_first = [t for c in before_switch if c[0] == "import" for t in c[1]]  # the preliminary version's
+        assert len(served_first) == 15 and {str(t) for t in served_first} >= set(best)
+        assert not {t["id"] for t in labeled} & set(served_first)
+        progress = ctx.status.info["publish_progress"]
+        assert progress["first_queue"]["version"] == f"{v1}-first" and progress["first_queue"]["unlabeled"] == 57
+        assert "round_queue_seconds" in progress["timings"] and ctx.state.published_version == v1
+        assert ("delete", f"{v1}-first") in api.calls and {p["model_version"] for p in api.imported} == {v1}
+        assert len(ctx.state.pool.acquisitions) == 57  # the whole pool, valued by the new version
+
+        api.calls.clear()
+        jobs.publish(ctx)  # the queue follows v1 already: no preliminary version again
+        assert [c for c in api.calls if c[0] == "switch"] == [("switch", v1)]
+    finally:
+        backend.close()
+
+
+@pytest.mark.parametrize("candidates", ["0", "30"])
+def test_no_preliminary_round_queue_when_off_or_when_the_pool_is_small(tmp_path, digits64, candidates):
+    env = {"FIRST_QUEUE_SAMPLE": "5", "ROUND_QUEUE_CANDIDATES": candidates, "BATCH_SIZE": "8"}
+    backend, ctx, api = context(tmp_path, digits64, labeled=0, **env)
+    try:
+        api.tasks_list = [dict(api.tasks_list[i % 20], id=i + 1, annotations=[]) for i in range(60)]
+        jobs.publish(ctx)
+        for task in api.tasks_list[:3]:
+            _label(task, digits64)
+        api.calls.clear()
+        jobs.run_round(ctx, force=True)  # 57 unlabeled: not more than 2 × (30 + 5)
+        assert [c for c in api.calls if c[0] == "switch"] == [("switch", ctx.state.version)]
+    finally:
+        backend.close()
+
+
 def test_a_publish_that_model_dir_cannot_record_is_not_a_failed_round_and_is_recorded_later(
     tmp_path, digits64, monkeypatch
 ):

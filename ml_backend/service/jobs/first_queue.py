@@ -1,10 +1,12 @@
-"""A big project's first ordered queue in seconds (docs/methods.md §0, "A big project's first
-queue"): before a never-published project's whole pool is scored, a sample spread over it is scored
-as the pool of a preliminary version ``<version>-first``, imported, and the project switched to it.
-The full publish that follows replaces it."""
+"""A big project's queue in seconds (docs/methods.md §0, "A big project's first queue" and "A
+round's queue"): before a never-published project's whole pool is scored, a sample spread over it is
+scored as the pool of a preliminary version ``<version>-first``, imported, and the project switched
+to it; after a round, the same is done with the previous version's most valuable tasks and a keyed
+sample. The full publish that follows replaces it."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 
@@ -39,26 +41,62 @@ def publish_sample(ctx: JobContext, api: ProjectAPI, model, version: str) -> dic
     same tasks each time, so that a later round finds their activations in the feature cache), score
     it, import it as ``<version>-first`` and switch the project to it. Returns what was done (for
     ``/status``), or None when the pool is small enough to score whole at once."""
-    state, status, n = ctx.state, ctx.status, ctx.settings.first_queue_sample
-    started = time.perf_counter()
+    n = ctx.settings.first_queue_sample
     sample, total = ctx.call(lambda: api.sample_unlabeled(n), "reading a sample of unlabeled tasks")
     if total <= 2 * n or not sample:
         return None
+    return serve(ctx, api, model, version, sample, total, f"first queue: scoring a sample of {len(sample)}")
+
+
+def round_candidates(ctx: JobContext, pool: list[dict], version: str) -> list[dict] | None:
+    """After a round, on a big pool: the tasks a preliminary version of the new model is scored on
+    before the whole pool is: the previous version's ``ROUND_QUEUE_CANDIDATES`` most valuable unlabeled
+    tasks (its values, ``PoolState.previous_acquisitions``; none after a restart) and a keyed sample of
+    ``FIRST_QUEUE_SAMPLE`` of the others (the same tasks from round to round). None: the setting is
+    off, the project was never published (its first queue is ``publish_sample``'s), the queue already
+    follows ``version`` (a re-publish), or the pool is under twice the candidates (scored whole)."""
+    n_top, n_sample, queue = (
+        ctx.settings.round_queue_candidates,
+        ctx.settings.first_queue_sample,
+        ctx.state.queue_version,
+    )
+    if not n_top or not queue or queue == version or len(pool) <= 2 * (n_top + n_sample):
+        return None
+    with ctx.state.lock:
+        previous = dict(ctx.state.pool.previous_acquisitions)
+    by_id = {str(t["id"]): t for t in pool if "id" in t}
+    valued = sorted((k for k in by_id if k in previous), key=lambda k: previous[k], reverse=True)[:n_top]
+    top = set(valued)
+    keyed = sorted((k for k in by_id if k not in top), key=lambda k: hashlib.sha1(k.encode()).hexdigest())
+    return [by_id[k] for k in valued + keyed[:n_sample]]
+
+
+def serve_round(ctx: JobContext, api: ProjectAPI, model, version: str, pool: list[dict]) -> dict | None:
+    """After a round: serve ``<version>-first`` from :func:`round_candidates`; None when not wanted."""
+    candidates = round_candidates(ctx, pool, version)
+    if not candidates:
+        return None
+    return serve(ctx, api, model, version, candidates, len(pool), f"round queue: scoring {len(candidates)} candidates")
+
+
+def serve(ctx: JobContext, api: ProjectAPI, model, version: str, tasks: list[dict], total: int, what: str) -> dict:
+    """Score ``tasks`` as the whole pool of ``<version>-first``, import it, switch the project to it."""
+    state, status = ctx.state, ctx.status
+    started = time.perf_counter()
     name = preliminary(version)
-    status.set("publishing", f"first queue: scoring a sample of {len(sample)} of {total} unlabeled tasks")
-    results = ctx.scorer.score(state, sample, model, name, sample=True)
+    status.set("publishing", f"{what} of {total} unlabeled tasks")
+    results = ctx.scorer.score(state, tasks, model, name, sample=True)
     if name in ctx.call(api.model_versions, "listing prediction versions"):  # a retry: no task gets two
         ctx.call(lambda: api.delete_version(name), f"clearing {name}")
-    import_predictions(ctx, api, sample, results, name)
+    import_predictions(ctx, api, tasks, results, name)
     switch(ctx, api, name)
-    done = {"version": name, "sample": len(sample), "unlabeled": total}
+    done = {"version": name, "sample": len(tasks), "unlabeled": total}
     done["seconds"] = round(time.perf_counter() - started, 3)
     log.info(
-        "project %s: first queue served by %s (a sample of %d of %d unlabeled tasks) after %.1fs; "
-        "scoring the whole pool for %s",
+        "project %s: queue served by %s (%d of %d unlabeled tasks) after %.1fs; scoring the whole pool for %s",
         state.key,
         name,
-        len(sample),
+        len(tasks),
         total,
         done["seconds"],
         version,

@@ -62,7 +62,8 @@ def stability_kappa(ctx: JobContext, pool: list[dict], results: list[dict], vers
 def publish(ctx: JobContext, tasks: list[dict] | None = None, stability: bool = False) -> float | None:
     """Score the whole unlabeled pool with the served version, import it, switch the project to it.
     With ``stability`` (after a round) returns the stopping signal's κ to the previous version. A
-    big project never published yet first gets a preliminary queue from a sample (``first_queue.py``)."""
+    big project never published yet first gets a preliminary queue from a sample, and a big pool after
+    a round one from the previous version's best tasks and a sample (``first_queue.py``)."""
     state, status = ctx.state, ctx.status
     api = ctx.api()
     with state.lock:
@@ -85,6 +86,8 @@ def publish(ctx: JobContext, tasks: list[dict] | None = None, stability: bool = 
         lap("read_seconds")
     ensure_labeled(ctx, model, tasks)
     pool = unlabeled(state, tasks)
+    if first is None and (first := first_queue.serve_round(ctx, api, model, version, pool)) is not None:
+        lap("round_queue_seconds")
     progress = {"version": version, "scored": 0, "imported": 0, "total": len(pool), "timings": timings}
     if first is not None:
         progress["first_queue"] = first
