@@ -81,13 +81,18 @@ class _Watchdog:
         self._counter = 0
         self._thread: threading.Thread | None = None
 
-    def watch(self, download: Download) -> None:
+    def start(self) -> None:
+        """Start the thread if it is not running (in this process: a fork leaves it behind)."""
         with self._cond:
-            self._counter += 1
-            heapq.heappush(self._heap, (download.deadline, self._counter, download))
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="download-watchdog", daemon=True)
                 self._thread.start()
+
+    def watch(self, download: Download) -> None:
+        self.start()
+        with self._cond:
+            self._counter += 1
+            heapq.heappush(self._heap, (download.deadline, self._counter, download))
             self._cond.notify()
 
     def _run(self) -> None:
@@ -105,6 +110,14 @@ class _Watchdog:
 
 
 _WATCHDOG = _Watchdog()
+
+
+def start_watchdog() -> None:
+    """Start the deadline watchdog's thread now rather than at the first bounded download, so that a
+    process's thread count is flat from its start (``pools.py``)."""
+    _WATCHDOG.start()
+
+
 _CURRENT = threading.local()  # the download the calling thread is doing (set by ``bounded``)
 
 

@@ -63,6 +63,7 @@ class ImageLoader:
             max_workers=workers, thread_name_prefix="image-fetch", initializer=pools.one_torch_thread
         )
         pools.prestart(self._executor, workers)  # all started now, none with a torch team: a flat thread count
+        downloads.start_watchdog()  # (the requests' download deadlines) likewise
         self._local = threading.local()
         self._slots = HostSlots(per_host)
         self._adapter = downloads.shared_adapter(per_host)

@@ -155,3 +155,23 @@ def test_the_token_refresh_thread_starts_with_the_connection_not_at_the_first_ex
     assert _named("token-refresh") == before + 1
     assert connection._refresher.submit(lambda: threading.current_thread().name).result().startswith("token-refresh")
     assert _named("token-refresh") == before + 1  # the refresh ran on it, nothing new started
+
+
+def test_the_download_watchdog_starts_with_the_image_loader_not_at_the_first_download(tmp_path, monkeypatch):
+    import time
+
+    from ml_backend.service import downloads
+    from ml_backend.service.images import ImageLoader
+
+    watchdog = downloads._Watchdog()  # this process's may be running already: a fresh one
+    monkeypatch.setattr(downloads, "_WATCHDOG", watchdog)
+    assert watchdog._thread is None
+    loader = ImageLoader(tmp_path, workers=1, max_bytes=10**6, max_pixels=10**6, timeout=1.0)
+    try:
+        started = watchdog._thread
+        assert started is not None and started.is_alive() and started.name == "download-watchdog"
+        with downloads.bounded(time.monotonic() + 1):
+            pass
+        assert watchdog._thread is started  # the download found it running: nothing new started
+    finally:
+        loader.close()
