@@ -314,6 +314,12 @@ class Settings:  # long: every setting's declaration, one field each (type, defa
         "version serves until the whole pool is scored.",
         integer(0),
     )
+    round_queue_after_s: float = setting(
+        10.0,
+        "`ROUND_QUEUE_CANDIDATES` only when the last whole-pool scoring in this process took longer than this many "
+        "seconds (on a pool that is scored in a few seconds the preliminary version would only add an import).",
+        number(0.0, inclusive=True),
+    )
     publish_retries: int = setting(
         5, "Attempts per Label Studio API call while publishing (exponential back-off).", integer(1)
     )

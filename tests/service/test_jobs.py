@@ -393,7 +393,7 @@ def test_after_a_round_a_big_pool_is_served_from_the_previous_best_and_a_keyed_s
     valuable unlabeled tasks and a fixed sample of the others, as the whole pool of `<version>-first`,
     and the project is switched to it before the whole pool is scored; the full version then replaces
     it. A re-publish of the version the queue follows does not; 0 turns it off."""
-    env = {"FIRST_QUEUE_SAMPLE": "5", "ROUND_QUEUE_CANDIDATES": "10", "BATCH_SIZE": "8"}
+    env = {"FIRST_QUEUE_SAMPLE": "5", "ROUND_QUEUE_CANDIDATES": "10", "ROUND_QUEUE_AFTER_S": "0", "BATCH_SIZE": "8"}
     backend, ctx, api = context(tmp_path, digits64, labeled=0, **env)
     try:
         api.tasks_list = [dict(api.tasks_list[i % 20], id=i + 1, annotations=[]) for i in range(60)]
@@ -428,17 +428,23 @@ def test_after_a_round_a_big_pool_is_served_from_the_previous_best_and_a_keyed_s
         backend.close()
 
 
-@pytest.mark.parametrize("candidates", ["0", "30"])
-def test_no_preliminary_round_queue_when_off_or_when_the_pool_is_small(tmp_path, digits64, candidates):
-    env = {"FIRST_QUEUE_SAMPLE": "5", "ROUND_QUEUE_CANDIDATES": candidates, "BATCH_SIZE": "8"}
-    backend, ctx, api = context(tmp_path, digits64, labeled=0, **env)
+@pytest.mark.parametrize(
+    "candidates, after_s",
+    [("0", "0"), ("30", "0"), ("10", "3600")],  # off; 57 unlabeled, not more than 2 × (30 + 5); scored fast
+)
+def test_no_preliminary_round_queue_when_off_the_pool_small_or_its_scoring_fast(
+    tmp_path, digits64, candidates, after_s
+):
+    env = {"FIRST_QUEUE_SAMPLE": "5", "ROUND_QUEUE_CANDIDATES": candidates, "ROUND_QUEUE_AFTER_S": after_s}
+    backend, ctx, api = context(tmp_path, digits64, labeled=0, BATCH_SIZE="8", **env)
     try:
         api.tasks_list = [dict(api.tasks_list[i % 20], id=i + 1, annotations=[]) for i in range(60)]
         jobs.publish(ctx)
         for task in api.tasks_list[:3]:
             _label(task, digits64)
         api.calls.clear()
-        jobs.run_round(ctx, force=True)  # 57 unlabeled: not more than 2 × (30 + 5)
+        jobs.run_round(ctx, force=True)
+        assert ctx.state.pool.scoring_seconds is not None
         assert [c for c in api.calls if c[0] == "switch"] == [("switch", ctx.state.version)]
     finally:
         backend.close()

@@ -54,13 +54,13 @@ def round_candidates(ctx: JobContext, pool: list[dict], version: str) -> list[di
     tasks (its values, ``PoolState.previous_acquisitions``; none after a restart) and a keyed sample of
     ``FIRST_QUEUE_SAMPLE`` of the others (the same tasks from round to round). None: the setting is
     off, the project was never published (its first queue is ``publish_sample``'s), the queue already
-    follows ``version`` (a re-publish), or the pool is under twice the candidates (scored whole)."""
-    n_top, n_sample, queue = (
-        ctx.settings.round_queue_candidates,
-        ctx.settings.first_queue_sample,
-        ctx.state.queue_version,
-    )
+    follows ``version`` (a re-publish), the pool is under twice the candidates, or its last whole
+    scoring here took at most ``ROUND_QUEUE_AFTER_S`` (or is not measured yet): then it is scored whole."""
+    settings, pool_state, queue = ctx.settings, ctx.state.pool, ctx.state.queue_version
+    n_top, n_sample = settings.round_queue_candidates, settings.first_queue_sample
     if not n_top or not queue or queue == version or len(pool) <= 2 * (n_top + n_sample):
+        return None
+    if pool_state.scoring_seconds is None or pool_state.scoring_seconds <= settings.round_queue_after_s:
         return None
     with ctx.state.lock:
         previous = dict(ctx.state.pool.previous_acquisitions)
