@@ -79,8 +79,10 @@ UNCERTAINTY_SAMPLING = "Uncertainty sampling"
 
 ANNOTATED = {
     "conjunction": "and",
-    "items": [  # Data Manager filter: tasks with a (non-skipped) annotation
-        {"filter": "filter:tasks:total_annotations", "operator": "greater", "type": "Number", "value": 0}
+    "items": [  # Data Manager filter: tasks with an annotation (skipped ones too: they are dropped later)
+        # on the annotations themselves (a join), not on the task's counter `total_annotations`, which
+        # a recount beside concurrent writes can leave at 0 (_annotated_checked)
+        {"filter": "filter:tasks:annotations_ids", "operator": "greater", "type": "Number", "value": 0}
     ],
 }
 
@@ -233,7 +235,7 @@ class ProjectAPI:  # long: one method per Label Studio call the learning loop ma
             filters = {"conjunction": "and", "items": ANNOTATED["items"] + newer_than(last)["items"]}
             query, size = json.dumps({"filters": filters, "ordering": ["tasks:id"]}), self.annotated_page_size
             batch, _ = self._page({"fields": "all", "page_size": size, "query": query}, 1)
-            yield from batch
+            yield from {int(t["id"]): t for t in batch}.values()  # once each, however many annotations it has
             if len(batch) < size:
                 return
             last = max(int(t["id"]) for t in batch)
