@@ -57,15 +57,14 @@ class ImageLoader:
         """``workers``: images fetched and decoded at once in all; ``per_host``: connections open to
         one host at most; ``draft_side``: the shorter side the preprocessing resizes to (see decode)."""
         self.cache_dir = Path(cache_dir)
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.max_bytes, self.max_pixels, self.timeout, self.draft_side = max_bytes, max_pixels, timeout, draft_side
         self._executor = ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix="image-fetch", initializer=pools.one_torch_thread
         )
         pools.prestart(self._executor, workers)  # all started now, none with a torch team: a flat thread count
         downloads.start_watchdog()  # (the requests' download deadlines) likewise
-        self._local = threading.local()
-        self._slots = HostSlots(per_host)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self._local, self._slots = threading.local(), HostSlots(per_host)
         self._adapter = downloads.shared_adapter(per_host)
         # per Label Studio host: whether it serves uploads at /data/upload/ (None: not known yet)
         self._direct_uploads: dict[str, bool] = {}

@@ -316,8 +316,7 @@ class Settings:  # long: every setting's declaration, one field each (type, defa
     )
     round_queue_after_s: float = setting(
         10.0,
-        "`ROUND_QUEUE_CANDIDATES` only when the last whole-pool scoring in this process took longer than this many "
-        "seconds (on a pool that is scored in a few seconds the preliminary version would only add an import).",
+        "`ROUND_QUEUE_CANDIDATES` only when this process's last whole-pool scoring took over this many seconds.",
         number(0.0, inclusive=True),
     )
     publish_retries: int = setting(
