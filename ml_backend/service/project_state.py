@@ -52,7 +52,7 @@ class PoolState:
     strategy_info: dict = field(default_factory=dict)  # what the strategy reported at the last publish
     strategy_saved: bool = False  # strategy_state's persistent part is on disk
     scored_version: str | None = None  # the version whose whole pool was scored last (what strategies kept)
-    scoring_seconds: float | None = None  # how long this process's last whole-pool scoring of a publish took
+    scoring_seconds: float | None = None  # how long this process's last whole-pool scoring took
     stats: dict[str, float] = field(
         default_factory=lambda: {
             "predict_requests": 0,

@@ -148,6 +148,7 @@ class Scorer:
         ``sample`` the tasks are a preliminary version's whole pool (a big project's first queue,
         ``jobs/first_queue.py``): valued and ranked among themselves, nothing of the project's pool
         state used or changed. ``give_way``: see :meth:`_batches`."""
+        started = time.perf_counter()
         features = self.extractor
         fingerprints = [features.fingerprint(features.reference(state, t)) for t in tasks]
         failed: dict[int, ImageError] = {}
@@ -176,6 +177,7 @@ class Scorer:
             if scored.info:
                 pool.strategy_info = scored.info
             pool.scored_version = version
+            pool.scoring_seconds = round(time.perf_counter() - started, 3)  # (first_queue.round_candidates)
             self.strategy_states.save(state)
         values, scores = self._values_and_scores(state, tasks, scored, version, reset_pool, sample)
         labels = model.decode(scored.probs) if scored.keys else []

@@ -7,6 +7,7 @@ sample. The full publish that follows replaces it."""
 from __future__ import annotations
 
 import hashlib
+import heapq
 import logging
 import time
 
@@ -63,12 +64,14 @@ def round_candidates(ctx: JobContext, pool: list[dict], version: str) -> list[di
     if pool_state.scoring_seconds is None or pool_state.scoring_seconds <= settings.round_queue_after_s:
         return None
     with ctx.state.lock:
-        previous = dict(ctx.state.pool.previous_acquisitions)
+        previous = dict(pool_state.previous_acquisitions)
     by_id = {str(t["id"]): t for t in pool if "id" in t}
-    valued = sorted((k for k in by_id if k in previous), key=lambda k: previous[k], reverse=True)[:n_top]
+    valued = heapq.nlargest(n_top, (k for k in by_id if k in previous), key=previous.__getitem__)
     top = set(valued)
-    keyed = sorted((k for k in by_id if k not in top), key=lambda k: hashlib.sha1(k.encode()).hexdigest())
-    return [by_id[k] for k in valued + keyed[:n_sample]]
+    keyed = heapq.nsmallest(
+        n_sample, (k for k in by_id if k not in top), key=lambda k: hashlib.sha1(k.encode()).digest()
+    )
+    return [by_id[k] for k in valued + keyed]
 
 
 def serve_round(ctx: JobContext, api: ProjectAPI, model, version: str, pool: list[dict]) -> dict | None:

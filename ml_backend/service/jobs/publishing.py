@@ -108,7 +108,6 @@ def publish(ctx: JobContext, tasks: list[dict] | None = None, stability: bool = 
         status.set("idle", f"{first['version']} serves the queue; the full scoring gave way to a round")
         return None
     lap("score_seconds")
-    state.pool.scoring_seconds = timings["score_seconds"]
     kappa = stability_kappa(ctx, pool, results, version) if stability else None
     complete = write_queue(ctx, api, pool, results, version, progress, lap)
     _ensure_queue_tab(ctx, api)
