@@ -255,13 +255,21 @@ class Monitor:
             for pid, seen in self.workers_seen(url, [p for p, u in urls.items() if u == url]).items():
                 if pid in procs:
                     procs[pid].update(seen)
-        self.resources.append({"minute": round(self.elapsed() / 60, 2), "procs": procs, "pool": len(world.index_of)})
+        segments = len(list((world.model_dir / "cache").rglob("*.seg")))
+        self.resources.append(
+            {
+                "minute": round(self.elapsed() / 60, 2),
+                "procs": procs,
+                "pool": len(world.index_of),
+                "segments_on_disk": segments,
+            }
+        )
 
     @staticmethod
     def workers_seen(url: str, pids: list[int], tries_each: int = 4) -> dict[int, dict]:
         """Each worker's own view, from /status (gunicorn hands each request to one of its workers, so
         ask until every worker answered or ``tries_each`` × workers requests went): its feature
-        cache's size and its Python threads by name."""
+        cache's size, its Python threads by name and the training rounds it ran."""
         seen: dict[int, dict] = {}
         for _ in range(tries_each * len(pids)):
             try:
@@ -275,6 +283,7 @@ class Monitor:
                     "cache_mb": cache.get("memory_mb"),
                     "cache_limit_mb": cache.get("memory_limit_mb"),
                     "python_threads": worker.get("threads"),
+                    "rounds_trained": worker.get("rounds_trained"),
                 }
             if len(seen) == len(pids):
                 break

@@ -53,20 +53,32 @@ def final_check(world, mon, ledger, timeout: float) -> dict:
     }
 
 
-WARM_SHARE = 0.95  # a worker is warm once its feature cache holds this share of the pool (or of its bound)
+WARM_SHARE = 0.95  # a worker's cache is warm once it holds this share of the pool (or of its bound)
 
 
 def warm_minute(points: list[tuple[float, dict]], pools: dict[float, int]) -> float | None:
-    """The first sample at which a worker's feature cache had taken in the pool: its first scoring of
-    the whole pool fills the cache (bounded by FEATURE_CACHE_MB), a step in its memory that is
-    warm-up, not growth. None: never seen warm (or never seen through /status)."""
+    """The first sample at which a worker was past its two warm-ups: its feature cache had taken in
+    the pool (its first scoring of the whole pool fills the cache, bounded by FEATURE_CACHE_MB), and,
+    if it ever trained, it had trained a round (``rounds_trained`` in /status: a worker's first round
+    allocates the optimizer's state and the labeled set's activations; a worker takes the trainer
+    lease over when the one holding it dies, so this can come late in its life). Both are steps in
+    its memory that are warm-up, not growth. None: never seen warm (or never seen through /status)."""
+    trains = any((u.get("rounds_trained") or 0) > 0 for _, u in points)
     for m, u in points:
         items, mb, limit = u.get("cache_items"), u.get("cache_mb"), u.get("cache_limit_mb")
-        if items is None:
+        if items is None or (trains and not u.get("rounds_trained")):
             continue
         if items >= WARM_SHARE * pools.get(m, float("inf")) or (limit and mb >= WARM_SHARE * limit):
             return m
     return None
+
+
+def fd_bounds(sample: dict) -> dict[str, int]:
+    """Kinds of descriptors a process holds a bounded number of, by design, and their bound: the
+    trainer lease (``.lease``) while a job of the soak's one project runs, and the feature cache's
+    segments (``.seg``), one for reading each segment on disk plus the one it appends to (old
+    segments are deleted whole once the disk bound is reached, and their descriptors closed)."""
+    return {".lease": 1, ".seg": int(sample.get("segments_on_disk") or 0) + 1}
 
 
 def _difference(a: dict | None, b: dict | None) -> dict:
@@ -89,6 +101,7 @@ def resource_growth(samples: list[dict], from_minute: float = 5.0, warmup_min: f
     threads by name."""
     series: dict[int, list[tuple[float, dict]]] = {}
     pools = {s["minute"]: s.get("pool") for s in samples if s.get("pool")}
+    samples_at = {s["minute"]: s for s in samples}
     for s in samples:
         for pid, u in s["procs"].items():
             series.setdefault(int(pid), []).append((s["minute"], u))
@@ -104,6 +117,8 @@ def resource_growth(samples: list[dict], from_minute: float = 5.0, warmup_min: f
             continue
         (m0, a), (m1, b) = judged[0], judged[-1]
         fd0, fd1 = fd_floor([u for _, u in judged[:2]]), fd_floor([u for _, u in judged[-2:]])
+        bounds = fd_bounds(samples_at[m1])
+        within = {k: n for k, n in _difference(fd0, fd1).items() if k in bounds and fd1.get(k, 0) <= bounds[k]}
         rows.append(
             {
                 **row,
@@ -112,9 +127,12 @@ def resource_growth(samples: list[dict], from_minute: float = 5.0, warmup_min: f
                 "rss_mb": [a["rss_mb"], b["rss_mb"]],
                 "rss_growth_pct": round(100 * (b["rss_mb"] - a["rss_mb"]) / max(a["rss_mb"], 1e-9), 1),
                 "threads": [a["threads"], b["threads"]],
-                "fds": [sum(fd0.values()), sum(fd1.values())],  # floors of the first and last two samples
+                # floors of the first and last two samples, but kinds that grew within their bound
+                "fds": [sum(fd0.values()), sum(fd1.values()) - sum(within.values())],
                 "fd_growth_by_kind": _difference(fd0, fd1),
+                "fd_growth_within_bound": {k: [n, bounds[k]] for k, n in within.items()},  # growth, bound
                 "python_thread_growth": _difference(a.get("python_threads"), b.get("python_threads")),
+                "rounds_trained": [a.get("rounds_trained"), b.get("rounds_trained")],
                 "judged": m1 - m0 >= 3,
             }
         )
@@ -199,9 +217,11 @@ def summary(result: dict) -> str:
             if p["judged"] and (
                 p["fd_growth_by_kind"] or p["python_thread_growth"] or p["threads"][1] > p["threads"][0]
             ):
+                bounded = p["fd_growth_within_bound"]
                 lines.append(
                     f"  {p['role']} {p['pid']}: threads {p['threads'][0]} -> {p['threads'][1]} "
                     f"(Python: {p['python_thread_growth'] or 'none'}), fds by kind {p['fd_growth_by_kind'] or 'none'}"
+                    + (f" (within bound, [growth, bound]: {bounded})" if bounded else "")
                 )
     verdict = {True: "ok", False: "MISSED", None: "NOT JUDGED"}
     lines.append("targets: " + ", ".join(f"{k}={verdict[v]}" for k, v in r["targets"].items()))

@@ -92,6 +92,13 @@ UNLABELED = {
 }
 
 
+# The light listing: each task's id and data alone (``include``, Label Studio's sparse fields), pages of
+# 1000. Without ``include``, ``fields=task_only`` still computes some twenty per-task columns of the
+# Data Manager (annotators, comment counts, prediction results, ...): 4x slower on LS 1.23 (3000
+# tasks: 12 s against 3 s), which a first round after a restart pays in full.
+LIGHT = {"fields": "task_only", "include": "id,data", "page_size": 1000}
+
+
 def newer_than(task_id: int) -> dict:
     """Data Manager filter: the tasks whose id is greater than ``task_id`` (Label Studio's ids only grow)."""
     return {
@@ -131,7 +138,7 @@ class ProjectAPI:  # long: one method per Label Studio call the learning loop ma
         """Every task with its data, and its annotations when it has any (the source of truth for
         labels). The reads follow what changed, not the project's size: the project's task count
         (one request); the tasks newer than the ``index`` of the last listing (``id`` greater than
-        its newest, pages of 1000 of ``fields=task_only``) when the count then adds up, else every
+        its newest, the light listing :data:`LIGHT`) when the count then adds up, else every
         task (a light listing of the same kind: the first time, or after tasks were deleted); then
         only the annotated tasks in full (``total_annotations > 0``, pages of 100: larger pages with
         ``fields=all`` make LS 1.23 on SQLite fail with "Expression tree is too large"). A task
@@ -141,10 +148,7 @@ class ProjectAPI:  # long: one method per Label Studio call the learning loop ma
         count, annotations = int(project.get("task_number") or 0), project.get("total_annotations_number")
         if index.data:
             query = json.dumps({"filters": newer_than(max(index.data))})
-            new = {
-                t["id"]: t.get("data") or {}
-                for t in self._pages({"fields": "task_only", "page_size": 1000, "query": query})
-            }
+            new = {t["id"]: t.get("data") or {} for t in self._pages({**LIGHT, "query": query})}
             if len(index.data) + len(new) == count:
                 index.data.update(new)
                 index.incremental += 1
@@ -159,7 +163,7 @@ class ProjectAPI:  # long: one method per Label Studio call the learning loop ma
                 )
                 index.data = {}
         if not index.data:
-            index.data = {t["id"]: t.get("data") or {} for t in self._pages({"fields": "task_only", "page_size": 1000})}
+            index.data = {t["id"]: t.get("data") or {} for t in self._pages(LIGHT)}
             index.full += 1
         out = {i: {"id": i, "data": data, "annotations": []} for i, data in index.data.items()}
         for t in self._annotated_checked(annotations):
@@ -176,7 +180,7 @@ class ProjectAPI:  # long: one method per Label Studio call the learning loop ma
         imported class by class still give a mixed sample), and how many unlabeled tasks there are.
         The same project gives the same sample."""
         size = max(1, min(page_size, -(-n // 10)))
-        params = {"fields": "task_only", "page_size": size, "query": json.dumps({"filters": UNLABELED})}
+        params = {**LIGHT, "page_size": size, "query": json.dumps({"filters": UNLABELED})}
         tasks, total = self._page(params, 1)
         total = len(tasks) if total is None else total  # (a plain list: everything on one page)
         pages = max(1, -(-total // size))

@@ -12,6 +12,7 @@ from typing import Protocol
 from ml_backend.core.backbones import LoadedBackbone
 from ml_backend.core.stopping import StabilityRule
 from ml_backend.service.features import FeatureExtractor
+from ml_backend.service.jobs.context import ROUNDS_TRAINED
 from ml_backend.service.learner import Learner
 from ml_backend.service.projects import Projects, ProjectState
 from ml_backend.service.scorer import Scorer
@@ -56,9 +57,11 @@ def this_process() -> dict:
     """The process that answered (/status's ``worker``): gunicorn spreads requests over its workers,
     so a caller that wants each one's figures (the soak) tells them apart by ``pid``. ``threads``
     counts the Python threads by name, their numbers left out (``compute_0`` and ``compute_1`` are
-    two ``compute``), which shows what a growing thread count is made of."""
+    two ``compute``), which shows what a growing thread count is made of. ``rounds_trained``: the
+    training rounds this process ran (only the process holding a project's trainer lease trains;
+    its first round is when its memory takes in the optimizer and the labeled set)."""
     names = collections.Counter(re.sub(r"[-_]\d+(_\d+)?$", "", t.name) for t in threading.enumerate())
-    return {"pid": os.getpid(), "threads": dict(sorted(names.items()))}
+    return {"pid": os.getpid(), "threads": dict(sorted(names.items())), "rounds_trained": ROUNDS_TRAINED["rounds"]}
 
 
 class StatusReport:

@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 
 from ml_backend.demo.servers import ADMIN_TOKEN
-from ml_backend.service.ls_client import LabelStudioConnection, ProjectAPI, TaskIndex
+from ml_backend.service.ls_client import LIGHT, LabelStudioConnection, ProjectAPI, TaskIndex
 from tests.helpers import LABELS, annotate
 
 pytestmark = pytest.mark.labelstudio
@@ -24,6 +24,8 @@ def test_the_listing_reads_only_new_tasks_until_tasks_are_deleted(label_studio):
 
     tasks = api.tasks(index)
     assert sorted(t["id"] for t in tasks) == sorted(first) and (index.full, index.incremental) == (1, 0)
+    # Label Studio honours the light listing's sparse fields: each task's id and data, nothing computed
+    assert pages[0] == LIGHT and all(set(t) == {"id", "data"} for t in original(LIGHT))
     assert all(t["annotations"] == [] and t["data"]["image"].endswith(".png") for t in tasks)
 
     ls.api(

@@ -144,8 +144,10 @@ def test_a_round_needs_enough_changed_labels_unless_forced(tmp_path, digits64):
         jobs.run_round(ctx, force=False)
         assert ctx.state.round == 0 and "2 changed label(s), TRAIN_MIN_NEW_LABELS=3" in ctx.status.info["reason"]
         assert api.imported == []
+        before = backend.metrics()["worker"]["rounds_trained"]  # this process's rounds (other tests' too)
         jobs.run_round(ctx, force=True)  # "Start Training" always trains
         assert ctx.state.round == 1 and ctx.status.info["training_runs"] == 1
+        assert backend.metrics()["worker"]["rounds_trained"] == before + 1
         assert api.model_version == ctx.state.version == ctx.state.published_version
         assert sorted(p["task"] for p in api.imported) == list(range(3, 21))  # the unlabeled pool
         jobs.run_round(ctx, force=False)  # nothing changed since: no round

@@ -4,13 +4,13 @@ warm-up on, a worker only once its feature cache has taken in the pool, and sayi
 from benchmarks.soak_parts.report import resource_growth, targets
 
 
-def sample(minute, rss, threads=90, fds=14, cache_items=None, pool=3000, python=None, kinds=None):
+def sample(minute, rss, threads=90, fds=14, cache_items=None, pool=3000, python=None, kinds=None, rounds=0, segs=2):
     u = {"role": "backend worker", "rss_mb": rss, "threads": threads, "fds": fds}
     u["fd_kinds"] = kinds or {"socket": 4, "file": fds - 4}
     if cache_items is not None:
-        u.update(cache_items=cache_items, cache_mb=cache_items * 0.03, cache_limit_mb=512.0)
+        u.update(cache_items=cache_items, cache_mb=cache_items * 0.03, cache_limit_mb=512.0, rounds_trained=rounds)
         u["python_threads"] = python or {"compute": 2, "gthread": 4}
-    return {"minute": minute, "procs": {"7": u}, "pool": pool}
+    return {"minute": minute, "procs": {"7": u}, "pool": pool, "segments_on_disk": segs}
 
 
 def test_a_worker_is_judged_from_its_full_cache_on_so_the_cache_fill_is_not_growth():
@@ -58,3 +58,32 @@ def test_a_worker_never_seen_warm_is_listed_not_judged_and_nothing_judged_meets_
     }
     t = targets(result)
     assert t["rss_growth_under_10pct"] is None and t["no_thread_or_fd_growth"] is None
+
+
+def test_a_worker_that_takes_over_training_is_judged_from_its_first_round_on():
+    # warm cache from minute 5; at minute 9 it takes the trainer lease over and trains (+150 MB), then flat
+    rows = [sample(m, 800, cache_items=3000) for m in range(5, 9)]
+    rows += [sample(m, 950 + 0.5 * m, cache_items=3000, rounds=m - 8) for m in range(9, 14)]
+    growth = resource_growth(rows)
+    (p,) = growth["processes"]
+    assert p["warm_minute"] == 9 and p["rounds_trained"] == [1, 5]
+    assert growth["max_rss_growth_pct"] < 1
+    # a worker that never trains is judged from its full cache alone: the same step is growth there
+    flat = [sample(m, 800, cache_items=3000) for m in range(5, 9)]
+    flat += [sample(m, 950, cache_items=3000) for m in range(9, 14)]
+    assert resource_growth(flat)["max_rss_growth_pct"] > 10
+
+
+def test_descriptors_of_bounded_kinds_are_counted_only_past_their_bound():
+    base = {"socket": 4, "file": 10, ".seg": 2}
+    rows = [sample(m, 900, cache_items=3000, kinds=base, segs=3) for m in range(5, 9)]
+    held = {**base, ".lease": 1, ".seg": 3}  # a round holds the lease at both last samples; one more segment read
+    rows += [sample(m, 900, cache_items=3000, kinds=held, segs=3) for m in (9, 10)]
+    growth = resource_growth(rows)
+    (p,) = growth["processes"]
+    assert p["fd_growth_by_kind"] == {".lease": 1, ".seg": 1}
+    assert p["fd_growth_within_bound"] == {".lease": [1, 1], ".seg": [1, 4]}
+    assert growth["max_fd_growth"] == 0
+    # past the bound (more segment descriptors than segments on disk, plus the one written): growth
+    rows += [sample(m, 900, cache_items=3000, kinds={**held, ".seg": 6}, segs=3) for m in (11, 12)]
+    assert resource_growth(rows)["max_fd_growth"] == 4

@@ -3,6 +3,7 @@ job), and Label Studio calls with retries (:func:`retry`, :class:`PublishError`)
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from dataclasses import dataclass
@@ -15,6 +16,10 @@ from ml_backend.service.scorer import Scorer
 from ml_backend.service.settings import Settings
 from ml_backend.service.status import WorkerStatus
 from ml_backend.service.worker import JobControl
+
+# the training rounds this process has run, under "rounds" (/status's worker block: a process's
+# first round is when its memory takes in the optimizer and the labeled set)
+ROUNDS_TRAINED: collections.Counter = collections.Counter()
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from ml_backend.core.scoring import forward_batches
 from ml_backend.core.trainer import Example, fine_tune
 from ml_backend.errors import ImageError
 from ml_backend.service import tabs
-from ml_backend.service.jobs.context import JobContext
+from ml_backend.service.jobs.context import ROUNDS_TRAINED, JobContext
 from ml_backend.service.jobs.publishing import publish
 from ml_backend.service.labels import prediction_result, task_answer, unknown_labels
 from strategies import Need
@@ -292,6 +292,7 @@ def run_round(ctx: JobContext, force: bool) -> None:
 def _record_round(ctx: JobContext, round_: int, version: str, metrics: dict, changed: int, read_seconds: float) -> dict:
     """The trained round in /status (``last_round``, completed once its publish is done) and the log."""
     ctx.status.training_runs += 1
+    ROUNDS_TRAINED["rounds"] += 1  # this process's rounds (/status's worker block)
     ctx.status.last_round = last_round = {
         "round": round_,
         "version": version,
