@@ -2,7 +2,8 @@
 
     .venv/bin/python -m benchmarks.bench_photos [--tasks 1000,10000,100000] [--db sqlite|postgresql]
                                                 [--latency-ms 50] [--device cpu|cuda] [--photos 200]
-                                                [--labels 10] [--env KEY=VALUE ...] [--out FILE.json]
+                                                [--labels 10] [--ray-nodes 2] [--env KEY=VALUE ...]
+                                                [--out FILE.json]
 
 A real Label Studio 1.23.2 (SQLite, or a throw-away PostgreSQL as in ``bench_scale``), a local
 HTTP server of generated JPEG photos (640×480 to 1600×1200, quality 85: skimage's photographs
@@ -22,12 +23,17 @@ side:
   the frozen-feature cache's **hit rate over that round's full-pool re-scoring** (the second scoring
   of every task).
 
+With ``--ray-nodes N`` the backend scores on a Ray cluster of N nodes started on this machine
+(``SCORING_ENGINE=ray``, one actor per node, the CPUs shared out); the peak RSS then counts the
+backend's own processes, not Ray's actors.
+
 Prints a table and writes JSON (``--out``). Figures go to docs/benchmarks.md; nothing here is a test.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.server
 import io
 import json
@@ -46,6 +52,7 @@ import torch
 from PIL import Image, ImageEnhance
 
 from benchmarks.bench_scale import Postgres, db_bytes, import_tasks, pairs, rss_mb
+from benchmarks.ray_nodes import ray_cluster
 from ml_backend.demo.servers import ADMIN_TOKEN, BackendProcess, LabelStudio, wait_for
 
 LABELS = ["astronaut", "coffee", "cat", "rocket", "galaxy", "retina", "tissue", "camera"]
@@ -288,6 +295,7 @@ def one_size(n: int, args, root: Path, server: PhotoServer, forward: dict) -> di
             "TRAIN_DEBOUNCE_S": str(args.debounce),
             "BACKBONE": "efficientnet_lite0",  # the defaults (BackendProcess would set smallcnn)
             "WEIGHTS": "DEFAULT",
+            **args.ray_env,
             **pairs(args.env),
         }
         backend = BackendProcess(root / f"backend-{n}", env).start(timeout=180)
@@ -303,6 +311,7 @@ def one_size(n: int, args, root: Path, server: PhotoServer, forward: dict) -> di
             "db": args.db,
             "device": args.device,
             "latency_ms": args.latency_ms,
+            "engine": f"ray, {args.ray_nodes} nodes" if args.ray_nodes else "local",
             "import_tasks_s": round(import_s, 1),
             **first,
             "photos_downloaded": downloads,
@@ -325,15 +334,17 @@ def one_size(n: int, args, root: Path, server: PhotoServer, forward: dict) -> di
 
 def table(results: list[dict]) -> str:
     rows = [
-        "| tasks | db | device | latency ms | connect → first ordered queue s | connect → all scored s | scored/s "
+        "| tasks | db | device | engine | latency ms | connect → first ordered queue s | connect → all scored s "
+        "| scored/s "
         "| plain forward img/s | ratio | label → queue s (train s) | label → whole pool's queue s "
         "| re-scoring cache hits | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         hit = r.get("rescoring_hit_rate")
         rows.append(
-            f"| {r['tasks']:,} | {r['db']} | {r['device']} | {r['latency_ms']} | {r['first_queue_s']} | "
+            f"| {r['tasks']:,} | {r['db']} | {r['device']} | {r.get('engine', 'local')} | {r['latency_ms']} | "
+            f"{r['first_queue_s']} | "
             f"{r['all_scored_s']} | {r['scored_tasks_per_s']} | {r['forward_images_per_s']} | "
             f"{r['ratio_to_forward']} | "
             f"{r.get('label_to_queue_s', '—')} ({(r.get('last_round') or {}).get('train_seconds')}) | "
@@ -371,6 +382,13 @@ def main(argv=None) -> int:
         help="first-queue: stop once the first ordered queue is served (for projects whose full scoring takes "
         "hours on a CPU); round: also every task scored and one round (default)",
     )
+    p.add_argument(
+        "--ray-nodes",
+        type=int,
+        default=0,
+        help="score with SCORING_ENGINE=ray on a cluster of this many nodes started on this machine "
+        "(benchmarks/ray_nodes.py; the CPUs shared out, one actor per node); 0: the local engine",
+    )
     p.add_argument("--out", type=Path, default=None, help="also write the figures as JSON")
     args = p.parse_args(argv)
     print(f"[bench_photos] generating {args.photos} photos ...", file=sys.stderr, flush=True)
@@ -382,7 +400,8 @@ def main(argv=None) -> int:
     server = PhotoServer(photos, args.latency_ms / 1000)
     results = []
     try:
-        with tempfile.TemporaryDirectory(prefix="bench-photos-") as tmp:
+        with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory(prefix="bench-photos-") as tmp:
+            args.ray_env = stack.enter_context(ray_cluster(args.ray_nodes)) if args.ray_nodes else {}
             root = Path(tmp)
             os.chmod(root, 0o755)
             for n in (int(x) for x in args.tasks.split(",")):

@@ -117,8 +117,8 @@ def resource_growth(samples: list[dict], from_minute: float = 5.0, warmup_min: f
             continue
         (m0, a), (m1, b) = judged[0], judged[-1]
         fd0, fd1 = fd_floor([u for _, u in judged[:2]]), fd_floor([u for _, u in judged[-2:]])
-        bounds = fd_bounds(samples_at[m1])
-        within = {k: n for k, n in _difference(fd0, fd1).items() if k in bounds and fd1.get(k, 0) <= bounds[k]}
+        bounds, grew = fd_bounds(samples_at[m1]), _difference(fd0, fd1)
+        within = {k: n for k, n in grew.items() if n > 0 and k in bounds and fd1.get(k, 0) <= bounds[k]}
         rows.append(
             {
                 **row,
@@ -127,9 +127,11 @@ def resource_growth(samples: list[dict], from_minute: float = 5.0, warmup_min: f
                 "rss_mb": [a["rss_mb"], b["rss_mb"]],
                 "rss_growth_pct": round(100 * (b["rss_mb"] - a["rss_mb"]) / max(a["rss_mb"], 1e-9), 1),
                 "threads": [a["threads"], b["threads"]],
-                # floors of the first and last two samples, but kinds that grew within their bound
-                "fds": [sum(fd0.values()), sum(fd1.values()) - sum(within.values())],
-                "fd_growth_by_kind": _difference(fd0, fd1),
+                "fds": [sum(fd0.values()), sum(fd1.values())],  # floors of the first and last two samples
+                # each kind's growth, a kind that fell not making up for one that grew, and the bounded
+                # kinds within their bound not counted
+                "fd_growth": sum(n for k, n in grew.items() if n > 0 and k not in within),
+                "fd_growth_by_kind": grew,
                 "fd_growth_within_bound": {k: [n, bounds[k]] for k, n in within.items()},  # growth, bound
                 "python_thread_growth": _difference(a.get("python_threads"), b.get("python_threads")),
                 "rounds_trained": [a.get("rounds_trained"), b.get("rounds_trained")],
@@ -142,7 +144,7 @@ def resource_growth(samples: list[dict], from_minute: float = 5.0, warmup_min: f
         "judged_minutes": round(sum(r["to_minute"] - r["from_minute"] for r in judged), 1),
         "max_rss_growth_pct": max((r["rss_growth_pct"] for r in judged), default=None),
         "max_thread_growth": max((r["threads"][1] - r["threads"][0] for r in judged), default=None),
-        "max_fd_growth": max((r["fds"][1] - r["fds"][0] for r in judged), default=None),
+        "max_fd_growth": max((r["fd_growth"] for r in judged), default=None),
         "samples": samples,
     }
 

@@ -87,3 +87,11 @@ def test_descriptors_of_bounded_kinds_are_counted_only_past_their_bound():
     # past the bound (more segment descriptors than segments on disk, plus the one written): growth
     rows += [sample(m, 900, cache_items=3000, kinds={**held, ".seg": 6}, segs=3) for m in (11, 12)]
     assert resource_growth(rows)["max_fd_growth"] == 4
+
+
+def test_a_kind_of_descriptor_that_fell_does_not_make_up_for_one_that_grew():
+    rows = [sample(m, 900, cache_items=3000, kinds={"socket": 4, "file": 10, ".lease": 1}) for m in range(5, 9)]
+    rows += [sample(m, 900, cache_items=3000, kinds={"socket": 5, "file": 10}) for m in (9, 10)]  # lease let go
+    growth = resource_growth(rows)
+    assert growth["processes"][0]["fd_growth_by_kind"] == {".lease": -1, "socket": 1}
+    assert growth["max_fd_growth"] == 1
