@@ -52,7 +52,7 @@ import torch
 from PIL import Image, ImageEnhance
 
 from benchmarks.bench_scale import Postgres, db_bytes, import_tasks, pairs, rss_mb
-from benchmarks.ray_nodes import ray_cluster
+from benchmarks.parts.ray_nodes import ray_cluster
 from ml_backend.demo.servers import ADMIN_TOKEN, BackendProcess, LabelStudio, wait_for
 
 LABELS = ["astronaut", "coffee", "cat", "rocket", "galaxy", "retina", "tissue", "camera"]
@@ -387,7 +387,7 @@ def main(argv=None) -> int:
         type=int,
         default=0,
         help="score with SCORING_ENGINE=ray on a cluster of this many nodes started on this machine "
-        "(benchmarks/ray_nodes.py; the CPUs shared out, one actor per node); 0: the local engine",
+        "(benchmarks/parts/ray_nodes.py; the CPUs shared out, one actor per node); 0: the local engine",
     )
     p.add_argument("--out", type=Path, default=None, help="also write the figures as JSON")
     args = p.parse_args(argv)
