@@ -133,7 +133,10 @@ def resource_growth(samples: list[dict], from_minute: float = 5.0, warmup_min: f
                 "fd_growth": sum(n for k, n in grew.items() if n > 0 and k not in within),
                 "fd_growth_by_kind": grew,
                 "fd_growth_within_bound": {k: [n, bounds[k]] for k, n in within.items()},  # growth, bound
-                "python_thread_growth": _difference(a.get("python_threads"), b.get("python_threads")),
+                # None: /status did not answer for this process at one end (no names to compare)
+                "python_thread_growth": _difference(a["python_threads"], b["python_threads"])
+                if a.get("python_threads") and b.get("python_threads")
+                else None,
                 "rounds_trained": [a.get("rounds_trained"), b.get("rounds_trained")],
                 "judged": m1 - m0 >= 3,
             }
@@ -220,9 +223,11 @@ def summary(result: dict) -> str:
                 p["fd_growth_by_kind"] or p["python_thread_growth"] or p["threads"][1] > p["threads"][0]
             ):
                 bounded = p["fd_growth_within_bound"]
+                names = {"None": "names not seen at both ends", "{}": "none"}
+                grew = p["python_thread_growth"]
                 lines.append(
                     f"  {p['role']} {p['pid']}: threads {p['threads'][0]} -> {p['threads'][1]} "
-                    f"(Python: {p['python_thread_growth'] or 'none'}), fds by kind {p['fd_growth_by_kind'] or 'none'}"
+                    f"(Python: {names.get(str(grew), grew)}), fds by kind {p['fd_growth_by_kind'] or 'none'}"
                     + (f" (within bound, [growth, bound]: {bounded})" if bounded else "")
                 )
     verdict = {True: "ok", False: "MISSED", None: "NOT JUDGED"}

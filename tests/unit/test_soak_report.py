@@ -95,3 +95,12 @@ def test_a_kind_of_descriptor_that_fell_does_not_make_up_for_one_that_grew():
     growth = resource_growth(rows)
     assert growth["processes"][0]["fd_growth_by_kind"] == {".lease": -1, "socket": 1}
     assert growth["max_fd_growth"] == 1
+
+
+def test_thread_names_not_seen_at_one_end_are_not_reported_as_growth():
+    rows = [sample(m, 900, cache_items=3000) for m in range(5, 11)]
+    del rows[2]["procs"]["7"]["python_threads"]  # /status did not answer for it at minute 7, its first judged
+    (p,) = resource_growth(rows)["processes"]
+    assert p["from_minute"] == 7 and p["python_thread_growth"] is None
+    rows[2]["procs"]["7"]["python_threads"] = {"compute": 2, "gthread": 4}
+    assert resource_growth(rows)["processes"][0]["python_thread_growth"] == {}  # seen at both ends: none grew
