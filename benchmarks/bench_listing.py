@@ -75,29 +75,11 @@ def timed(fn) -> tuple[float, int]:
 
 def readers(api: ProjectAPI) -> dict:
     without_include = {k: v for k, v in LIGHT.items() if k != "include"}
-
-    def annotated(filters):
-        def read():
-            last = 0
-            while True:  # as ProjectAPI._annotated: id ranges of pages of 100, fields=all
-                items = filters["items"] + [
-                    {"filter": "filter:tasks:id", "operator": "greater", "type": "Number", "value": last}
-                ]
-                query = json.dumps({"filters": {"conjunction": "and", "items": items}, "ordering": ["tasks:id"]})
-                size = api.annotated_page_size
-                batch, _ = api._page({"fields": "all", "page_size": size, "query": query}, 1)
-                yield from batch
-                if len(batch) < size:
-                    return
-                last = max(int(t["id"]) for t in batch)
-
-        return read
-
     return {
         "every_task_light": lambda: api._pages(LIGHT),
         "every_task_without_include": lambda: api._pages(without_include),
-        "annotated_by_annotations": annotated(ANNOTATED),
-        "annotated_by_counter": annotated(BY_COUNTER),
+        "annotated_by_annotations": lambda: api._annotated(ANNOTATED),  # as the backend reads them
+        "annotated_by_counter": lambda: api._annotated(BY_COUNTER),
     }
 
 

@@ -223,11 +223,11 @@ def summary(result: dict) -> str:
                 p["fd_growth_by_kind"] or p["python_thread_growth"] or p["threads"][1] > p["threads"][0]
             ):
                 bounded = p["fd_growth_within_bound"]
-                names = {"None": "names not seen at both ends", "{}": "none"}
                 grew = p["python_thread_growth"]
+                names = "names not seen at both ends" if grew is None else grew or "none"
                 lines.append(
                     f"  {p['role']} {p['pid']}: threads {p['threads'][0]} -> {p['threads'][1]} "
-                    f"(Python: {names.get(str(grew), grew)}), fds by kind {p['fd_growth_by_kind'] or 'none'}"
+                    f"(Python: {names}), fds by kind {p['fd_growth_by_kind'] or 'none'}"
                     + (f" (within bound, [growth, bound]: {bounded})" if bounded else "")
                 )
     verdict = {True: "ok", False: "MISSED", None: "NOT JUDGED"}

@@ -140,7 +140,7 @@ class ProjectAPI:  # long: one method per Label Studio call the learning loop ma
         (one request); the tasks newer than the ``index`` of the last listing (``id`` greater than
         its newest, the light listing :data:`LIGHT`) when the count then adds up, else every
         task (a light listing of the same kind: the first time, or after tasks were deleted); then
-        only the annotated tasks in full (``total_annotations > 0``, pages of 100: larger pages with
+        only the annotated tasks in full (:data:`ANNOTATED`, by their annotations; pages of 100: larger pages with
         ``fields=all`` make LS 1.23 on SQLite fail with "Expression tree is too large"). A task
         annotated between the reads comes with its annotations. Without ``index``, every task."""
         index = index if index is not None else TaskIndex()
@@ -230,13 +230,14 @@ class ProjectAPI:  # long: one method per Label Studio call the learning loop ma
             t for t in self._pages({"fields": "all", "page_size": self.annotated_page_size}) if t.get("annotations")
         ]
 
-    def _annotated(self):
+    def _annotated(self, selection: dict = ANNOTATED):
         """Every annotated task in full, read in id order by id ranges (``id`` greater than the last
         one read) rather than by page numbers: a task annotated while the pages are read cannot shift
-        another one out of them."""
+        another one out of them. ``selection``: the Data Manager filter that picks them (another one
+        only to compare, ``benchmarks/bench_listing.py``)."""
         last = 0
         while True:
-            filters = {"conjunction": "and", "items": ANNOTATED["items"] + newer_than(last)["items"]}
+            filters = {"conjunction": "and", "items": selection["items"] + newer_than(last)["items"]}
             query, size = json.dumps({"filters": filters, "ordering": ["tasks:id"]}), self.annotated_page_size
             batch, _ = self._page({"fields": "all", "page_size": size, "query": query}, 1)
             yield from {int(t["id"]): t for t in batch}.values()  # once each, however many annotations it has
