@@ -167,6 +167,7 @@ def collect(args, world, mon, ledger, faults, final, minutes) -> dict:
         },
         "recovery_by_kind": recovery_by_kind(faults),
         "resources": resource_growth(mon.resources),
+        "round_reads": mon.timings,  # version -> seconds its round read labels (and each read), trained
         "status_reasons": [{"t": round(t - mon.t0, 1), "state": s, "reason": r[:300]} for t, s, r in mon.reasons][
             -200:
         ],

@@ -123,7 +123,11 @@ class Monitor:
         p = st.get(str(self.world.project)) or {}
         last = p.get("last_round") or {}
         if last.get("version") and last.get("read_seconds") is not None:
-            self.timings[last["version"]] = {"read": last["read_seconds"], "train": last.get("train_seconds") or 0}
+            self.timings[last["version"]] = {
+                "read": last["read_seconds"],
+                "read_parts": last.get("read_parts") or {},
+                "train": last.get("train_seconds") or 0,
+            }
         state, reason = p.get("state", ""), p.get("reason", "")
         if not self.reasons or self.reasons[-1][1:] != (state, reason):
             self.reasons.append((time.time(), state, reason))

@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
@@ -116,6 +118,17 @@ class TaskIndex:
     data: dict[int, dict] = field(default_factory=dict)
     full: int = 0  # listings of every task
     incremental: int = 0  # listings of only the new tasks
+    parts: dict[str, float] = field(default_factory=dict)  # seconds of each part of the last read
+
+
+@contextmanager
+def _timed(parts: dict[str, float], name: str):
+    """Adds the seconds the block took to ``parts[name]`` (what a slow read spent its time on)."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        parts[name] = round(parts.get(name, 0.0) + time.perf_counter() - started, 3)
 
 
 def _as_dict(obj) -> dict:
@@ -144,11 +157,14 @@ class ProjectAPI:  # long: one method per Label Studio call the learning loop ma
         ``fields=all`` make LS 1.23 on SQLite fail with "Expression tree is too large"). A task
         annotated between the reads comes with its annotations. Without ``index``, every task."""
         index = index if index is not None else TaskIndex()
-        project = self.project()
+        index.parts = parts = {}
+        with _timed(parts, "count"):
+            project = self.project()
         count, annotations = int(project.get("task_number") or 0), project.get("total_annotations_number")
         if index.data:
             query = json.dumps({"filters": newer_than(max(index.data))})
-            new = {t["id"]: t.get("data") or {} for t in self._pages({**LIGHT, "query": query})}
+            with _timed(parts, "new"):
+                new = {t["id"]: t.get("data") or {} for t in self._pages({**LIGHT, "query": query})}
             if len(index.data) + len(new) == count:
                 index.data.update(new)
                 index.incremental += 1
@@ -163,10 +179,11 @@ class ProjectAPI:  # long: one method per Label Studio call the learning loop ma
                 )
                 index.data = {}
         if not index.data:
-            index.data = {t["id"]: t.get("data") or {} for t in self._pages(LIGHT)}
+            with _timed(parts, "every"):
+                index.data = {t["id"]: t.get("data") or {} for t in self._pages(LIGHT)}
             index.full += 1
         out = {i: {"id": i, "data": data, "annotations": []} for i, data in index.data.items()}
-        for t in self._annotated_checked(annotations):
+        for t in self._annotated_checked(annotations, parts):
             out[t["id"]] = {
                 "id": t["id"],
                 "data": t.get("data") or {},
@@ -204,18 +221,20 @@ class ProjectAPI:  # long: one method per Label Studio call the learning loop ma
             return list(data.get("tasks", [])), int(data.get("total", 0) or 0)
         return list(data), None
 
-    def _annotated_checked(self, before) -> list[dict]:
+    def _annotated_checked(self, before, parts: dict[str, float]) -> list[dict]:
         """The annotated tasks in full (:meth:`_annotated`), checked against Label Studio's own count
         of the project's (non-skipped) annotations read before and after them. Finding fewer than
         both means a task whose annotation counter is stale, which the filter cannot find (Label
         Studio 1.23 recomputes the counter from a read made beside concurrent writes: a task
         annotated while predictions are imported for it can keep ``total_annotations = 0``); then
-        every task is read in full, slower but complete."""
-        tasks = list(self._annotated())
+        every task is read in full, slower but complete. ``parts``: the seconds of each read."""
+        with _timed(parts, "annotated"):
+            tasks = list(self._annotated())
         if before is None:
             return tasks
         found = sum(1 for t in tasks for a in t.get("annotations") or [] if not _as_dict(a).get("was_cancelled"))
-        after = self.project().get("total_annotations_number")
+        with _timed(parts, "count"):
+            after = self.project().get("total_annotations_number")
         expected = min(int(before), int(before if after is None else after))
         if found >= expected:
             return tasks
@@ -226,9 +245,10 @@ class ProjectAPI:  # long: one method per Label Studio call the learning loop ma
             expected,
             found,
         )
-        return [
-            t for t in self._pages({"fields": "all", "page_size": self.annotated_page_size}) if t.get("annotations")
-        ]
+        with _timed(parts, "in full"):
+            return [
+                t for t in self._pages({"fields": "all", "page_size": self.annotated_page_size}) if t.get("annotations")
+            ]
 
     def _annotated(self, selection: dict = ANNOTATED):
         """Every annotated task in full, read in id order by id ranges (``id`` greater than the last

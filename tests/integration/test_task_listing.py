@@ -27,6 +27,7 @@ def test_the_listing_reads_only_new_tasks_until_tasks_are_deleted(label_studio):
     # Label Studio honours the light listing's sparse fields: each task's id and data, nothing computed
     assert pages[0] == LIGHT and all(set(t) == {"id", "data"} for t in original(LIGHT))
     assert all(t["annotations"] == [] and t["data"]["image"].endswith(".png") for t in tasks)
+    assert set(index.parts) == {"count", "every", "annotated"}  # each read timed (a slow round says which)
 
     ls.api(
         "POST",
@@ -45,6 +46,7 @@ def test_the_listing_reads_only_new_tasks_until_tasks_are_deleted(label_studio):
     assert annotated["id"] == first[3] and annotated["annotations"][0]["result"][0]["value"]["choices"] == [LABELS[1]]
     by_id = {t["id"]: t for t in tasks}
     assert by_id[added[0]]["data"]["image"].endswith("new0.png")
+    assert set(index.parts) == {"count", "new", "annotated"} and all(s >= 0 for s in index.parts.values())
 
     assert sorted(t["id"] for t in api.tasks(index)) == sorted(first + added)  # nothing new: nothing listed twice
     assert (index.full, index.incremental) == (1, 2)

@@ -225,7 +225,8 @@ def _list_tasks(ctx: JobContext, api) -> tuple[list[dict], float, float]:
     tasks = ctx.call(lambda: api.tasks(state.listing), "listing tasks")
     seconds = round(time.perf_counter() - started, 3)
     how = "every task listed" if state.listing.full > full else "only new tasks listed"
-    log.info("project %s: read %d tasks in %.1fs (%s)", state.key, len(tasks), seconds, how)
+    parts = ", ".join(f"{name} {s:.1f}s" for name, s in state.listing.parts.items())
+    log.info("project %s: read %d tasks in %.1fs (%s: %s)", state.key, len(tasks), seconds, how, parts)
     return tasks, read_at, seconds
 
 
@@ -303,6 +304,7 @@ def _record_round(ctx: JobContext, round_: int, version: str, metrics: dict, cha
         "labels_changed": changed,
         "round_seconds": None,
         "read_seconds": read_seconds,
+        "read_parts": dict(ctx.state.listing.parts),  # seconds of each Label Studio read (ProjectAPI.tasks)
     }
     log.info(
         "project %s: round t=%d trained on %d labels in %.1fs (loss %.3f -> %.3f): %s",
