@@ -12,9 +12,11 @@ in one run and alternating in order, ``--repeat`` times each:
 * every task, the light listing as the backend reads it (``ls_client.LIGHT``: each task's id and data
   alone, Label Studio's sparse ``include``), against the same pages without ``include``
   (``fields=task_only``, which still computes some twenty Data Manager columns per task);
-* the annotated tasks in full (``fields=all``), selected by their annotations (the ``annotations_ids``
-  filter, a join: what the backend reads) against selection by the per-task counter
-  (``total_annotations``, which a recount beside concurrent writes can leave stale).
+* the annotated tasks in full (``ls_client.FULL``: ``fields=all``, each task's id, data and
+  annotations alone), selected by their annotations (the ``annotations_ids`` filter, a join: what
+  the backend reads) against selection by the per-task counter (``total_annotations``, which a
+  recount beside concurrent writes can leave stale), and against the same pages without
+  ``include`` (every prediction and computed column of each task).
 
 Prints the medians and their ratios; nothing here is a test.
 """
@@ -80,6 +82,7 @@ def readers(api: ProjectAPI) -> dict:
         "every_task_without_include": lambda: api._pages(without_include),
         "annotated_by_annotations": lambda: api._annotated(ANNOTATED),  # as the backend reads them
         "annotated_by_counter": lambda: api._annotated(BY_COUNTER),
+        "annotated_without_include": lambda: api._annotated(ANNOTATED, {"fields": "all"}),
     }
 
 
@@ -112,6 +115,7 @@ def one_size(n: int, args, root: Path) -> dict:
             "tasks_per_s_light": round(n / med["every_task_light"], 1),
             "light_speedup": round(med["every_task_without_include"] / med["every_task_light"], 2),
             "join_over_counter": round(med["annotated_by_annotations"] / med["annotated_by_counter"], 2),
+            "annotated_include_speedup": round(med["annotated_without_include"] / med["annotated_by_annotations"], 2),
         }
     finally:
         ls.stop()
@@ -140,7 +144,8 @@ def main(argv=None) -> int:
                 f"{n} tasks ({args.db}, {args.labeled} labeled, {args.versions} versions of predictions): "
                 f"every task {m['every_task_light']:.2f} s light vs {m['every_task_without_include']:.2f} s "
                 f"without include ({r['light_speedup']}x); annotated in full {m['annotated_by_annotations']:.2f} s "
-                f"by annotations vs {m['annotated_by_counter']:.2f} s by counter ({r['join_over_counter']}x)",
+                f"by annotations vs {m['annotated_by_counter']:.2f} s by counter ({r['join_over_counter']}x), "
+                f"vs {m['annotated_without_include']:.2f} s without include ({r['annotated_include_speedup']}x)",
                 flush=True,
             )
     finally:

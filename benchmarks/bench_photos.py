@@ -17,7 +17,10 @@ side:
 * **connect → every task scored** (``/status``: a full-pool scoring of every task), as tasks/s;
 * the backbone's **plain forward pass** on the same device and input size (in-memory tensors, batch
   ``BATCH_SIZE``): the physical limit, and the ratio of the two;
-* the backend's **peak RSS** (gunicorn master and worker, sampled every second);
+* the backend's **peak RSS** (gunicorn master and worker, sampled every second) and its series
+  (``rss_series_mb``, every 10 s); the **cores used while the pool was scored**
+  (``cores_while_scoring``: the backend's, Label Studio's, this process's with its photo server, and
+  the machine's: what shares the CPU with the forward pass);
 * **label → queue re-ordered** after one round of ``--labels`` annotations (on a big pool the
   round's preliminary version, ``ROUND_QUEUE_CANDIDATES``; then **label → whole pool's queue**), and
   the frozen-feature cache's **hit rate over that round's full-pool re-scoring** (the second scoring
@@ -51,7 +54,8 @@ import requests
 import torch
 from PIL import Image, ImageEnhance
 
-from benchmarks.bench_scale import Postgres, db_bytes, import_tasks, pairs, rss_mb
+from benchmarks.bench_scale import Postgres, db_bytes, import_tasks, pairs
+from benchmarks.parts.meter import Meter
 from benchmarks.parts.ray_nodes import ray_cluster
 from ml_backend.demo.servers import ADMIN_TOKEN, BackendProcess, LabelStudio, wait_for
 
@@ -154,22 +158,6 @@ def forward_throughput(device: str, batch: int, seconds: float = 8.0) -> dict:
     return {"backbone": defaults.backbone, "input_px": base.preprocess.crop, "images_per_s": round(done / took, 1)}
 
 
-class PeakRSS:
-    """The backend's resident memory, sampled every second in a thread; ``peak`` in MB."""
-
-    def __init__(self, pid: int):
-        self.pid, self.peak, self._stop = pid, 0.0, threading.Event()
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _run(self):
-        while not self._stop.wait(1.0):
-            self.peak = max(self.peak, rss_mb(self.pid))
-
-    def stop(self) -> float:
-        self._stop.set()
-        return round(max(self.peak, rss_mb(self.pid)), 1)
-
-
 def import_photo_tasks(ls: LabelStudio, project: int, server: PhotoServer, n: int) -> list:
     """N tasks, one photo URL each; returns [(task id, index)]."""
     return import_tasks(ls, project, server, n, chunk=5000, url=lambda i: f"{server.url}/photo/{i}.jpg")
@@ -221,10 +209,12 @@ def all_scored(p: dict, n: int) -> bool:
     return full or p.get("scored_pool_size", 0) >= 0.99 * n
 
 
-def connect(watch: Watch, n: int, timeout: float, until: str = "round") -> dict:
+def connect(watch: Watch, n: int, timeout: float, until: str = "round", meter: Meter | None = None) -> dict:
     """Connect the backend; time the first ordered queue and every task scored (``until``
-    ``first-queue``: only the first queue)."""
+    ``first-queue``: only the first queue); ``meter`` marks both ends of the scoring."""
     started = time.perf_counter()
+    if meter is not None:
+        meter.mark("connected")
     watch.ls.connect_backend(watch.project, watch.backend.url)
     first_queue = all_tasks = None
     version = None
@@ -234,6 +224,8 @@ def connect(watch: Watch, n: int, timeout: float, until: str = "round") -> dict:
             first_queue = round(now, 1)
         if all_tasks is None and all_scored(watch.project_status(), n):
             all_tasks = round(now, 1)
+            if meter is not None:
+                meter.mark("all scored")
         if first_queue is not None and (all_tasks is not None or until == "first-queue"):
             break
         time.sleep(0.5)
@@ -299,10 +291,11 @@ def one_size(n: int, args, root: Path, server: PhotoServer, forward: dict) -> di
             **pairs(args.env),
         }
         backend = BackendProcess(root / f"backend-{n}", env).start(timeout=180)
-        rss = PeakRSS(backend.process.pid)
+        trees = {"backend": backend.process.pid, "label_studio": ls.process.pid}
+        rss = Meter(backend.process.pid, trees)
         watch = Watch(ls, project, backend)
         served_before = server.served
-        first = connect(watch, n, args.timeout, args.until)
+        first = connect(watch, n, args.timeout, args.until, rss)
         downloads = server.served - served_before
         rnd = one_round(watch, server, tasks, args.labels, args.timeout) if args.until == "round" else {}
         rate = n / first["all_scored_s"] if first["all_scored_s"] else None
@@ -320,6 +313,8 @@ def one_size(n: int, args, root: Path, server: PhotoServer, forward: dict) -> di
             "ratio_to_forward": round(rate / forward["images_per_s"], 2) if rate else None,
             **rnd,
             "backend_peak_rss_mb": rss.stop(),
+            "rss_series_mb": rss.series,  # (seconds since the backend started, MB) every 10 s
+            "cores_while_scoring": rss.cpu_between("connected", "all scored") if "all scored" in rss.marks else None,
             "db_mb": round(db_bytes(ls, pg) / 2**20, 1),
         }
     finally:

@@ -88,6 +88,13 @@ ANNOTATED = {
     ],
 }
 
+# The annotated tasks in full: their annotations need ``fields=all``; ``include`` (sparse fields) then
+# serializes only what the backend reads, not each task's predictions (one per model version) nor the
+# Data Manager's computed columns: 2.4x faster (benchmarks/bench_listing.py). Label Studio 1.23 applies
+# ``include`` to the nested annotations too, hence their fields in the list (ProjectAPI._annotated
+# refuses annotations that come without their result rather than read them as no label).
+FULL = {"fields": "all", "include": "id,data,annotations,result,was_cancelled,updated_at"}
+
 UNLABELED = {
     "conjunction": "and",
     "items": [{"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0}],
@@ -131,6 +138,18 @@ def _timed(parts: dict[str, float], name: str):
         parts[name] = round(parts.get(name, 0.0) + time.perf_counter() - started, 3)
 
 
+def _check_annotations(tasks: list[dict]) -> None:
+    """Every annotation carries its result (a listing's ``include`` that left it out would make
+    a labeled task look unlabeled): a RuntimeError that says so, not labels silently lost."""
+    for t in tasks:
+        for a in t.get("annotations") or []:
+            if isinstance(a, dict) and "result" not in a:
+                raise RuntimeError(
+                    f"Label Studio listed task {t.get('id')}'s annotation {a.get('id')} without its result "
+                    f"(fields {sorted(a)}): the backend cannot read labels from this Label Studio version"
+                )
+
+
 def _as_dict(obj) -> dict:
     return obj if isinstance(obj, dict) else obj.model_dump()
 
@@ -153,8 +172,9 @@ class ProjectAPI:  # long: one method per Label Studio call the learning loop ma
         (one request); the tasks newer than the ``index`` of the last listing (``id`` greater than
         its newest, the light listing :data:`LIGHT`) when the count then adds up, else every
         task (a light listing of the same kind: the first time, or after tasks were deleted); then
-        only the annotated tasks in full (:data:`ANNOTATED`, by their annotations; pages of 100: larger pages with
-        ``fields=all`` make LS 1.23 on SQLite fail with "Expression tree is too large"). A task
+        only the annotated tasks in full (:data:`ANNOTATED`, by their annotations; :data:`FULL`: their
+        id, data and annotations; pages of 100: larger pages with ``fields=all`` make LS 1.23 on
+        SQLite fail with "Expression tree is too large"). A task
         annotated between the reads comes with its annotations. Without ``index``, every task."""
         index = index if index is not None else TaskIndex()
         index.parts = parts = {}
@@ -246,20 +266,21 @@ class ProjectAPI:  # long: one method per Label Studio call the learning loop ma
             found,
         )
         with _timed(parts, "in full"):
-            return [
-                t for t in self._pages({"fields": "all", "page_size": self.annotated_page_size}) if t.get("annotations")
-            ]
+            tasks = [t for t in self._pages({**FULL, "page_size": self.annotated_page_size}) if t.get("annotations")]
+        _check_annotations(tasks)
+        return tasks
 
-    def _annotated(self, selection: dict = ANNOTATED):
+    def _annotated(self, selection: dict = ANNOTATED, fields: dict = FULL):
         """Every annotated task in full, read in id order by id ranges (``id`` greater than the last
         one read) rather than by page numbers: a task annotated while the pages are read cannot shift
-        another one out of them. ``selection``: the Data Manager filter that picks them (another one
-        only to compare, ``benchmarks/bench_listing.py``)."""
+        another one out of them. ``selection``: the Data Manager filter that picks them; ``fields``:
+        what of each (other ones only to compare, ``benchmarks/bench_listing.py``)."""
         last = 0
         while True:
             filters = {"conjunction": "and", "items": selection["items"] + newer_than(last)["items"]}
             query, size = json.dumps({"filters": filters, "ordering": ["tasks:id"]}), self.annotated_page_size
-            batch, _ = self._page({"fields": "all", "page_size": size, "query": query}, 1)
+            batch, _ = self._page({**fields, "page_size": size, "query": query}, 1)
+            _check_annotations(batch)
             yield from {int(t["id"]): t for t in batch}.values()  # once each, however many annotations it has
             if len(batch) < size:
                 return

@@ -44,6 +44,12 @@ def test_the_listing_reads_only_new_tasks_until_tasks_are_deleted(label_studio):
     assert len(listed_new) == 1 and '"value": %d' % max(first) in listed_new[0]["query"]
     (annotated,) = [t for t in tasks if t["annotations"]]
     assert annotated["id"] == first[3] and annotated["annotations"][0]["result"][0]["value"]["choices"] == [LABELS[1]]
+    # the annotated tasks in full: what the backend reads alone (no predictions, no computed columns)
+    (read,) = api._annotated()
+    assert set(read) == {"id", "data", "annotations", "updated_at"}
+    assert set(read["annotations"][0]) == {"id", "result", "was_cancelled", "updated_at"}
+    with pytest.raises(RuntimeError, match="without its result"):  # an include that drops it: said, not no label
+        list(api._annotated(fields={"fields": "all", "include": "id,data,annotations"}))
     by_id = {t["id"]: t for t in tasks}
     assert by_id[added[0]]["data"]["image"].endswith("new0.png")
     assert set(index.parts) == {"count", "new", "annotated"} and all(s >= 0 for s in index.parts.values())
