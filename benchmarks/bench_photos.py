@@ -42,7 +42,6 @@ import io
 import json
 import os
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -56,6 +55,7 @@ from PIL import Image, ImageEnhance
 
 from benchmarks.bench_scale import Postgres, db_bytes, import_tasks, pairs
 from benchmarks.parts.meter import Meter
+from benchmarks.parts.provenance import git_state
 from benchmarks.parts.ray_nodes import ray_cluster
 from ml_backend.demo.servers import ADMIN_TOKEN, BackendProcess, LabelStudio, wait_for
 
@@ -137,9 +137,15 @@ class PhotoServer:
         self.server.server_close()
 
 
-def forward_throughput(device: str, batch: int, seconds: float = 8.0) -> dict:
-    """The default backbone's whole forward pass on in-memory tensors (no I/O), images/s."""
+def forward_throughput(device: str, batch: int, photos: list, seconds: float = 8.0) -> dict:
+    """The default backbone's whole forward pass on in-memory tensors (no I/O), images/s; and what a
+    photo costs in CPU time on either side: the forward pass (process CPU seconds per image, all its
+    threads) and the backend's decoding and preprocessing of ``photos`` (``images.decode`` with its
+    JPEG draft, then ``Preprocess``; one thread). On a machine whose cores run the forward pass,
+    scoring can reach at most forward / (forward + decoding) of the plain forward pass's rate
+    (``cpu_ceiling``); a GPU takes the forward pass off the cores."""
     from ml_backend.core.backbones import load_backbone
+    from ml_backend.service.images import decode
     from ml_backend.service.settings import Settings
 
     defaults = Settings()
@@ -148,14 +154,27 @@ def forward_throughput(device: str, batch: int, seconds: float = 8.0) -> dict:
     x = torch.randn(batch, 3, base.preprocess.crop, base.preprocess.crop, device=device)
     with torch.inference_mode():
         model(x)  # warm-up
-        done, started = 0, time.perf_counter()
+        done, started, cpu = 0, time.perf_counter(), time.process_time()
         while time.perf_counter() - started < seconds:
             model(x)
             done += batch
         if device.startswith("cuda"):
             torch.cuda.synchronize()
-        took = time.perf_counter() - started
-    return {"backbone": defaults.backbone, "input_px": base.preprocess.crop, "images_per_s": round(done / took, 1)}
+        took, cpu = time.perf_counter() - started, time.process_time() - cpu
+    cpu_started = time.process_time()
+    for data, _ in photos:
+        image = decode(data, "photo", defaults.image_max_bytes, defaults.image_max_pixels, base.preprocess.resize)
+        base.preprocess(image)
+    decode_ms = 1000 * (time.process_time() - cpu_started) / len(photos)
+    forward_ms = 1000 * cpu / done
+    return {
+        "backbone": defaults.backbone,
+        "input_px": base.preprocess.crop,
+        "images_per_s": round(done / took, 1),
+        "forward_cpu_ms_per_image": round(forward_ms, 1),
+        "decode_cpu_ms_per_photo": round(decode_ms, 1),
+        "cpu_ceiling": round(forward_ms / (forward_ms + decode_ms), 2) if device == "cpu" else None,
+    }
 
 
 def import_photo_tasks(ls: LabelStudio, project: int, server: PhotoServer, n: int) -> list:
@@ -311,6 +330,7 @@ def one_size(n: int, args, root: Path, server: PhotoServer, forward: dict) -> di
             "scored_tasks_per_s": round(rate, 1) if rate else None,
             "forward_images_per_s": forward["images_per_s"],
             "ratio_to_forward": round(rate / forward["images_per_s"], 2) if rate else None,
+            "cpu_ceiling": forward["cpu_ceiling"],  # the most a CPU-only machine allows (forward_throughput)
             **rnd,
             "backend_peak_rss_mb": rss.stop(),
             "rss_series_mb": rss.series,  # (seconds since the backend started, MB) every 10 s
@@ -349,15 +369,6 @@ def table(results: list[dict]) -> str:
     return "\n".join(rows)
 
 
-def git_state() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "-uno"], capture_output=True, text=True).stdout
-        return head + (" + uncommitted changes" if dirty.strip() else "")
-    except OSError:
-        return "unknown"
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tasks", default="1000", help="comma-separated project sizes, e.g. 1000,10000,100000")
@@ -390,7 +401,7 @@ def main(argv=None) -> int:
     photos = make_photos(args.photos)
     sizes = sorted(len(b) for b, _ in photos)
     print(f"[bench_photos] JPEG sizes {sizes[0] // 1024}–{sizes[-1] // 1024} KB", file=sys.stderr, flush=True)
-    forward = forward_throughput(args.device, int(pairs(args.env).get("BATCH_SIZE", 32)))
+    forward = forward_throughput(args.device, int(pairs(args.env).get("BATCH_SIZE", 32)), photos)
     print(f"[bench_photos] plain forward pass: {forward}", file=sys.stderr, flush=True)
     server = PhotoServer(photos, args.latency_ms / 1000)
     results = []

@@ -30,6 +30,7 @@ import threading
 import time
 from pathlib import Path
 
+from benchmarks.parts.provenance import git_state
 from benchmarks.soak_parts.annotators import Annotator, Ledger
 from benchmarks.soak_parts.checks import Monitor
 from benchmarks.soak_parts.faults import KINDS, run_schedule
@@ -141,6 +142,7 @@ def collect(args, world, mon, ledger, faults, final, minutes) -> dict:
     result = {
         "host": socket.gethostname(),
         "argv": sys.argv[1:],
+        "code": git_state(),
         "minutes_run": minutes,
         "annotators": args.annotators,
         "tasks": args.tasks,
