@@ -291,7 +291,7 @@ def one_round(watch: Watch, server: PhotoServer, tasks: list, labels: int, timeo
 def one_size(n: int, args, root: Path, server: PhotoServer, forward: dict) -> dict:
     pg = Postgres(root / f"pg-{n}").start() if args.db == "postgresql" else None
     ls = LabelStudio(root / f"ls-{n}", extra_env={**(pg.env() if pg else {}), **pairs(args.ls_env)})
-    backend = rss = None
+    backend = meter = None
     try:
         ls.start()
         project = ls.create_project(f"photos {n}", LABELS)
@@ -311,10 +311,10 @@ def one_size(n: int, args, root: Path, server: PhotoServer, forward: dict) -> di
         }
         backend = BackendProcess(root / f"backend-{n}", env).start(timeout=180)
         trees = {"backend": backend.process.pid, "label_studio": ls.process.pid}
-        rss = Meter(backend.process.pid, trees)
+        meter = Meter(backend.process.pid, trees)
         watch = Watch(ls, project, backend)
         served_before = server.served
-        first = connect(watch, n, args.timeout, args.until, rss)
+        first = connect(watch, n, args.timeout, args.until, meter)
         downloads = server.served - served_before
         rnd = one_round(watch, server, tasks, args.labels, args.timeout) if args.until == "round" else {}
         rate = n / first["all_scored_s"] if first["all_scored_s"] else None
@@ -332,14 +332,16 @@ def one_size(n: int, args, root: Path, server: PhotoServer, forward: dict) -> di
             "ratio_to_forward": round(rate / forward["images_per_s"], 2) if rate else None,
             "cpu_ceiling": forward["cpu_ceiling"],  # the most a CPU-only machine allows (forward_throughput)
             **rnd,
-            "backend_peak_rss_mb": rss.stop(),
-            "rss_series_mb": rss.series,  # (seconds since the backend started, MB) every 10 s
-            "cores_while_scoring": rss.cpu_between("connected", "all scored") if "all scored" in rss.marks else None,
+            "backend_peak_rss_mb": meter.stop(),
+            "rss_series_mb": meter.series,  # (seconds since the backend started, MB) every 10 s
+            "cores_while_scoring": (
+                meter.cpu_between("connected", "all scored") if "all scored" in meter.marks else None
+            ),
             "db_mb": round(db_bytes(ls, pg) / 2**20, 1),
         }
     finally:
-        if rss is not None:
-            rss.stop()
+        if meter is not None:
+            meter.stop()
         if backend is not None:
             backend.stop()
         ls.stop()

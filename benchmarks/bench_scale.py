@@ -32,6 +32,7 @@ from pathlib import Path
 
 import requests
 
+from benchmarks.parts.meter import rss_mb
 from ml_backend.demo.sample_data import digit_pngs
 from ml_backend.demo.servers import ADMIN_TOKEN, BackendProcess, LabelStudio, free_port, wait_for
 
@@ -139,12 +140,6 @@ class Postgres:
 
     def stop(self):
         self._run(self.bin / "pg_ctl", "-D", self.dir, "-m", "fast", "-w", "stop", check=False)
-
-
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process and its children (the gunicorn master and workers), MB."""
-    out = subprocess.run(["ps", "-o", "rss=", "--pid", str(pid), "--ppid", str(pid)], capture_output=True, text=True)
-    return sum(int(x) for x in out.stdout.split()) / 1024
 
 
 def du_mb(path: Path) -> float:

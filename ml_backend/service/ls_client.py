@@ -90,7 +90,7 @@ ANNOTATED = {
 
 # The annotated tasks in full: their annotations need ``fields=all``; ``include`` (sparse fields) then
 # serializes only what the backend reads, not each task's predictions (one per model version) nor the
-# Data Manager's computed columns: 2.4x faster (benchmarks/bench_listing.py). Label Studio 1.23 applies
+# Data Manager's computed columns: 2.35x faster (benchmarks/bench_listing.py). Label Studio 1.23 applies
 # ``include`` to the nested annotations too, hence their fields in the list (ProjectAPI._annotated
 # refuses annotations that come without their result rather than read them as no label).
 FULL = {"fields": "all", "include": "id,data,annotations,result,was_cancelled,updated_at"}
