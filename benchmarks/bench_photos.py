@@ -15,8 +15,9 @@ side:
 * **connect → first ordered queue**: until the project's model version is one of the backend's and
   Label Studio's ``/next`` serves a task with a prediction of that version;
 * **connect → every task scored** (``/status``: a full-pool scoring of every task), as tasks/s;
-* the backbone's **plain forward pass** on the same device and input size (in-memory tensors, batch
-  ``BATCH_SIZE``): the physical limit, and the ratio of the two;
+* the backbone's **plain forward pass** on the same device and input size (in-memory tensors, at the
+  fastest of several batch sizes, ``benchmarks/parts/forward.py``): the physical limit, and the
+  ratio of the two;
 * the backend's **peak RSS** (gunicorn master and worker, sampled every second) and its series
   (``rss_series_mb``, every 10 s); the **cores used while the pool was scored**
   (``cores_while_scoring``: the backend's, Label Studio's, this process's with its photo server, and
@@ -50,13 +51,14 @@ from pathlib import Path
 
 import numpy as np
 import requests
-import torch
 from PIL import Image, ImageEnhance
 
 from benchmarks.bench_scale import Postgres, db_bytes, import_tasks, pairs
+from benchmarks.parts.forward import forward_throughput
 from benchmarks.parts.meter import Meter
 from benchmarks.parts.provenance import git_state
 from benchmarks.parts.ray_nodes import ray_cluster
+from ml_backend.core.backbones import CPU_BATCH, GPU_BATCH
 from ml_backend.demo.servers import ADMIN_TOKEN, BackendProcess, LabelStudio, wait_for
 
 LABELS = ["astronaut", "coffee", "cat", "rocket", "galaxy", "retina", "tissue", "camera"]
@@ -135,46 +137,6 @@ class PhotoServer:
     def close(self):
         self.server.shutdown()
         self.server.server_close()
-
-
-def forward_throughput(device: str, batch: int, photos: list, seconds: float = 8.0) -> dict:
-    """The default backbone's whole forward pass on in-memory tensors (no I/O), images/s; and what a
-    photo costs in CPU time on either side: the forward pass (process CPU seconds per image, all its
-    threads) and the backend's decoding and preprocessing of ``photos`` (``images.decode`` with its
-    JPEG draft, then ``Preprocess``; one thread). On a machine whose cores run the forward pass,
-    scoring can reach at most forward / (forward + decoding) of the plain forward pass's rate
-    (``cpu_ceiling``); a GPU takes the forward pass off the cores."""
-    from ml_backend.core.backbones import load_backbone
-    from ml_backend.service.images import decode
-    from ml_backend.service.settings import Settings
-
-    defaults = Settings()
-    base = load_backbone(defaults.backbone, defaults.weights, 0, defaults.freeze, defaults.image_size)
-    model = base.model.eval().to(device)
-    x = torch.randn(batch, 3, base.preprocess.crop, base.preprocess.crop, device=device)
-    with torch.inference_mode():
-        model(x)  # warm-up
-        done, started, cpu = 0, time.perf_counter(), time.process_time()
-        while time.perf_counter() - started < seconds:
-            model(x)
-            done += batch
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        took, cpu = time.perf_counter() - started, time.process_time() - cpu
-    cpu_started = time.process_time()
-    for data, _ in photos:
-        image = decode(data, "photo", defaults.image_max_bytes, defaults.image_max_pixels, base.preprocess.resize)
-        base.preprocess(image)
-    decode_ms = 1000 * (time.process_time() - cpu_started) / len(photos)
-    forward_ms = 1000 * cpu / done
-    return {
-        "backbone": defaults.backbone,
-        "input_px": base.preprocess.crop,
-        "images_per_s": round(done / took, 1),
-        "forward_cpu_ms_per_image": round(forward_ms, 1),
-        "decode_cpu_ms_per_photo": round(decode_ms, 1),
-        "cpu_ceiling": round(forward_ms / (forward_ms + decode_ms), 2) if device == "cpu" else None,
-    }
 
 
 def import_photo_tasks(ls: LabelStudio, project: int, server: PhotoServer, n: int) -> list:
@@ -403,7 +365,8 @@ def main(argv=None) -> int:
     photos = make_photos(args.photos)
     sizes = sorted(len(b) for b, _ in photos)
     print(f"[bench_photos] JPEG sizes {sizes[0] // 1024}–{sizes[-1] // 1024} KB", file=sys.stderr, flush=True)
-    forward = forward_throughput(args.device, int(pairs(args.env).get("BATCH_SIZE", 32)), photos)
+    batch = int(pairs(args.env).get("BATCH_SIZE", 0)) or (GPU_BATCH if args.device == "cuda" else CPU_BATCH)
+    forward = forward_throughput(args.device, batch, photos)
     print(f"[bench_photos] plain forward pass: {forward}", file=sys.stderr, flush=True)
     server = PhotoServer(photos, args.latency_ms / 1000)
     results = []

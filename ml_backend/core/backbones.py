@@ -38,6 +38,17 @@ def resolve_device(setting: str) -> torch.device:
     return torch.device(setting)
 
 
+# Images per forward pass where BATCH_SIZE is 0 (its default). On a CPU small batches are the fast
+# ones: EfficientNet-Lite0 at 224 px on a 2-core VM ran 20-32 images/s at 4-16 a batch against 16-18
+# at 32 and 13 at 64 (docs/benchmarks.md, "Batch size on a CPU"); a GPU needs large ones to be busy.
+CPU_BATCH, GPU_BATCH = 8, 64
+
+
+def default_batch(device: torch.device) -> int:
+    """Images per forward pass on ``device`` when BATCH_SIZE leaves it to the backend."""
+    return GPU_BATCH if device.type == "cuda" else CPU_BATCH
+
+
 @dataclass
 class LoadedBackbone:
     """The original model with its source head (M0), and how it was obtained."""

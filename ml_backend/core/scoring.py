@@ -30,6 +30,20 @@ def forward_batches(
     return merge_parts(parts)
 
 
+# About this many bytes of trunk activations per call of the trainable part. Larger batches spill the
+# CPU's caches: EfficientNet-Lite0's part (61 KB a row at 224 px) ran 100-120 rows/s at 12-16 rows,
+# 71-75 at 32 and 36 at 256 on a 2-core VM, while smallcnn's (2 KB a row) kept gaining up to about
+# 1,000 rows (docs/benchmarks.md, "Batch size on a CPU").
+REST_BATCH_BYTES = 1 << 20
+
+
+def rest_rows(z: torch.Tensor, at_least: int = 1) -> int:
+    """Rows of ``z`` (trunk activations) per call of the trainable part: about
+    :data:`REST_BATCH_BYTES` of them, never fewer than ``at_least`` (BATCH_SIZE) nor more than 4,096."""
+    row = max(1, z[0].numel() * 4) if len(z) else 1
+    return max(1, at_least, min(4096, REST_BATCH_BYTES // row))
+
+
 def merge_parts(parts: list[dict]) -> dict:
     if not parts:
         return {}
@@ -162,7 +176,7 @@ def _pool_outputs(model: AdaptedModel, batches, needs, layers, batch_size: int, 
         if forward is not None:
             gathered.append(z)
         else:
-            step = max(batch_size, 256)  # only the trainable part runs here: larger batches than for images
+            step = rest_rows(z, batch_size)
             for s in range(0, len(batch_keys), step):
                 parts.append(model.forward_from_trunk(z[s : s + step], needs, layers))
         keys.extend(batch_keys)

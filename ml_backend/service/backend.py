@@ -4,12 +4,13 @@ Flask here, and no logic of its own beyond wiring and reporting."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from typing import Any, Sequence
 
 import strategies
-from ml_backend.core.backbones import load_backbone, resolve_device
+from ml_backend.core.backbones import default_batch, load_backbone, resolve_device
 from ml_backend.errors import BadRequest, Unavailable, UnknownProject
 from ml_backend.service.choice import StrategyBook, requested_strategy
 from ml_backend.service.features import FeatureExtractor
@@ -30,8 +31,10 @@ log = logging.getLogger(__name__)
 
 class Backend:
     def __init__(self, settings: Settings, secrets=None) -> None:
-        self.settings, self.secrets = settings, secrets  # secrets: the log's SecretRegistry (masking)
         self.device = resolve_device(settings.device)
+        if not settings.batch_size:  # BATCH_SIZE=0: the device's measured default
+            settings = dataclasses.replace(settings, batch_size=default_batch(self.device))
+        self.settings, self.secrets = settings, secrets  # secrets: the log's SecretRegistry (masking)
         self.store = Store(settings.model_dir)
         self.base = load_backbone(
             settings.backbone, settings.weights, settings.seed, settings.freeze, settings.image_size

@@ -189,10 +189,9 @@ class Settings:  # long: every setting's declaration, one field each (type, defa
     review_method: str = setting(
         "heldout",
         "`heldout` (each label judged by heads fit without it on the original network's embeddings, which no label "
-        "trained: a wrong label the trained head has memorised is still caught; each flagged task carries the "
-        "held-out guess and its probability; "
-        "[results.md](results.md#data-dropout-and-the-review-list-under-label-noise)), `loss` "
-        "(the trained head's loss on the given label; cheap) or `influence` (last-layer self-influence, plus "
+        "trained: a wrong label the trained head has memorised is still caught; each flagged task carries the held-out "
+        "guess and its probability; [results.md](results.md#data-dropout-and-the-review-list-under-label-noise)), "
+        "`loss` (the trained head's loss on the given label; cheap) or `influence` (last-layer self-influence, plus "
         "cross-fitted influence ψ on validation loss; `flag` marks ψ > 0 with p(label) < 0.5).",
         choice("heldout", "loss", "influence"),
     )
@@ -207,7 +206,12 @@ class Settings:  # long: every setting's declaration, one field each (type, defa
     )
     device: str = setting("auto", "`auto` (CUDA when present, else CPU), `cpu`, `cuda` or `cuda:N`.", device)
     seed: int = setting(0, "Seed for head initialisation and seeded strategies.", integer(0))
-    batch_size: int = setting(32, "Images per forward pass when scoring.", integer(1))
+    batch_size: int = setting(
+        0,
+        "Images per forward pass when scoring; `0`: 8 on a CPU, 64 on a GPU (on a CPU small batches are faster: "
+        "[measured](benchmarks.md#batch-size-on-a-cpu)).",
+        integer(0),
+    )
     compute_threads: int = setting(
         2,
         "Threads that run the model for `/predict` requests, in all (the requests take turns on them; their downloads "
@@ -374,16 +378,8 @@ class Settings:  # long: every setting's declaration, one field each (type, defa
         """The trainer's configuration from the TRAIN_* settings (``seed``: this round's)."""
         from ml_backend.core.trainer import TrainConfig
 
-        return TrainConfig(
-            steps=self.train_steps,
-            lr=self.train_lr,
-            weight_decay=self.train_weight_decay,
-            batch_size=self.train_batch_size,
-            new_fraction=self.train_new_fraction,
-            augment=self.train_augment,
-            amp=self.train_amp,
-            seed=seed,
-        )
+        names = ("steps", "lr", "weight_decay", "batch_size", "new_fraction", "augment", "amp")
+        return TrainConfig(seed=seed, **{name: getattr(self, f"train_{name}") for name in names})
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> "Settings":

@@ -39,7 +39,7 @@ def test_defaults():
         ({"LOG_LEVEL": "chatty"}, r"LOG_LEVEL='CHATTY' is invalid; allowed: DEBUG, INFO"),
         ({"DEVICE": "tpu"}, r"DEVICE='tpu' is invalid; allowed: auto, cpu, cuda, cuda:N"),
         ({"PORT": "http"}, r"PORT='http' is not an integer"),
-        ({"BATCH_SIZE": "0"}, r"BATCH_SIZE=0 must be >= 1"),
+        ({"BATCH_SIZE": "-1"}, r"BATCH_SIZE=-1 must be >= 0"),
         ({"LABEL_STUDIO_URL": "label-studio:8080"}, r"LABEL_STUDIO_URL=.* must start with http"),
         ({"BASIC_AUTH_USER": "u"}, r"BASIC_AUTH_USER and BASIC_AUTH_PASS must be set together"),
     ],
