@@ -30,9 +30,9 @@ def forward_throughput(
     device: str, backend_batch: int, photos: list, seconds: float = 4.0, batches: tuple[int, ...] | None = None
 ) -> dict:
     """The default backbone's whole forward pass, images/s, at each batch size of ``batches`` (by
-    default the device's sweep) and at ``backend_batch`` (the backend's BATCH_SIZE), each twice,
-    interleaved, the better kept: the fastest is ``images_per_s``, the physical limit (``best_batch``).
-    Also what a photo costs in CPU time: the
+    default the device's sweep; ``()``: none but the backend's) and at ``backend_batch`` (the
+    backend's BATCH_SIZE), each twice, interleaved, the better kept: the fastest is
+    ``images_per_s``, the physical limit (``best_batch``). Also what a photo costs in CPU time: the
     forward pass (process CPU per image, all its threads, at the fastest batch) and the backend's
     decoding and preprocessing of ``photos`` (``images.decode`` with its JPEG draft, then
     ``Preprocess``; one thread). On a machine whose cores run the forward pass, scoring can reach at
@@ -46,7 +46,7 @@ def forward_throughput(
     base = load_backbone(defaults.backbone, defaults.weights, 0, defaults.freeze, defaults.image_size)
     model = base.model.eval().to(device)
     side = base.preprocess.crop
-    batches = batches or (GPU_BATCHES if device.startswith("cuda") else CPU_BATCHES)
+    batches = (GPU_BATCHES if device.startswith("cuda") else CPU_BATCHES) if batches is None else batches
     sweep = sorted(set(batches) | {backend_batch})
     rates: dict[int, tuple[float, float]] = {}
     for _ in range(2):
