@@ -166,7 +166,10 @@ class Watch:
 
     def next_serves(self, version: str) -> bool:
         """Label Studio's /next serves a task that has a prediction of ``version``."""
-        r = self.ls.session.get(f"{self.ls.url}/api/projects/{self.project}/next", timeout=60)
+        try:  # Label Studio busy with a round's imports can take over a minute to answer: not yet
+            r = self.ls.session.get(f"{self.ls.url}/api/projects/{self.project}/next", timeout=60)
+        except requests.Timeout:
+            return False
         if r.status_code != 200:
             return False
         task = r.json()

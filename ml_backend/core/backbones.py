@@ -39,8 +39,8 @@ def resolve_device(setting: str) -> torch.device:
 
 
 # Images per forward pass where BATCH_SIZE is 0 (its default). On a CPU small batches are the fast
-# ones: EfficientNet-Lite0 at 224 px on a 2-core VM ran 20-32 images/s at 4-16 a batch against 16-18
-# at 32 and 13 at 64 (docs/benchmarks.md, "Batch size on a CPU"); a GPU needs large ones to be busy.
+# ones: EfficientNet-Lite0 at 224 px on a 2-core VM ran 23-47 images/s at 4-8 a batch against 14-18
+# at 32 and 12-14 at 64 (docs/benchmarks.md, "Batch size on a CPU"); a GPU needs large ones to be busy.
 CPU_BATCH, GPU_BATCH = 8, 64
 
 

@@ -31,9 +31,9 @@ def forward_batches(
 
 
 # About this many bytes of trunk activations per call of the trainable part. Larger batches spill the
-# CPU's caches: EfficientNet-Lite0's part (61 KB a row at 224 px) ran 100-120 rows/s at 12-16 rows,
-# 71-75 at 32 and 36 at 256 on a 2-core VM, while smallcnn's (2 KB a row) kept gaining up to about
-# 1,000 rows (docs/benchmarks.md, "Batch size on a CPU").
+# CPU's caches: EfficientNet-Lite0's part (61 KB a row at 224 px) ran 87-124 rows/s at 4-32 rows and
+# 41-42 at 128-256 on a 2-core VM, while smallcnn's (2 KB a row) kept gaining up to 1,024 rows
+# (docs/benchmarks.md, "Batch size on a CPU").
 REST_BATCH_BYTES = 1 << 20
 
 
