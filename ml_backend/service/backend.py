@@ -32,8 +32,7 @@ log = logging.getLogger(__name__)
 class Backend:
     def __init__(self, settings: Settings, secrets=None) -> None:
         self.device = resolve_device(settings.device)
-        if not settings.batch_size:  # BATCH_SIZE=0: the device's measured default
-            settings = dataclasses.replace(settings, batch_size=default_batch(self.device))
+        settings = dataclasses.replace(settings, batch_size=settings.batch_size or default_batch(self.device))
         self.settings, self.secrets = settings, secrets  # secrets: the log's SecretRegistry (masking)
         self.store = Store(settings.model_dir)
         self.base = load_backbone(

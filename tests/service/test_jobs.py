@@ -129,7 +129,7 @@ def context(tmp_path, digits64, labeled, **env):
         backend.projects,
         backend.scorer,
         backend.features,
-        settings,
+        backend.settings,  # as the learner's: BATCH_SIZE resolved for the device
         lambda project: api,
         WorkerStatus(),
         lambda: "secret",
@@ -198,7 +198,7 @@ def test_after_a_restart_a_pool_relative_strategy_rescores_before_valuing_reques
         again.projects,
         again.scorer,
         again.features,
-        settings,
+        again.settings,
         lambda project: api,
         WorkerStatus(),
         lambda: "secret",
