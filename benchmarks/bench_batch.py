@@ -17,28 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 
+from benchmarks.parts.forward import rate
 from benchmarks.parts.provenance import git_state
 
 IMAGE_BATCHES = {"cpu": (1, 2, 4, 8, 16, 32, 64), "cuda": (16, 32, 64, 128, 256)}
 ROWS = (4, 8, 16, 32, 64, 128, 256, 1024)
-
-
-def rate(fn, n: int, seconds: float, device: str) -> float:
-    """Items/s of ``fn()`` (``n`` items a call) over about ``seconds``, after one warm-up call."""
-    with torch.inference_mode():
-        fn()
-        done, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            fn()
-            done += n
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return done / (time.perf_counter() - started)
 
 
 def sweep(name: str, make, sizes, args) -> dict[str, float]:
@@ -46,7 +33,7 @@ def sweep(name: str, make, sizes, args) -> dict[str, float]:
     best: dict[str, float] = {}
     for _ in range(args.repeats):
         for size in sizes:
-            r = rate(make(size), size, args.seconds, args.device)
+            r, _ = rate(make(size), size, args.seconds, args.device)
             best[str(size)] = round(max(best.get(str(size), 0.0), r), 1)
     print(f"[bench_batch] {name}: {best}", file=sys.stderr, flush=True)
     return best

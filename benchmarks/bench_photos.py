@@ -51,6 +51,7 @@ from pathlib import Path
 
 import numpy as np
 import requests
+import torch
 from PIL import Image, ImageEnhance
 
 from benchmarks.bench_scale import Postgres, db_bytes, import_tasks, pairs
@@ -58,7 +59,7 @@ from benchmarks.parts.forward import forward_throughput
 from benchmarks.parts.meter import Meter
 from benchmarks.parts.provenance import git_state
 from benchmarks.parts.ray_nodes import ray_cluster
-from ml_backend.core.backbones import CPU_BATCH, GPU_BATCH
+from ml_backend.core.backbones import default_batch
 from ml_backend.demo.servers import ADMIN_TOKEN, BackendProcess, LabelStudio, wait_for
 
 LABELS = ["astronaut", "coffee", "cat", "rocket", "galaxy", "retina", "tissue", "camera"]
@@ -281,8 +282,9 @@ def one_size(n: int, args, root: Path, server: PhotoServer, forward: dict) -> di
         served_before = server.served
         first = connect(watch, n, args.timeout, args.until, meter)
         downloads = server.served - served_before
-        # the plain forward pass again, right after the scoring: this VM's speed drifts by tens of per cent
-        again = forward_throughput(args.device, forward["best_batch"], server.photos[:20], batches=()) if n else {}
+        # the plain forward pass again, right after the scoring: a shared VM's speed can drift by tens of per cent
+        scored = first["all_scored_s"] is not None
+        again = forward_throughput(args.device, forward["best_batch"], server.photos[:20], batches=()) if scored else {}
         limit = max(forward["images_per_s"], again.get("images_per_s", 0))
         rnd = one_round(watch, server, tasks, args.labels, args.timeout) if args.until == "round" else {}
         rate = n / first["all_scored_s"] if first["all_scored_s"] else None
@@ -372,7 +374,7 @@ def main(argv=None) -> int:
     photos = make_photos(args.photos)
     sizes = sorted(len(b) for b, _ in photos)
     print(f"[bench_photos] JPEG sizes {sizes[0] // 1024}–{sizes[-1] // 1024} KB", file=sys.stderr, flush=True)
-    batch = int(pairs(args.env).get("BATCH_SIZE", 0)) or (GPU_BATCH if args.device == "cuda" else CPU_BATCH)
+    batch = int(pairs(args.env).get("BATCH_SIZE", 0)) or default_batch(torch.device(args.device))
     forward = forward_throughput(args.device, batch, photos)
     print(f"[bench_photos] plain forward pass: {forward}", file=sys.stderr, flush=True)
     server = PhotoServer(photos, args.latency_ms / 1000)

@@ -12,14 +12,15 @@ CPU_BATCHES = (4, 8, 16, 32, 64)
 GPU_BATCHES = (16, 32, 64, 128, 256)
 
 
-def _rate(model, x: torch.Tensor, seconds: float, device: str) -> tuple[float, float]:
-    """(images/s, process CPU seconds per image) of ``model(x)`` over about ``seconds``."""
+def rate(fn, n: int, seconds: float, device: str) -> tuple[float, float]:
+    """(items/s, process CPU seconds per item) of ``fn()`` (``n`` items a call) over about
+    ``seconds``, after one warm-up call."""
     with torch.inference_mode():
-        model(x)  # warm-up
+        fn()  # warm-up
         done, started, cpu = 0, time.perf_counter(), time.process_time()
         while time.perf_counter() - started < seconds:
-            model(x)
-            done += len(x)
+            fn()
+            done += n
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         took, cpu = time.perf_counter() - started, time.process_time() - cpu
@@ -51,8 +52,9 @@ def forward_throughput(
     rates: dict[int, tuple[float, float]] = {}
     for _ in range(2):
         for batch in sweep:
-            rate = _rate(model, torch.randn(batch, 3, side, side, device=device), seconds, device)
-            rates[batch] = max(rates.get(batch, rate), rate)
+            x = torch.randn(batch, 3, side, side, device=device)
+            measured = rate(lambda: model(x), batch, seconds, device)
+            rates[batch] = max(rates.get(batch, measured), measured)
     best = max(rates, key=lambda b: rates[b][0])
     cpu_started = time.process_time()
     for data, _ in photos:
