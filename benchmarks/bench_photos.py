@@ -232,7 +232,11 @@ def one_round(watch: Watch, server: PhotoServer, tasks: list, labels: int, timeo
         choice = {"choices": [server.label(index)]}
         result = [{"from_name": "label", "to_name": "image", "type": "choices", "value": choice}]
         watch.ls.api("POST", f"/api/tasks/{task_id}/annotations", json={"result": result})
-    started = time.perf_counter()
+    started, head_s = time.perf_counter(), None
+    head = wait_for(lambda: ((v := watch.model_version()).endswith("-head") or "-t1-" in v) and v, timeout, "round 1")
+    if head.endswith("-head"):  # the head-first queue (ROUND_HEAD_FIRST), unless the round overtook it
+        wait_for(lambda: watch.next_serves(head) or "-t1-" in watch.model_version(), timeout, "the head queue")
+        head_s = round(time.perf_counter() - started, 2) if "-t1-" not in watch.model_version() else None
     version = wait_for(lambda: "-t1-" in (v := watch.model_version()) and v, timeout, "round 1 in Label Studio")
     wait_for(lambda: watch.next_serves(version), timeout, "/next serving round 1's predictions")
     queue_s = time.perf_counter() - started  # a big pool: its preliminary version (ROUND_QUEUE_CANDIDATES)
@@ -244,6 +248,7 @@ def one_round(watch: Watch, server: PhotoServer, tasks: list, labels: int, timeo
     after = watch.status()["feature_cache"]
     hits, misses = after["hits"] - before["hits"], after["misses"] - before["misses"]
     return {
+        "label_to_head_queue_s": head_s,  # the served model's head refit on the labels, before the fine-tuning
         "label_to_queue_s": round(queue_s, 2),
         "label_to_whole_pool_queue_s": round(full_s, 2),
         "round_version": version,
@@ -324,9 +329,9 @@ def table(results: list[dict]) -> str:
     rows = [
         "| tasks | db | device | engine | latency ms | connect → first ordered queue s | connect → all scored s "
         "| scored/s "
-        "| plain forward img/s | ratio | label → queue s (train s) | label → whole pool's queue s "
-        "| re-scoring cache hits | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| plain forward img/s | ratio | label → head queue s | label → queue s (train s) "
+        "| label → whole pool's queue s | re-scoring cache hits | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         hit = r.get("rescoring_hit_rate")
@@ -334,7 +339,7 @@ def table(results: list[dict]) -> str:
             f"| {r['tasks']:,} | {r['db']} | {r['device']} | {r.get('engine', 'local')} | {r['latency_ms']} | "
             f"{r['first_queue_s']} | "
             f"{r['all_scored_s']} | {r['scored_tasks_per_s']} | {r['forward_images_per_s']} | "
-            f"{r['ratio_to_forward']} | "
+            f"{r['ratio_to_forward']} | {r.get('label_to_head_queue_s') or '—'} | "
             f"{r.get('label_to_queue_s', '—')} ({(r.get('last_round') or {}).get('train_seconds')}) | "
             f"{r.get('label_to_whole_pool_queue_s', '—')} | "
             f"{'—' if hit is None else f'{100 * hit:.1f} %'} | {r['backend_peak_rss_mb']} |"

@@ -48,6 +48,7 @@ class Example:
     # A structured layout's target over the active outputs (layout.Layout.target: NaN = no answer)
     target: torch.Tensor | None = None
     answer: str | None = None  # the canonical answer (layout.py); the label for a simple layout
+    embedding: torch.Tensor | None = None  # the head's input under the served version (fit_head)
 
 
 def _augment(batch: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:
@@ -94,15 +95,18 @@ def _batch_loss(
         with torch.no_grad():
             z = model.spec.trunk(model.target, images.to(device))
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-        logits = model.logits_for_training(z)
-        if model.layout is None:
-            return nn.functional.cross_entropy(logits.float(), torch.tensor([e.label for e in batch], device=device))
-        targets = torch.stack([e.target for e in batch]).to(device)
-        return model.layout.loss(logits.float()[:, active], targets)
+        return _loss(model, model.logits_for_training(z), batch, device, active)
 
 
-def _optimizer(model: AdaptedModel, config: TrainConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.target.parameters() if p.requires_grad]
+def _loss(model: AdaptedModel, logits: torch.Tensor, batch: list[Example], device, active: list[int]) -> torch.Tensor:
+    """Cross-entropy over the head's rows, or a structured layout's loss over the active outputs."""
+    if model.layout is None:
+        return nn.functional.cross_entropy(logits.float(), torch.tensor([e.label for e in batch], device=device))
+    targets = torch.stack([e.target for e in batch]).to(device)
+    return model.layout.loss(logits.float()[:, active], targets)
+
+
+def _optimizer(params: list, config: TrainConfig) -> torch.optim.Optimizer:
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     if config.optimizer == "sgd":
@@ -132,7 +136,7 @@ def fine_tune(
     old = [e for e in examples if not e.is_new]
     new = [e for e in examples if e.is_new]
     generator = torch.Generator().manual_seed(config.seed)
-    optimizer = _optimizer(model, config)
+    optimizer = _optimizer([p for p in model.target.parameters() if p.requires_grad], config)
     active = model.active_index()
     if model.layout is not None and any(e.target is None for e in examples):
         raise ValueError("a structured layout trains on targets; an example has none")
@@ -168,3 +172,36 @@ def fine_tune(
         "amp": use_amp,
         "config": config.to_dict(),
     }
+
+
+def fit_head(model: AdaptedModel, examples: Sequence[Example], config: TrainConfig) -> dict:
+    """Train only the head (the last Linear) of ``model`` in place, on each example's ``embedding``
+    (its input under the served version, which the rest of the network keeps): the same loss,
+    optimizer, steps and old/new mini-batches as :func:`fine_tune`, without dropout. Milliseconds
+    where a fine-tuning round takes a minute on a CPU: a round's head-first queue (docs/methods.md
+    §0, "A round's queue"). Returns metrics."""
+    if not examples:
+        raise ValueError("no labeled examples to train on")
+    if any(e.embedding is None for e in examples):
+        raise ValueError("fit_head trains on embeddings; an example has none")
+    started, device, head = time.perf_counter(), model.device, model.head
+    old = [e for e in examples if not e.is_new]
+    new = [e for e in examples if e.is_new]
+    generator = torch.Generator().manual_seed(config.seed)
+    optimizer = _optimizer(list(head.parameters()), config)
+    active, losses = model.active_index(), []
+    with torch.enable_grad():
+        for step in range(config.steps):
+            n_old, n_new = _sample(len(old), len(new), config, generator)
+            batch = _draw(old, n_old, generator) + _draw(new, n_new, generator)
+            h = torch.stack([e.embedding for e in batch]).to(device, head.weight.dtype)
+            loss = _loss(model, head(h), batch, device, active)
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(f"head loss became {loss.item()} at step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+    tail = losses[-max(1, len(losses) // 10) :]
+    return {"steps": config.steps, "loss_first": losses[0], "loss_last": sum(tail) / len(tail),
+            "seconds": time.perf_counter() - started}  # fmt: skip

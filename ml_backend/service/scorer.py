@@ -141,13 +141,15 @@ class Scorer:
         sample: bool = False,
         give_way: Callable[[], bool] | None = None,
         prepared: list | None = None,
+        labeled_trunk: list | None = None,
     ) -> list[dict]:
         """Predictions for ``tasks`` (label + score + version). With ``reset_pool`` these tasks are
         the whole unlabeled pool (a publish) and their values become the reference of the version's
         queue scores; ``deadline`` (time.monotonic()) bounds the image downloads of a request. With
         ``sample`` the tasks are a preliminary version's whole pool (a big project's first queue,
         ``jobs/first_queue.py``): valued and ranked among themselves, nothing of the project's pool
-        state used or changed. ``give_way``: see :meth:`_batches`."""
+        state used or changed. ``give_way``: see :meth:`_batches`. ``labeled_trunk``: the labeled set's
+        trunk activations, when not the served version's (a round's head-first queue, ``jobs/head_round.py``)."""
         started = time.perf_counter()
         features = self.extractor
         fingerprints = [features.fingerprint(features.reference(state, t)) for t in tasks]
@@ -163,7 +165,7 @@ class Scorer:
             model,
             self._batches(state, model, tasks, fingerprints, deadline, failed, progress, give_way, prepared),
             candidates=fingerprints,
-            labeled_trunk=pool.labeled_trunk,
+            labeled_trunk=pool.labeled_trunk if labeled_trunk is None else labeled_trunk,
             images=images,
             round_=state.round,
             state={} if sample else pool.strategy_state,

@@ -161,3 +161,12 @@ def read_secret_file(name: str, file_var: str, path: str) -> str:
     if not value:
         raise ConfigError(f"{file_var}={path!r} is empty: it should hold {name}")
     return value
+
+
+def shown(value: Any) -> str:
+    """A default as it would be written in the environment."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)

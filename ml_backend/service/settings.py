@@ -22,7 +22,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 from ml_backend.errors import ConfigError
 from ml_backend.service.setting_types import (
@@ -39,6 +39,7 @@ from ml_backend.service.setting_types import (
     path,
     read_secret_file,
     setting,
+    shown,
     strategy,
     url,
 )
@@ -318,6 +319,13 @@ class Settings:  # long: every setting's declaration, one field each (type, defa
         "version serves until the whole pool is scored.",
         integer(0),
     )
+    round_head_first: bool = setting(
+        True,
+        "When `ROUND_QUEUE_CANDIDATES` applies, before the round's fine-tuning (a minute on a CPU): the served model "
+        "with only its head refit on the labels scores those candidates as `<version>-head` and the queue switches "
+        "to it, so that it follows new labels in seconds ([methods.md](methods.md#0-conventions)).",
+        flag,
+    )
     round_queue_after_s: float = setting(
         10.0,
         "`ROUND_QUEUE_CANDIDATES` only when this process's last whole-pool scoring took over this many seconds.",
@@ -403,15 +411,6 @@ class Settings:  # long: every setting's declaration, one field each (type, defa
         if bool(settings.basic_auth_user) != bool(settings.basic_auth_pass):
             raise ConfigError("BASIC_AUTH_USER and BASIC_AUTH_PASS must be set together")
         return settings
-
-
-def shown(value: Any) -> str:
-    """A default as it would be written in the environment."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
 
 
 def _env_vars() -> dict[str, tuple[str, str]]:

@@ -411,16 +411,20 @@ def test_after_a_round_a_big_pool_is_served_from_the_previous_best_and_a_keyed_s
         jobs.run_round(ctx, force=True)
         v1 = ctx.state.version
         assert v1 != v0 and ctx.state.round == 1
-        switches = [c for c in api.calls if c[0] == "switch"]
-        assert switches == [("switch", f"{v1}-first"), ("switch", v1)]
-        before_switch = api.calls[: api.calls.index(("switch", f"{v1}-first"))]
-        served_first = [t for c in before_switch if c[0] == "import" for t in c[1]]  # the preliminary version's
-        assert len(served_first) == 15 and {str(t) for t in served_first} >= set(best)
-        assert not {t["id"] for t in labeled} & set(served_first)
+        switches = [c for c in api.calls if c[0] == "switch"]  # the head-first queue (ROUND_HEAD_FIRST) first
+        assert switches == [("switch", f"{v0}-head"), ("switch", f"{v1}-first"), ("switch", v1)]
+        head_at, first_at = api.calls.index(switches[0]), api.calls.index(switches[1])
+        for calls in (api.calls[:head_at], api.calls[head_at:first_at]):  # each preliminary version's imports
+            served_first = [t for c in calls if c[0] == "import" for t in c[1]]
+            assert len(served_first) == 15 and {str(t) for t in served_first} >= set(best)
+            assert not {t["id"] for t in labeled} & set(served_first)
+        head = ctx.status.last_round["head_queue"]
+        assert head["version"] == f"{v0}-head" and head["sample"] == 15 and head["unlabeled"] == 57
         progress = ctx.status.info["publish_progress"]
         assert progress["first_queue"]["version"] == f"{v1}-first" and progress["first_queue"]["unlabeled"] == 57
         assert "round_queue_seconds" in progress["timings"] and ctx.state.published_version == v1
-        assert ("delete", f"{v1}-first") in api.calls and {p["model_version"] for p in api.imported} == {v1}
+        assert ("delete", f"{v1}-first") in api.calls and ("delete", f"{v0}-head") in api.calls
+        assert {p["model_version"] for p in api.imported} == {v1}
         assert len(ctx.state.pool.acquisitions) == 57  # the whole pool, valued by the new version
 
         api.calls.clear()

@@ -3,7 +3,9 @@ import torch
 
 from ml_backend.core.adapted import AdaptedModel
 from ml_backend.core.backbones import load_backbone
-from ml_backend.core.trainer import Example, TrainConfig, _sample, fine_tune
+from ml_backend.core.scoring import forward_batches
+from ml_backend.core.trainer import Example, TrainConfig, _sample, fine_tune, fit_head
+from strategies import Need
 
 CPU = torch.device("cpu")
 
@@ -82,3 +84,41 @@ def test_bad_inputs(model):
         fine_tune(model.clone(), [], TrainConfig())
     with pytest.raises(ValueError, match="allowed: none, flip"):
         fine_tune(model.clone(), toy_examples(model, n=4), TrainConfig(augment="rotate"))
+
+
+def with_embeddings(model, examples):
+    h = forward_batches(model, torch.stack([e.trunk for e in examples]), {Need.EMBEDDINGS}, (), 16)["embeddings"]
+    for e, row in zip(examples, h):
+        e.embedding = row
+    return examples
+
+
+def test_fit_head_trains_only_the_head_deterministically_and_matches_its_outputs(model):
+    """A round's head-first queue (jobs/head_round.py): the head learns the labels from the served
+    version's embeddings, everything before it stays, the same seed gives the same head, and the
+    model's own forward pass gives what the refit head gives on those embeddings."""
+    examples = with_embeddings(model, toy_examples(model))
+    before = {k: v.clone() for k, v in model.target.state_dict().items()}
+    a, b = model.clone(), model.clone()
+    metrics = fit_head(a, examples, TrainConfig(steps=300, lr=5e-2, seed=3))
+    fit_head(b, examples, TrainConfig(steps=300, lr=5e-2, seed=3))
+    assert metrics["loss_last"] < metrics["loss_first"] * 0.5 and metrics["steps"] == 300
+    assert torch.equal(a.head.weight, b.head.weight)
+    head = {f"{a.spec.head}.weight", f"{a.spec.head}.bias"}
+    for name, value in a.target.state_dict().items():
+        assert torch.equal(value, before[name]) != (name in head), name
+    assert all(torch.equal(v, before[k]) for k, v in model.target.state_dict().items())  # the served one
+    z = torch.stack([e.trunk for e in examples])
+    out = a.forward_from_trunk(z, {Need.EMBEDDINGS})
+    torch.testing.assert_close(out["embeddings"], torch.stack([e.embedding for e in examples]))
+    torch.testing.assert_close(out["logits"], a.head(out["embeddings"]).detach())
+    assert (out["probs"].argmax(1) == torch.tensor([e.label for e in examples])).float().mean() > 0.9
+
+
+def test_fit_head_needs_embeddings_and_examples(model):
+    with pytest.raises(ValueError, match="embeddings"):
+        fit_head(model.clone(), toy_examples(model, n=4), TrainConfig(steps=2))
+    with pytest.raises(ValueError, match="no labeled examples"):
+        fit_head(model.clone(), [], TrainConfig(steps=2))
+    with pytest.raises(ValueError, match="optimizer"):
+        fit_head(model.clone(), with_embeddings(model, toy_examples(model, n=4)), TrainConfig(optimizer="lbfgs"))

@@ -49,14 +49,15 @@ def publish_sample(ctx: JobContext, api: ProjectAPI, model, version: str) -> dic
     return serve(ctx, api, model, version, sample, total, f"first queue: scoring a sample of {len(sample)}")
 
 
-def round_candidates(ctx: JobContext, pool: list[dict], version: str) -> list[dict] | None:
+def round_candidates(ctx: JobContext, pool: list[dict], version: str, values: dict | None = None) -> list[dict] | None:
     """After a round, on a big pool: the tasks a preliminary version of the new model is scored on
     before the whole pool is: the previous version's ``ROUND_QUEUE_CANDIDATES`` most valuable unlabeled
     tasks (its values, ``PoolState.previous_acquisitions``; none after a restart) and a keyed sample of
     ``FIRST_QUEUE_SAMPLE`` of the others (the same tasks from round to round). None: the setting is
     off, the project was never published (its first queue is ``publish_sample``'s), the queue already
     follows ``version`` (a re-publish), the pool is under twice the candidates, or its last whole
-    scoring here took at most ``ROUND_QUEUE_AFTER_S`` (or is not measured yet): then it is scored whole."""
+    scoring here took at most ``ROUND_QUEUE_AFTER_S`` (or is not measured yet): then it is scored whole.
+    ``values``: the values that pick the top (default: the previous version's)."""
     settings, pool_state, queue = ctx.settings, ctx.state.pool, ctx.state.queue_version
     n_top, n_sample = settings.round_queue_candidates, settings.first_queue_sample
     if not n_top or not queue or queue == version or len(pool) <= 2 * (n_top + n_sample):
@@ -64,7 +65,7 @@ def round_candidates(ctx: JobContext, pool: list[dict], version: str) -> list[di
     if pool_state.scoring_seconds is None or pool_state.scoring_seconds <= settings.round_queue_after_s:
         return None
     with ctx.state.lock:
-        previous = dict(pool_state.previous_acquisitions)
+        previous = dict(pool_state.previous_acquisitions if values is None else values)
     by_id = {str(t["id"]): t for t in pool if "id" in t}
     valued = heapq.nlargest(n_top, (k for k in by_id if k in previous), key=previous.__getitem__)
     top = set(valued)
@@ -82,13 +83,24 @@ def serve_round(ctx: JobContext, api: ProjectAPI, model, version: str, pool: lis
     return serve(ctx, api, model, version, candidates, len(pool), f"round queue: scoring {len(candidates)} candidates")
 
 
-def serve(ctx: JobContext, api: ProjectAPI, model, version: str, tasks: list[dict], total: int, what: str) -> dict:
-    """Score ``tasks`` as the whole pool of ``<version>-first``, import it, switch the project to it."""
+def serve(
+    ctx: JobContext,
+    api: ProjectAPI,
+    model,
+    version: str,
+    tasks: list[dict],
+    total: int,
+    what: str,
+    name: str | None = None,
+    labeled_trunk: list | None = None,
+) -> dict:
+    """Score ``tasks`` as the whole pool of ``name`` (default ``<version>-first``), import it, switch
+    the project to it. ``labeled_trunk``: the labeled set, when not the served version's."""
     state, status = ctx.state, ctx.status
     started = time.perf_counter()
-    name = preliminary(version)
+    name = name or preliminary(version)
     status.set("publishing", f"{what} of {total} unlabeled tasks")
-    results = ctx.scorer.score(state, tasks, model, name, sample=True)
+    results = ctx.scorer.score(state, tasks, model, name, sample=True, labeled_trunk=labeled_trunk)
     if name in ctx.call(api.model_versions, "listing prediction versions"):  # a retry: no task gets two
         ctx.call(lambda: api.delete_version(name), f"clearing {name}")
     import_predictions(ctx, api, tasks, results, name)
@@ -96,12 +108,11 @@ def serve(ctx: JobContext, api: ProjectAPI, model, version: str, tasks: list[dic
     done = {"version": name, "sample": len(tasks), "unlabeled": total}
     done["seconds"] = round(time.perf_counter() - started, 3)
     log.info(
-        "project %s: queue served by %s (%d of %d unlabeled tasks) after %.1fs; scoring the whole pool for %s",
+        "project %s: queue served by %s (%d of %d unlabeled tasks) after %.1fs",
         state.key,
         name,
         len(tasks),
         total,
         done["seconds"],
-        version,
     )
     return done

@@ -17,8 +17,9 @@ from ml_backend.core.scoring import forward_batches
 from ml_backend.core.trainer import Example, fine_tune
 from ml_backend.errors import ImageError
 from ml_backend.service import tabs
+from ml_backend.service.jobs import head_round
 from ml_backend.service.jobs.context import ROUNDS_TRAINED, JobContext
-from ml_backend.service.jobs.publishing import publish
+from ml_backend.service.jobs.publishing import publish, unlabeled
 from ml_backend.service.labels import prediction_result, task_answer, unknown_labels
 from strategies import Need
 
@@ -103,8 +104,9 @@ def prequential(served, examples: list[Example]) -> dict:
     return {"n": len(new), "agree": sum(layout.agrees(p, layout.parse(e.answer)) for p, e in zip(predicted, new))}
 
 
-def train(ctx: JobContext, labeled: dict[str, str], by_id: dict[str, dict], round_: int):
-    """Fine-tune a copy of the served model on ``labeled``; returns (model, examples, metrics, dropped)."""
+def train(ctx: JobContext, labeled: dict[str, str], by_id: dict[str, dict], round_: int, pool: list | None = None):
+    """Fine-tune a copy of the served model on ``labeled``; returns (model, examples, metrics, dropped).
+    ``pool``: the unlabeled tasks, for a head-first queue before the fine-tuning (``head_round.py``)."""
     state, s = ctx.state, ctx.settings
     with state.lock:
         served = ctx.projects.model(state).clone()
@@ -115,6 +117,7 @@ def train(ctx: JobContext, labeled: dict[str, str], by_id: dict[str, dict], roun
     if not examples:
         raise RuntimeError("none of the labeled tasks has a usable image")
     agreement = prequential(served, examples)  # before training: the version that served these tasks
+    head = _head_first(ctx, served, examples, pool, round_) if pool is not None else None
     model = served.clone() if s.train_drop_harmful else served  # dropout retrains from ``served``
     metrics = fine_tune(model, examples, s.train_config(seed=s.seed + round_))
     dropped: list[dict] = []
@@ -131,7 +134,20 @@ def train(ctx: JobContext, labeled: dict[str, str], by_id: dict[str, dict], roun
             examples, model = kept, served
             metrics = fine_tune(model, examples, s.train_config(seed=s.seed + round_))
     metrics["prequential"] = agreement
+    metrics["head_queue"] = head
     return model, examples, metrics, dropped
+
+
+def _head_first(ctx: JobContext, served, examples: list[Example], pool: list, round_: int) -> dict | None:
+    """The round's head-first queue (``head_round.py``); a shortcut to the queue that never fails the round."""
+    try:
+        head = head_round.serve(ctx, served, examples, pool, round_)
+    except Exception as exc:
+        log.warning("project %s: no head-first queue this round (%s: %s)", ctx.state.key, type(exc).__name__, exc)
+        return None
+    if head is not None:
+        ctx.status.set("running", f"fine-tuning on {len(examples)} labels; {head['version']} serves the queue")
+    return head
 
 
 def _annotation_stamp(task: dict) -> str:
@@ -249,7 +265,7 @@ def run_round(ctx: JobContext, force: bool) -> None:
     started = time.perf_counter()
     status.set("running", f"training on {len(labeled)} labels ({changed} changed)")
     round_ = state.round + 1
-    model, examples, metrics, dropped = train(ctx, labeled, by_id, round_)
+    model, examples, metrics, dropped = train(ctx, labeled, by_id, round_, unlabeled(state, tasks))
     metrics.update(labels_used=len(examples), labels_changed=changed, unknown_labels=unknown)
     # labels_read_at (wall clock): every label saved in Label Studio before it is in this version
     # labels_read_until: a label changed between the two may be in it either way (read before or after)
@@ -305,6 +321,7 @@ def _record_round(ctx: JobContext, round_: int, version: str, metrics: dict, cha
         "round_seconds": None,
         "read_seconds": read_seconds,
         "read_parts": dict(ctx.state.listing.parts),  # seconds of each Label Studio read (ProjectAPI.tasks)
+        "head_queue": metrics.get("head_queue"),  # the head-first queue served before the fine-tuning, or None
     }
     log.info(
         "project %s: round t=%d trained on %d labels in %.1fs (loss %.3f -> %.3f): %s",

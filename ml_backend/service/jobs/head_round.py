@@ -1,0 +1,60 @@
+"""A round's head-first queue (docs/methods.md §0, "A round's queue"). On a big pool, before the
+round's fine-tuning (about a minute of a CPU for the default backbone): the served model with only
+its head refit on the labels (milliseconds: ``core/trainer.fit_head``) scores the round's candidates
+(``first_queue.round_candidates``: the served version's most valuable unlabeled tasks and the keyed
+sample) as the whole pool of ``<version>-head``, and the project switches to it. The fine-tuned
+version's ``-first`` and then its whole pool replace it, as after any round."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+import torch
+
+from ml_backend.core.review import trunk_of
+from ml_backend.core.scoring import forward_batches, rest_rows
+from ml_backend.core.trainer import Example, fit_head
+from ml_backend.service.jobs import first_queue
+from ml_backend.service.jobs.context import JobContext
+from strategies import Need
+
+log = logging.getLogger(__name__)
+
+SUFFIX = "-head"
+
+
+def serve(ctx: JobContext, served, examples: list[Example], pool: list[dict], round_: int) -> dict | None:
+    """Serve ``<served version>-head`` from the round's candidates (``served``: a copy of the served
+    model, its labels set to the config's; ``examples``: the round's labels; ``pool``: the unlabeled
+    tasks). Returns what was done (for ``/status``), or None when not wanted: ``ROUND_HEAD_FIRST`` is
+    off, or ``ROUND_QUEUE_CANDIDATES`` does not apply (the whole pool is scored fast enough)."""
+    state, settings = ctx.state, ctx.settings
+    if not settings.round_head_first:
+        return None
+    name = f"{state.version}{SUFFIX}"
+    with state.lock:
+        values = dict(state.pool.acquisitions)  # the served version's: its best tasks are candidates
+    candidates = first_queue.round_candidates(ctx, pool, name, values)
+    if not candidates:
+        return None
+    started = time.perf_counter()
+    quick = served.clone()
+    trunks = [trunk_of(quick, e) for e in examples]
+    z = torch.stack(trunks)
+    h = forward_batches(quick, z, {Need.EMBEDDINGS}, (), rest_rows(z, settings.batch_size))["embeddings"]
+    fit = fit_head(
+        quick,
+        [dataclasses.replace(e, embedding=h[i]) for i, e in enumerate(examples)],
+        settings.train_config(seed=settings.seed + round_),
+    )
+    what = f"head-first queue: the head refit on {len(examples)} labels scoring {len(candidates)} candidates"
+    done = first_queue.serve(ctx, ctx.api(), quick, name, candidates, len(pool), what, name=name, labeled_trunk=trunks)
+    done.update(
+        head_seconds=round(fit["seconds"], 3),
+        loss_first=fit["loss_first"],
+        loss_last=fit["loss_last"],
+        seconds=round(time.perf_counter() - started, 3),
+    )
+    return done

@@ -1,0 +1,80 @@
+"""A round's head-first queue (ROUND_HEAD_FIRST, jobs/head_round.py): on a big pool, the served model
+with its head refit on the labels serves `<version>-head` before the fine-tuning; off, or failing, it
+changes nothing else of the round."""
+
+import logging
+
+import torch
+
+from ml_backend.service import jobs
+from tests.service.test_jobs import _label, context
+
+BIG_POOL = {"FIRST_QUEUE_SAMPLE": "5", "ROUND_QUEUE_CANDIDATES": "10", "ROUND_QUEUE_AFTER_S": "0", "BATCH_SIZE": "8"}
+
+
+def _published_with_labels(tmp_path, digits64, **env):
+    backend, ctx, api = context(tmp_path, digits64, labeled=0, **{**BIG_POOL, **env})
+    api.tasks_list = [dict(api.tasks_list[i % 20], id=i + 1, annotations=[]) for i in range(60)]
+    jobs.publish(ctx)
+    for task in api.tasks_list[:6]:
+        _label(task, digits64)
+    api.calls.clear()
+    return backend, ctx, api
+
+
+def test_the_head_version_serves_before_the_fine_tuning_and_only_its_head_differs(tmp_path, digits64, monkeypatch):
+    backend, ctx, api = _published_with_labels(tmp_path, digits64)
+    seen = {}
+    real_serve = jobs.head_round.first_queue.serve
+
+    def serve(ctx_, api_, model, version, tasks, total, what, name=None, labeled_trunk=None):
+        if name and name.endswith("-head"):
+            seen.update(model=model, served=ctx_.projects.model(ctx_.state), rounds=ctx_.state.round)
+            seen["labeled"] = len(labeled_trunk)
+        return real_serve(ctx_, api_, model, version, tasks, total, what, name=name, labeled_trunk=labeled_trunk)
+
+    monkeypatch.setattr(jobs.head_round.first_queue, "serve", serve)
+    try:
+        v0 = ctx.state.version
+        jobs.run_round(ctx, force=True)
+        assert seen["rounds"] == 0 and seen["labeled"] == 6  # before the fine-tuning, with the round's labels
+        quick, served = seen["model"].target.state_dict(), seen["served"].target.state_dict()
+        head = {f"{seen['model'].spec.head}.weight", f"{seen['model'].spec.head}.bias"}
+        assert {k for k in quick if not torch.equal(quick[k], served[k])} == head
+        head_imports = [c for c in api.calls[: api.calls.index(("switch", f"{v0}-head"))] if c[0] == "import"]
+        assert sum(len(c[1]) for c in head_imports) == 15
+        assert ctx.state.version != v0 and api.model_version == ctx.state.version  # the round went on
+    finally:
+        backend.close()
+
+
+def test_off_the_round_is_served_as_before(tmp_path, digits64):
+    backend, ctx, api = _published_with_labels(tmp_path, digits64, ROUND_HEAD_FIRST="false")
+    try:
+        jobs.run_round(ctx, force=True)
+        v1 = ctx.state.version
+        assert [c for c in api.calls if c[0] == "switch"] == [("switch", f"{v1}-first"), ("switch", v1)]
+        assert ctx.status.last_round["head_queue"] is None
+    finally:
+        backend.close()
+
+
+def test_a_failing_head_first_queue_does_not_fail_the_round(tmp_path, digits64, caplog):
+    backend, ctx, api = _published_with_labels(tmp_path, digits64)
+    real_import = api.import_predictions
+
+    def refuse_head(predictions):
+        if predictions[0]["model_version"].endswith("-head"):
+            raise RuntimeError("Label Studio refused the import")
+        return real_import(predictions)
+
+    api.import_predictions = refuse_head
+    try:
+        with caplog.at_level(logging.WARNING):
+            jobs.run_round(ctx, force=True)
+        v1 = ctx.state.version
+        assert ctx.state.round == 1 and api.model_version == v1 and ctx.status.last_round["head_queue"] is None
+        assert [c for c in api.calls if c[0] == "switch"] == [("switch", f"{v1}-first"), ("switch", v1)]
+        assert "no head-first queue this round" in caplog.text and "refused the import" in caplog.text
+    finally:
+        backend.close()
