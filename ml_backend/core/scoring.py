@@ -44,6 +44,26 @@ def rest_rows(z: torch.Tensor, at_least: int = 1) -> int:
     return max(1, at_least, min(4096, REST_BATCH_BYTES // row))
 
 
+HEAD_NEEDS = frozenset({Need.PROBS, Need.LOGITS, Need.EMBEDDINGS})
+
+
+@torch.no_grad()
+def head_outputs(model: AdaptedModel, h: torch.Tensor, needs, layers: Sequence[str] = ()) -> dict:
+    """:meth:`AdaptedModel.forward_from_trunk`'s outputs from the head's inputs ``h`` (embeddings kept
+    from a version whose layers below the head are ``model``'s): only the head runs. For the needs of
+    :data:`HEAD_NEEDS` and no hooked layers (a round's head-first queue, ``jobs/head_round.py``)."""
+    if set(needs) - HEAD_NEEDS or layers:
+        raise ValueError(f"the head alone gives {sorted(HEAD_NEEDS)}, not {sorted(set(needs) - HEAD_NEEDS)} {layers}")
+    with model.lock:
+        head = model.head
+        logits = head(h.to(model.device, head.weight.dtype))[:, model.active_index()].float()
+    probs = logits.softmax(dim=1) if model.layout is None else model.layout.probs(logits)
+    out = {"logits": logits.cpu(), "probs": probs.cpu()}
+    if Need.EMBEDDINGS in needs:
+        out["embeddings"] = h.float().cpu()
+    return out
+
+
 def merge_parts(parts: list[dict]) -> dict:
     if not parts:
         return {}

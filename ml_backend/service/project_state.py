@@ -5,10 +5,12 @@ only by the scorer)."""
 
 from __future__ import annotations
 
+import hashlib
+import heapq
 import re
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 from ml_backend.core.adapted import AdaptedModel
 from ml_backend.errors import BadRequest
@@ -48,6 +50,8 @@ class PoolState:
     acquisitions: dict[str, float] = field(default_factory=dict)  # task id -> value, served version
     previous_acquisitions: dict[str, float] = field(default_factory=dict)  # the last ones of an earlier version
     labeled_trunk: list = field(default_factory=list)  # trunk activations of the last round's labels
+    # the scored version's embeddings of its next round's likely candidates (scorer.keep_candidate_embeddings)
+    embeddings: dict = field(default_factory=dict)
     strategy_state: dict = field(default_factory=dict)  # what a strategy computes once (ADMA's landmarks)
     strategy_info: dict = field(default_factory=dict)  # what the strategy reported at the last publish
     strategy_saved: bool = False  # strategy_state's persistent part is on disk
@@ -67,7 +71,13 @@ class PoolState:
         ``previous_acquisitions`` (the next round's candidates, ``jobs/first_queue.py``)."""
         if self.acquisitions:
             self.previous_acquisitions = self.acquisitions
-        self.acquisitions = {}
+        self.acquisitions, self.embeddings = {}, {}
+
+
+def keyed_sample(keys: Iterable[str], n: int) -> list[str]:
+    """The ``n`` first of ``keys`` in the order of their SHA-1: a fixed sample that a task leaving the
+    pool changes by one (a round's candidates, ``jobs/first_queue.py``)."""
+    return heapq.nsmallest(n, keys, key=lambda k: hashlib.sha1(k.encode()).digest())
 
 
 @dataclass

@@ -4,6 +4,7 @@ JSON. Owns each project's :class:`PoolState`."""
 
 from __future__ import annotations
 
+import heapq
 import logging
 import threading
 import time
@@ -19,7 +20,7 @@ from ml_backend.errors import ImageError
 from ml_backend.service.features import FeatureExtractor
 from ml_backend.service.labels import prediction_result
 from ml_backend.service.pools import ComputeThreads
-from ml_backend.service.project_state import ProjectState
+from ml_backend.service.project_state import ProjectState, keyed_sample
 from ml_backend.service.settings import Settings
 from ml_backend.service.strategy_states import StrategyStates
 from strategies import Strategy
@@ -42,6 +43,23 @@ def prediction(state: ProjectState, strategy: str, label, score: float, acquisit
     if "landmark_mode" in state.pool.strategy_info:
         out["landmark_mode"] = state.pool.strategy_info["landmark_mode"]
     return out
+
+
+def keep_candidate_embeddings(state: ProjectState, scored, settings: Settings) -> None:
+    """After a whole-pool scoring that computed embeddings, with ``ROUND_HEAD_FIRST``: keep the scored
+    version's embeddings of the tasks its next round's head-first queue is likely to score
+    (``jobs/head_round.py``; its candidates, ``first_queue.round_candidates``): the most valuable and the
+    keyed sample, twice as many of each as it takes (labels remove some); a few MB at most."""
+    n_top, n_sample = settings.round_queue_candidates, settings.first_queue_sample
+    if not settings.round_head_first or not n_top or scored.embeddings is None or scored.values is None:
+        return
+    values = scored.values.tolist()
+    top = heapq.nlargest(2 * n_top, range(len(values)), key=values.__getitem__)
+    keyed = set(keyed_sample(scored.keys, 2 * n_sample))
+    rows = sorted(set(top) | {i for i, k in enumerate(scored.keys) if k in keyed})
+    kept = scored.embeddings[rows].clone()  # its own storage: the pool's embeddings are not held
+    with state.lock:
+        state.pool.embeddings = {scored.keys[i]: row for i, row in zip(rows, kept)}
 
 
 class ScoringGaveWay(Exception):
@@ -142,6 +160,7 @@ class Scorer:
         give_way: Callable[[], bool] | None = None,
         prepared: list | None = None,
         labeled_trunk: list | None = None,
+        forward: Callable | None = None,
     ) -> list[dict]:
         """Predictions for ``tasks`` (label + score + version). With ``reset_pool`` these tasks are
         the whole unlabeled pool (a publish) and their values become the reference of the version's
@@ -149,7 +168,8 @@ class Scorer:
         ``sample`` the tasks are a preliminary version's whole pool (a big project's first queue,
         ``jobs/first_queue.py``): valued and ranked among themselves, nothing of the project's pool
         state used or changed. ``give_way``: see :meth:`_batches`. ``labeled_trunk``: the labeled set's
-        trunk activations, when not the served version's (a round's head-first queue, ``jobs/head_round.py``)."""
+        trunk activations, when not the served version's; ``forward``: runs the model on ``prepared``
+        (``core/scoring.head_outputs`` on embeddings: a round's head-first queue, ``jobs/head_round.py``)."""
         started = time.perf_counter()
         features = self.extractor
         fingerprints = [features.fingerprint(features.reference(state, t)) for t in tasks]
@@ -173,13 +193,14 @@ class Scorer:
             batch_size=self.settings.batch_size,
             lock=self._strategy_lock,
             model_version=version,
-            forward=features.engine.forward if features.engine is not None and deadline is None else None,
+            forward=forward or (features.engine.forward if features.engine is not None and deadline is None else None),
         )
         if reset_pool and scored.keys:
             if scored.info:
                 pool.strategy_info = scored.info
             pool.scored_version = version
             pool.scoring_seconds = round(time.perf_counter() - started, 3)  # (first_queue.round_candidates)
+            keep_candidate_embeddings(state, scored, self.settings)
             self.strategy_states.save(state)
         values, scores = self._values_and_scores(state, tasks, scored, version, reset_pool, sample)
         labels = model.decode(scored.probs) if scored.keys else []

@@ -27,11 +27,11 @@ def test_the_head_version_serves_before_the_fine_tuning_and_only_its_head_differ
     seen = {}
     real_serve = jobs.head_round.first_queue.serve
 
-    def serve(ctx_, api_, model, version, tasks, total, what, name=None, labeled_trunk=None):
+    def serve(ctx_, api_, model, version, tasks, total, what, name=None, scoring=None):
         if name and name.endswith("-head"):
             seen.update(model=model, served=ctx_.projects.model(ctx_.state), rounds=ctx_.state.round)
-            seen["labeled"] = len(labeled_trunk)
-        return real_serve(ctx_, api_, model, version, tasks, total, what, name=name, labeled_trunk=labeled_trunk)
+            seen["labeled"] = len(scoring["labeled_trunk"])
+        return real_serve(ctx_, api_, model, version, tasks, total, what, name=name, scoring=scoring)
 
     monkeypatch.setattr(jobs.head_round.first_queue, "serve", serve)
     try:
@@ -78,3 +78,38 @@ def test_a_failing_head_first_queue_does_not_fail_the_round(tmp_path, digits64, 
         assert "no head-first queue this round" in caplog.text and "refused the import" in caplog.text
     finally:
         backend.close()
+
+
+def _head_values(tmp_path, digits64, monkeypatch, **env):
+    """The head-first version's predictions (label, acquisition) by task, and what /status recorded."""
+    backend, ctx, api = _published_with_labels(tmp_path, digits64, **env)
+    seen = {}
+    score = backend.scorer.score
+
+    def recording(state, tasks, model, version, **kw):
+        out = score(state, tasks, model, version, **kw)
+        if version.endswith("-head"):
+            seen.update(
+                {t["id"]: (r["result"][0]["value"]["choices"][0], r["acquisition"]) for t, r in zip(tasks, out)}
+            )
+        return out
+
+    monkeypatch.setattr(backend.scorer, "score", recording)
+    try:
+        jobs.run_round(ctx, force=True)
+        return seen, ctx.status.last_round["head_queue"]
+    finally:
+        backend.close()
+
+
+def test_kept_embeddings_give_the_values_of_the_whole_trainable_part(tmp_path, digits64, monkeypatch):
+    """The head-first queue of an embedding-only strategy (the default) runs only the head on the
+    served version's embeddings, kept from its whole-pool scoring; the values and labels are those of
+    the same model run through its whole trainable part."""
+    fast, head = _head_values(tmp_path / "kept", digits64, monkeypatch)
+    assert head["embeddings"] == "kept" and len(fast) == 15
+    monkeypatch.setattr(jobs.head_round, "HEAD_NEEDS", frozenset())  # as for a strategy that hooks layers
+    full, head = _head_values(tmp_path / "full", digits64, monkeypatch)
+    assert head["embeddings"] == "computed by the whole trainable part" and set(full) == set(fast)
+    for task, (label, value) in full.items():
+        assert fast[task][0] == label and abs(fast[task][1] - value) <= 1e-5 * max(1.0, abs(value)), task

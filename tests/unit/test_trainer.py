@@ -3,7 +3,7 @@ import torch
 
 from ml_backend.core.adapted import AdaptedModel
 from ml_backend.core.backbones import load_backbone
-from ml_backend.core.scoring import forward_batches
+from ml_backend.core.scoring import forward_batches, head_outputs
 from ml_backend.core.trainer import Example, TrainConfig, _sample, fine_tune, fit_head
 from strategies import Need
 
@@ -122,3 +122,18 @@ def test_fit_head_needs_embeddings_and_examples(model):
         fit_head(model.clone(), [], TrainConfig(steps=2))
     with pytest.raises(ValueError, match="optimizer"):
         fit_head(model.clone(), with_embeddings(model, toy_examples(model, n=4)), TrainConfig(optimizer="lbfgs"))
+
+
+def test_head_outputs_from_embeddings_are_the_trainable_parts_outputs(model):
+    """What a head-first queue computes from kept embeddings equals the whole trainable part's
+    forward pass of the same model; anything but the head's outputs is refused."""
+    examples = with_embeddings(model, toy_examples(model, n=12))
+    refit = model.clone()
+    fit_head(refit, examples, TrainConfig(steps=20, lr=1e-2))
+    z = torch.stack([e.trunk for e in examples])
+    full = refit.forward_from_trunk(z, {Need.PROBS, Need.EMBEDDINGS})
+    fast = head_outputs(refit, torch.stack([e.embedding for e in examples]), {Need.PROBS, Need.EMBEDDINGS})
+    for key in ("logits", "probs", "embeddings"):
+        torch.testing.assert_close(fast[key], full[key], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="the head alone"):
+        head_outputs(refit, full["embeddings"], {Need.FEATURES})

@@ -6,7 +6,6 @@ sample. The full publish that follows replaces it."""
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import logging
 import time
@@ -14,6 +13,7 @@ import time
 from ml_backend.service.jobs.context import JobContext
 from ml_backend.service.jobs.importing import import_predictions, switch
 from ml_backend.service.ls_client import ProjectAPI
+from ml_backend.service.project_state import keyed_sample
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +69,7 @@ def round_candidates(ctx: JobContext, pool: list[dict], version: str, values: di
     by_id = {str(t["id"]): t for t in pool if "id" in t}
     valued = heapq.nlargest(n_top, (k for k in by_id if k in previous), key=previous.__getitem__)
     top = set(valued)
-    keyed = heapq.nsmallest(
-        n_sample, (k for k in by_id if k not in top), key=lambda k: hashlib.sha1(k.encode()).digest()
-    )
+    keyed = keyed_sample((k for k in by_id if k not in top), n_sample)
     return [by_id[k] for k in valued + keyed]
 
 
@@ -92,15 +90,15 @@ def serve(
     total: int,
     what: str,
     name: str | None = None,
-    labeled_trunk: list | None = None,
+    scoring: dict | None = None,
 ) -> dict:
     """Score ``tasks`` as the whole pool of ``name`` (default ``<version>-first``), import it, switch
-    the project to it. ``labeled_trunk``: the labeled set, when not the served version's."""
+    the project to it. ``scoring``: more arguments of :meth:`Scorer.score` (``head_round.py``)."""
     state, status = ctx.state, ctx.status
     started = time.perf_counter()
     name = name or preliminary(version)
     status.set("publishing", f"{what} of {total} unlabeled tasks")
-    results = ctx.scorer.score(state, tasks, model, name, sample=True, labeled_trunk=labeled_trunk)
+    results = ctx.scorer.score(state, tasks, model, name, sample=True, **(scoring or {}))
     if name in ctx.call(api.model_versions, "listing prediction versions"):  # a retry: no task gets two
         ctx.call(lambda: api.delete_version(name), f"clearing {name}")
     import_predictions(ctx, api, tasks, results, name)

@@ -14,8 +14,9 @@ import time
 import torch
 
 from ml_backend.core.review import trunk_of
-from ml_backend.core.scoring import forward_batches, rest_rows
+from ml_backend.core.scoring import HEAD_NEEDS, forward_batches, head_outputs, rest_rows, scoring_needs
 from ml_backend.core.trainer import Example, fit_head
+from ml_backend.errors import ImageError
 from ml_backend.service.jobs import first_queue
 from ml_backend.service.jobs.context import JobContext
 from strategies import Need
@@ -49,12 +50,39 @@ def serve(ctx: JobContext, served, examples: list[Example], pool: list[dict], ro
         [dataclasses.replace(e, embedding=h[i]) for i, e in enumerate(examples)],
         settings.train_config(seed=settings.seed + round_),
     )
+    scoring: dict = {"labeled_trunk": trunks}
+    if scoring_needs(ctx.scorer.strategy_of(state), None, {}) <= HEAD_NEEDS:  # only the head runs on the candidates
+        scoring.update(prepared=_embeddings(ctx, served, candidates), forward=head_outputs)
     what = f"head-first queue: the head refit on {len(examples)} labels scoring {len(candidates)} candidates"
-    done = first_queue.serve(ctx, ctx.api(), quick, name, candidates, len(pool), what, name=name, labeled_trunk=trunks)
+    done = first_queue.serve(ctx, ctx.api(), quick, name, candidates, len(pool), what, name=name, scoring=scoring)
     done.update(
+        embeddings="kept" if "prepared" in scoring else "computed by the whole trainable part",
         head_seconds=round(fit["seconds"], 3),
         loss_first=fit["loss_first"],
         loss_last=fit["loss_last"],
         seconds=round(time.perf_counter() - started, 3),
     )
     return done
+
+
+def _embeddings(ctx: JobContext, served, candidates: list[dict]) -> list:
+    """The served version's embeddings of ``candidates``: those its last whole-pool scoring kept
+    (``scorer.keep_candidate_embeddings``), the others from their trunk activations (the feature
+    cache), or the ImageError that explains why a task has none."""
+    state = ctx.state
+    with state.lock:
+        kept = state.pool.embeddings if state.pool.scored_version == state.version else {}
+    out = [kept.get(str(t["id"])) for t in candidates]
+    missing = [i for i, h in enumerate(out) if h is None]
+    if missing:
+        trunks = ctx.features.trunk_activations(state, served, [candidates[i] for i in missing])
+        good = [(i, z) for i, z in zip(missing, trunks) if not isinstance(z, ImageError)]
+        for i, z in zip(missing, trunks):
+            out[i] = z if isinstance(z, ImageError) else None
+        if good:
+            z = torch.stack([z for _, z in good])
+            h = forward_batches(served, z, {Need.EMBEDDINGS}, (), rest_rows(z, ctx.settings.batch_size))
+            for (i, _), row in zip(good, h["embeddings"]):
+                out[i] = row
+    log.info("project %s: %d of %d candidates' embeddings kept", state.key, len(out) - len(missing), len(out))
+    return out
