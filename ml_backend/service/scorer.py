@@ -170,11 +170,9 @@ class Scorer:
         state used or changed. ``give_way``: see :meth:`_batches`. ``labeled_trunk``: the labeled set's
         trunk activations, when not the served version's; ``forward``: runs the model on ``prepared``
         (``core/scoring.head_outputs`` on embeddings: a round's head-first queue, ``jobs/head_round.py``)."""
-        started = time.perf_counter()
-        features = self.extractor
+        started, features, pool = time.perf_counter(), self.extractor, state.pool
         fingerprints = [features.fingerprint(features.reference(state, t)) for t in tasks]
         failed: dict[int, ImageError] = {}
-        pool = state.pool
 
         def images() -> torch.Tensor:  # only for strategies that need test-time-augmented views
             return self._images(state, model, [t for i, t in enumerate(tasks) if i not in failed], deadline)
