@@ -119,6 +119,44 @@ def _draw(examples: Sequence[Example], n: int, generator: torch.Generator) -> li
     return [examples[i] for i in torch.randint(len(examples), (n,), generator=generator).tolist()] if n else []
 
 
+def _steps(
+    examples: Sequence[Example],
+    config: TrainConfig,
+    optimizer: torch.optim.Optimizer,
+    loss_of: Callable[[list[Example], torch.Generator], torch.Tensor],
+    progress: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """``config.steps`` optimizer steps, each on a mini-batch that mixes labels seen in earlier rounds
+    with new ones (:func:`_sample`), drawn under ``config.seed``; returns the losses."""
+    old = [e for e in examples if not e.is_new]
+    new = [e for e in examples if e.is_new]
+    generator = torch.Generator().manual_seed(config.seed)
+    losses: list[float] = []
+    for step in range(config.steps):
+        n_old, n_new = _sample(len(old), len(new), config, generator)
+        batch = _draw(old, n_old, generator) + _draw(new, n_new, generator)
+        loss = loss_of(batch, generator)
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"training loss became {loss.item()} at step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        if progress is not None:
+            progress(step + 1, losses[-1])
+    return losses
+
+
+def _metrics(losses: list[float], config: TrainConfig, started: float) -> dict:
+    tail = losses[-max(1, len(losses) // 10) :]
+    return {
+        "steps": config.steps,
+        "loss_first": losses[0],
+        "loss_last": sum(tail) / len(tail),
+        "seconds": time.perf_counter() - started,
+    }
+
+
 def fine_tune(
     model: AdaptedModel,
     examples: Sequence[Example],
@@ -131,43 +169,28 @@ def fine_tune(
         raise ValueError("no labeled examples to train on")
     if config.augment not in AUGMENTATIONS:
         raise ValueError(f"augment={config.augment!r}; allowed: {', '.join(AUGMENTATIONS)}")
-    device = model.device
-    started = time.perf_counter()
-    old = [e for e in examples if not e.is_new]
-    new = [e for e in examples if e.is_new]
-    generator = torch.Generator().manual_seed(config.seed)
+    device, started = model.device, time.perf_counter()
     optimizer = _optimizer([p for p in model.target.parameters() if p.requires_grad], config)
     active = model.active_index()
     if model.layout is not None and any(e.target is None for e in examples):
         raise ValueError("a structured layout trains on targets; an example has none")
     use_amp = config.amp and device.type == "cuda"
-    losses: list[float] = []
+
+    def loss_of(batch: list[Example], generator: torch.Generator) -> torch.Tensor:
+        return _batch_loss(model, batch, config, generator, device, use_amp, active)
+
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(config.seed)  # dropout masks
         model.train_mode()
         try:
-            for step in range(config.steps):
-                n_old, n_new = _sample(len(old), len(new), config, generator)
-                batch = _draw(old, n_old, generator) + _draw(new, n_new, generator)
-                loss = _batch_loss(model, batch, config, generator, device, use_amp, active)
-                if not math.isfinite(loss.item()):
-                    raise FloatingPointError(f"training loss became {loss.item()} at step {step}")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                losses.append(loss.item())
-                if progress is not None:
-                    progress(step + 1, losses[-1])
+            losses = _steps(examples, config, optimizer, loss_of, progress)
         finally:
             model.target.eval()
-    tail = losses[-max(1, len(losses) // 10) :]
+    n_new = sum(1 for e in examples if e.is_new)
     return {
-        "steps": config.steps,
-        "loss_first": losses[0],
-        "loss_last": sum(tail) / len(tail),
-        "labels_old": len(old),
-        "labels_new": len(new),
-        "seconds": time.perf_counter() - started,
+        **_metrics(losses, config, started),
+        "labels_old": len(examples) - n_new,
+        "labels_new": n_new,
         "device": str(device),
         "amp": use_amp,
         "config": config.to_dict(),
@@ -179,29 +202,18 @@ def fit_head(model: AdaptedModel, examples: Sequence[Example], config: TrainConf
     (its input under the served version, which the rest of the network keeps): the same loss,
     optimizer, steps and old/new mini-batches as :func:`fine_tune`, without dropout. Milliseconds
     where a fine-tuning round takes a minute on a CPU: a round's head-first queue (docs/methods.md
-    §0, "A round's queue"). Returns metrics."""
+    §0, "A round's head-first queue"). Returns metrics."""
     if not examples:
         raise ValueError("no labeled examples to train on")
     if any(e.embedding is None for e in examples):
         raise ValueError("fit_head trains on embeddings; an example has none")
     started, device, head = time.perf_counter(), model.device, model.head
-    old = [e for e in examples if not e.is_new]
-    new = [e for e in examples if e.is_new]
-    generator = torch.Generator().manual_seed(config.seed)
     optimizer = _optimizer(list(head.parameters()), config)
-    active, losses = model.active_index(), []
+    active = model.active_index()
+
+    def loss_of(batch: list[Example], _generator: torch.Generator) -> torch.Tensor:
+        h = torch.stack([e.embedding for e in batch]).to(device, head.weight.dtype)
+        return _loss(model, head(h), batch, device, active)
+
     with torch.enable_grad():
-        for step in range(config.steps):
-            n_old, n_new = _sample(len(old), len(new), config, generator)
-            batch = _draw(old, n_old, generator) + _draw(new, n_new, generator)
-            h = torch.stack([e.embedding for e in batch]).to(device, head.weight.dtype)
-            loss = _loss(model, head(h), batch, device, active)
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"head loss became {loss.item()} at step {step}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-    tail = losses[-max(1, len(losses) // 10) :]
-    return {"steps": config.steps, "loss_first": losses[0], "loss_last": sum(tail) / len(tail),
-            "seconds": time.perf_counter() - started}  # fmt: skip
+        return _metrics(_steps(examples, config, optimizer, loss_of), config, started)
