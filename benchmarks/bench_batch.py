@@ -6,7 +6,8 @@ Side by side in one run, each figure the better of ``--repeats`` interleaved pas
 ``--seconds``: the default backbone's whole forward pass on in-memory images (images/s) at batches
 of 1 to 64 (16 to 256 on a GPU), and the trainable part (``AdaptedModel.forward_from_trunk``, as
 scoring from the frozen-feature cache runs it) at 4 to 1,024 rows of trunk activations (up to 16 MB of them), for the
-default backbone and for ``smallcnn`` (whose rows are 30 times smaller). It marks the batch the
+default backbone and for ``smallcnn`` (whose rows are 30 times smaller). On a CPU it also runs the
+whole forward pass as several passes at once, one per core on one intra-op thread each. It marks the batch the
 backend uses by default (``BATCH_SIZE=0``: ``core/backbones.default_batch``) and the rows it gives the
 trainable part (``core/scoring.rest_rows``). Figures go to docs/benchmarks.md ("Batch size on a
 CPU"); nothing here is a test.
@@ -16,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -36,6 +39,32 @@ def sweep(name: str, make, sizes, args) -> dict[str, float]:
             r, _ = rate(make(size), size, args.seconds, args.device)
             best[str(size)] = round(max(best.get(str(size), 0.0), r), 1)
     print(f"[bench_batch] {name}: {best}", file=sys.stderr, flush=True)
+    return best
+
+
+def passes_at_once(net, side: int, args) -> dict:
+    """The whole forward pass at a few batch sizes as the backend runs it (one pass at a time, torch's
+    intra-op threads over every core) against one pass per core at once, each on one intra-op thread
+    (``pools.one_torch_thread``); images/s, the better of ``args.repeats`` interleaved passes."""
+    from ml_backend.service.pools import one_torch_thread
+
+    threads = os.cpu_count() or 1
+    pool = ThreadPoolExecutor(threads, initializer=one_torch_thread)
+
+    def infer(x):
+        with torch.inference_mode():
+            return net(x)
+
+    best: dict[str, dict[str, float]] = {"one_at_a_time": {}, f"{threads}_at_once": {}}
+    for _ in range(args.repeats):
+        for size in (4, 8, 16):
+            xs = [torch.randn(size, 3, side, side) for _ in range(threads)]
+            for name, fn, n in (("one_at_a_time", lambda: infer(xs[0]), size),
+                                (f"{threads}_at_once", lambda: list(pool.map(infer, xs)), size * threads)):  # fmt: skip
+                r, _ = rate(fn, n, args.seconds, "cpu")
+                best[name][str(size)] = round(max(best[name].get(str(size), 0.0), r), 1)
+    pool.shutdown()
+    print(f"[bench_batch] whole forward pass, one at a time vs {threads} at once: {best}", file=sys.stderr, flush=True)
     return best
 
 
@@ -63,6 +92,8 @@ def main(argv=None) -> int:
         return lambda: net(x)
 
     out["whole_images_per_s"] = sweep(f"{defaults.backbone} whole", whole, IMAGE_BATCHES[args.device], args)
+    if args.device == "cpu":
+        out["whole_images_per_s_passes_at_once"] = passes_at_once(net, side, args)
     for name, weights, freeze, px in ((defaults.backbone, defaults.weights, defaults.freeze, defaults.image_size),
                                       ("smallcnn", "none", "features.6", 28)):  # fmt: skip
         model = AdaptedModel(load_backbone(name, weights, 0, freeze, px), ["a", "b", "c"], device, 0)
