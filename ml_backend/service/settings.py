@@ -321,14 +321,16 @@ class Settings:  # long: every setting's declaration, one field each (type, defa
     )
     round_head_first: bool = setting(
         True,
-        "When `ROUND_QUEUE_CANDIDATES` applies, before the round's fine-tuning (a minute on a CPU): the served model "
-        "with only its head refit on the labels scores those candidates as `<version>-head` and the queue switches "
-        "to it, so that it follows new labels in seconds ([methods.md](methods.md#0-conventions)).",
+        "When `ROUND_QUEUE_CANDIDATES` applies and the last round's fine-tuning took over `ROUND_QUEUE_AFTER_S` (or "
+        "none was timed yet), before the fine-tuning (a minute on a CPU): the served model with only its head refit "
+        "on the labels scores those candidates as `<version>-head` and the queue switches to it, so that it follows "
+        "new labels in seconds ([methods.md](methods.md#0-conventions)).",
         flag,
     )
     round_queue_after_s: float = setting(
         10.0,
-        "`ROUND_QUEUE_CANDIDATES` only when this process's last whole-pool scoring took over this many seconds.",
+        "`ROUND_QUEUE_CANDIDATES` only when this process's last whole-pool scoring took over this many seconds "
+        "(and `ROUND_HEAD_FIRST` only when the last round's fine-tuning did).",
         number(0.0, inclusive=True),
     )
     publish_retries: int = setting(

@@ -113,3 +113,26 @@ def test_kept_embeddings_give_the_values_of_the_whole_trainable_part(tmp_path, d
     assert head["embeddings"] == "computed by the whole trainable part" and set(full) == set(fast)
     for task, (label, value) in full.items():
         assert fast[task][0] == label and abs(fast[task][1] - value) <= 1e-5 * max(1.0, abs(value)), task
+
+
+def test_only_when_the_last_fine_tuning_was_slow(tmp_path, digits64):
+    """A fine-tuning that took at most ROUND_QUEUE_AFTER_S last round (a GPU, a small backbone) gets no
+    head-first queue: its own comes soon enough; a slow one, or none timed yet, does."""
+    backend, ctx, api = _published_with_labels(tmp_path, digits64, ROUND_QUEUE_AFTER_S="3")
+    try:
+        ctx.state.pool.scoring_seconds = 60.0  # a slow whole-pool scoring: the round candidates apply
+        ctx.status.last_round = {"train_seconds": 2.5}
+        v0 = ctx.state.version
+        jobs.run_round(ctx, force=True)
+        assert not [c for c in api.calls if c == ("switch", f"{v0}-head")]
+        assert ctx.status.last_round["head_queue"] is None
+        for task in api.tasks_list[6:9]:
+            _label(task, digits64)
+        api.calls.clear()
+        ctx.state.pool.scoring_seconds = 60.0
+        ctx.status.last_round["train_seconds"] = 30.0
+        v1 = ctx.state.version
+        jobs.run_round(ctx, force=True)
+        assert ("switch", f"{v1}-head") in api.calls and ctx.status.last_round["head_queue"]["version"] == f"{v1}-head"
+    finally:
+        backend.close()

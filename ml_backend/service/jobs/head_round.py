@@ -30,9 +30,12 @@ def serve(ctx: JobContext, served, examples: list[Example], pool: list[dict], ro
     """Serve ``<served version>-head`` from the round's candidates (``served``: a copy of the served
     model, its labels set to the config's; ``examples``: the round's labels; ``pool``: the unlabeled
     tasks). Returns what was done (for ``/status``), or None when not wanted: ``ROUND_HEAD_FIRST`` is
-    off, or ``ROUND_QUEUE_CANDIDATES`` does not apply (the whole pool is scored fast enough)."""
+    off, the last round's fine-tuning took at most ``ROUND_QUEUE_AFTER_S`` (a GPU, a small backbone:
+    its own queue comes soon enough), or ``ROUND_QUEUE_CANDIDATES`` does not apply (the whole pool
+    is scored fast enough)."""
     state, settings = ctx.state, ctx.settings
-    if not settings.round_head_first:
+    trained_in = (ctx.status.last_round or {}).get("train_seconds")  # None: no round timed yet
+    if not settings.round_head_first or (trained_in is not None and trained_in <= settings.round_queue_after_s):
         return None
     name = f"{state.version}{SUFFIX}"
     with state.lock:
