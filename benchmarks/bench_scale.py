@@ -244,11 +244,12 @@ def one_size(n: int, args, root: Path, images: ImageServer) -> dict:
                 f"round {r} in Label Studio",
             )
             wall = time.perf_counter() - t
+            trained = version.removesuffix("-first")  # a big pool's round is served from its candidates first
             if args.keep_pace:  # the next labels come at once: the rest of this publish gives way to them
                 st = wait_for(
                     lambda: (
-                        (s := status())["queue_version"] == version
-                        and (s.get("last_round") or {}).get("version") == version
+                        (s := status())["queue_version"] == trained
+                        and (s.get("last_round") or {}).get("version") == trained
                         and "switch_seconds" in ((s.get("publish_progress") or {}).get("timings") or {})
                         and s
                     ),
@@ -260,7 +261,7 @@ def one_size(n: int, args, root: Path, images: ImageServer) -> dict:
             else:
                 st = wait_for(
                     lambda: (
-                        (s := status())["published_version"] == version
+                        (s := status())["published_version"] == trained
                         and (s.get("last_round") or {}).get("publish")
                         and s
                     ),
@@ -278,6 +279,8 @@ def one_size(n: int, args, root: Path, images: ImageServer) -> dict:
                     "without_debounce_s": round(wall - args.debounce, 2),
                     "read_s": last.get("read_seconds"),
                     "train_s": last.get("train_seconds"),
+                    "served_first": version,  # <version>-first when the round's candidates were served first
+                    "head_queue_s": (last.get("head_queue") or {}).get("seconds"),  # ROUND_HEAD_FIRST's round
                     **{k.replace("_seconds", "_s"): v for k, v in (last.get("publish") or {}).items()},
                     "db_growth_mb": round((db_after - db_before) / 2**20, 2),
                     "predictions": preds_after,
