@@ -1,4 +1,4 @@
-"""A round's head-first queue (docs/methods.md §0, "A round's queue"). On a big pool, before the
+"""A round's head-first queue (docs/methods.md §0, "A round's head-first queue"). On a big pool, before the
 round's fine-tuning (about a minute of a CPU for the default backbone): the served model with only
 its head refit on the labels (milliseconds: ``core/trainer.fit_head``) scores the round's candidates
 (``first_queue.round_candidates``: the served version's most valuable unlabeled tasks and the keyed
@@ -57,7 +57,7 @@ def serve(ctx: JobContext, served, examples: list[Example], pool: list[dict], ro
     if scoring_needs(ctx.scorer.strategy_of(state), None, {}) <= HEAD_NEEDS:  # only the head runs on the candidates
         scoring.update(prepared=_embeddings(ctx, served, candidates), forward=head_outputs)
     what = f"head-first queue: the head refit on {len(examples)} labels scoring {len(candidates)} candidates"
-    done = first_queue.serve(ctx, ctx.api(), quick, name, candidates, len(pool), what, name=name, scoring=scoring)
+    done = first_queue.serve(ctx, ctx.api(), quick, state.version, candidates, len(pool), what, name, scoring)
     done.update(
         embeddings="kept" if "prepared" in scoring else "computed by the whole trainable part",
         head_seconds=round(fit["seconds"], 3),
@@ -81,7 +81,8 @@ def _embeddings(ctx: JobContext, served, candidates: list[dict]) -> list:
         trunks = ctx.features.trunk_activations(state, served, [candidates[i] for i in missing])
         good = [(i, z) for i, z in zip(missing, trunks) if not isinstance(z, ImageError)]
         for i, z in zip(missing, trunks):
-            out[i] = z if isinstance(z, ImageError) else None
+            if isinstance(z, ImageError):  # the reason it gets an empty prediction
+                out[i] = z
         if good:
             z = torch.stack([z for _, z in good])
             h = forward_batches(served, z, {Need.EMBEDDINGS}, (), rest_rows(z, ctx.settings.batch_size))
